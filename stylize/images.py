@@ -1,0 +1,312 @@
+"""Image decoding and encoding for the engine: Pillow, numpy and torch only.
+
+Tensors hold RGB pixels as float32 in 0..255, shape (3, H, W).
+
+``decode_image`` accepts JPEG, PNG, WebP, TIFF, BMP and GIF (first frame), reads the file in
+full, applies the EXIF orientation and returns a loaded 8-bit ``"RGB"`` image. Modes convert so:
+
+- ``RGB``: unchanged. ``L``, ``1``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: Pillow's
+  ``convert("RGB")`` (``1`` gives 0/255; CMYK uses Pillow's naive formula, no ICC profile).
+- ``RGBA``, ``RGBa``, ``LA``, ``La``, ``PA`` and any other 8-bit image with a ``transparency``
+  key (palette or colour-key PNG/GIF): composited onto white, so transparent pixels become white.
+- ``I;16``, ``I;16L``, ``I;16B``, ``I;16N``: value / 257, rounded (65535 -> 255).
+- ``I`` (32-bit int; Pillow opens 16-bit PGM/PPM this way): values within 0..65535 are taken
+  as 16-bit and divided by 257; otherwise stretched linearly so min -> 0 and max -> 255.
+- ``F`` (32-bit float has no fixed white level): stretched linearly, finite min -> 0 and
+  finite max -> 255; NaN becomes black. A constant image is clipped to 0..255 instead.
+
+Every failure to read an image raises ``ImageError`` with a one-line message naming the file.
+
+``encode_image`` writes 8-bit PNG, JPEG (4:4:4 chroma), WebP and TIFF (deflate) with Pillow.
+Pillow has no 48-bit RGB mode, so 16-bit PNG and TIFF are written here with zlib and struct:
+PNG with filter type 1 (Sub) on every row, TIFF as one deflate strip with the horizontal
+predictor. A 16-bit sample is round(clamp(value * 257, 0, 65535)), which keeps the sub-integer
+precision of the float tensor. Pillow reads such files back as 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import uuid
+import warnings
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
+MAX_PIXELS = 100_000_000  # decompression-bomb limit, pixels
+BIT_DEPTHS = (8, 16)
+BIT_DEPTH_16_FORMATS = ("png", "tiff")
+
+_EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
+               ".tif": "tiff", ".tiff": "tiff"}
+# What Pillow's plugins raise on malformed data; anything else (MemoryError, bugs) propagates.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+                  struct.error, zlib.error)
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or written; the one-line message names the file."""
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def decode_image(data: bytes | str | os.PathLike, name: str | None = None) -> Image.Image:
+    """Decode bytes or a local file to a loaded 8-bit RGB image, EXIF orientation applied.
+
+    ``name`` labels error messages; it defaults to the path, or ``"<bytes>"``.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        name, raw = name or "<bytes>", bytes(data)
+    else:
+        name = name or os.fspath(data)
+        raw = _read_file(data, name)
+    if not raw:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # MAX_PIXELS decides, not Pillow's global limit, whose warning fires below ours.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = _open_checked(raw, name)
+        img = _load_oriented(img, name)
+    return _to_rgb(img)
+
+
+def _read_file(path: str | os.PathLike, name: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ImageError(f"{name}: cannot read file ({_one_line(err.strerror or err)})") from err
+
+
+def _open_checked(raw: bytes, name: str) -> Image.Image:
+    """Open (header only) and refuse zero-size images and bombs before any pixel is decoded."""
+    try:
+        img = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{name}: refused as a decompression bomb ({_one_line(err)})") from err
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (cannot identify image file)") from None
+    except _DECODE_ERRORS as err:
+        raise ImageError(f"{name}: corrupt image header ({_one_line(err)})") from err
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{name}: refused as a decompression bomb ({w}x{h} = {w * h} pixels "
+                         f"exceeds MAX_PIXELS = {MAX_PIXELS})")
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: zero-size image ({w}x{h})")
+    return img
+
+
+def _load_oriented(img: Image.Image, name: str) -> Image.Image:
+    """Decode every pixel (so truncation shows here), then apply the EXIF orientation."""
+    try:
+        img.load()
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{name}: refused as a decompression bomb ({_one_line(err)})") from err
+    except _DECODE_ERRORS as err:
+        raise ImageError(f"{name}: truncated or corrupt image ({_one_line(err)})") from err
+    try:
+        return ImageOps.exif_transpose(img)
+    except _DECODE_ERRORS as err:
+        raise ImageError(f"{name}: corrupt EXIF orientation ({_one_line(err)})") from err
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in _16BIT_MODES or img.mode in ("I", "F"):
+        return _wide_to_rgb(img)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        if img.mode == "La":  # Pillow converts La only to LA
+            img = img.convert("LA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    a = np.asarray(img).astype(np.float32)  # (H, W)
+    if img.mode in _16BIT_MODES or (img.mode == "I" and a.min() >= 0 and a.max() <= 65535):
+        a = a / 257
+    else:
+        a = _stretch(a)
+    return Image.fromarray(np.rint(np.clip(a, 0, 255)).astype(np.uint8)).convert("RGB")
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+    return (a - lo) * (255 / (hi - lo)) if hi > lo else a
+
+
+def _one_line(detail: object) -> str:
+    return " ".join(str(detail).split())
+
+
+# ----------------------------------------------------------------------------- resizing
+
+def resize_longest(img: Image.Image, size: int) -> Image.Image:
+    """Scale so the longest side is ``size``, keeping the aspect ratio (other side rounded, >= 1).
+
+    LANCZOS when shrinking, BICUBIC when enlarging (LANCZOS rings visibly when upscaling).
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    w, h = img.size
+    scale = size / max(w, h)
+    return resize_to(img, max(1, round(w * scale)), max(1, round(h * scale)))
+
+
+def resize_to(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to exactly ``width`` x ``height``; same filters as ``resize_longest``."""
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be >= 1, got {width}x{height}")
+    enlarging = width > img.width or height > img.height
+    return img.resize((width, height), Image.Resampling.BICUBIC if enlarging
+                      else Image.Resampling.LANCZOS)
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """Image -> (3, H, W) float32 in 0..255. Non-RGB modes convert as ``decode_image`` does."""
+    rgb = img if img.mode == "RGB" else _to_rgb(img)
+    arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()  # (3, H, W)
+
+
+def from_tensor(t: torch.Tensor) -> Image.Image:
+    """(3, H, W) tensor of any device and dtype, 0..255 -> 8-bit RGB image (clamped, rounded)."""
+    hwc = _hwc(t)
+    return Image.fromarray(np.rint(np.clip(hwc, 0, 255)).astype(np.uint8))
+
+
+def _hwc(t: torch.Tensor) -> np.ndarray:
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(t.shape)}")
+    hwc = t.detach().to("cpu", torch.float32).permute(1, 2, 0).contiguous().numpy()  # (H, W, 3)
+    if np.isnan(hwc).any():
+        raise ValueError("image tensor contains NaN; the optimisation diverged")
+    return hwc
+
+
+def load_image(path: str | os.PathLike | bytes, size: int | None = None) -> torch.Tensor:
+    """Decode, optionally scale the longest side to ``size``, and return (3, H, W) float32."""
+    img = decode_image(path)
+    return to_tensor(resize_longest(img, size) if size else img)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def format_from_path(path: str | os.PathLike) -> str:
+    """Output format from the file extension (case-insensitive): ".jpg" -> "jpeg", and so on."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in _EXTENSIONS:
+        raise ImageError(f"{os.fspath(path)}: unknown image extension {ext!r}; use one of "
+                         f"{', '.join(_EXTENSIONS)} (formats: {', '.join(OUTPUT_FORMATS)})")
+    return _EXTENSIONS[ext]
+
+
+def encode_image(t: torch.Tensor, fmt: str = "png", quality: int = 95,
+                 bit_depth: int = 8) -> bytes:
+    """Encode a (3, H, W) 0..255 tensor. ``quality`` (1..100) applies to jpeg and webp;
+    ``bit_depth`` 16 is for png and tiff only."""
+    _check_output(fmt, quality, bit_depth)
+    if bit_depth == 16:
+        rgb16 = np.rint(np.clip(_hwc(t) * 257, 0, 65535)).astype(np.uint16)  # (H, W, 3)
+        return _png16(rgb16) if fmt == "png" else _tiff16(rgb16)
+    img, buf = from_tensor(t), io.BytesIO()
+    try:
+        img.save(buf, fmt.upper(), **_save_options(fmt, quality))
+    except (OSError, ValueError) as err:  # e.g. WebP's 16383-pixel and JPEG's 65500-pixel limits
+        raise ImageError(f"cannot encode a {img.width}x{img.height} image as {fmt} "
+                         f"({_one_line(err)})") from err
+    return buf.getvalue()
+
+
+def _check_output(fmt: str, quality: int, bit_depth: int) -> None:
+    if fmt not in OUTPUT_FORMATS:
+        raise ImageError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    if bit_depth not in BIT_DEPTHS:
+        raise ImageError(f"bit_depth must be one of {BIT_DEPTHS}, got {bit_depth!r}")
+    if bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
+        raise ImageError(f"bit_depth 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, "
+                         f"not {fmt}; use bit_depth 8 or another format")
+    if not 1 <= quality <= 100:
+        raise ImageError(f"quality must be in 1..100, got {quality!r}")
+
+
+def _save_options(fmt: str, quality: int) -> dict:
+    if fmt == "jpeg":  # 4:4:4: stylised textures have fine colour detail that 4:2:0 smears
+        return {"quality": quality, "subsampling": 0}
+    if fmt == "webp":
+        return {"quality": quality}
+    if fmt == "tiff":
+        return {"compression": "tiff_adobe_deflate"}
+    return {}
+
+
+def _png16(rgb: np.ndarray) -> bytes:
+    """48-bit RGB PNG from (H, W, 3) uint16."""
+    h, w, _ = rgb.shape
+    raw = rgb.astype(">u2").view(np.uint8).reshape(h, w * 6)  # (H, W*6) big-endian bytes
+    sub = raw.copy()
+    sub[:, 6:] -= raw[:, :-6]  # Sub filter: minus the same byte of the previous pixel, mod 256
+    rows = np.hstack([np.ones((h, 1), np.uint8), sub])  # (H, 1 + W*6), filter type 1 first
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # depth 16, colour type 2 (RGB)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _tiff16(rgb: np.ndarray) -> bytes:
+    """Little-endian 16-bit RGB TIFF from (H, W, 3) uint16: one strip, deflate, predictor 2."""
+    h, w, _ = rgb.shape
+    diff = rgb.copy()
+    diff[:, 1:] -= rgb[:, :-1]  # horizontal predictor: minus the previous pixel, mod 65536
+    strip = zlib.compress(diff.astype("<u2").tobytes(), 6)
+    n = 11
+    bits_at = 8 + 2 + n * 12 + 4  # after the header and the IFD
+    strip_at = bits_at + 6
+    short, long_ = 3, 4
+    entries = [(256, long_, 1, w), (257, long_, 1, h), (258, short, 3, bits_at),
+               (259, short, 1, 8), (262, short, 1, 2), (273, long_, 1, strip_at),
+               (277, short, 1, 3), (278, long_, 1, h), (279, long_, 1, len(strip)),
+               (284, short, 1, 1), (317, short, 1, 2)]
+    ifd = struct.pack("<H", n) + b"".join(
+        struct.pack("<HHIH2x" if typ == short and count == 1 else "<HHII", tag, typ, count, value)
+        for tag, typ, count, value in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + strip
+
+
+def save_image(t: torch.Tensor, path: str | os.PathLike, quality: int = 95, bit_depth: int = 8,
+               fmt: str | None = None) -> None:
+    """Encode and write to a local path; ``fmt`` defaults to the one the extension names."""
+    try:
+        data = encode_image(t, fmt or format_from_path(path), quality, bit_depth)
+    except ImageError as err:
+        msg = str(err)
+        raise ImageError(msg if msg.startswith(f"{os.fspath(path)}:")
+                         else f"{os.fspath(path)}: {msg}") from err
+    _write_atomic(os.fspath(path), data)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    # A crash must not leave a partial file that a restart would take for a finished output.
+    tmp = f"{path}.{uuid.uuid4().hex}.part"  # not mkstemp: its 0600 mode would stick
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

