@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stylize import color
-from stylize.config import StyleConfig, resolve_config
+from stylize.config import ConfigError, StyleConfig, resolve_config
 from stylize.images import load_image, resize_longest, to_tensor
 from stylize.losses import GatysLoss, gram, layer_weights
 from stylize.model import ReadBytes, build_vgg
@@ -69,6 +69,12 @@ Callback = Callable[[StepInfo], None]
 
 
 def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {name} is not available on this machine (no CUDA GPU); "
+                          f"use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise ConfigError("--device: mps is not available on this machine; use cpu or auto")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

@@ -22,7 +22,8 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C), F F^T / (C H W), accumulated in fp32."""
     b, c, h, w = features.shape
     f = features.reshape(b, c, h * w).float()  # (B, C, HW)
-    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+    with torch.autocast(f.device.type, enabled=False):  # keep the products in fp32
+        return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 
 def total_variation(pixels: torch.Tensor) -> torch.Tensor:

@@ -147,9 +147,9 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
             active &= g.abs().amax(1) > 1e-7  # torch.optim.LBFGS's tolerance_grad
             opt.step(flat, g, active)
         last = it == iterations - 1
-        if hook is not None and (it % log_every == 0 or last):
+        if hook is not None and ((it + 1) % log_every == 0 or it == 0 or last):
             hook(it + 1, total.detach(), active, x)  # sync point
-        if it % log_every == log_every - 1 and not bool(active.any()):  # sync point
+        if (it + 1) % log_every == 0 and not bool(active.any()):  # sync point
             break
     with torch.no_grad():
         losses = tuple(t.detach() for t in objective(x))
