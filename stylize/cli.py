@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, read_bytes) -> int:
         engine = Stylizer(cfg, read_bytes=read_bytes)
     except WeightsError as e:
         raise UsageError(str(e)) from None
-    pixels = engine.prepare_content(content)
+    pixels = engine.prepare_content(content, exact=True)  # one image: nothing to batch with
     style = Style("cli", styles, tuple(args.style_weights) if args.style_weights else None)
     progress = _Progress(cfg, args, fmt)
     try:

@@ -8,6 +8,8 @@ the one-call API on PIL images or tensors.
 from __future__ import annotations
 
 import contextlib
+import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -17,7 +19,7 @@ from PIL import Image
 
 from stylize import color
 from stylize.config import ConfigError, StyleConfig, resolve_config
-from stylize.images import load_image, resize_longest, to_tensor
+from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import GatysLoss, gram, layer_weights
 from stylize.model import ReadBytes, build_vgg
 from stylize.optim import Stopping, optimize
@@ -120,19 +122,39 @@ class Stylizer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if self.precision == "bf16" else contextlib.nullcontext())
+        self._net = self.model
+        if cfg.compile:
+            self._net = _compile(self.model)
         self._grams: dict[tuple, dict[str, torch.Tensor]] = {}
         self._batch_limit: dict[tuple[int, int], int] = {}
         self.content_w = layer_weights(cfg.content_layers, cfg.content_layer_weights)
         self.style_w = layer_weights(cfg.style_layers, cfg.style_layer_weights)
 
     # ------------------------------------------------------------------------------ inputs
-    def prepare_content(self, img: Image.Image) -> torch.Tensor:
-        """A decoded image resized to the configured longest side: (3, h, w) in 0..255."""
+    def prepare_content(self, img: Image.Image, exact: bool = False) -> torch.Tensor:
+        """A decoded image resized for the engine: (3, h, w) in 0..255, longest side cfg.size.
+
+        With ``cfg.bucket`` (and not ``exact``) the shape snaps to an aspect bucket, so that
+        images of slightly different aspect ratios share a batch (images.bucket_shape).
+        """
+        if self.cfg.bucket and not exact:
+            return to_tensor(resize_bucket(img, self.cfg.size))
         return to_tensor(resize_longest(img, self.cfg.size))
 
     def features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        pixels = pixels.to(self.device, memory_format=self.memory_format)
         with self.autocast:
-            return self.model(pixels.to(self.device, memory_format=self.memory_format))
+            if self._net is self.model:
+                return self.model(pixels)
+            try:
+                return self._net(pixels)
+            except Exception as e:  # a compiler failure must not cost the job: run eager
+                if isinstance(e, torch.OutOfMemoryError):
+                    raise
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); running eager")
+                self._net = self.model
+                return self.model(pixels)
 
     @torch.no_grad()
     def style_grams(self, style: Style, longest: int,
@@ -147,7 +169,7 @@ class Stylizer:
         side = max(16, round(longest * self.cfg.style_scale))
         out: dict[str, torch.Tensor] = {}
         for img, w in zip(style.images, style.blend()):
-            img = _resize_longest_tensor(img.float(), side).to(self.device)
+            img = _resize_longest_tensor(img.float(), side, min_short=16).to(self.device)
             if self.cfg.preserve_colors == "histogram":
                 img = color.match_histogram(img, content.to(self.device))
             elif self.cfg.preserve_colors == "luminance":
@@ -160,14 +182,21 @@ class Stylizer:
             self._grams[key] = out
         return out
 
+    def forget(self, key: str) -> None:
+        """Drop the cached targets of a style (all sizes)."""
+        for k in [k for k in self._grams if k[0] == key]:
+            del self._grams[k]
+
     # ---------------------------------------------------------------------------- batches
     def stylize_batch(self, contents: Sequence[torch.Tensor], styles: Sequence[Style],
                       callback: Callback | None = None,
-                      init: Sequence[torch.Tensor] | None = None) -> list[ItemResult]:
+                      init: Sequence[torch.Tensor] | None = None,
+                      iterations: int | None = None) -> list[ItemResult]:
         """Stylize same-size contents (3, H, W) in 0..255, ``styles[i]`` for ``contents[i]``.
 
         Splits into device-sized chunks; on out-of-memory a chunk is halved and retried. A
-        single image that does not fit raises ``torch.OutOfMemoryError``.
+        single image that does not fit raises ``torch.OutOfMemoryError``. ``iterations``
+        overrides cfg.iterations for this call; ``init`` gives start images (default cfg.init).
         """
         if len(contents) != len(styles):
             raise ValueError(f"{len(contents)} contents but {len(styles)} styles")
@@ -183,7 +212,7 @@ class Stylizer:
             try:
                 results += self._optimize_chunk(
                     contents[start:start + n], styles[start:start + n], callback,
-                    None if init is None else init[start:start + n])
+                    None if init is None else init[start:start + n], iterations)
             except torch.OutOfMemoryError:
                 if n == 1:
                     raise
@@ -194,10 +223,10 @@ class Stylizer:
         return results
 
     def _chunk_size(self, shape: tuple[int, int], pending: int) -> int:
+        if shape in self._batch_limit:  # learnt: measured, or halved after out-of-memory
+            return self._batch_limit[shape]
         if self.cfg.batch_size:
             return self.cfg.batch_size
-        if shape in self._batch_limit:
-            return self._batch_limit[shape]
         if self.device.type != "cuda":
             return 4
         return self._measure_batch_limit(shape)
@@ -218,8 +247,10 @@ class Stylizer:
         self._batch_limit[shape] = limit
         return limit
 
-    def _optimize_chunk(self, contents, styles, callback, init) -> list[ItemResult]:
+    def _optimize_chunk(self, contents, styles, callback, init,
+                        iterations=None) -> list[ItemResult]:
         cfg = self.cfg
+        iterations = iterations or cfg.iterations
         full = torch.stack([c.float() for c in contents]).to(self.device)  # (B, 3, H, W)
         grey = cfg.preserve_colors == "luminance"
         target = color.luminance(full) if grey else full
@@ -229,19 +260,10 @@ class Stylizer:
             h, w = (max(16, round(d * scale)) for d in full.shape[-2:])
             content = _resize(target, h, w)
             x = self._initial(content, h, w) if x is None else _resize(x, h, w)
-            per_image = cfg.preserve_colors != "none"
-            grams = [self.style_grams(s, max(h, w), content[i] if per_image else None)
-                     for i, s in enumerate(styles)]
-            with torch.no_grad():
-                cfeats = self.features(content)
-            loss = GatysLoss(
-                {k: cfeats[k] for k in cfg.content_layers},
-                {k: torch.stack([g[k] for g in grams]) for k in cfg.style_layers},
-                self.content_w, self.style_w, cfg.content_weight, cfg.style_weight,
-                cfg.tv_weight)
-            hook = _hook(callback, si, len(cfg.scales), cfg.iterations)
+            loss = self.loss_for(content, styles)
+            hook = _hook(callback, si, len(cfg.scales), iterations)
             out = optimize(
-                x, lambda px: loss(self.features(px), px), cfg.iterations, cfg.optimizer,
+                x, lambda px: loss(self.features(px), px), iterations, cfg.optimizer,
                 cfg.effective_lr, cfg.history_size,
                 Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every)
             x, used = out.pixels, used + out.iterations
@@ -250,6 +272,28 @@ class Stylizer:
         images = pixels.clamp(0, 255).cpu()
         return [ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
                 for i in range(len(contents))]
+
+    @torch.no_grad()
+    def loss_for(self, content: torch.Tensor, styles: Sequence[Style]) -> GatysLoss:
+        """The loss module for a batch of contents (B, 3, h, w), one style each."""
+        cfg = self.cfg
+        per_image = cfg.preserve_colors != "none"
+        longest = max(content.shape[-2:])
+        grams = [self.style_grams(s, longest, content[i] if per_image else None)
+                 for i, s in enumerate(styles)]
+        cfeats = self.features(content)
+        return GatysLoss(
+            {k: cfeats[k].float() for k in cfg.content_layers},
+            {k: torch.stack([g[k] for g in grams]) for k in cfg.style_layers},
+            self.content_w, self.style_w, cfg.content_weight, cfg.style_weight, cfg.tv_weight)
+
+    @torch.no_grad()
+    def evaluate(self, pixels: Sequence[torch.Tensor], contents: Sequence[torch.Tensor],
+                 styles: Sequence[Style]) -> list[float]:
+        """Total Gatys loss of finished images (3, H, W) against their contents and styles."""
+        content = torch.stack([c.float() for c in contents]).to(self.device)
+        x = torch.stack([p.float() for p in pixels]).to(self.device)
+        return self.loss_for(content, styles)(self.features(x), x)[0].tolist()
 
     def _initial(self, content: torch.Tensor, h: int, w: int) -> torch.Tensor:
         init = self.cfg.init
@@ -261,6 +305,14 @@ class Stylizer:
             return (127.5 + noise).expand(content.shape[0], -1, -1, -1).to(self.device)
         img = load_image(init)  # a path: resized to each content's size
         return _resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()
+
+
+def _compile(model):
+    try:
+        return torch.compile(model, dynamic=False)
+    except Exception as e:
+        warnings.warn(f"torch.compile unavailable ({type(e).__name__}); running eager")
+        return model
 
 
 def _hook(callback: Callback | None, scale: int, scales: int, steps: int):
@@ -280,9 +332,10 @@ def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
                          antialias=h < x.shape[-2])
 
 
-def _resize_longest_tensor(img: torch.Tensor, side: int) -> torch.Tensor:
+def _resize_longest_tensor(img: torch.Tensor, side: int, min_short: int = 1) -> torch.Tensor:
+    """Longest side ``side``; the shorter at least ``min_short`` (VGG pools 4 times)."""
     h, w = img.shape[-2:]
-    s = side / max(h, w)
+    s = max(side / max(h, w), min_short / min(h, w))
     return _resize(img.unsqueeze(0), max(1, round(h * s)), max(1, round(w * s)))[0]
 
 
@@ -302,7 +355,12 @@ def stylize(content, styles, config: StyleConfig | None = None, *,
     ``config`` (or a preset name and options as ``**overrides``, e.g. ``size=256``) sets the
     engine; pass ``stylizer`` to reuse a loaded network across calls.
     """
-    if config is None:
+    if stylizer is not None:
+        if overrides or (config is not None and config != stylizer.cfg):
+            raise ValueError("with stylizer=, the options are the stylizer's own config; "
+                             "build a Stylizer with the config you want")
+        config = stylizer.cfg
+    elif config is None:
         config = resolve_config(overrides.pop("preset", None), **overrides)
     elif overrides:
         config = config.replace(**overrides)
@@ -311,10 +369,13 @@ def stylize(content, styles, config: StyleConfig | None = None, *,
     as_pil = isinstance(content, Image.Image)
     c = _as_pixels(content)
     c = _resize_longest_tensor(c, config.size)
-    style = Style("api", tuple(_as_pixels(s) for s in styles),
+    # A key of its own per call: the images may differ from the last call's.
+    style = Style(f"api-{uuid.uuid4().hex}", tuple(_as_pixels(s) for s in styles),
                   tuple(style_weights) if style_weights else None)
-    engine._grams.pop(("api", max(c.shape[-2:])), None)  # a new call may bring new images
-    result = engine.stylize_batch([c], [style], callback)[0]
+    try:
+        result = engine.stylize_batch([c], [style], callback)[0]
+    finally:
+        engine.forget(style.key)
     if as_pil:
         from stylize.images import from_tensor
         return from_tensor(result.image)

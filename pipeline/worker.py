@@ -1,0 +1,215 @@
+"""The worker: where URIs become pixels and pixels become files. One per GPU (or CPU slot).
+
+``StyleWorker`` is a plain class, usable without Ray (tests, ``ray.address: inline``);
+``StyleActor`` is the same class as a Ray actor. The driver talks to it in two steps per
+shard, so that it always knows which items are on the device when something goes wrong:
+
+1. ``prepare(shard, ...)`` reads and decodes the shard's contents (decode failures become rows
+   right away) and groups same-size images into batches, returned as lists of item ids;
+2. ``run_batch(item_ids)`` stylizes one batch, writes each output and returns its rows.
+
+The VGG-19 is loaded once per worker; the engine caches every style's Gram targets by
+(style key, size), so a style is analysed once per worker and size, not once per image.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import ray
+import torch
+
+from pipeline import storage
+from pipeline.items import Shard, StyleRef, WorkItem
+from pipeline.manifest import make_row, now
+from stylize.config import StyleConfig
+
+DEFAULT_MAX_BATCH = 16  # items per run_batch call when the engine's batch_size is 0 (auto)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, shipped once when it starts (no driver globals)."""
+
+    stylize: StyleConfig
+    params_hash: str
+    output_format: str = "png"
+    output_quality: int = 95
+    output_bit_depth: int = 8
+    storage_options: Mapping[str, Any] | None = None
+    threads: int = 0  # torch CPU threads; 0: leave torch's default
+
+
+def plan_batches(sizes: Mapping[str, tuple[int, int]], order: Sequence[str], max_batch: int,
+                 isolate: frozenset[str] = frozenset()) -> list[list[str]]:
+    """Group item ids into batches of one size (the engine's requirement), at most
+    ``max_batch`` each, in first-seen order; ids in ``isolate`` go alone (suspects of a crash)."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    batches: list[list[str]] = []
+    for item_id in order:
+        if item_id not in sizes:
+            continue
+        if item_id in isolate:
+            batches.append([item_id])
+            continue
+        group = groups.setdefault(sizes[item_id], [])
+        group.append(item_id)
+        if len(group) == max_batch:
+            batches.append(list(group))
+            group.clear()
+    batches += [g for g in groups.values() if g]
+    return batches
+
+
+def _message(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text}"[:500]
+
+
+class StyleWorker:
+    """Loads the engine once; turns shards of work items into outputs and manifest rows."""
+
+    def __init__(self, spec: WorkerSpec):
+        from stylize.engine import Stylizer
+
+        if spec.threads > 0:
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.options = dict(spec.storage_options or {})
+        self.stylizer = Stylizer(spec.stylize, read_bytes=self._read)
+        self._styles: dict[str, Any] = {}  # style key -> engine Style (decoded once)
+        self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
+        self._label = self._make_label()
+
+    def _read(self, uri: str) -> bytes:
+        return storage.read_bytes(uri, self.options)
+
+    def _make_label(self) -> str:
+        node, actor = socket.gethostname(), ""
+        if ray.is_initialized():  # inside an actor; never start Ray from here
+            ctx = ray.get_runtime_context()
+            actor = (ctx.get_actor_id() or "")[:8]
+            node = ray.util.get_node_ip_address() or ctx.get_node_id()[:8]
+        return f"{node}/{actor or 'pid' + str(os.getpid())}/{self.stylizer.device}"
+
+    def info(self) -> dict[str, Any]:
+        """Who this worker is: pid (for fault tests), label, device and weights hash."""
+        return {"pid": os.getpid(), "worker": self._label, "device": str(self.stylizer.device),
+                "weights_hash": self.stylizer.weights_hash}
+
+    @property
+    def max_batch(self) -> int:
+        return self.spec.stylize.batch_size or DEFAULT_MAX_BATCH
+
+    # ------------------------------------------------------------------------------ step 1
+    def prepare(self, shard: Shard, styles: Mapping[str, StyleRef], attempts: Mapping[str, int],
+                isolate: frozenset[str] = frozenset()) -> tuple[list[dict], list[list[str]]]:
+        """Read and decode the shard's contents. Returns the rows of items that failed here
+        and the batches (lists of item ids) for :meth:`run_batch`."""
+        from stylize.images import ImageError, decode_image
+
+        self._prepared.clear()
+        self._shard, self._attempts, self._style_refs = shard.shard_id, dict(attempts), styles
+        rows: list[dict] = []
+        decoded: dict[str, Any] = {}  # content uri -> tensor or exception (several styles)
+        sizes: dict[str, tuple[int, int]] = {}
+        for item in shard.items:
+            started = now()
+            if item.content_uri not in decoded:
+                try:
+                    img = decode_image(self._read(item.content_uri), name=item.content_uri)
+                    decoded[item.content_uri] = self.stylizer.prepare_content(img)
+                except Exception as e:  # noqa: BLE001 - a bad input is a row, never a crash
+                    decoded[item.content_uri] = e
+            value = decoded[item.content_uri]
+            if isinstance(value, Exception):
+                status = "failed_decode" if isinstance(value, ImageError) else "failed_other"
+                msg = str(value) if isinstance(value, ImageError) else \
+                    f"{item.content_uri}: {_message(value)}"
+                rows.append(self._row(item, status, started, error_message=msg))
+                continue
+            h, w = value.shape[-2:]
+            self._prepared[item.item_id] = (item, value, int(w), int(h))
+            sizes[item.item_id] = (int(h), int(w))
+        order = [i.item_id for i in shard.items]
+        return rows, plan_batches(sizes, order, self.max_batch, frozenset(isolate))
+
+    # ------------------------------------------------------------------------------ step 2
+    def run_batch(self, item_ids: Sequence[str]) -> list[dict]:
+        """Stylize prepared items of one size together; write outputs; one row per item."""
+        entries = [self._prepared.pop(i) for i in item_ids]
+        started, t0 = now(), time.perf_counter()
+        try:
+            styles = [self._style(e[0].style) for e in entries]
+            results = self.stylizer.stylize_batch([e[1] for e in entries], styles)
+        except Exception as e:  # noqa: BLE001 - OOM and the rest become rows
+            if isinstance(e, torch.OutOfMemoryError) and self.stylizer.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(entries) > 1:  # find out which item it was: each alone
+                rows = []
+                for entry in entries:
+                    self._prepared[entry[0].item_id] = entry
+                    rows += self.run_batch([entry[0].item_id])
+                return rows
+            status = "failed_oom" if isinstance(e, torch.OutOfMemoryError) else "failed_other"
+            item = entries[0][0]
+            msg = (f"{item.content_uri}: out of device memory at {entries[0][2]}x{entries[0][3]} "
+                   f"even alone; lower stylize.size" if status == "failed_oom"
+                   else f"{item.content_uri}: {_message(e)}")
+            return [self._row(item, status, started, error_message=msg)]
+        share = (time.perf_counter() - t0) / len(entries)
+        rows = []
+        for (item, *_), result in zip(entries, results):
+            rows.append(self._write(item, result, started, share))
+        return rows
+
+    def process(self, shard: Shard, styles: Mapping[str, StyleRef],
+                attempts: Mapping[str, int] | None = None) -> list[dict]:
+        """Both steps for a whole shard (no Ray, no fault handling): one row per item."""
+        attempts = attempts or {i.item_id: 1 for i in shard.items}
+        rows, batches = self.prepare(shard, styles, attempts)
+        for batch in batches:
+            rows += self.run_batch(batch)
+        return rows
+
+    # ------------------------------------------------------------------------------ helpers
+    def _style(self, name: str):
+        from stylize.engine import Style
+        from stylize.images import decode_image, to_tensor
+
+        ref = self._style_refs[name]
+        if ref.key not in self._styles:
+            images = tuple(to_tensor(decode_image(self._read(u), name=u)) for u in ref.uris)
+            self._styles[ref.key] = Style(key=ref.key, images=images, weights=ref.weights)
+        return self._styles[ref.key]
+
+    def _write(self, item: WorkItem, result, started, duration: float) -> dict:
+        from stylize.images import encode_image
+
+        h, w = result.image.shape[-2:]
+        values = dict(width=int(w), height=int(h), iterations=int(result.iterations),
+                      content_loss=float(result.content_loss),
+                      style_loss=float(result.style_loss), tv_loss=float(result.tv_loss),
+                      total_loss=float(result.total_loss), duration_s=duration)
+        try:
+            data = encode_image(result.image, self.spec.output_format, self.spec.output_quality,
+                                self.spec.output_bit_depth)
+            storage.write_bytes(item.output_uri, data, self.options)
+        except Exception as e:  # noqa: BLE001 - an unwritable output is a row with a message
+            return self._row(item, "failed_other", started,
+                             error_message=f"{item.output_uri}: {_message(e)}", **values)
+        return self._row(item, "ok", started, **values)
+
+    def _row(self, item: WorkItem, status: str, started, **values: Any) -> dict:
+        return make_row(item, status, params_hash=self.spec.params_hash, shard=self._shard,
+                        attempt=self._attempts.get(item.item_id, 1), started_at=started,
+                        worker=self._label, **values)
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class StyleActor(StyleWorker):
+    """StyleWorker as a Ray actor; the driver sets num_cpus/num_gpus with ``.options``."""

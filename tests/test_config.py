@@ -1,0 +1,194 @@
+"""Tests for stylize.config: presets, overrides, and the errors for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stylize import config
+from stylize.config import (OPTIMIZERS, POOLINGS, PRESERVE_COLORS, PRESETS, ConfigError,
+                            StyleConfig, config_from_mapping, resolve_config)
+from stylize.losses import layer_weights
+from stylize.model import TAP_NAMES
+
+GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+# ---------------------------------------------------------------------------------- presets
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves(name):
+    cfg = resolve_config(name)
+    assert isinstance(cfg, StyleConfig)
+    assert cfg.preset == name
+    for option, value in PRESETS[name].items():
+        assert getattr(cfg, option) == value, option
+
+
+def test_default_preset_is_gatys2016():
+    assert resolve_config() == resolve_config("gatys2016") == StyleConfig()
+
+
+def test_gatys2016_is_the_paper():
+    cfg = resolve_config("gatys2016")
+    assert cfg.content_layers == ("relu4_2",)
+    assert cfg.style_layers == GATYS_STYLE_LAYERS
+    weights = layer_weights(cfg.style_layers, cfg.style_layer_weights)
+    assert len(set(weights.values())) == 1  # all five layers count equally
+    assert cfg.pooling == "avg"
+    assert cfg.init == "noise"
+    assert cfg.optimizer == "lbfgs"
+    assert cfg.content_weight / cfg.style_weight == pytest.approx(1e-3)  # alpha/beta
+    assert cfg.preserve_colors == "none" and cfg.scales == (1.0,)
+    assert not cfg.early_stopping
+
+
+def test_neural_style_preset_values():
+    """jcjohnson/neural-style's defaults, as documented in config.py."""
+    cfg = resolve_config("neural-style")
+    assert cfg.iterations == 1000
+    assert cfg.content_weight == 5.0 and cfg.style_weight == 100.0
+    assert cfg.tv_weight == pytest.approx(1e-3 * 0.5 * 3 * 512 * 512, rel=1e-3)  # sum -> mean
+    assert cfg.pooling == "max"
+    assert cfg.init == "noise"
+    assert cfg.noise_scale * 255.0 == pytest.approx(0.001)  # torch.randn(...) * 0.001
+    assert cfg.optimizer == "lbfgs" and cfg.effective_lr == 1.0
+    assert cfg.history_size == 100
+    assert cfg.content_layers == ("relu4_2",)
+    assert cfg.style_layers == GATYS_STYLE_LAYERS
+
+
+def test_neural_style_preset_per_layer_weights_match_neural_style():
+    cfg = resolve_config("neural-style")
+    content = layer_weights(cfg.content_layers, cfg.content_layer_weights)
+    style = layer_weights(cfg.style_layers, cfg.style_layer_weights)
+    assert {k: cfg.content_weight * w for k, w in content.items()} == {"relu4_2": 5.0}
+    assert {k: cfg.style_weight * w for k, w in style.items()} == {
+        k: pytest.approx(100.0) for k in GATYS_STYLE_LAYERS}
+
+
+def test_fast_preset_values():
+    cfg = resolve_config("fast")
+    assert cfg.init == "content"
+    assert cfg.early_stopping
+    assert cfg.iterations < resolve_config("gatys2016").iterations
+
+
+def test_overrides_win_over_the_preset():
+    cfg = resolve_config("fast", iterations=7, init="noise", pooling="avg", size=64)
+    assert (cfg.iterations, cfg.init, cfg.pooling, cfg.size) == (7, "noise", "avg", 64)
+    assert cfg.early_stopping and cfg.preset == "fast"  # the rest of the preset stays
+
+
+def test_none_override_keeps_the_preset_value():
+    assert resolve_config("fast", iterations=None).iterations == PRESETS["fast"]["iterations"]
+
+
+def test_string_values_are_coerced():
+    cfg = resolve_config(size="64", style_weight="1e4", early_stopping="yes",
+                         style_layers="relu1_1, relu2_1", scales="0.5 1.0")
+    assert cfg.size == 64 and cfg.style_weight == 1e4 and cfg.early_stopping is True
+    assert cfg.style_layers == ("relu1_1", "relu2_1")
+    assert cfg.scales == (0.5, 1.0)
+
+
+def test_round_trip_through_a_mapping():
+    cfg = resolve_config("fast", size=64, scales=(0.5, 1.0), style_layer_weights=(1, 2, 3, 4, 5))
+    assert config_from_mapping(cfg.to_dict()) == cfg
+    assert cfg.replace() == cfg
+    assert cfg.replace(size=32).size == 32
+
+
+def test_effective_lr_depends_on_the_optimizer():
+    assert resolve_config(optimizer="lbfgs").effective_lr == 1.0
+    assert resolve_config(optimizer="adam").effective_lr == 10.0
+    assert resolve_config(optimizer="adam", lr=3.0).effective_lr == 3.0
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        resolve_config().size = 3  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- bad values
+
+@pytest.mark.parametrize("option, value, allowed", [
+    ("optimizer", "sgd", OPTIMIZERS),
+    ("pooling", "min", POOLINGS),
+    ("preserve_colors", "yes", PRESERVE_COLORS),
+    ("precision", "fp8", config.PRECISIONS),
+    ("device", "tpu", config.DEVICES),
+    ("style_layers", ("relu9_1",), TAP_NAMES),
+    ("content_layers", ("fc7",), TAP_NAMES),
+])
+def test_bad_choice_names_the_option_and_lists_the_allowed_values(option, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        resolve_config(**{option: value})
+    message = str(err.value)
+    assert "\n" not in message
+    assert option.replace("_", "-") in message
+    listed = message.split("allowed:")[1]
+    assert [s.strip() for s in listed.split(",")] == list(allowed)
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ConfigError, match="preset") as err:
+        resolve_config("picasso")
+    assert all(name in str(err.value) for name in PRESETS)
+
+
+def test_unknown_option_is_named_and_options_are_listed():
+    with pytest.raises(ConfigError, match="'colour'") as err:
+        resolve_config(colour="blue")
+    for f in dataclasses.fields(StyleConfig):
+        assert f.name in str(err.value)
+
+
+def test_unknown_key_in_a_mapping_is_an_error():
+    with pytest.raises(ConfigError, match="'iteration'"):
+        config_from_mapping({"preset": "fast", "iteration": 3})
+
+
+@pytest.mark.parametrize("option", ["content_weight", "style_weight", "tv_weight",
+                                    "tolerance", "noise_scale"])
+def test_negative_weights_are_refused(option):
+    with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')}: must be >= 0"):
+        resolve_config(**{option: -1})
+    assert getattr(resolve_config(**{option: 0}), option) == 0  # zero is a valid weight
+
+
+@pytest.mark.parametrize("scales", [(1.0, 0.5), (0.5,), (0.0, 1.0), (0.5, 1.5), ()])
+def test_bad_scales(scales):
+    with pytest.raises(ConfigError, match="--scales"):
+        resolve_config(scales=scales)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("size", 8), ("size", "big"), ("iterations", 0), ("history_size", 0), ("window", 0),
+    ("style_scale", 0), ("lr", 0), ("batch_size", -1), ("log_every", 0),
+    ("early_stopping", "maybe"), ("iterations", 2.5),
+])
+def test_bad_numbers_name_the_option(option, value):
+    with pytest.raises(ConfigError, match=f"^--{option.replace('_', '-')}:"):
+        resolve_config(**{option: value})
+
+
+def test_layer_weights_must_match_the_layers():
+    with pytest.raises(ConfigError, match="--style-layer-weights: 2 weights for 5 layers"):
+        resolve_config(style_layer_weights=(1.0, 2.0))
+    cfg = resolve_config(style_layers=("relu1_1", "relu2_1"), style_layer_weights=(1, 3))
+    assert layer_weights(cfg.style_layers, cfg.style_layer_weights) == {
+        "relu1_1": 1.0, "relu2_1": 3.0}
+
+
+def test_replace_validates():
+    with pytest.raises(ConfigError, match="--optimizer"):
+        resolve_config().replace(optimizer="newton")
+
+
+def test_weights_source_and_init_accept_paths():
+    cfg = resolve_config(weights="/models/vgg19.pth", init="/images/start.png")
+    assert cfg.weights == "/models/vgg19.pth" and cfg.init == "/images/start.png"
+    with pytest.raises(ConfigError, match="--weights"):
+        resolve_config(weights="")

@@ -1,0 +1,104 @@
+"""Job files: validation, unknown keys, --set overrides, hashes (no Ray, no engine runs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.jobconfig import (JobConfigError, apply_overrides, job_from_mapping, load_job)
+
+BASE = {"input": "in", "styles": ["a.jpg"], "output": "out"}
+
+
+def job(**changes):
+    return job_from_mapping({**BASE, **changes})
+
+
+def test_defaults_and_issue_keys():
+    j = job(stylize={"preset": "fast", "size": 64}, shard_size=4, mode="overwrite",
+            max_attempts=2, item_timeout_s=60, output_format="jpg",
+            storage_options={"endpoint_url": "http://x"},
+            ray={"address": None, "num_workers": "auto", "gpus_per_worker": 1,
+                 "cpus_per_worker": 1})
+    assert j.stylize.size == 64 and j.stylize.preset == "fast"
+    assert (j.shard_size, j.mode, j.max_attempts, j.item_timeout_s) == (4, "overwrite", 2, 60.0)
+    assert j.output_format == "jpeg"
+    assert j.ray.num_workers == "auto" and j.ray.address is None
+    assert not j.grid.enabled
+
+
+def test_unknown_key_names_it_and_the_allowed_keys():
+    with pytest.raises(JobConfigError, match=r"unknown key 'shards'.*allowed keys: input, styles"):
+        job(shards=3)
+    with pytest.raises(JobConfigError, match=r"unknown key 'ray.gpus'.*gpus_per_worker"):
+        job(ray={"gpus": 1})
+    with pytest.raises(JobConfigError, match=r"stylize: .*unknown option 'iters'"):
+        job(stylize={"iters": 3})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mode": "again"}, r"mode: 'again' is not allowed; allowed: resume, overwrite"),
+    ({"output_format": "gif"}, r"output_format: 'gif' is not allowed"),
+    ({"shard_size": 0}, r"shard_size: must be >= 1"),
+    ({"item_timeout_s": 0}, r"item_timeout_s: must be > 0"),
+    ({"ray": {"num_workers": "many"}}, r"ray.num_workers: expected an integer"),
+    ({"stylize": {"size": "big"}}, r"stylize: size"),
+    ({"output_bit_depth": 16, "output_format": "jpeg"}, r"output_bit_depth"),
+    ({"styles": []}, r"styles: the list is empty"),
+    ({"output": "memory://out"}, r"memory:// .*ray.address: inline"),
+])
+def test_bad_values_are_named(changes, message):
+    with pytest.raises(JobConfigError, match=message):
+        job(**changes)
+
+
+def test_style_forms():
+    j = job(styles={"starry": "s.jpg", "mix": [{"uri": "a.jpg", "weight": 2}, "b.jpg"],
+                    "one": {"uri": "c.jpg", "weight": 0.5}})
+    by_name = {s.name: s for s in j.styles}
+    assert by_name["mix"].uris == ("a.jpg", "b.jpg") and by_name["mix"].weights == (2.0, 1.0)
+    assert by_name["one"].weights == (0.5,)
+    assert job(styles="styles/").styles == "styles/"
+    assert job(styles=["x.jpg"]).styles[0].name is None
+    with pytest.raises(JobConfigError, match=r"unknown key 'styles.one.w'"):
+        job(styles={"one": {"uri": "c.jpg", "w": 1}})
+
+
+def test_set_overrides_are_yaml_typed():
+    raw = apply_overrides(BASE, ["stylize.size=64", "ray.num_workers=2", "grid=true",
+                                 "styles=[a.jpg, b.jpg]", "stylize.style_weight=1.0e4",
+                                 "ray.address=auto"])
+    j = job_from_mapping(raw)
+    assert j.stylize.size == 64 and j.ray.num_workers == 2 and j.grid.enabled
+    assert [s.uris[0] for s in j.styles] == ["a.jpg", "b.jpg"]
+    assert j.stylize.style_weight == 1e4 and j.ray.address == "auto"
+    j = job_from_mapping(apply_overrides({**BASE, "grid": True}, ["grid.cell_size=64"]))
+    assert j.grid.enabled and j.grid.cell_size == 64
+    with pytest.raises(JobConfigError, match="expected KEY=VALUE"):
+        apply_overrides(BASE, ["stylize.size"])
+    with pytest.raises(JobConfigError, match=r"unknown key 'stylise'"):
+        job_from_mapping(apply_overrides(BASE, ["stylise.size=3"]))
+
+
+def test_load_job_file_set_and_mode(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: in\nstyles: [a.jpg]\noutput: out\nstylize: {size: 32}\n")
+    j = load_job(str(path), ["stylize.iterations=7"], mode="overwrite")
+    assert (j.stylize.size, j.stylize.iterations, j.mode) == (32, 7, "overwrite")
+    with pytest.raises(JobConfigError, match="no such job file"):
+        load_job(str(tmp_path / "missing.yaml"))
+    path.write_text("input: [unclosed\n")
+    with pytest.raises(JobConfigError, match="not valid YAML"):
+        load_job(str(path))
+
+
+def test_params_hash_follows_outputs_not_devices():
+    a = job(stylize={"size": 64})
+    assert a.params_hash == job(stylize={"size": 64, "device": "cpu", "batch_size": 2}).params_hash
+    assert a.params_hash != job(stylize={"size": 65}).params_hash
+    assert a.params_hash != job(stylize={"size": 64}, output_format="jpeg").params_hash
+
+
+def test_to_dict_redacts_secrets():
+    d = job(storage_options={"key": "AKIA", "secret": "s", "endpoint_url": "http://e"}).to_dict()
+    assert d["storage_options"] == {"key": "***", "secret": "***", "endpoint_url": "http://e"}
+    assert d["stylize"]["size"] == 512
