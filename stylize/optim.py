@@ -11,7 +11,10 @@ min(1, 1/|g|_1) * lr, which for a loss of this scale moves pixels by ~1e-9, so t
 pair's y = g1 - g0 is mostly rounding noise and poisons the curvature estimate. Here the
 first step has an RMS of FIRST_STEP_PIXELS; measured at 128 px / 200 steps it reaches a
 lower style and content loss than torch's rule. Then steps of lr; a pair (s, y) with
-s.y <= 1e-10 is not used. No host synchronisation inside the loop: the
+s.y <= 1e-10 is not used. Without a line search, a step from white noise at small sizes can
+multiply the loss by 1e4 and leave a curvature pair that stalls the rest of the run; such a
+step (loss grown more than GROWTH_LIMIT times) is undone and retried ten times shorter, at
+the cost of the one evaluation that found it. From the content it never triggered in our runs. No host synchronisation inside the loop: the
 only sync points are the progress callbacks, every ``log_every`` steps.
 """
 
@@ -26,6 +29,7 @@ Objective = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]  # x -> (total (B
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 FIRST_STEP_PIXELS = 1.0  # RMS size of the first L-BFGS step, in pixel units (0..255)
+GROWTH_LIMIT = 2.0  # an L-BFGS step that multiplies an image's loss by more is undone
 
 
 class BatchedLBFGS:
@@ -39,13 +43,24 @@ class BatchedLBFGS:
         self.rho = x.new_zeros(b, history_size)  # (B, m); 0 marks an unused pair
         self.h_diag = x.new_ones(b)  # (B,) initial inverse-Hessian scale
         self.written = 0  # pairs written so far (same for every image; masked by rho)
+        self.shrink = x.new_ones(b)  # (B,) step factor, < 1 after a rejected step
         self.prev_g: torch.Tensor | None = None
         self.prev_step: torch.Tensor | None = None
+        self.prev_loss: torch.Tensor | None = None
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
-        """Move x (B, N) in place along the L-BFGS direction for gradient g; frozen where not active."""
+    def step(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor,
+             active: torch.Tensor) -> None:
+        """Move x (B, N) in place along the L-BFGS direction for gradient g at loss (B,);
+        frozen where not active."""
         if self.prev_g is not None:
+            # Safeguard (no line search): a step that multiplied an image's loss by more than
+            # GROWTH_LIMIT is undone and retried 10x shorter; its pair is not kept (y = 0).
+            bad = loss > self.prev_loss * GROWTH_LIMIT
+            x.sub_(self.prev_step * bad[:, None])
+            g = torch.where(bad[:, None], self.prev_g, g)
+            loss = torch.where(bad, self.prev_loss, loss)
+            self.shrink = torch.where(bad, self.shrink * 0.1, 1.0)
             y = g - self.prev_g
             s = self.prev_step
             ys = (y * s).sum(1)  # (B,)
@@ -62,10 +77,20 @@ class BatchedLBFGS:
             rms = g.pow(2).mean(1).sqrt().clamp_min(1e-30)
             t = FIRST_STEP_PIXELS / rms * self.lr  # (B,)
         else:
-            t = torch.full_like(self.h_diag, self.lr)
+            t = self.lr * self.shrink
         step = d * (t * active)[:, None]
         x.add_(step)
-        self.prev_g, self.prev_step = g.clone(), step
+        self.prev_g, self.prev_step, self.prev_loss = g.clone(), step, loss.clone()
+
+    @torch.no_grad()
+    def settle(self, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """After the last step: undo it where it made the loss worse (the safeguard above).
+        Returns the images that were moved back."""
+        if self.prev_g is None:
+            return torch.zeros_like(loss, dtype=torch.bool)
+        bad = loss > self.prev_loss * GROWTH_LIMIT
+        x.sub_(self.prev_step * bad[:, None])
+        return bad
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
         """Two-loop recursion, vectorised over the batch; returns -H g, shape (B, N)."""
@@ -94,7 +119,8 @@ class BatchedAdam:
         self.t = x.new_zeros(x.shape[0])  # (B,) steps taken by each image
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, g: torch.Tensor, active: torch.Tensor) -> None:
+    def step(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor,
+             active: torch.Tensor) -> None:
         b1, b2 = self.betas
         a = active[:, None]
         self.t += active
@@ -104,6 +130,9 @@ class BatchedAdam:
         m_hat = self.m1 / (1 - b1 ** t)
         v_hat = self.m2 / (1 - b2 ** t)
         x.sub_(a * self.lr * m_hat / (v_hat.sqrt() + self.eps))
+
+    def settle(self, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(loss, dtype=torch.bool)
 
 
 @dataclass(frozen=True)
@@ -153,7 +182,7 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
                 recent[:, it % stopping.window] = total.detach()
             g = grad.reshape(bsz, -1).float()
             active &= g.abs().amax(1) > 1e-7  # torch.optim.LBFGS's tolerance_grad
-            opt.step(flat, g, active)
+            opt.step(flat, g, total.detach(), active)
         last = it == iterations - 1
         if hook is not None and ((it + 1) % log_every == 0 or it == 0 or last):
             hook(it + 1, total.detach(), active, x)  # sync point
@@ -161,4 +190,6 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
             break
     with torch.no_grad():
         losses = tuple(t.detach() for t in objective(x))
+        if bool(opt.settle(flat, losses[0]).any()):  # sync point, once
+            losses = tuple(t.detach() for t in objective(x))
     return Outcome(x.detach(), used, losses)

@@ -65,10 +65,6 @@ def test_loss_decreases(engines, starry, optimizer, init):
         rel=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "optim.BatchedLBFGS (lr 1, no line search, no safeguard) is unstable from noise at "
-    "32 px: for most seeds one step raises the loss 1e4-1e5 times, the curvature pair it "
-    "leaves behind makes the next steps tiny, and 20 steps end at 0.9x the start or above"))
 def test_lbfgs_loss_decreases_from_noise_for_every_seed(engines, starry):
     finals = {}
     for seed in range(4):
