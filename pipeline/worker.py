@@ -8,6 +8,8 @@ shard, so that it always knows which items are on the device when something goes
    right away) and groups same-size images into batches, returned as lists of item ids;
 2. ``run_batch(item_ids)`` stylizes one batch, writes each output and returns its rows.
 
+Reading, decoding, encoding and writing run in a small pool of CPU threads.
+
 The VGG-19 is loaded once per worker; the engine caches every style's Gram targets by
 (style key, size), so a style is analysed once per worker and size, not once per image.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -84,6 +87,7 @@ class StyleWorker:
         self._styles: dict[str, Any] = {}  # style key -> engine Style (decoded once)
         self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
         self._label = self._make_label()
+        self._io = ThreadPoolExecutor(max(2, spec.threads or 2), thread_name_prefix="io")
 
     def _read(self, uri: str) -> bytes:
         return storage.read_bytes(uri, self.options)
@@ -115,16 +119,20 @@ class StyleWorker:
         self._prepared.clear()
         self._shard, self._attempts, self._style_refs = shard.shard_id, dict(attempts), styles
         rows: list[dict] = []
-        decoded: dict[str, Any] = {}  # content uri -> tensor or exception (several styles)
         sizes: dict[str, tuple[int, int]] = {}
+
+        def load(uri: str) -> Any:
+            try:
+                return self.stylizer.prepare_content(decode_image(self._read(uri), name=uri))
+            except Exception as e:  # noqa: BLE001 - a bad input is a row, never a crash
+                return e
+
+        # Read and decode in CPU threads (Pillow and zlib release the GIL); content uri ->
+        # tensor or exception, once per content for all its styles.
+        uris = list(dict.fromkeys(item.content_uri for item in shard.items))
+        started = now()
+        decoded = dict(zip(uris, self._io.map(load, uris)))
         for item in shard.items:
-            started = now()
-            if item.content_uri not in decoded:
-                try:
-                    img = decode_image(self._read(item.content_uri), name=item.content_uri)
-                    decoded[item.content_uri] = self.stylizer.prepare_content(img)
-                except Exception as e:  # noqa: BLE001 - a bad input is a row, never a crash
-                    decoded[item.content_uri] = e
             value = decoded[item.content_uri]
             if isinstance(value, Exception):
                 status = "failed_decode" if isinstance(value, ImageError) else "failed_other"
@@ -162,10 +170,9 @@ class StyleWorker:
                    else f"{item.content_uri}: {_message(e)}")
             return [self._row(item, status, started, error_message=msg)]
         share = (time.perf_counter() - t0) / len(entries)
-        rows = []
-        for (item, *_), result in zip(entries, results):
-            rows.append(self._write(item, result, started, share))
-        return rows
+        # Encode and write in CPU threads, all of them before the rows go back.
+        return list(self._io.map(lambda pair: self._write(pair[0][0], pair[1], started, share),
+                                 zip(entries, results)))
 
     def process(self, shard: Shard, styles: Mapping[str, StyleRef],
                 attempts: Mapping[str, int] | None = None) -> list[dict]:
