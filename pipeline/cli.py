@@ -123,9 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else EXIT_USAGE
     command, rest = argv[0], argv[1:]
     if command == "image":
+        from pipeline.storage import read_bytes
         from stylize.cli import image_main
 
-        return image_main(rest)
+        return image_main(rest, read_bytes=read_bytes)  # --weights s3://... through fsspec
     if command == "bench":
         from stylize.bench import main as bench_main
 

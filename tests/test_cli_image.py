@@ -1,0 +1,114 @@
+"""`stylize image`: a decodable output of the requested size, and exit 2 with one line for
+every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+
+from pipeline.cli import main
+from stylize.images import decode_image
+from stylize.model import load_caffe_state
+
+SAMPLES = Path(__file__).resolve().parents[1] / "stylize" / "samples"
+CONTENT, STYLE = str(SAMPLES / "tubingen.jpg"), str(SAMPLES / "starry_night.jpg")
+FAST = ["--size", "40", "--iterations", "3", "--quiet", "--device", "cpu"]
+
+
+def run(capsys, *args):
+    rc = main(["image", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.jpg", "out.webp", "out.tif"])
+def test_writes_a_decodable_image_of_the_requested_size(tmp_path, capsys, name):
+    out = tmp_path / name
+    rc, stdout, err = run(capsys, "--content", CONTENT, "--style", STYLE, "-o", str(out), *FAST)
+    assert rc == 0, err
+    img = decode_image(out.read_bytes())
+    assert max(img.size) == 40
+    assert img.size == (40, 30)  # tubingen is 4:3, kept exactly
+    assert "wrote" in stdout
+
+
+def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
+    out = tmp_path / "blend.png"
+    rc, _, err = run(capsys, "--content", CONTENT, "--style", STYLE,
+                     "--style", str(SAMPLES / "the_scream.jpg"), "--style-weights", "0.7", "0.3",
+                     "-o", str(out), "--preset", "fast", "--init", "content", "--pooling", "avg",
+                     "--content-weight", "2", "--tv-weight", "0.1", "--scales", "0.5,1.0",
+                     "--preserve-colors", "luminance", "--save-every", "2", "--bit-depth", "16",
+                     *FAST)
+    assert rc == 0, err
+    assert out.read_bytes()[24] == 16  # PNG IHDR bit depth
+    assert decode_image(out.read_bytes()).size == (40, 30)
+    snapshots = sorted(p.name for p in tmp_path.glob("blend_*.png"))
+    assert snapshots == ["blend_00002.png", "blend_00004.png", "blend_00006.png"]
+
+
+def test_weights_from_an_fsspec_url(tmp_path, capsys):
+    state, _ = load_caffe_state()
+    buf = io.BytesIO()
+    torch.save({f"features.{k}": v for k, v in state.items()}, buf)
+    with fsspec.open("memory://weights/vgg19.pth", "wb") as f:
+        f.write(buf.getvalue())
+    out = tmp_path / "o.png"
+    rc, _, err = run(capsys, "--content", CONTENT, "--style", STYLE, "-o", str(out),
+                     "--weights", "memory://weights/vgg19.pth", "--preprocessing", "caffe", *FAST)
+    assert rc == 0, err
+    assert decode_image(out.read_bytes()).size == (40, 30)
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image at all")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes((SAMPLES / "coffee.jpg").read_bytes()[:3000])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    return {"text": text, "truncated": truncated, "empty": empty}
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("missing", ["--content", "{tmp}/nope.jpg"], "nope.jpg: cannot read file"),
+    ("text", ["--content", "{text}"], "notes.jpg: not an image"),
+    ("truncated", ["--content", "{truncated}"], "cut.jpg: truncated or corrupt"),
+    ("empty", ["--style", "{empty}"], "empty.png: empty file"),
+    ("init", ["--init", "{text}"], "notes.jpg: not an image"),
+    ("optimizer", ["--optimizer", "sgd"], "--optimizer: 'sgd' is not allowed; allowed: lbfgs, adam"),
+    ("pooling", ["--pooling", "median"], "--pooling: 'median' is not allowed; allowed: max, avg"),
+    ("preset", ["--preset", "monet"], "allowed: gatys2016, neural-style, fast"),
+    ("colors", ["--preserve-colors", "sepia"], "allowed: none, luminance, histogram"),
+    ("size", ["--size", "big"], "--size: expected int"),
+    ("negative", ["--style-weight", "-1"], "--style-weight: must be >= 0"),
+    ("layer", ["--style-layers", "relu9_1"], "--style-layers: unknown layer 'relu9_1'"),
+    ("scales", ["--scales", "1.0,0.5"], "--scales: increasing fractions"),
+    ("device", ["--device", "cuda"], "--device: cuda is not available"),
+    ("weights", ["--weights", "{tmp}/none.pth"], "none.pth"),
+    ("format", ["-o", "{tmp}/out.gif"], "--output: "),
+    ("folder", ["-o", "{tmp}/no/such/dir/out.png"], "does not exist or is not writable"),
+    ("bitdepth", ["-o", "{tmp}/out.jpg", "--bit-depth", "16"], "16"),
+    ("blend", ["--style-weights", "1", "2"], "--style-weights: 2 weights for 1 --style"),
+    ("unknown", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, case, args, message):
+    if case == "device":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    paths = {k: str(v) for k, v in _bad_files(tmp_path).items()}
+    args = [a.format(tmp=tmp_path, **paths) for a in args]
+    base = {"--content": CONTENT, "--style": STYLE, "-o": str(tmp_path / "out.png")}
+    for flag in list(base):
+        if flag in args:
+            del base[flag]
+    argv = [x for kv in base.items() for x in kv] + FAST + args  # the last value wins
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert message in lines[0]
