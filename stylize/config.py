@@ -50,7 +50,9 @@ class StyleConfig:
     noise_scale: float = 0.1  # std of the initial white noise around mid-grey, as a fraction of 255
     optimizer: str = "lbfgs"
     lr: float | None = None  # None: 1.0 for lbfgs, 10.0 (pixel units) for adam
-    history_size: int = 100  # L-BFGS pairs kept per image
+    # L-BFGS pairs kept per image. The paper does not say; 20 reaches the same losses as 100
+    # at 128 px / 200 steps (README, "Losses") and reads 5x less memory per step.
+    history_size: int = 20
     pooling: str = "avg"  # the paper replaces max pooling by average pooling
     weights: str = "caffe"
     preprocessing: str | None = None  # only for a weights path/URL: caffe | torchvision
@@ -106,7 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Throughput: start from the content, stop each image once its loss stalls.
     "fast": dict(
         iterations=300, init="content", early_stopping=True, tolerance=2e-3, window=20,
-        history_size=20, pooling="max",
+        pooling="max",
     ),
 }
 
