@@ -263,15 +263,19 @@ class Stylizer:
             loss = self.loss_for(content, styles)
             hook = _hook(callback, si, len(cfg.scales), iterations)
             out = optimize(
-                x, lambda px: loss(self.features(px), px), iterations, cfg.optimizer,
+                x, self._objective(loss), iterations, cfg.optimizer,
                 cfg.effective_lr, cfg.history_size,
-                Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every)
+                Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every,
+                narrow=lambda rows, loss=loss: self._objective(loss.select(rows)))
             x, used = out.pixels, used + out.iterations
         pixels = color.combine_luminance(x, full) if grey else x
         total, content_l, style_l, tv = (t.tolist() for t in out.losses)
         images = pixels.clamp(0, 255).cpu()
         return [ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
                 for i in range(len(contents))]
+
+    def _objective(self, loss: GatysLoss):
+        return lambda px: loss(self.features(px), px)
 
     @torch.no_grad()
     def loss_for(self, content: torch.Tensor, styles: Sequence[Style]) -> GatysLoss:

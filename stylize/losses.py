@@ -80,6 +80,12 @@ class GatysLoss(nn.Module):
         total = self.alpha * content + self.beta * style + self.tv_weight * tv
         return total, content, style, tv
 
+    def select(self, rows: torch.Tensor) -> "GatysLoss":
+        """The same loss for a subset of the batch: ``rows`` (K,) indexes the images."""
+        return GatysLoss({k: m.target[rows] for k, m in self.content.items()},
+                         {k: m.target[rows] for k, m in self.style.items()},
+                         self.cw, self.sw, self.alpha, self.beta, self.tv_weight)
+
 
 def layer_weights(layers: tuple[str, ...], weights: tuple[float, ...] | None) -> dict[str, float]:
     """Explicit weights, or equal weights summing to 1 (the paper's w_l = 1/5)."""

@@ -14,8 +14,10 @@ lower style and content loss than torch's rule. Then steps of lr; a pair (s, y) 
 s.y <= 1e-10 is not used. Without a line search, a step from white noise at small sizes can
 multiply the loss by 1e4 and leave a curvature pair that stalls the rest of the run; such a
 step (loss grown more than GROWTH_LIMIT times) is undone and retried ten times shorter, at
-the cost of the one evaluation that found it. From the content it never triggered in our runs. No host synchronisation inside the loop: the
-only sync points are the progress callbacks, every ``log_every`` steps.
+the cost of the one evaluation that found it. From the content it never triggered in our
+runs. No host synchronisation inside the loop: the only sync points are the progress
+callbacks, every ``log_every`` steps, and with early stopping the check that drops finished
+images from the batch, every ``window`` steps.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ class BatchedLBFGS:
         x.add_(step)
         self.prev_g, self.prev_step, self.prev_loss = g.clone(), step, loss.clone()
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the state of the images ``rows`` (K,) only, in that order."""
+        self.s, self.y, self.rho = self.s[rows], self.y[rows], self.rho[rows]
+        self.h_diag, self.shrink = self.h_diag[rows], self.shrink[rows]
+        if self.prev_g is not None:
+            self.prev_g, self.prev_step = self.prev_g[rows], self.prev_step[rows]
+            self.prev_loss = self.prev_loss[rows]
+
     @torch.no_grad()
     def settle(self, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """After the last step: undo it where it made the loss worse (the safeguard above).
@@ -136,6 +146,9 @@ class BatchedAdam:
         v_hat = self.m2 / (1 - b2 ** t)
         x.sub_(a * self.lr * m_hat / (v_hat.sqrt() + self.eps))
 
+    def select(self, rows: torch.Tensor) -> None:
+        self.m1, self.m2, self.t = self.m1[rows], self.m2[rows], self.t[rows]
+
     def settle(self, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(loss, dtype=torch.bool)
 
@@ -158,43 +171,74 @@ class Outcome:
 
 def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer: str,
              lr: float, history_size: int = 100, stopping: Stopping = Stopping(),
-             hook: StepHook | None = None, log_every: int = 10) -> Outcome:
+             hook: StepHook | None = None, log_every: int = 10,
+             narrow: Callable[[torch.Tensor], Objective] | None = None) -> Outcome:
     """Minimise objective(x) for a batch of images x0 (B, 3, H, W), each independently.
 
     ``hook(step, losses (B,), active (B,), pixels)`` runs every ``log_every`` steps and at the
-    end; it is the only place that reads values back to the host. Stops early once every
-    image has converged (checked at those points only).
+    end; it and the early-stopping check are the only places that read values back to the
+    host. With ``stopping`` enabled, the loop ends once every image has converged, checked
+    every ``min(log_every, window)`` steps (one sync each). Given ``narrow(rows)``, the
+    objective for the images ``rows`` (K,) of the batch, images that have stopped also leave
+    the batch at those checks, so they cost nothing more while the others go on.
     """
     bsz = x0.shape[0]
-    x = x0.detach().clone().float().contiguous()
-    flat = x.view(bsz, -1)  # (B, N) view sharing storage with x
+    out = x0.detach().clone().float().contiguous()  # (B, 3, H, W) every image, stopped ones final
+    x = out.clone()  # (K, 3, H, W) the images still in the batch
+    flat = x.view(bsz, -1)  # (K, N) view sharing storage with x
     opt = (BatchedLBFGS(flat, history_size, lr) if optimizer == "lbfgs"
            else BatchedAdam(flat, lr))
-    active = torch.ones(bsz, dtype=torch.bool, device=x.device)
-    used = torch.zeros(bsz, dtype=torch.long, device=x.device)
-    recent = torch.full((bsz, stopping.window), float("inf"), device=x.device)  # (B, window)
+    rows = torch.arange(bsz, device=x.device)  # (K,) batch index of each image still in x
+    active = torch.ones(bsz, dtype=torch.bool, device=x.device)  # (K,)
+    used = torch.zeros(bsz, dtype=torch.long, device=x.device)  # (B,)
+    last = torch.zeros(bsz, device=x.device)  # (B,) latest total loss of each image
+    recent = torch.full((bsz, stopping.window), float("inf"), device=x.device)  # (K, window)
+    check_every = min(log_every, stopping.window) if stopping.enabled else log_every
+    step_objective = objective
     for it in range(iterations):
         x.requires_grad_(True)
-        total = objective(x)[0]
+        total = step_objective(x)[0]
         (grad,) = torch.autograd.grad(total.sum(), x)
         x.requires_grad_(False)
         with torch.no_grad():
-            used += active
+            used[rows] += active
             if stopping.enabled:
                 old = recent[:, it % stopping.window]
                 rel = (old - total) / total.abs().clamp_min(1e-12)
                 active &= ~((rel < stopping.tolerance) & torch.isfinite(old))
                 recent[:, it % stopping.window] = total.detach()
-            g = grad.reshape(bsz, -1).float()
+            g = grad.reshape(len(rows), -1).float()
             active &= g.abs().amax(1) > 1e-7  # torch.optim.LBFGS's tolerance_grad
             opt.step(flat, g, total.detach(), active)
-        last = it == iterations - 1
-        if hook is not None and ((it + 1) % log_every == 0 or it == 0 or last):
-            hook(it + 1, total.detach(), active, x)  # sync point
-        if (it + 1) % log_every == 0 and not bool(active.any()):  # sync point
-            break
+            last[rows] = total.detach()
+        final = it == iterations - 1
+        if hook is not None and ((it + 1) % log_every == 0 or it == 0 or final):
+            out[rows] = x
+            hook(it + 1, last, _scatter(active, rows, bsz), out)  # sync point
+        if (it + 1) % check_every == 0 and not final:
+            keep = active.nonzero().squeeze(1)  # sync point
+            if len(keep) == 0:
+                break
+            if narrow is not None and len(keep) < len(rows):
+                # A stopped image's last step was masked to zero (and a bad one before it
+                # undone), so its pixels are final: store them and drop it from the batch.
+                out[rows] = x
+                rows, active, recent = rows[keep], active[keep], recent[keep]
+                x = x[keep].contiguous()
+                flat = x.view(len(rows), -1)
+                opt.select(keep)
+                step_objective = narrow(rows)
     with torch.no_grad():
-        losses = tuple(t.detach() for t in objective(x))
-        if bool(opt.settle(flat, losses[0]).any()):  # sync point, once
-            losses = tuple(t.detach() for t in objective(x))
-    return Outcome(x.detach(), used, losses)
+        losses = tuple(t.detach() for t in step_objective(x))
+        moved = opt.settle(flat, losses[0])
+        out[rows] = x
+        if len(rows) < bsz or bool(moved.any()):  # sync point, once
+            losses = tuple(t.detach() for t in objective(out))
+    return Outcome(out, used, losses)
+
+
+def _scatter(active: torch.Tensor, rows: torch.Tensor, bsz: int) -> torch.Tensor:
+    """(K,) flags of the images still in the batch -> (B,) flags, False for the others."""
+    full = torch.zeros(bsz, dtype=torch.bool, device=active.device)
+    full[rows] = active
+    return full

@@ -135,6 +135,34 @@ def test_batch_with_early_stopping_equals_each_alone():
     _assert_same(alone, batched)
 
 
+def test_stopped_images_leave_the_batch():
+    """Early stopping saves work, not just iterations: once an image has stopped, the network
+    runs on the others only (checked every ``window`` steps), and every image still comes
+    back with its pixels, its loss and its own iteration count."""
+    st = Stylizer(resolve_config(device="cpu", init="content", iterations=12, size=32,
+                                 early_stopping=True, tolerance=1e-6, window=4, log_every=6))
+    contents, styles = batch_inputs()
+    contents[0] = sample_exact("the_scream", H, W)
+    styles[0] = Style("itself", (contents[0],))  # at its optimum: its loss cannot fall
+    network = st.features
+    sizes = []
+
+    def features(pixels):
+        sizes.append(pixels.shape[0])
+        return network(pixels)
+
+    st.features = features
+    results = st.stylize_batch(contents, styles)
+    # The first image stops at step 5 (the first full window); the check at step 8 drops it.
+    # Three style Grams and the content targets; steps 1-8 with three images, steps 9-12 and
+    # the final loss with two; then the losses of all three at their returned pixels.
+    assert [r.iterations for r in results] == [5, 12, 12]
+    assert sizes == [1, 1, 1, 3] + [3] * 8 + [2] * 5 + [3], str(sizes)
+    torch.testing.assert_close(results[0].image, contents[0])
+    assert results[0].total_loss == pytest.approx(0, abs=1e-6)
+    assert all(r.total_loss > 0 for r in results[1:])
+
+
 # ---------------------------------------------------------------------------- the options
 
 def test_multiscale_returns_full_size_and_counts_every_scale(engines):
