@@ -18,6 +18,12 @@ the cost of the one evaluation that found it. From the content it never triggere
 runs. No host synchronisation inside the loop: the only sync points are the progress
 callbacks, every ``log_every`` steps, and with early stopping the check that drops finished
 images from the batch, every ``window`` steps.
+
+Both optimizers keep the pixels in 0..255 (projection after each step; for L-BFGS the pair
+stores the move actually made). Unconstrained, a few percent of the pixels leave the range
+and the delivered (clamped) image has a much higher loss than the one optimised: measured on
+8 images at 64 px, 1.3-1.6x for gatys2016 at 200 steps and 5.8x for the fast preset at 500,
+where the projected run delivers the loss it reaches.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 FIRST_STEP_PIXELS = 1.0  # RMS size of the first L-BFGS step, in pixel units (0..255)
 GROWTH_LIMIT = 2.0  # an L-BFGS step that multiplies an image's loss by more is undone
+PIXEL_RANGE = (0.0, 255.0)  # every step is projected into it: the pixels an output can hold
 
 
 class BatchedLBFGS:
@@ -81,8 +88,9 @@ class BatchedLBFGS:
             t = FIRST_STEP_PIXELS / rms * self.lr  # (B,)
         else:
             t = self.lr * self.shrink
-        step = d * (t * active)[:, None]
-        x.add_(step)
+        before = x.clone()
+        x.addcmul_(d, (t * active)[:, None]).clamp_(*PIXEL_RANGE)
+        step = before.neg_().add_(x)  # the move actually made, so that (s, y) stay consistent
         self.prev_g, self.prev_step, self.prev_loss = g.clone(), step, loss.clone()
 
     def select(self, rows: torch.Tensor) -> None:
@@ -144,7 +152,7 @@ class BatchedAdam:
         t = self.t.clamp_min(1)[:, None]
         m_hat = self.m1 / (1 - b1 ** t)
         v_hat = self.m2 / (1 - b2 ** t)
-        x.sub_(a * self.lr * m_hat / (v_hat.sqrt() + self.eps))
+        x.sub_(a * self.lr * m_hat / (v_hat.sqrt() + self.eps)).clamp_(*PIXEL_RANGE)
 
     def select(self, rows: torch.Tensor) -> None:
         self.m1, self.m2, self.t = self.m1[rows], self.m2[rows], self.t[rows]
@@ -183,7 +191,7 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
     the batch at those checks, so they cost nothing more while the others go on.
     """
     bsz = x0.shape[0]
-    out = x0.detach().clone().float().contiguous()  # (B, 3, H, W) every image, stopped ones final
+    out = x0.detach().float().clamp(*PIXEL_RANGE).contiguous()  # (B, 3, H, W) all images
     x = out.clone()  # (K, 3, H, W) the images still in the batch
     flat = x.view(bsz, -1)  # (K, N) view sharing storage with x
     opt = (BatchedLBFGS(flat, history_size, lr) if optimizer == "lbfgs"
