@@ -199,7 +199,7 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
     rows = torch.arange(bsz, device=x.device)  # (K,) batch index of each image still in x
     active = torch.ones(bsz, dtype=torch.bool, device=x.device)  # (K,)
     used = torch.zeros(bsz, dtype=torch.long, device=x.device)  # (B,)
-    last = torch.zeros(bsz, device=x.device)  # (B,) latest total loss of each image
+    last = torch.zeros(bsz, device=x.device)  # (B,) total loss of each image, for the hook
     recent = torch.full((bsz, stopping.window), float("inf"), device=x.device)  # (K, window)
     check_every = min(log_every, stopping.window) if stopping.enabled else log_every
     step_objective = objective
@@ -218,10 +218,9 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
             g = grad.reshape(len(rows), -1).float()
             active &= g.abs().amax(1) > 1e-7  # torch.optim.LBFGS's tolerance_grad
             opt.step(flat, g, total.detach(), active)
-            last[rows] = total.detach()
         final = it == iterations - 1
         if hook is not None and ((it + 1) % log_every == 0 or it == 0 or final):
-            out[rows] = x
+            out[rows], last[rows] = x, total.detach()
             hook(it + 1, last, _scatter(active, rows, bsz), out)  # sync point
         if (it + 1) % check_every == 0 and not final:
             keep = active.nonzero().squeeze(1)  # sync point
@@ -230,7 +229,7 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
             if narrow is not None and len(keep) < len(rows):
                 # A stopped image's last step was masked to zero (and a bad one before it
                 # undone), so its pixels are final: store them and drop it from the batch.
-                out[rows] = x
+                out[rows], last[rows] = x, total.detach()
                 rows, active, recent = rows[keep], active[keep], recent[keep]
                 x = x[keep].contiguous()
                 flat = x.view(len(rows), -1)
