@@ -6,9 +6,12 @@ Modules follow the data flow::
     jobconfig  YAML job -> frozen JobConfig (RayConfig, GridConfig); --set overrides
     sources    input and styles listed through fsspec (storage: pkg://, local, s3://, ...)
     items      WorkItem (id, output path), shards
-    driver     validate -> resume/refuse/overwrite -> shards -> pool -> manifest, grid, run.json
-    pool       Ray actor pool: one call in flight per actor, retries, isolation, timeouts
-    worker     StyleWorker (plain class) / StyleActor: bytes -> engine -> outputs + rows
+    driver     validate -> resume/refuse/overwrite -> shards -> scheduler -> manifest, run.json
+    scheduler  the policy, no Ray: what goes where; what a death, a timeout, a bad start means
+    raypool    its executor on Ray actors;  inline  its executor in this process (no Ray)
+    worker     StyleWorker (plain class, no Ray): bytes -> engine -> outputs + rows
+    storage    every read/write/list, retried with backoff;  redact  secrets out of messages
+    errors     exit codes and the exceptions behind them
     manifest   explicit pyarrow schema, shard parts, manifest.parquet, run.json
     progress   tqdm bar or log lines;  grid  contact sheets;  status  run-folder summary
 """

@@ -6,21 +6,28 @@
     stylize image ...      one image (stylize.cli)
     stylize bench ...      throughput figures (stylize.bench)
 
-Exit codes: 0 every item ok; 1 the job ran and some items failed (summary printed); 2 usage
-or configuration error, found before any work, printed as one line without a traceback.
+Exit codes (pipeline.errors): 0 every item ok; 1 the job ran and some items failed (summary
+printed); 2 usage or configuration error, found before any work; 3 infrastructure failure
+during the run (resumable); 130/143 interrupted. Errors are one line on stderr, never a
+traceback (``--debug`` re-raises, for developers).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import traceback
 from typing import Any, Sequence
 
+from pipeline import errors
+from pipeline.errors import (EXIT_INFRA, EXIT_USAGE, RESUME_HINT, InfraError, Interrupted,
+                             install_signal_handlers)
 from pipeline.jobconfig import MODES, JobConfigError, apply_overrides, job_from_mapping, load_job
+from pipeline.redact import redact_text
 from pipeline.sources import SourceError
-from pipeline.storage import StorageError
-
-EXIT_USAGE = 2
+from pipeline.storage import StorageError, StorageUnavailable
 
 USAGE = """usage: stylize COMMAND ...
 
@@ -33,7 +40,10 @@ commands:
   image ...       stylize one image (stylize image --help)
   bench ...       measure throughput (stylize bench --help)
 
-exit codes: 0 all items ok, 1 some items failed, 2 usage or configuration error"""
+options: --debug (before the command) shows Python tracebacks
+
+exit codes: 0 all items ok, 1 some items failed, 2 usage or configuration error,
+            3 infrastructure failure during the run (resumable), 130/143 interrupted"""
 
 
 
@@ -118,6 +128,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[:1]
+    argv = argv[1:] if debug else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else EXIT_USAGE
@@ -131,31 +143,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stylize.bench import main as bench_main
 
         return bench_main(rest)
-    from pipeline.driver import run_job  # imports Ray and torch: not needed for --help
-    from pipeline.pool import WorkerStartError
+    secrets: list[str] = []  # values to mask in any message (from the job's storage_options)
+
+    def fail(code: int, text: str) -> int:
+        print(f"stylize {command}: {redact_text(text, secrets)}", file=sys.stderr)
+        return code
 
     try:
+        install_signal_handlers()
+        from pipeline.driver import run_job  # imports torch: not needed for --help
+        from pipeline.scheduler import WorkerStartError
+
         if command == "run":
             args = _run_parser().parse_args(rest)
-            return run_job(load_job(args.config, args.overrides, args.mode)).exit_code
+            job = load_job(args.config, args.overrides, args.mode)
+            secrets = _secrets(job)
+            return run_job(job).exit_code
         if command == "grid":
-            return run_job(_grid_job(_grid_parser().parse_args(rest))).exit_code
+            job = _grid_job(_grid_parser().parse_args(rest))
+            secrets = _secrets(job)
+            return run_job(job).exit_code
         if command == "status":
             return _status(_status_parser().parse_args(rest))
         raise UsageError(f"stylize: unknown command {command!r}; one of run, grid, status, "
                          "image, bench (stylize --help)")
     except UsageError as e:
-        print(f"{e}", file=sys.stderr)
+        print(redact_text(str(e), secrets), file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as e:  # --help of a subcommand
         return int(e.code or 0)
+    except Interrupted as e:
+        return fail(e.exit_code, f"interrupted ({e}); finished items are kept; {RESUME_HINT}")
+    except (InfraError, StorageUnavailable) as e:
+        if debug:
+            raise
+        return fail(EXIT_INFRA, f"error: {e}; {RESUME_HINT} once it is back")
     except (JobConfigError, SourceError, StorageError, WorkerStartError) as e:
-        print(f"stylize {command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"stylize {command}: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        if debug:
+            raise
+        return fail(EXIT_USAGE, f"error: {e}")
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line + a log
+        if debug:
+            raise
+        if errors.received is not None:  # a signal that C code wrapped in another exception
+            return fail(128 + errors.received, f"interrupted; finished items are kept; "
+                                               f"{RESUME_HINT}")
+        log = _write_traceback(e)
+        return fail(EXIT_INFRA, f"unexpected error: {type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:300]} (traceback in {log}); "
+                                f"{RESUME_HINT}")
+
+
+def _secrets(job) -> list[str]:
+    from pipeline.redact import secret_values
+
+    return secret_values(job.storage_options)
+
+
+def _write_traceback(e: BaseException) -> str:
+    fd, path = tempfile.mkstemp(prefix="stylize-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(redact_text("".join(traceback.format_exception(e))))
+    return path
 
 
 if __name__ == "__main__":

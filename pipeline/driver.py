@@ -1,8 +1,11 @@
 """The driver: one job from config to manifest.
 
 validate and list (exit 2 on any problem, before any GPU work) -> check the output folder
-(resume / refuse / overwrite) -> work items -> shards not yet finished -> actor pool, one
-manifest part per finished shard -> manifest.parquet, grid, run.json -> summary, exit code.
+(resume / refuse / overwrite; stale temporaries removed) -> work items -> shards not yet
+finished, and earlier transient failures (retry_failed) -> the scheduler on Ray actors or in
+this process, one manifest part per finished shard -> manifest.parquet, grid, run.json ->
+summary, exit code. Storage or the cluster failing during the run: InfraError (exit 3),
+every part written so far kept.
 """
 
 from __future__ import annotations
@@ -16,18 +19,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import IO, Any, Mapping
+from typing import IO, Any, Callable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import grid as grids
 from pipeline import manifest, storage
+from pipeline.errors import EXIT_FAILED, EXIT_OK, InfraError, install_signal_handlers
+from pipeline.inline import InlineExecutor
 from pipeline.items import make_items, make_shards
 from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
-from pipeline.pool import ActorPool, SubmitHook, run_inline
 from pipeline.progress import Progress
+from pipeline.scheduler import Scheduler, WorkerStartError
 from pipeline.sources import check_styles_load, list_contents, list_styles
+from pipeline.storage import StorageError
 from pipeline.worker import WorkerSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SubmitHook = Callable[[str, dict, list], None]  # (call, worker info, items): a test hook
 
 
 class JobRefused(JobConfigError):
@@ -96,38 +105,86 @@ def _versions() -> dict[str, str]:
 
 
 def _init_ray(job: JobConfig) -> bool:
-    """Connect to (or start) Ray; True if this call started it (and must shut it down)."""
+    """Connect to (or start) Ray; True if this call started it (and must shut it down).
+
+    ``address: null`` always starts a private local instance (``address="local"``), even with
+    a cluster on the machine or ``RAY_ADDRESS`` set; any other address must answer within
+    CONNECT_TIMEOUT_S or the job stops with a configuration error naming it."""
     import ray
 
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, logging_level=logging.WARNING)
     if job.ray.address is None:
-        ray.init(num_cpus=os.cpu_count() or 1, **common)
-    else:
-        ray.init(address=job.ray.address, **common)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
+        return True
+    address = job.ray.address
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or "auto"
+    _check_reachable(address)
+    try:
+        ray.init(address=address, **common)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+        raise JobConfigError(f"ray.address {job.ray.address!r}: cannot join the cluster: "
+                             f"{' '.join(str(e).split())[:300]}") from None
     return True
 
 
+CONNECT_TIMEOUT_S = 20.0
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP connection to HOST:PORT of the address (``ray.init`` would retry for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto":
+        return  # ray.init finds the local cluster or fails at once
+    target = urlsplit(address if "://" in address else f"ray://{address}")
+    if not target.hostname or not target.port:
+        return
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection((target.hostname, target.port), timeout=5):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise JobConfigError(
+                    f"ray.address {address!r}: nothing answers at {target.hostname}:"
+                    f"{target.port} ({e.strerror or e}) after {CONNECT_TIMEOUT_S:g} s; start "
+                    "the cluster first, or use ray.address: null for a local run") from None
+            time.sleep(1.0)
+
+
 def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
-    """(number of workers, actor resource options, torch threads per worker)."""
+    """(number of workers, actor resource options, torch threads per worker).
+
+    GPU workers when the cluster has GPUs. A joined cluster without any: with
+    ``stylize.device: auto``, CPU workers (said on stderr); with ``device: cuda``, GPU workers
+    anyway, for an autoscaler to bring GPU nodes (the job says every 30 s what it waits for,
+    and stops after ``ray.startup_timeout_s``)."""
     import ray
 
     res = ray.cluster_resources()
     cpus = job.ray.cpus_per_worker
     gpus = job.ray.gpus_per_worker if job.stylize.device != "cpu" else 0
-    # A joined cluster may autoscale from zero GPU nodes: ask for GPUs anyway, so that the
-    # autoscaler sees the demand (set ray.gpus_per_worker: 0 for a CPU-only cluster).
-    if gpus > 0 and (res.get("GPU", 0) > 0 or job.ray.address is not None):
+    wait_for_gpus = job.ray.address is not None and job.stylize.device.startswith("cuda")
+    if gpus > 0 and (res.get("GPU", 0) > 0 or wait_for_gpus):
         options = {"num_gpus": gpus, "num_cpus": cpus}
         auto = max(1, int(res.get("GPU", 0) // gpus))
         if res.get("GPU", 0) == 0:
             print(f"stylize: no GPU in the cluster yet; asking for GPU workers of {options} "
-                  f"(the autoscaler may add nodes; ray.gpus_per_worker: 0 for CPU workers)",
+                  f"(stylize.device: {job.ray.address and job.stylize.device}); waiting up to "
+                  f"ray.startup_timeout_s={job.ray.startup_timeout_s:g} s for the autoscaler",
                   file=sys.stderr)
     else:
         options = {"num_gpus": 0, "num_cpus": cpus}
         auto = int(res.get("CPU", 1) // cpus)
+        if gpus > 0 and job.ray.address is not None:
+            print(f"stylize: no GPU in the cluster (CPU {res.get('CPU', 0):g}, GPU 0): running "
+                  f"CPU workers; set stylize.device: cuda to wait for GPU nodes instead",
+                  file=sys.stderr)
     n = auto if job.ray.num_workers == "auto" else int(job.ray.num_workers)
     if job.ray.address is None and n > auto:  # an embedded instance never grows
         print(f"stylize: ray.num_workers={n} but this machine fits {max(auto, 1)} workers of "
@@ -136,12 +193,26 @@ def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
     return max(1, min(n, shards)), options, max(1, int(cpus))
 
 
+def _previous_rows(job: JobConfig, items) -> tuple[pa.Table, dict[str, int]]:
+    """Rows of earlier runs to keep, and the attempts of the items to try again."""
+    table = manifest.read_parts(job.output, job.storage_options)
+    table = table.filter(pc.is_in(table["item_id"], pa.array([i.item_id for i in items])))
+    retry = {"none": (), "all": tuple(s for s in manifest.STATUSES if s != "ok"),
+             "transient": manifest.TRANSIENT_STATUSES}[job.retry_failed]
+    again = pc.is_in(table["status"], pa.array(retry, pa.string()))
+    redo = table.filter(again)
+    tries = dict(zip(redo["item_id"].to_pylist(), redo["attempt"].to_pylist()))
+    return table.filter(pc.invert(again)), tries
+
+
 def run_job(job: JobConfig, *, stream: IO[str] | None = None,
             on_submit: SubmitHook | None = None) -> JobResult:
     """Run a job to the end. Raises JobConfigError/SourceError/StorageError (exit 2) for a
-    problem found up front; per-item failures are manifest rows (exit 1)."""
+    problem found up front, InfraError (exit 3) when storage or the cluster fails during the
+    run, Interrupted on SIGINT/SIGTERM; per-item failures are manifest rows (exit 1)."""
     stream = stream or sys.stdout
     job = dataclasses.replace(job, output=storage.canonical(job.output))
+    storage.set_retry_budget(job.io_retry_s)
     t_start, started_at = time.monotonic(), manifest.now()
     options = job.storage_options
     contents = list_contents(job)
@@ -150,50 +221,65 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     storage.check_writable(job.output, options)
     fp = fingerprint(job, styles)
     _check_previous(job, fp)
+    manifest.remove_stale_temporaries(job.output, options)
     items = make_items(contents, styles, job.output, job.output_format, job.params_hash)
     manifest.write_json(manifest.job_uri(job.output),
                         {"fingerprint": fp, "items_total": len(items)}, options)
-    wanted = {i.item_id for i in items}
-    done = {r["item_id"]: r for r in manifest.read_parts(job.output, options).to_pylist()
-            if r["item_id"] in wanted}
-    todo = [i for i in items if i.item_id not in done]
+    kept, tries = _previous_rows(job, items)
+    kept_ids = set(kept["item_id"].to_pylist())
+    todo = [i for i in items if i.item_id not in kept_ids]
     first = max(manifest.part_ids(job.output, options), default=-1) + 1
     shards = make_shards(todo, job.shard_size, first_id=first)
     t_listed = time.monotonic()
+    if tries:
+        print(f"stylize: trying {len(tries)} earlier failure(s) again "
+              f"(retry_failed: {job.retry_failed})", file=sys.stderr)
 
-    progress = Progress(len(items), len(done), sum(r["status"] != "ok" for r in done.values()),
-                        stream=sys.stderr)
+    kept_ok = pc.sum(pc.equal(kept["status"], "ok")).as_py() or 0
+    progress = Progress(len(items), len(kept_ids), len(kept_ids) - kept_ok, stream=sys.stderr)
+    new_rows: list[dict] = []
     workers: list[dict] = []
     cluster: dict[str, float] = {}
 
     def on_shard(shard_id: int, rows: list[dict]) -> None:
-        manifest.write_part(job.output, shard_id, rows, options)
-        for r in rows:
-            done[r["item_id"]] = r
+        try:
+            manifest.write_part(job.output, shard_id, rows, options)
+        except StorageError as e:
+            raise InfraError(f"cannot write the manifest part of shard {shard_id}: {e}; the "
+                             f"{len(new_rows)} items recorded so far are kept") from None
+        new_rows.extend(rows)
         progress.update(rows)
 
-    spec = WorkerSpec(job.stylize, job.params_hash, job.output_format, job.output_quality,
-                      job.output_bit_depth, dict(options), threads=0)
+    styles_by_name = {s.name: s for s in styles}
+    policy_args = dict(max_attempts=job.max_attempts, item_timeout_s=job.item_timeout_s,
+                       startup_timeout_s=job.ray.startup_timeout_s, params_hash=job.params_hash,
+                       tries=tries)
     try:
         if shards and job.ray.address == "inline":
-            workers = run_inline(spec, {s.name: s for s in styles}, shards, on_shard)
+            spec = _spec(job, threads=0)
+            policy = Scheduler(shards, num_workers=1, **policy_args)
+            workers = InlineExecutor(spec, styles_by_name, on_shard).run(policy)
         elif shards:
             started_ray = _init_ray(job)
+            install_signal_handlers()  # ray.init put in a SIGTERM handler of its own
             try:
                 import ray
 
+                from pipeline.raypool import RayExecutor, describe_resources
+
                 cluster = dict(ray.cluster_resources())
                 n, actor_options, threads = _actors(job, len(shards))
-                spec = WorkerSpec(job.stylize, job.params_hash, job.output_format,
-                                  job.output_quality, job.output_bit_depth, dict(options),
-                                  threads=threads)
-                pool = ActorPool(spec, {s.name: s for s in styles}, num_workers=n,
-                                 actor_options=actor_options, max_attempts=job.max_attempts,
-                                 item_timeout_s=job.item_timeout_s,
-                                 startup_timeout_s=job.ray.startup_timeout_s,
-                                 on_shard=on_shard, on_submit=on_submit)
-                pool.run(shards)
-                workers = pool.worker_infos
+                policy = Scheduler(shards, num_workers=n, **policy_args,
+                                   describe=lambda: f"each asking for {actor_options}; "
+                                                    f"{describe_resources()}")
+                executor = RayExecutor(_spec(job, threads), styles_by_name, actor_options,
+                                       on_shard, on_submit)
+                try:
+                    workers = executor.run(policy)
+                except WorkerStartError as e:
+                    if policy.infos:  # workers ran, then none could be had: the cluster
+                        raise InfraError(f"lost every worker: {e}") from None
+                    raise
             finally:
                 if started_ray:
                     ray.shutdown()
@@ -201,16 +287,38 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         progress.close()
     t_run = time.monotonic()
 
-    table, _ = manifest.write_manifest(job.output, items, done, options)
-    rows = table.to_pylist()
+    try:
+        return _finish(job, items, contents, styles, kept, new_rows, len(todo), workers,
+                       cluster, stream, timings=(t_start, started_at, t_listed, t_run))
+    except StorageError as e:
+        raise InfraError(f"cannot write the run's final files: {e}; every finished item is "
+                         "kept in its part") from None
+
+
+def _spec(job: JobConfig, threads: int) -> WorkerSpec:
+    return WorkerSpec(job.stylize, job.params_hash, job.output_format, job.output_quality,
+                      job.output_bit_depth, dict(job.storage_options), threads=threads,
+                      io_retry_s=job.io_retry_s)
+
+
+def _finish(job: JobConfig, items, contents, styles, kept: pa.Table, new_rows: list[dict],
+            computed: int, workers: list[dict], cluster: Mapping[str, float], stream: IO[str],
+            timings: tuple) -> JobResult:
+    """manifest.parquet, grid, run.json and the summary."""
+    t_start, started_at, t_listed, t_run = timings
+    options = job.storage_options
+    rows = pa.concat_tables([kept, manifest.to_table(new_rows)])
+    table, _ = manifest.write_manifest(job.output, items, rows, options)
     grid_uris: list[str] = []
     if job.grid.enabled:
         existing = grids.grid_uris(job.output, 1)[0]
-        if shards or not storage.exists(existing, options):
-            grid_uris = grids.write_grids(job.output, contents, styles, rows, job.grid, options)
+        if new_rows or not storage.exists(existing, options):
+            grid_uris = grids.write_grids(job.output, contents, styles, table.to_pylist(),
+                                          job.grid, options)
         else:
             grid_uris = [existing]
-    counts = dict(Counter(r["status"] for r in rows))
+    counts = {k: v for k, v in zip(*[c.to_pylist() for c in
+                                     pc.value_counts(table["status"]).flatten()])}
     exit_code = EXIT_OK if counts.get("ok", 0) == len(items) else EXIT_FAILED
     previous = manifest.read_json(manifest.run_uri(job.output), options) or {}
     manifest.write_json(manifest.run_uri(job.output), {
@@ -221,32 +329,35 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
                          else previous.get("weights_hash")),
         "workers": workers,
         "cluster_resources": cluster,
-        "items": {"total": len(items), "computed_now": len(todo), "resumed": len(items) - len(todo),
-                  "by_status": counts},
+        "items": {"total": len(items), "computed_now": computed,
+                  "resumed": len(items) - computed, "by_status": counts},
         "timings": {"started_at": started_at.isoformat(), "finished_at": manifest.now().isoformat(),
                     "list_s": round(t_listed - t_start, 3), "run_s": round(t_run - t_listed, 3),
                     "wall_s": round(time.monotonic() - t_start, 3),
-                    "images_per_hour": round(3600 * len(todo) / max(t_run - t_listed, 1e-9), 1)
-                    if todo else None},
+                    "images_per_hour": round(3600 * computed / max(t_run - t_listed, 1e-9), 1)
+                    if computed else None},
         "exit_code": exit_code,
     }, options)
     result = JobResult(exit_code, counts, job.output, storage.join(job.output, "manifest.parquet"),
-                       grid_uris, computed=len(todo))
-    print_summary(result, rows, len(items) - len(todo), stream)
+                       grid_uris, computed=computed)
+    failures = table.filter(pc.not_equal(table["status"], "ok")).slice(0, 21).to_pylist()
+    print_summary(result, failures, len(items) - computed, stream)
     return result
 
 
-def print_summary(result: JobResult, rows: list[dict], resumed: int, stream: IO[str]) -> None:
+def print_summary(result: JobResult, failures: list[dict], resumed: int,
+                  stream: IO[str]) -> None:
+    """``failures``: the first (up to 21) failed rows."""
     total = sum(result.counts.values())
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     print(f"stylize: {total} items: {by_status}"
           f"{f' ({resumed} already done, nothing recomputed)' if resumed == total else ''}",
           file=stream)
-    failures = [r for r in rows if r["status"] != "ok"]
     for r in failures[:20]:
         print(f"  {r['status']:<15} {r['style']}: {r['error_message']}", file=stream)
-    if len(failures) > 20:
-        print(f"  ... and {len(failures) - 20} more (see the manifest)", file=stream)
+    n_failed = total - result.counts.get("ok", 0)
+    if n_failed > 20:
+        print(f"  ... and {n_failed - 20} more (see the manifest)", file=stream)
     out = result.output
     print(f"images:   {out}/<style>/...", file=stream)
     print(f"manifest: {result.manifest_uri}", file=stream)

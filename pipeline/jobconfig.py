@@ -15,9 +15,11 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from pipeline.redact import redact_options
 from stylize.config import ConfigError, StyleConfig, config_from_mapping
 
 MODES = ("resume", "overwrite")
+RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
 # Engine options that change neither pixels nor losses: left out of the params hash so that a
 # job can resume on another device or with another batch size.
 NON_OUTPUT_OPTIONS = ("device", "batch_size", "log_every")
@@ -69,6 +71,8 @@ class JobConfig:
     mode: str = "resume"
     max_attempts: int = 3
     item_timeout_s: float = 1800.0
+    retry_failed: str = "transient"  # on resume: failed_io/_timeout/_crash once more; none; all
+    io_retry_s: float = 150.0  # storage errors retried with backoff this long, then failed_io
     output_format: str = "png"
     output_quality: int = 95  # jpeg/webp
     output_bit_depth: int = 8  # 16: png/tiff only
@@ -87,7 +91,7 @@ class JobConfig:
         d["styles"] = self.styles if isinstance(self.styles, str) else [
             {"name": s.name, "uris": list(s.uris), "weights": list(s.weights)} for s in self.styles]
         d["extensions"] = None if self.extensions is None else list(self.extensions)
-        d["storage_options"] = _redact(self.storage_options)
+        d["storage_options"] = redact_options(self.storage_options)
         return d
 
     @property
@@ -100,12 +104,6 @@ class JobConfig:
 
 def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
-
-
-def _redact(options: Mapping[str, Any]) -> dict[str, Any]:
-    secret = ("key", "secret", "token", "password", "credential")
-    return {k: ("***" if any(s in k.lower() for s in secret) else
-                _redact(v) if isinstance(v, Mapping) else v) for k, v in options.items()}
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -293,6 +291,10 @@ def job_from_mapping(raw: Mapping[str, Any]) -> JobConfig:
     mode = raw.get("mode", "resume")
     if mode not in MODES:
         raise JobConfigError(f"mode: {mode!r} is not allowed; allowed: {', '.join(MODES)}")
+    retry_failed = raw.get("retry_failed", "transient")
+    if retry_failed not in RETRY_FAILED:
+        raise JobConfigError(f"retry_failed: {retry_failed!r} is not allowed; allowed: "
+                             f"{', '.join(RETRY_FAILED)}")
     fmt = str(raw.get("output_format", "png")).lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
     if fmt not in OUTPUT_FORMATS:
@@ -327,6 +329,8 @@ def job_from_mapping(raw: Mapping[str, Any]) -> JobConfig:
         max_attempts=_num("max_attempts", raw.get("max_attempts", 3), int, 1),
         item_timeout_s=_num("item_timeout_s", raw.get("item_timeout_s", 1800.0), float, 0,
                             strict=True),
+        retry_failed=retry_failed,
+        io_retry_s=_num("io_retry_s", raw.get("io_retry_s", 150.0), float, 0),
         output_format=fmt,
         output_quality=quality,
         output_bit_depth=bit_depth,

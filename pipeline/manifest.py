@@ -4,6 +4,8 @@ The driver is the only writer. Layout of an output folder::
 
     {output}/_manifest/job.json             what this folder was made with (resume check)
     {output}/_manifest/part-NNNNN.parquet   one per finished shard, written whole and last
+    {output}/_manifest/.tmp-*               a write in progress (or a crashed one): never
+                                            read as a part, removed by the next run
     {output}/manifest.parquet               at the end: every item of the job, in job order
     {output}/run.json                       resolved config, versions, weights, cluster, timings
 """
@@ -17,16 +19,21 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.items import WorkItem
+from pipeline.redact import redact_text, strip_userinfo
 
-STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_other")
+STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
+            "failed_other")
+# Failures that may not happen again: a resume retries them (job key retry_failed: transient).
+TRANSIENT_STATUSES = ("failed_io", "failed_timeout", "failed_crash")
 
 SCHEMA = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),
-    pa.field("content_uri", pa.string(), nullable=False),
+    pa.field("content_uri", pa.string(), nullable=False),  # credentials stripped
     pa.field("style", pa.string(), nullable=False),
     pa.field("output_uri", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),  # one of STATUSES
@@ -45,9 +52,13 @@ SCHEMA = pa.schema([
     pa.field("worker", pa.string()),  # node/actor/device
     pa.field("params_hash", pa.string(), nullable=False),
     pa.field("shard", pa.int32(), nullable=False),
+    # The content's URI as bytes, only where it is not valid UTF-8 (a Linux file name with
+    # bytes like \xff): content_uri then shows those bytes as \xNN escapes.
+    pa.field("content_uri_bytes", pa.binary()),
 ])
 COLUMNS = tuple(SCHEMA.names)
-_PART = re.compile(r"part-(\d+)\.parquet$")
+_PART = re.compile(r"part-(\d+)\.parquet")
+_TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker")
 
 
 def now() -> datetime:
@@ -72,8 +83,39 @@ def make_row(item: WorkItem, status: str, *, params_hash: str, shard: int, attem
     return row
 
 
+def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What may reach a manifest: no credentials, and text that is valid UTF-8."""
+    out = dict(row)
+    uri = out.get("content_uri")
+    if out.get("content_uri_bytes") is None and isinstance(uri, str) and _not_utf8(uri):
+        out["content_uri_bytes"] = uri.encode("utf-8", "surrogateescape")
+    for key in _TEXT_COLUMNS:
+        value = out.get(key)
+        if isinstance(value, str):
+            value = redact_text(value) if key == "error_message" else strip_userinfo(value)
+            if _not_utf8(value):
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                        "backslashreplace")
+            out[key] = value
+    return out
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def raw_content_uri(row: Mapping[str, Any]) -> str:
+    """The content URI exactly as listed (surrogate-escaped where it is not UTF-8)."""
+    raw = row.get("content_uri_bytes")
+    return raw.decode("utf-8", "surrogateescape") if raw is not None else row["content_uri"]
+
+
 def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([dict(r) for r in rows], schema=SCHEMA)
+    return pa.Table.from_pylist([_clean(r) for r in rows], schema=SCHEMA)
 
 
 def _to_parquet(table: pa.Table) -> bytes:
@@ -83,7 +125,11 @@ def _to_parquet(table: pa.Table) -> bytes:
 
 
 def _read_parquet(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data)).cast(SCHEMA)
+    table = pq.read_table(io.BytesIO(data))
+    for field in SCHEMA:  # parts written before a column existed
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def part_uri(output: str, shard: int) -> str:
@@ -97,24 +143,41 @@ def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
 
 
 def part_ids(output: str, options: Mapping[str, Any]) -> list[int]:
-    fs, path = storage.get_fs(storage.join(output, "_manifest"), options)
-    if not fs.exists(path):
-        return []
-    return sorted(int(m.group(1)) for p in fs.ls(path, detail=False)
-                  if (m := _PART.search(p)))
+    """Shard ids of the finished parts; temporary files never count."""
+    names = storage.listdir(storage.join(output, "_manifest"), options)
+    return sorted(int(m.group(1)) for n in names if (m := _PART.fullmatch(n)))
 
 
-def read_parts(output: str, options: Mapping[str, Any]) -> pa.Table:
-    """Every finished shard's rows; for an item in several parts, the newest part wins."""
-    tables = [_read_parquet(storage.read_bytes(part_uri(output, i), options))
-              for i in part_ids(output, options)]
-    if not tables:
+def remove_stale_temporaries(output: str, options: Mapping[str, Any]) -> int:
+    """Remove what crashed writes left in ``_manifest`` (the driver is its only writer, so
+    at the start of a run every temporary file there is stale). Returns how many."""
+    stale = [n for n in storage.listdir(storage.join(output, "_manifest"), options)
+             if n.startswith(storage.TMP_PREFIX)]
+    for name in stale:
+        storage.remove(storage.join(output, "_manifest", name), options)
+    return len(stale)
+
+
+def read_parts(output: str, options: Mapping[str, Any], workers: int = 16) -> pa.Table:
+    """Every finished shard's rows; for an item in several parts, the newest part wins.
+    Parts are read concurrently (object stores answer each GET with latency)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = part_ids(output, options)
+    if not ids:
         return SCHEMA.empty_table()
-    rows: dict[str, dict[str, Any]] = {}
-    for t in tables:  # ascending shard ids: later parts overwrite earlier rows
-        for r in t.to_pylist():
-            rows[r["item_id"]] = r
-    return to_table(rows.values())
+
+    def read(i: int) -> pa.Table:
+        return _read_parquet(storage.read_bytes(part_uri(output, i), options))
+
+    with ThreadPoolExecutor(max(1, min(workers, len(ids)))) as pool:
+        tables = list(pool.map(read, ids))
+    table = pa.concat_tables(tables)  # ascending shard ids
+    if len(ids) == 1 or pc.count_distinct(table["item_id"]).as_py() == table.num_rows:
+        return table
+    # an item in several parts (a retried failure): keep its last row
+    last = {item: n for n, item in enumerate(table["item_id"].to_pylist())}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
 def read_manifest(output: str, options: Mapping[str, Any]) -> pa.Table | None:
@@ -124,14 +187,16 @@ def read_manifest(output: str, options: Mapping[str, Any]) -> pa.Table | None:
     return _read_parquet(storage.read_bytes(uri, options))
 
 
-def write_manifest(output: str, items: Sequence[WorkItem], done: Mapping[str, Mapping[str, Any]],
+def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
                    options: Mapping[str, Any]) -> tuple[pa.Table, bool]:
-    """``manifest.parquet`` with the rows of ``items`` (job order) found in ``done``.
-
-    Not rewritten when its rows are already exactly these: a resumed run that computed nothing
-    leaves the file untouched. Returns the table and whether the file was written.
-    """
-    table = to_table(done[i.item_id] for i in items if i.item_id in done)
+    """``manifest.parquet``: the rows of ``items`` found in ``rows`` (one per item), in job
+    order. Not rewritten when its rows are already exactly these: a resumed run that computed
+    nothing leaves the file untouched. Returns the table and whether the file was written."""
+    order = {i.item_id: i.index for i in items}
+    ids = rows["item_id"].to_pylist()
+    keep = [n for n, i in enumerate(ids) if i in order]
+    position = pa.array([order[ids[n]] for n in keep], pa.int64())
+    table = rows.take(pa.array(keep, pa.int64())).take(pc.sort_indices(position))
     old = read_manifest(output, options)
     if old is not None and old.equals(table):
         return table, False

@@ -6,24 +6,99 @@ process opens it (driver or Ray worker), so configs that use it work after ``pip
 without a checkout, and the URI recorded in the manifest stays the same on every machine.
 
 Local paths are made absolute so that item ids do not depend on the working directory.
+
+Storage is unreliable over hours: every read, write, listing and removal here retries
+transient errors (connection resets, 5xx answers, timeouts, a full disk) with exponential
+backoff and jitter for ``retry_budget_s()`` seconds (the job's ``io_retry_s``, set in each
+process from the job), then raises :class:`StorageUnavailable`. Permanent errors (no such
+file, permission denied, a directory where a file was expected, a name too long) are raised
+at once.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
 import os
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_delay,
+                      wait_random_exponential)
 
 PKG_SCHEME = "pkg://"
+DEFAULT_RETRY_S = 150.0  # a storage outage this long is ridden out (job key io_retry_s)
+TMP_PREFIX = ".tmp-"  # atomic writes go through "{dir}/.tmp-{hex}-{name}" then a rename
+_PERMANENT_TYPES = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                    PermissionError)
+_PERMANENT_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES,
+                     errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL,
+                     errno.EXDEV}
+# Libraries whose own exceptions (not OSError subclasses) mean "the network or the service
+# failed this time": botocore's EndpointConnectionError, aiohttp's ClientError, ...
+_TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "http.client",
+                      "google.api_core", "google.auth.exceptions", "gcsfs", "adlfs")
+_retry_s = DEFAULT_RETRY_S
+T = TypeVar("T")
 
 
 class StorageError(OSError):
     """A path that cannot be read, listed or written; the message names it."""
+
+
+class StorageUnavailable(StorageError):
+    """Storage kept failing with transient errors for the whole retry budget."""
+
+
+def set_retry_budget(seconds: float) -> None:
+    """How long this process retries transient storage errors (the driver and each worker
+    set it from the job's ``io_retry_s``)."""
+    global _retry_s
+    _retry_s = float(seconds)
+
+
+def retry_budget_s() -> float:
+    return _retry_s
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: the same call may succeed later (outage, throttling, full disk)."""
+    if isinstance(e, StorageUnavailable):
+        return False
+    if isinstance(e, _PERMANENT_TYPES) or getattr(e, "errno", None) in _PERMANENT_ERRNOS:
+        return False
+    if isinstance(e, (OSError, ConnectionError, TimeoutError)):
+        return True
+    return any(type(c).__module__.startswith(_TRANSIENT_MODULES) for c in _chain(e))
+
+
+def _chain(e: BaseException):
+    seen = 0
+    while e is not None and seen < 8:
+        yield e
+        e = e.__cause__ or e.__context__
+        seen += 1
+
+
+def retrying(what: str, fn: Callable[[], T]) -> T:
+    """``fn()``, retried on transient errors with exponential backoff and jitter for the
+    retry budget; then StorageUnavailable naming ``what`` and the last error."""
+    try:
+        for attempt in Retrying(retry=retry_if_exception(is_transient),
+                                stop=stop_after_delay(_retry_s),
+                                wait=wait_random_exponential(multiplier=0.5, max=15),
+                                reraise=False):
+            with attempt:
+                return fn()
+    except RetryError as e:
+        last = e.last_attempt.exception()
+        raise StorageUnavailable(
+            f"{what}: storage unavailable for {_retry_s:g} s (io_retry_s): "
+            f"{type(last).__name__}: {' '.join(str(last).split())[:300]}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _resolve_pkg(uri: str) -> str:
@@ -93,8 +168,7 @@ def join(root: str, *parts: str) -> str:
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     fs, path = get_fs(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    return retrying(f"read {uri}", lambda: fs.cat_file(path))
 
 
 def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None,
@@ -102,35 +176,78 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
     """Write a whole file. ``atomic``: readers never see a partial file (temp name + rename
     locally; object stores publish a PUT whole anyway)."""
     fs, path = get_fs(uri, storage_options)
-    parent = path.rsplit("/", 1)[0]
-    if is_local(fs):
-        fs.makedirs(parent, exist_ok=True)
-        if atomic:
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
-            with open(tmp, "wb") as f:
+    if is_local(fs) and atomic:
+        retrying(f"write {uri}", lambda: _write_local_atomic(path, data))
+    elif is_local(fs):
+        def write() -> None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
                 f.write(data)
-            os.replace(tmp, path)
-            return
-    fs.pipe_file(path, data)
+        retrying(f"write {uri}", write)
+    else:
+        retrying(f"write {uri}", lambda: fs.pipe_file(path, data))
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    """Temp file beside ``path``, fsync, rename; the temp file is removed on any failure."""
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    # keep the temp name within 255 bytes whatever the final name's length
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-"
+                               f"{os.fsencode(name)[-200:].decode('utf-8', 'ignore')}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     fs, path = get_fs(uri, storage_options)
-    return fs.exists(path)
+    return retrying(f"check {uri}", lambda: fs.exists(path))
+
+
+def listdir(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Names (not paths) directly under the folder ``uri``; [] if there is no such folder."""
+    fs, path = get_fs(uri, storage_options)
+
+    def names() -> list[str]:
+        try:
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return []
+    if not is_local(fs):
+        fs.invalidate_cache(path)  # a resumed run must see what other processes wrote
+    return retrying(f"list {uri}", names)
 
 
 def remove(uri: str, storage_options: Mapping[str, Any] | None = None,
            recursive: bool = False) -> None:
     fs, path = get_fs(uri, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=recursive)
+
+    def rm() -> None:
+        try:
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            pass
+    retrying(f"remove {uri}", rm)
 
 
 def check_writable(root: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write and delete a probe file under ``root``; StorageError naming the root otherwise."""
-    probe = join(root, "_manifest", f".probe-{uuid.uuid4().hex}")
+    probe = join(root, "_manifest", f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
     try:
         write_bytes(probe, b"ok", storage_options)
         remove(probe, storage_options)
+    except StorageUnavailable as e:
+        raise StorageError(f"output {root} is not writable: {e}") from None
     except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
-        raise StorageError(f"output {root} is not writable: {type(e).__name__}: {e}") from None
+        raise StorageError(f"output {root} is not writable: {type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:300]}") from None

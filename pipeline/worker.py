@@ -1,7 +1,7 @@
 """The worker: where URIs become pixels and pixels become files. One per GPU (or CPU slot).
 
-``StyleWorker`` is a plain class, usable without Ray (tests, ``ray.address: inline``);
-``StyleActor`` is the same class as a Ray actor. The driver talks to it in two steps per
+``StyleWorker`` is a plain class that imports no Ray: ``pipeline.raypool`` makes it an actor,
+``pipeline.inline`` runs it in this process. The scheduler talks to it in two steps per
 shard, so that it always knows which items are on the device when something goes wrong:
 
 1. ``prepare(shard, ...)`` reads and decodes the shard's contents (decode failures become rows
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import ray
 import torch
 
 from pipeline import storage
@@ -45,6 +45,11 @@ class WorkerSpec:
     output_bit_depth: int = 8
     storage_options: Mapping[str, Any] | None = None
     threads: int = 0  # torch CPU threads; 0: leave torch's default
+    io_retry_s: float = storage.DEFAULT_RETRY_S  # storage outages ridden out per operation
+
+
+class CallTimeout(Exception):
+    """The call ran past its deadline (in-process runs, where nothing can kill the call)."""
 
 
 def plan_batches(sizes: Mapping[str, tuple[int, int]], order: Sequence[str], max_batch: int,
@@ -69,8 +74,15 @@ def plan_batches(sizes: Mapping[str, tuple[int, int]], order: Sequence[str], max
 
 
 def _message(e: BaseException) -> str:
+    if isinstance(e, storage.StorageUnavailable):
+        return str(e)[:500]
     text = " ".join(str(e).split()) or "(no message)"
     return f"{type(e).__name__}: {text}"[:500]
+
+
+def _status(e: BaseException) -> str:
+    """The row status of an exception raised while reading or writing an item."""
+    return "failed_io" if isinstance(e, storage.StorageUnavailable) else "failed_other"
 
 
 class StyleWorker:
@@ -81,7 +93,9 @@ class StyleWorker:
 
         if spec.threads > 0:
             torch.set_num_threads(spec.threads)
+        storage.set_retry_budget(spec.io_retry_s)
         self.spec = spec
+        self.deadline: float | None = None  # monotonic; checked at each progress step
         self.options = dict(spec.storage_options or {})
         self.stylizer = Stylizer(spec.stylize, read_bytes=self._read)
         self._styles: dict[str, Any] = {}  # style key -> engine Style (decoded once)
@@ -94,7 +108,8 @@ class StyleWorker:
 
     def _make_label(self) -> str:
         node, actor = socket.gethostname(), ""
-        if ray.is_initialized():  # inside an actor; never start Ray from here
+        ray = sys.modules.get("ray")  # imported by the process iff it is a Ray actor
+        if ray is not None and ray.is_initialized():  # never start Ray from here
             ctx = ray.get_runtime_context()
             actor = (ctx.get_actor_id() or "")[:8]
             node = ray.util.get_node_ip_address() or ctx.get_node_id()[:8]
@@ -135,7 +150,7 @@ class StyleWorker:
         for item in shard.items:
             value = decoded[item.content_uri]
             if isinstance(value, Exception):
-                status = "failed_decode" if isinstance(value, ImageError) else "failed_other"
+                status = "failed_decode" if isinstance(value, ImageError) else _status(value)
                 msg = str(value) if isinstance(value, ImageError) else \
                     f"{item.content_uri}: {_message(value)}"
                 rows.append(self._row(item, status, started, error_message=msg))
@@ -153,7 +168,12 @@ class StyleWorker:
         started, t0 = now(), time.perf_counter()
         try:
             styles = [self._style(e[0].style) for e in entries]
-            results = self.stylizer.stylize_batch([e[1] for e in entries], styles)
+            results = self.stylizer.stylize_batch([e[1] for e in entries], styles,
+                                                  self._check_deadline)
+        except CallTimeout:
+            for entry in entries:  # the scheduler decides; the items stay prepared
+                self._prepared[entry[0].item_id] = entry
+            raise
         except Exception as e:  # noqa: BLE001 - OOM and the rest become rows
             if isinstance(e, torch.OutOfMemoryError) and self.stylizer.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -163,7 +183,7 @@ class StyleWorker:
                     self._prepared[entry[0].item_id] = entry
                     rows += self.run_batch([entry[0].item_id])
                 return rows
-            status = "failed_oom" if isinstance(e, torch.OutOfMemoryError) else "failed_other"
+            status = "failed_oom" if isinstance(e, torch.OutOfMemoryError) else _status(e)
             item = entries[0][0]
             msg = (f"{item.content_uri}: out of device memory at {entries[0][2]}x{entries[0][3]} "
                    f"even alone; lower stylize.size" if status == "failed_oom"
@@ -184,6 +204,10 @@ class StyleWorker:
         return rows
 
     # ------------------------------------------------------------------------------ helpers
+    def _check_deadline(self, step) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise CallTimeout(f"past the deadline at step {step.step}")
+
     def _style(self, name: str):
         from stylize.engine import Style
         from stylize.images import decode_image, to_tensor
@@ -205,9 +229,9 @@ class StyleWorker:
         try:
             data = encode_image(result.image, self.spec.output_format, self.spec.output_quality,
                                 self.spec.output_bit_depth)
-            storage.write_bytes(item.output_uri, data, self.options)
+            storage.write_bytes(item.output_uri, data, self.options, atomic=True)
         except Exception as e:  # noqa: BLE001 - an unwritable output is a row with a message
-            return self._row(item, "failed_other", started,
+            return self._row(item, _status(e), started,
                              error_message=f"{item.output_uri}: {_message(e)}", **values)
         return self._row(item, "ok", started, **values)
 
@@ -216,7 +240,3 @@ class StyleWorker:
                         attempt=self._attempts.get(item.item_id, 1), started_at=started,
                         worker=self._label, **values)
 
-
-@ray.remote(max_restarts=0, max_task_retries=0)
-class StyleActor(StyleWorker):
-    """StyleWorker as a Ray actor; the driver sets num_cpus/num_gpus with ``.options``."""

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY, sample
 from pipeline.driver import run_job
 from pipeline.jobconfig import job_from_mapping
-from pipeline.pool import WorkerStartError
+from pipeline.scheduler import WorkerStartError
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(300)]
 

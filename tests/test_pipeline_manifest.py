@@ -49,8 +49,8 @@ def test_parts_are_atomic_and_the_newest_part_wins(tmp_path):
 def test_final_manifest_in_job_order_and_not_rewritten_when_equal(tmp_path):
     out = str(tmp_path)
     items = [item(n) for n in range(3)]
-    done = {i.item_id: manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1)
-            for i in reversed(items)}
+    done = manifest.to_table(manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1)
+                             for i in reversed(items))
     table, written = manifest.write_manifest(out, items, done, {})
     assert written and table.column("item_id").to_pylist() == ["id0", "id1", "id2"]
     mtime = (tmp_path / "manifest.parquet").stat().st_mtime_ns

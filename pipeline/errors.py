@@ -1,0 +1,58 @@
+"""Exit codes of the ``stylize`` command and the exceptions that map onto them.
+
+The exit code is a contract with whoever runs the job (a person, a scheduler, ``ray job``):
+
+====  ==========================================================================
+0     every item ok
+1     the job ran and some items failed (their rows say why)
+2     usage or configuration, found before work starts (nothing was computed)
+3     infrastructure failed during the run (storage gone, cluster lost): resumable
+130   interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: what finished is kept
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import signal
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+RESUME_HINT = "run the same command to resume"
+
+
+class InfraError(RuntimeError):
+    """Infrastructure failed during the run (storage gone, cluster lost); exit 3."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException so that no ``except Exception`` eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+received: int | None = None  # the signal that arrived, for code that sees it wrapped
+
+
+def raise_interrupted(signum: int, frame) -> None:  # a signal handler
+    global received
+    received = signum
+    raise Interrupted(signum)
+
+
+def reraise_if_interrupted() -> None:
+    """Inside ``except Exception``: a signal raised in C code (Ray's) comes out wrapped in
+    a SystemError; give it back its meaning."""
+    if received is not None:
+        raise Interrupted(received) from None
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread. Called again after
+    ``ray.init``, which installs a SIGTERM handler of its own (a bare exit)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, raise_interrupted)
