@@ -5,6 +5,8 @@
     stylize status OUTPUT
     stylize image ...      one image (stylize.cli)
     stylize bench ...      throughput figures (stylize.bench)
+    stylize quality ...    quality figures (stylize.quality)
+    stylize bench-pipeline the driver at scale, stand-in workers (pipeline.bench)
 
 Exit codes (pipeline.errors): 0 every item ok; 1 the job ran and some items failed (summary
 printed); 2 usage or configuration error, found before any work; 3 infrastructure failure
@@ -39,6 +41,8 @@ commands:
   status OUTPUT   counts, failures, throughput and what is left in a run folder
   image ...       stylize one image (stylize image --help)
   bench ...       measure throughput (stylize bench --help)
+  quality ...     judged losses, colour speckle and borders on the samples (--help)
+  bench-pipeline  the driver at scale with stand-in workers (--help)
 
 options: --debug (before the command) shows Python tracebacks
 
@@ -143,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stylize.bench import main as bench_main
 
         return bench_main(rest)
+    if command == "quality":
+        from stylize.quality import main as quality_main
+
+        return quality_main(rest)
+    if command == "bench-pipeline":
+        from pipeline.bench import main as bench_pipeline_main
+
+        return bench_pipeline_main(rest)
     secrets: list[str] = []  # values to mask in any message (from the job's storage_options)
 
     def fail(code: int, text: str) -> int:
@@ -166,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "status":
             return _status(_status_parser().parse_args(rest))
         raise UsageError(f"stylize: unknown command {command!r}; one of run, grid, status, "
-                         "image, bench (stylize --help)")
+                         "image, bench, quality, bench-pipeline (stylize --help)")
     except UsageError as e:
         print(redact_text(str(e), secrets), file=sys.stderr)
         return EXIT_USAGE
@@ -188,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if errors.received is not None:  # a signal that C code wrapped in another exception
             return fail(128 + errors.received, f"interrupted; finished items are kept; "
                                                f"{RESUME_HINT}")
-        log = _write_traceback(e)
+        log = _write_traceback(e, secrets)
         return fail(EXIT_INFRA, f"unexpected error: {type(e).__name__}: "
                                 f"{' '.join(str(e).split())[:300]} (traceback in {log}); "
                                 f"{RESUME_HINT}")
@@ -200,10 +212,10 @@ def _secrets(job) -> list[str]:
     return secret_values(job.storage_options)
 
 
-def _write_traceback(e: BaseException) -> str:
+def _write_traceback(e: BaseException, secrets: Sequence[str]) -> str:
     fd, path = tempfile.mkstemp(prefix="stylize-error-", suffix=".log")
     with os.fdopen(fd, "w") as f:
-        f.write(redact_text("".join(traceback.format_exception(e))))
+        f.write(redact_text("".join(traceback.format_exception(e)), secrets))
     return path
 
 

@@ -32,9 +32,10 @@ from pipeline.items import make_items, make_shards
 from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
 from pipeline.progress import Progress
 from pipeline.scheduler import Scheduler, WorkerStartError
-from pipeline.sources import check_styles_load, list_contents, list_styles
+from pipeline.redact import redact_uri, secret_values
+from pipeline.sources import check_styles_load, list_inputs, list_styles
 from pipeline.storage import StorageError
-from pipeline.worker import WorkerSpec
+from pipeline.worker import StyleWorker, WorkerSpec
 
 SubmitHook = Callable[[str, dict, list], None]  # (call, worker info, items): a test hook
 
@@ -60,7 +61,8 @@ def fingerprint(job: JobConfig, styles) -> dict[str, Any]:
         "stylize": {k: v for k, v in job.stylize.to_dict().items() if k not in NON_OUTPUT_OPTIONS},
         "output": {"format": job.output_format, "quality": job.output_quality,
                    "bit_depth": job.output_bit_depth},
-        "styles": {s.name: {"uris": list(s.uris), "weights": list(s.weights)} for s in styles},
+        "styles": {s.name: {"uris": [redact_uri(u) for u in s.uris],
+                            "weights": list(s.weights)} for s in styles},
     }
 
 
@@ -206,16 +208,21 @@ def _previous_rows(job: JobConfig, items) -> tuple[pa.Table, dict[str, int]]:
 
 
 def run_job(job: JobConfig, *, stream: IO[str] | None = None,
-            on_submit: SubmitHook | None = None) -> JobResult:
+            on_submit: SubmitHook | None = None, worker_class: type | None = None) -> JobResult:
     """Run a job to the end. Raises JobConfigError/SourceError/StorageError (exit 2) for a
     problem found up front, InfraError (exit 3) when storage or the cluster fails during the
-    run, Interrupted on SIGINT/SIGTERM; per-item failures are manifest rows (exit 1)."""
+    run, Interrupted on SIGINT/SIGTERM; per-item failures are manifest rows (exit 1).
+    ``on_submit`` and ``worker_class`` (a stand-in for StyleWorker) are for tests and the
+    pipeline benchmark."""
     stream = stream or sys.stdout
     job = dataclasses.replace(job, output=storage.canonical(job.output))
     storage.set_retry_budget(job.io_retry_s)
     t_start, started_at = time.monotonic(), manifest.now()
     options = job.storage_options
-    contents = list_contents(job)
+    listing = list_inputs(job)
+    contents = listing.contents
+    for line in listing.report():
+        print(f"stylize: {line}", file=sys.stderr)
     styles = list_styles(job)
     check_styles_load(styles, options)
     storage.check_writable(job.output, options)
@@ -238,12 +245,13 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     kept_ok = pc.sum(pc.equal(kept["status"], "ok")).as_py() or 0
     progress = Progress(len(items), len(kept_ids), len(kept_ids) - kept_ok, stream=sys.stderr)
     new_rows: list[dict] = []
+    secrets = secret_values(options)
     workers: list[dict] = []
     cluster: dict[str, float] = {}
 
     def on_shard(shard_id: int, rows: list[dict]) -> None:
         try:
-            manifest.write_part(job.output, shard_id, rows, options)
+            manifest.write_part(job.output, shard_id, rows, options, secrets)
         except StorageError as e:
             raise InfraError(f"cannot write the manifest part of shard {shard_id}: {e}; the "
                              f"{len(new_rows)} items recorded so far are kept") from None
@@ -258,7 +266,8 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         if shards and job.ray.address == "inline":
             spec = _spec(job, threads=0)
             policy = Scheduler(shards, num_workers=1, **policy_args)
-            workers = InlineExecutor(spec, styles_by_name, on_shard).run(policy)
+            workers = InlineExecutor(spec, styles_by_name, on_shard,
+                                     worker_class or StyleWorker).run(policy)
         elif shards:
             started_ray = _init_ray(job)
             install_signal_handlers()  # ray.init put in a SIGTERM handler of its own
@@ -273,7 +282,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
                                    describe=lambda: f"each asking for {actor_options}; "
                                                     f"{describe_resources()}")
                 executor = RayExecutor(_spec(job, threads), styles_by_name, actor_options,
-                                       on_shard, on_submit)
+                                       on_shard, on_submit, worker_class=worker_class)
                 try:
                     workers = executor.run(policy)
                 except WorkerStartError as e:
@@ -307,7 +316,7 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table, new_rows: l
     """manifest.parquet, grid, run.json and the summary."""
     t_start, started_at, t_listed, t_run = timings
     options = job.storage_options
-    rows = pa.concat_tables([kept, manifest.to_table(new_rows)])
+    rows = pa.concat_tables([kept, manifest.to_table(new_rows, secret_values(options))])
     table, _ = manifest.write_manifest(job.output, items, rows, options)
     grid_uris: list[str] = []
     if job.grid.enabled:

@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline import storage
 from pipeline.items import Content, StyleRef
 from pipeline.jobconfig import GridConfig
+from pipeline.manifest import raw_content_uri
+from pipeline.redact import redact_uri
 
 BACKGROUND = (255, 255, 255)
 EMPTY = (225, 225, 225)
@@ -122,7 +124,7 @@ def write_grids(output: str, contents: Sequence[Content], styles: Sequence[Style
                 rows: Iterable[Mapping[str, Any]], cfg: GridConfig,
                 options: Mapping[str, Any]) -> list[str]:
     """Compose and write the contact sheet(s) from manifest rows; returns their URIs."""
-    by_pair = {(r["content_uri"], r["style"]): r for r in rows}
+    by_pair = {(raw_content_uri(r), r["style"]): r for r in rows}
     row_chunks = [contents[i:i + cfg.rows_per_page]
                   for i in range(0, len(contents), cfg.rows_per_page)]
     col_chunks = [styles[i:i + cfg.cols_per_page]
@@ -148,7 +150,7 @@ def write_grids(output: str, contents: Sequence[Content], styles: Sequence[Style
                 page.tile(r, 0, img, content.rel or posixpath.basename(content.uri),
                           "" if img is not None else "unreadable")
                 for c, style in enumerate(col_chunk, start=1):
-                    row = by_pair.get((content.uri, style.name))
+                    row = by_pair.get((redact_uri(content.uri), style.name))
                     out = _load(row["output_uri"], options) if row and row["status"] == "ok" \
                         else None
                     page.tile(r, c, out, "", row["status"] if row and out is None else

@@ -4,28 +4,42 @@ A work item is (content, style, parameters). Its id hashes the content URI with 
 tag, the style (its files, their tags and blend weights) and the params hash, so a rerun finds
 the same ids and an edited file or a changed setting gives new ones. The output path is a pure
 function of the item: ``{output}/{style}/{content path relative to the input root}.{ext}``,
-every component sanitised so that it can never leave the output root.
+every component sanitised so that it can never leave the output root, valid UTF-8 (bytes of a
+name that were not are written ``%XX``) and at most 255 bytes long (a longer name is cut on a
+character boundary and ends with ``~`` and a hash of the whole name). Names that one file
+system would confuse (``a.jpg``/``a.png``, ``A.jpg``/``a.jpg``, a file ``b.png`` and a folder
+``b.png/``) get a hash of their URI appended. Style folders never take a name of the run's own
+files (RESERVED_STYLE_NAMES).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import posixpath
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
 from pipeline import storage
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|]')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\:*?"<>|]')
 FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tiff": "tif"}
+MAX_NAME_BYTES = 255  # of one path component (NAME_MAX of ext4, XFS, btrfs, ZFS, APFS)
+# Style folders sit next to the run's own files in the output root; a style whose name
+# matches one of these (case-insensitively) is refused.
+RESERVED_STYLE_NAMES = ("_*", ".*", "manifest.*", "run.json", "job.json", "grid*", "report*")
 
 
 @dataclass(frozen=True)
 class Content:
-    uri: str
+    uri: str  # as listed; a local name that is not UTF-8 keeps its bytes as surrogate escapes
     rel: str  # path relative to the input root, used for the output path
     tag: str  # ETag, or size and mtime
+    # Why the file cannot be read, found while listing (a dangling symlink, a symlink loop,
+    # a link to a folder); its items fail with this message instead of vanishing.
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class WorkItem:
     style: str  # the style's name
     output_uri: str
     index: int  # position in the job's item order (manifest row order)
+    problem: str = ""  # Content.problem: the item fails with it, nothing is read
 
 
 @dataclass(frozen=True)
@@ -68,47 +83,109 @@ def _hash(*parts: str, n: int = 20) -> str:
     return h.hexdigest()[:n]
 
 
+def escape_undecodable(name: str) -> str:
+    """``name`` as valid UTF-8: each byte that was not (a surrogate escape, as ``os.fsdecode``
+    gives it) becomes ``%XX``, e.g. ``b"caf\\xe9.jpg"`` -> ``caf%E9.jpg``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff"
+                   else "_" if "\ud800" <= c <= "\udfff" else c for c in name)
+
+
+def fit_name(name: str, ext: str = "", limit: int = MAX_NAME_BYTES) -> str:
+    """``name + ext`` if it fits in ``limit`` bytes of UTF-8; else ``name`` cut on a character
+    boundary, ``~`` and a hash of the whole name, then ``ext``: names that share a long prefix
+    stay apart."""
+    full = name + ext
+    if len(full.encode("utf-8")) <= limit:
+        return full
+    tag = f"~{_hash(full, n=12)}"
+    budget = max(0, limit - len(ext.encode("utf-8")) - len(tag))
+    return name.encode("utf-8")[:budget].decode("utf-8", "ignore") + tag + ext
+
+
+def _clean(name: str) -> str:
+    name = _UNSAFE.sub("_", escape_undecodable(name).replace("/", "_")).strip()
+    return "_" if name in ("", ".", "..") else name
+
+
 def sanitize_component(name: str) -> str:
-    """One safe path component: no separators, control characters, or ``.``/``..``."""
-    name = _UNSAFE.sub("_", name.replace("/", "_")).strip()
-    if name in ("", ".", ".."):
-        return "_"
-    return name
+    """One safe path component: valid UTF-8, no separators, control characters, ``.``/``..``,
+    at most MAX_NAME_BYTES bytes."""
+    return fit_name(_clean(name))
+
+
+def _clean_parts(rel: str) -> list[str]:
+    return [_clean(p) for p in rel.replace("\\", "/").split("/") if p not in ("", ".")] or ["_"]
 
 
 def sanitize_relpath(rel: str) -> str:
     """A relative path that stays below its root whatever ``rel`` contains."""
-    parts = [sanitize_component(p) for p in rel.replace("\\", "/").split("/")
-             if p not in ("", ".")]
-    parts = [("_" if p == ".." else p) for p in parts]
-    return "/".join(parts) or "_"
+    return "/".join(fit_name(p) for p in _clean_parts(rel))
+
+
+def reserved_style_name(name: str) -> str | None:
+    """The pattern of RESERVED_STYLE_NAMES that the style folder ``name`` matches, if any."""
+    key = sanitize_component(name).casefold()
+    return next((p for p in RESERVED_STYLE_NAMES if fnmatch.fnmatchcase(key, p)), None)
+
+
+def _stem_parts(rel: str) -> list[str]:
+    parts = _clean_parts(rel)
+    parts[-1] = posixpath.splitext(parts[-1])[0] or "_"
+    return parts
+
+
+def _output_tail(stem_parts: list[str], suffix: str, ext: str) -> str:
+    *dirs, stem = stem_parts
+    return "/".join([*map(fit_name, dirs), fit_name(stem + suffix, ext)])
 
 
 def output_uri(output: str, style: str, rel: str, fmt: str, suffix: str = "") -> str:
-    stem = posixpath.splitext(sanitize_relpath(rel))[0] or "_"
-    return storage.join(output, sanitize_component(style), f"{stem}{suffix}.{FORMAT_EXTENSIONS[fmt]}")
+    """``{output}/{style}/{rel without extension}{suffix}.{ext}``, every component sanitised
+    and cut to MAX_NAME_BYTES (the extension and ``suffix`` included)."""
+    tail = _output_tail(_stem_parts(rel), suffix, "." + FORMAT_EXTENSIONS[fmt])
+    return storage.join(output, sanitize_component(style), tail)
+
+
+def _name_key(path: str) -> str:
+    """Names that one file system may treat as the same (case-insensitive, normalising
+    Unicode: macOS, Windows) share a key."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: str,
                fmt: str, params_hash: str) -> list[WorkItem]:
     """Every (content, style) pair, content-major so that a shard holds each content under
     several styles (same size: one batch). Output names that would collide, e.g. ``a.jpg`` and
-    ``a.png``, both get a short hash of their URI appended."""
-    stems: dict[str, int] = {}
-    for c in contents:
-        stem = posixpath.splitext(sanitize_relpath(c.rel))[0]
-        stems[stem] = stems.get(stem, 0) + 1
+    ``a.png``, ``A.jpg`` and ``a.jpg``, or ``a.png`` and a folder ``a.png/``, get a short hash
+    of their URI appended."""
+    ext = "." + FORMAT_EXTENSIONS[fmt]
+    stems = [_stem_parts(c.rel) for c in contents]
+    counts: dict[str, int] = {}
+    folders: set[str] = set()
+    for parts in stems:
+        key = _name_key("/".join(parts))
+        counts[key] = counts.get(key, 0) + 1
+        folders.update(_name_key("/".join(parts[:i])) for i in range(1, len(parts)))
+    by_style = [(s.name, s.key, storage.join(output, sanitize_component(s.name)))
+                for s in styles]
     items = []
-    for c in contents:
-        stem = posixpath.splitext(sanitize_relpath(c.rel))[0]
-        suffix = f"-{_hash(c.uri, n=8)}" if stems[stem] > 1 else ""
-        for s in styles:
+    for c, parts in zip(contents, stems):
+        key = _name_key("/".join(parts))
+        clash = counts[key] > 1 or _name_key("/".join(parts) + ext) in folders
+        tail = _output_tail(parts, f"-{_hash(c.uri, n=8)}" if clash else "", ext)
+        for name, style_key, folder in by_style:  # == output_uri(output, name, c.rel, ...)
             items.append(WorkItem(
-                item_id=_hash(c.uri, c.tag, s.key, params_hash),
+                item_id=_hash(c.uri, c.tag, style_key, params_hash),
                 content_uri=c.uri,
-                style=s.name,
-                output_uri=output_uri(output, s.name, c.rel, fmt, suffix),
+                style=name,
+                output_uri=f"{folder}/{tail}",
                 index=len(items),
+                problem=c.problem,
             ))
     return items
 

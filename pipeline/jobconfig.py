@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from pipeline.redact import redact_options
+from pipeline.redact import redact_options, redact_uri
 from stylize.config import ConfigError, StyleConfig, config_from_mapping
 
 MODES = ("resume", "overwrite")
@@ -87,9 +87,12 @@ class JobConfig:
         d["stylize"] = self.stylize.to_dict()
         d["ray"] = dataclasses.asdict(self.ray)
         d["grid"] = dataclasses.asdict(self.grid)
-        d["input"] = list(self.input) if isinstance(self.input, tuple) else self.input
-        d["styles"] = self.styles if isinstance(self.styles, str) else [
-            {"name": s.name, "uris": list(s.uris), "weights": list(s.weights)} for s in self.styles]
+        d["input"] = ([redact_uri(u) for u in self.input] if isinstance(self.input, tuple)
+                      else redact_uri(self.input))
+        d["output"] = redact_uri(self.output)
+        d["styles"] = redact_uri(self.styles) if isinstance(self.styles, str) else [
+            {"name": s.name, "uris": [redact_uri(u) for u in s.uris], "weights": list(s.weights)}
+            for s in self.styles]
         d["extensions"] = None if self.extensions is None else list(self.extensions)
         d["storage_options"] = redact_options(self.storage_options)
         return d

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.items import WorkItem
-from pipeline.redact import redact_text, strip_userinfo
+from pipeline.redact import redact_text, redact_uri
 
 STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
             "failed_other")
@@ -83,16 +83,16 @@ def make_row(item: WorkItem, status: str, *, params_hash: str, shard: int, attem
     return row
 
 
-def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
+def _clean(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, Any]:
     """What may reach a manifest: no credentials, and text that is valid UTF-8."""
     out = dict(row)
     uri = out.get("content_uri")
     if out.get("content_uri_bytes") is None and isinstance(uri, str) and _not_utf8(uri):
-        out["content_uri_bytes"] = uri.encode("utf-8", "surrogateescape")
+        out["content_uri_bytes"] = redact_uri(uri).encode("utf-8", "surrogateescape")
     for key in _TEXT_COLUMNS:
         value = out.get(key)
         if isinstance(value, str):
-            value = redact_text(value) if key == "error_message" else strip_userinfo(value)
+            value = redact_text(value, secrets) if key == "error_message" else redact_uri(value)
             if _not_utf8(value):
                 value = value.encode("utf-8", "surrogateescape").decode("utf-8",
                                                                         "backslashreplace")
@@ -109,13 +109,15 @@ def _not_utf8(text: str) -> bool:
 
 
 def raw_content_uri(row: Mapping[str, Any]) -> str:
-    """The content URI exactly as listed (surrogate-escaped where it is not UTF-8)."""
+    """The content URI as listed (surrogate-escaped where it is not UTF-8), credentials
+    stripped: equal to ``redact_uri(content.uri)``."""
     raw = row.get("content_uri_bytes")
     return raw.decode("utf-8", "surrogateescape") if raw is not None else row["content_uri"]
 
 
-def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([_clean(r) for r in rows], schema=SCHEMA)
+def to_table(rows: Iterable[Mapping[str, Any]], secrets: Sequence[str] = ()) -> pa.Table:
+    """Rows as a table of :data:`SCHEMA`; ``secrets``: values masked in error messages."""
+    return pa.Table.from_pylist([_clean(r, secrets) for r in rows], schema=SCHEMA)
 
 
 def _to_parquet(table: pa.Table) -> bytes:
@@ -137,8 +139,8 @@ def part_uri(output: str, shard: int) -> str:
 
 
 def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
-               options: Mapping[str, Any]) -> None:
-    storage.write_bytes(part_uri(output, shard), _to_parquet(to_table(rows)), options,
+               options: Mapping[str, Any], secrets: Sequence[str] = ()) -> None:
+    storage.write_bytes(part_uri(output, shard), _to_parquet(to_table(rows, secrets)), options,
                         atomic=True)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any, Callable, Mapping
 
 import ray
 
@@ -18,14 +18,15 @@ from pipeline.errors import InfraError, reraise_if_interrupted
 from pipeline.items import StyleRef, WorkItem
 from pipeline.scheduler import (Action, Prepare, RunBatch, Scheduler, Start, Stop,
                                 short_error)
-from pipeline.worker import StyleWorker, WorkerSpec
+
+if TYPE_CHECKING:
+    from pipeline.worker import WorkerSpec
 
 RowsCallback = Callable[[int, list[dict]], None]  # (shard id, rows of the whole shard)
 SubmitHook = Callable[[str, dict, list[WorkItem]], None]  # (call, worker info, items)
 POLL_S = 1.0
 WAIT_NOTICE_S = 30.0  # while no worker is ready, say so this often
 
-StyleActor = ray.remote(max_restarts=0, max_task_retries=0)(StyleWorker)
 _DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
          ray.exceptions.ObjectLostError)
 
@@ -33,9 +34,15 @@ _DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
 class RayExecutor:
     """Carries out a :class:`Scheduler`'s actions on Ray actors until every shard is done."""
 
-    def __init__(self, spec: WorkerSpec, styles: Mapping[str, StyleRef],
+    def __init__(self, spec: "WorkerSpec", styles: Mapping[str, StyleRef],
                  actor_options: Mapping[str, Any], on_shard: RowsCallback,
-                 on_submit: SubmitHook | None = None, stream: IO[str] | None = None):
+                 on_submit: SubmitHook | None = None, stream: IO[str] | None = None,
+                 worker_class: type | None = None):
+        if worker_class is None:  # imported here: a stand-in worker needs no torch
+            from pipeline.worker import StyleWorker as worker_class
+        # the actor: the plain class, one call at a time, never restarted by Ray (a death
+        # is the policy's event)
+        self.actor_class = ray.remote(max_restarts=0, max_task_retries=0)(worker_class)
         self.spec, self.styles = spec, dict(styles)
         self.actor_options = dict(actor_options)
         self.on_shard, self.on_submit = on_shard, on_submit
@@ -113,7 +120,7 @@ class RayExecutor:
                     _kill(actor)
                 continue
             if isinstance(a, Start):
-                actor = StyleActor.options(**self.actor_options).remote(self.spec)
+                actor = self.actor_class.options(**self.actor_options).remote(self.spec)
                 self.actors[a.worker] = actor
                 ref = actor.info.remote()
             elif isinstance(a, Prepare):

@@ -183,11 +183,12 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """Free text (a message, a traceback) made safe to show: each of ``secrets`` (also
     percent-encoded or repr-escaped) replaced by ``***``, ``user:pass@`` removed from every URL,
     credential query parameters masked, undecodable bytes shown as ``\\xNN``."""
-    for s in _variants(secrets):
-        if s in text:
-            text = text.replace(s, MASK)
+    # URLs first: a secret that happens to be a scheme ("http") must not hide their userinfo
     if "://" in text and "@" in text:
         text = _TEXT_USERINFO.sub(r"\1", text)
     if "=" in text:
         text = _QUERY_SECRET.sub(rf"\1{MASK}", text)
+    for s in _variants(secrets):
+        if s in text:
+            text = text.replace(s, MASK)
     return show_undecodable(text)

@@ -3,27 +3,61 @@
 Everything goes through fsspec (see :mod:`pipeline.storage`), so a folder on S3 lists like a
 local one. Each content carries a *tag* (ETag, or size and mtime) that goes into its item id:
 an edited file is a new item, an untouched one is recognised on resume.
+
+Every entry found under an input gets exactly one :class:`Content` (so one manifest row per
+style) or a :class:`Skipped` reason in the :class:`Listing`; nothing vanishes:
+
+- a symlink to a file is followed: the content's URI is the link's path, its tag the target's;
+- a dangling symlink, a symlink loop and a symlink to a folder (found while walking; never
+  followed, so a walk cannot loop or list a tree twice) are contents with a ``problem``: their
+  items are failed rows that say so;
+- a folder is walked, whatever its name (``x.jpg/``), also when a glob or a list names it;
+- hidden names (``.x``), ``_manifest`` folders, the output folder, files outside
+  ``extensions``, FIFOs/sockets/devices and folders that cannot be listed are skipped with a
+  reason (:meth:`Listing.report` says which);
+- a name that is not UTF-8 (Linux bytes such as ``\\xff``) is listed as fsspec and
+  ``os.fsdecode`` give it (surrogate escapes), read with its real bytes, and written under a
+  valid UTF-8 output name (:func:`pipeline.items.escape_undecodable`).
+
+Local folders are walked with ``os.scandir`` rather than fsspec's ``find``, which silently
+drops folders it cannot list (its ``on_error`` does not reach subfolders).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import os
 import posixpath
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 import fsspec
+from fsspec.utils import glob_translate
 
 from pipeline import storage
-from pipeline.items import Content, StyleRef, sanitize_component
+from pipeline.items import RESERVED_STYLE_NAMES, Content, StyleRef, reserved_style_name, \
+    sanitize_component
 from pipeline.jobconfig import JobConfig, StyleSource
+from pipeline.redact import redact_text, redact_uri, show_undecodable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
 URI_COLUMNS = ("uri", "url", "path", "content_uri")
 _GLOB = re.compile(r"[*?\[]")
+_INFO_THREADS = 16  # concurrent stat/HEAD calls for the entries of a list file
+
+# Reasons of a Skipped entry.
+HIDDEN = "hidden: the name starts with '.'"
+METADATA = "a _manifest folder (run metadata)"
+IN_OUTPUT = "inside the output folder"
+NOT_EXTENSION = "extension not in `extensions`"
+SPECIAL = "not a regular file (a FIFO, socket or device)"
+VANISHED = "disappeared while being listed"
 
 
 class SourceError(ValueError):
@@ -31,9 +65,49 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """An entry under an input that gets no content (and no row), and why."""
+
+    uri: str
+    reason: str
+
+
+@dataclass
+class Listing:
+    """What :func:`list_inputs` found: the contents, sorted by URI, and what it left out."""
+
+    contents: list[Content]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def report(self, limit: int = 3) -> list[str]:
+        """One line per reason: how many entries were skipped or cannot be read (their rows
+        will be failures), with the first ``limit`` of them. Secrets stripped, valid UTF-8."""
+        groups: dict[str, list[str]] = {}
+        for s in self.skipped:
+            groups.setdefault(f"skipped ({s.reason})", []).append(s.uri)
+        for c in self.contents:
+            if c.problem:
+                groups.setdefault(f"cannot be read, failed rows ({c.problem.split(' (')[0]})",
+                                  []).append(c.uri)
+        lines = []
+        for what, uris in groups.items():
+            shown = ", ".join(_show(u) for u in uris[:limit])
+            more = f" and {len(uris) - limit} more" if len(uris) > limit else ""
+            lines.append(f"{len(uris)} {'entry' if len(uris) == 1 else 'entries'} {what}: "
+                         f"{shown}{more}")
+        return lines
+
+
+@dataclass(frozen=True)
 class _Entry:
     uri: str
     info: Mapping[str, Any]
+    problem: str = ""
+
+
+def _show(uri: str) -> str:
+    """A URI fit for a message: no credentials, valid UTF-8."""
+    return show_undecodable(redact_uri(uri))
 
 
 def file_tag(info: Mapping[str, Any]) -> str:
@@ -45,51 +119,206 @@ def file_tag(info: Mapping[str, Any]) -> str:
     return f"{info.get('size', '')}-{mtime}"
 
 
-def _hidden(rel: str) -> bool:
-    return any(p.startswith(".") or p == "_manifest" for p in rel.split("/"))
+def _hidden(rel: str) -> str | None:
+    parts = rel.split("/")
+    if any(p.startswith(".") for p in parts):
+        return HIDDEN
+    if "_manifest" in parts[:-1]:
+        return METADATA
+    return None
 
 
-def _walk(fs: fsspec.AbstractFileSystem, root: str, pattern: str | None,
-          like: str) -> list[_Entry]:
-    """Files under ``root`` (recursive), or matching the glob ``pattern``."""
-    found = fs.glob(pattern, detail=True) if pattern else fs.find(root, detail=True)
-    return [_Entry(storage.to_uri(fs, p, like), info) for p, info in sorted(found.items())
-            if info.get("type", "file") == "file"]
+# ------------------------------------------------------------------------------ local files
+
+def _stat_info(st: os.stat_result) -> dict[str, Any]:
+    # the same size and mtime as fsspec's LocalFileSystem.info, so tags (and item ids) match
+    return {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
 
 
-def _static_prefix(pattern: str) -> str:
-    head = _GLOB.split(pattern, 1)[0]
-    return head.rsplit("/", 1)[0] if "/" in head else ""
-
-
-def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
-            exclude: str | None) -> list[tuple[_Entry, str]]:
-    """``(entry, relative path)`` for a folder, a glob or a single file."""
-    fs, path = storage.get_fs(uri, options)
-    if _GLOB.search(path):
-        root = _static_prefix(path)
-        entries = _walk(fs, root, path, uri)
-    elif fs.isdir(path):
-        root = path.rstrip("/")
-        entries = _walk(fs, root, None, uri)
-    elif fs.exists(path):
-        return [(_Entry(storage.to_uri(fs, path, uri), fs.info(path)), posixpath.basename(path))]
-    else:
-        raise SourceError(f"{uri}: no such file or folder")
-    root_uri = storage.to_uri(fs, root, uri) if root else ""
-    out = []
-    for e in entries:
-        rel = e.uri[len(root_uri):].lstrip("/") if root_uri else posixpath.basename(e.uri)
-        if _hidden(rel) or (exclude and (e.uri + "/").startswith(exclude + "/")):
+def _scan_local(root: str, maxdepth: int | None, skipped: list[Skipped],
+                prune: Callable[[str, str], str | None]) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, info)`` of everything below the folder ``root`` (folders included, symlinks
+    not followed), down to ``maxdepth`` levels; ``prune(path, name)`` gives a reason to leave a
+    folder out. Folders that cannot be listed go to ``skipped``."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    stack = [(root, 1)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            skipped.append(Skipped(folder, f"folder cannot be listed: {e.strerror or e}"))
             continue
-        if exts is not None and posixpath.splitext(rel)[1].lower() not in exts:
-            continue
-        out.append((e, rel))
+        for d in entries:
+            try:
+                if d.is_symlink():
+                    out.append((d.path, {"type": "other", "islink": True}))
+                elif d.is_dir(follow_symlinks=False):
+                    reason = prune(d.path, d.name)
+                    if reason:
+                        skipped.append(Skipped(d.path, reason))
+                        continue
+                    out.append((d.path, {"type": "directory"}))
+                    if maxdepth is None or depth < maxdepth:
+                        stack.append((d.path, depth + 1))
+                elif d.is_file(follow_symlinks=False):
+                    out.append((d.path, _stat_info(d.stat(follow_symlinks=False))))
+                else:
+                    out.append((d.path, {"type": "other"}))
+            except FileNotFoundError:
+                skipped.append(Skipped(d.path, VANISHED))
+            except OSError as e:
+                skipped.append(Skipped(d.path, f"cannot be read: {e.strerror or e}"))
     return out
 
 
+def _follow_link(path: str) -> _Entry | Skipped:
+    """A symlink found while walking: its target's info, or a content with a problem."""
+    try:
+        target = os.readlink(path)
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return Skipped(path, VANISHED)
+    except OSError as e:
+        return _Entry(path, {"size": "unreadable-link"}, f"symlink cannot be read: {e.strerror}")
+    broken = {"size": f"link-{link.st_size}", "mtime": link.st_mtime}
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return _Entry(path, broken, f"dangling symlink (its target {target} does not exist)")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return _Entry(path, broken, f"symlink loop (via {target})")
+        return _Entry(path, broken, f"symlink to {target} cannot be followed: {e.strerror}")
+    if stat.S_ISREG(st.st_mode):
+        return _Entry(path, _stat_info(st))
+    if stat.S_ISDIR(st.st_mode):
+        return _Entry(path, broken, f"symlink to a folder (not followed: {target}; list that "
+                                    "folder as an input of its own)")
+    return Skipped(path, SPECIAL)
+
+
+# ------------------------------------------------------------------------------ any storage
+
+def _scan(fs: fsspec.AbstractFileSystem, root: str, maxdepth: int | None,
+          skipped: list[Skipped], prune: Callable[[str, str], str | None]
+          ) -> list[tuple[str, dict[str, Any]]]:
+    """Everything below ``root``: files, folders and other entries, as ``(path, info)``."""
+    if storage.is_local(fs):
+        return _scan_local(root, maxdepth, skipped, prune)
+    found = storage.retrying(f"list {fs.unstrip_protocol(root)}", lambda: fs.find(
+        root, maxdepth=maxdepth, withdirs=True, detail=True))
+    root = root.rstrip("/")
+    return [(p, info) for p, info in found.items() if p.rstrip("/") != root]
+
+
+def _entry(fs: fsspec.AbstractFileSystem, path: str, info: Mapping[str, Any], like: str
+           ) -> _Entry | Skipped | None:
+    """The content (or skip reason) of one scanned entry; None for a folder."""
+    kind = info.get("type", "file")
+    uri = storage.to_uri(fs, path, like)
+    if kind == "directory":
+        return None
+    if info.get("islink") and storage.is_local(fs):
+        found = _follow_link(path)
+        return _Entry(uri, found.info, found.problem) if isinstance(found, _Entry) \
+            else Skipped(uri, found.reason)
+    if kind == "file":
+        return _Entry(uri, info)
+    return Skipped(uri, SPECIAL if storage.is_local(fs) else f"not a file (type {kind})")
+
+
+def _glob_root(pattern: str) -> tuple[str, int | None]:
+    """The folder to scan for ``pattern`` and how deep (None: ``**``), as fsspec's glob."""
+    head = _GLOB.split(pattern, 1)[0]
+    root = head.rsplit("/", 1)[0] if "/" in head else ""
+    depth = None if "**" in pattern else pattern[len(root):].lstrip("/").count("/") + 1
+    return root, depth
+
+
+def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
+            exclude: str | None, skipped: list[Skipped]) -> list[tuple[_Entry, str]]:
+    """``(entry, relative path)`` for a folder, a glob or a single file; what is left out
+    goes to ``skipped``."""
+    fs, path = storage.get_fs(uri, options)
+    exclude_path = storage.get_fs(exclude, options)[1].rstrip("/") if exclude else None
+
+    def prune(p: str, name: str) -> str | None:
+        if name.startswith("."):
+            return HIDDEN
+        if name == "_manifest":
+            return METADATA
+        return IN_OUTPUT if p.rstrip("/") == exclude_path else None
+
+    if _GLOB.search(path):
+        root, depth = _glob_root(path)
+        regex = re.compile(glob_translate(path))
+        scanned = _scan(fs, root or ("/" if storage.is_local(fs) else ""), depth, skipped, prune)
+        matched = [(p, i) for p, i in scanned if regex.match(p)]
+        folders = [p.rstrip("/") for p, i in matched if i.get("type") == "directory"]
+        if folders:  # a matched folder is walked, whatever its name
+            if depth is None:  # its files were scanned already
+                tops = set(folders)
+                matched += [(p, i) for p, i in scanned if _under_any(p, tops)]
+            else:
+                for f in folders:
+                    matched += _scan(fs, f, None, skipped, prune)
+        found: list[_Entry | Skipped | None] = [_entry(fs, p, i, uri) for p, i in matched]
+    elif _isdir(fs, path):
+        root = path.rstrip("/")
+        found = [_entry(fs, p, i, uri) for p, i in _scan(fs, root, None, skipped, prune)]
+    elif _exists(fs, path):
+        info = storage.retrying(f"read {_show(uri)}", lambda: fs.info(path))
+        e = _entry(fs, path, info, uri)
+        if isinstance(e, Skipped):
+            raise SourceError(f"{_show(uri)}: {e.reason}")
+        return [(e, posixpath.basename(path))] if e else []
+    else:
+        raise SourceError(f"{_show(uri)}: no such file or folder")
+    root_uri = storage.to_uri(fs, root, uri) if root else ""
+    out = []
+    seen = set()
+    for e in found:
+        if e is None or e.uri in seen:
+            continue
+        seen.add(e.uri)
+        if isinstance(e, Skipped):
+            skipped.append(e)
+            continue
+        rel = e.uri[len(root_uri):].lstrip("/") if root_uri else posixpath.basename(e.uri)
+        reason = _hidden(rel)
+        if reason is None and exclude and (e.uri + "/").startswith(exclude + "/"):
+            reason = IN_OUTPUT
+        if reason is None and exts is not None and posixpath.splitext(rel)[1].lower() not in exts:
+            reason = NOT_EXTENSION
+        if reason:
+            skipped.append(Skipped(e.uri, reason))
+        else:
+            out.append((e, rel))
+    return out
+
+
+def _under_any(path: str, folders: set[str]) -> bool:
+    parent = path.rstrip("/")
+    while "/" in parent:
+        parent = parent.rsplit("/", 1)[0]
+        if parent in folders:
+            return True
+    return False
+
+
+def _isdir(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    return storage.retrying(f"check {fs.unstrip_protocol(path)}", lambda: fs.isdir(path))
+
+
+def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    return storage.retrying(f"check {fs.unstrip_protocol(path)}", lambda: fs.exists(path))
+
+
 def _read_list(uri: str, options: Mapping[str, Any]) -> list[str]:
-    """URIs from a .txt (one per line, # comments), .csv or .parquet list."""
+    """URIs from a .txt (one per line, # comments), .csv or .parquet list. Bytes that are not
+    UTF-8 (Linux file names) are kept as surrogate escapes, as ``os.fsdecode`` does."""
     data = storage.read_bytes(uri, options)
     ext = posixpath.splitext(uri)[1].lower()
     if ext == ".parquet":
@@ -99,9 +328,11 @@ def _read_list(uri: str, options: Mapping[str, Any]) -> list[str]:
         names = [n for n in URI_COLUMNS if n in table.column_names]
         if not names:
             raise SourceError(f"{uri}: no column named {' or '.join(URI_COLUMNS)}")
-        values = table.column(names[0]).to_pylist()
+        values = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+                  for v in table.column(names[0]).to_pylist()]
     elif ext == ".csv":
-        rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if r]
+        rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig", "surrogateescape")))
+                if r]
         col = 0
         if rows and any(c.strip().lower() in URI_COLUMNS for c in rows[0]):
             col = [c.strip().lower() for c in rows[0]].index(
@@ -110,7 +341,7 @@ def _read_list(uri: str, options: Mapping[str, Any]) -> list[str]:
         values = [r[col] if col < len(r) else "" for r in rows]
     else:
         values = [line.split("#", 1)[0] if line.lstrip().startswith("#") else line
-                  for line in data.decode("utf-8-sig").splitlines()]
+                  for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     out = []
     for v in values:
@@ -134,41 +365,88 @@ def _common_dir(uris: list[str]) -> str:
     return "/".join(prefix)
 
 
-def list_contents(job: JobConfig) -> list[Content]:
-    """Every content file of the job, sorted by URI; SourceError if there is none."""
+def _list_file_entries(uris: list[str], options: Mapping[str, Any],
+                       exts: tuple[str, ...] | None, exclude: str,
+                       skipped: list[Skipped]) -> list[_Entry]:
+    """One entry per URI of a list file (a folder among them is walked); a missing or
+    unreadable file is an entry with a problem: its items fail with a message, not the job."""
+    def look(u: str) -> list[_Entry]:
+        fs, path = storage.get_fs(u, options)
+        try:
+            info = storage.retrying(f"read {_show(u)}", lambda: fs.info(path))
+        except storage.StorageUnavailable:
+            raise
+        except OSError as e:
+            if storage.is_local(fs) and os.path.islink(path):
+                found = _follow_link(path)
+                return [_Entry(u, found.info, found.problem)] if isinstance(found, _Entry) \
+                    else []
+            if isinstance(e, FileNotFoundError):
+                return [_Entry(u, {"size": "missing"}, "no such file")]
+            return [_Entry(u, {"size": "unreadable"},
+                           f"cannot be read: {type(e).__name__}: {redact_text(str(e))}")]
+        kind = info.get("type", "file")
+        if kind == "directory":
+            return [e for e, _ in _expand(u, options, exts, exclude, skipped)]
+        if kind != "file":
+            skipped.append(Skipped(u, SPECIAL))
+            return []
+        return [_Entry(u, info)]
+
+    if len(uris) < 2:
+        return [e for u in uris for e in look(u)]
+    with ThreadPoolExecutor(min(_INFO_THREADS, len(uris))) as pool:
+        return [e for found in pool.map(look, uris) for e in found]
+
+
+def list_inputs(job: JobConfig) -> Listing:
+    """Every content file of the job, sorted by URI, and every entry left out with its
+    reason; SourceError if there is no content."""
     options = job.storage_options
     output = storage.canonical(job.output)
     single = job.input if isinstance(job.input, str) else None
+    skipped: list[Skipped] = []
     try:
         if single and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
                 and not _GLOB.search(single):
             uris = [storage.canonical(u) for u in _read_list(single, options)]
-            found = []
-            for u in uris:
-                fs, path = storage.get_fs(u, options)
-                try:
-                    info = fs.info(path)
-                except FileNotFoundError:
-                    info = {"size": "missing"}  # its item fails with a message, not the job
-                found.append(_Entry(u, info))
-            pairs = _relative_to_common(found)
+            pairs = _relative_to_common(
+                _list_file_entries(uris, options, job.extensions, output, skipped))
         else:
             pairs = []
             for u in (job.input if single is None else (single,)):
-                pairs += _expand(u, options, job.extensions, output)
+                pairs += _expand(u, options, job.extensions, output, skipped)
             if single is None:  # an explicit list: names relative to what they share
                 pairs = _relative_to_common([e for e, _ in pairs])
-    except SourceError:
+    except (SourceError, storage.StorageUnavailable):
         raise
     except (OSError, ValueError) as e:
-        raise SourceError(f"input {job.input}: cannot be listed: {type(e).__name__}: {e}") \
-            from None
+        raise SourceError(f"input {_show_input(job.input)}: cannot be listed: "
+                          f"{type(e).__name__}: {redact_text(str(e))}") from None
     seen: dict[str, Content] = {}
     for entry, rel in pairs:
-        seen.setdefault(entry.uri, Content(entry.uri, rel, file_tag(entry.info)))
-    if not seen:
-        raise SourceError(f"input {job.input}: no files found")
-    return sorted(seen.values(), key=lambda c: c.uri)
+        tag = file_tag(entry.info)
+        if entry.problem:  # a fixed link (its target's tag) is a new item
+            tag = f"unreadable:{tag}"
+        seen.setdefault(entry.uri, Content(entry.uri, rel, tag, entry.problem))
+    listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped)
+    if not listing.contents:
+        why = "; ".join(listing.report())
+        raise SourceError(f"input {_show_input(job.input)}: no files found"
+                          f"{f' ({why})' if why else ''}")
+    return listing
+
+
+def list_contents(job: JobConfig) -> list[Content]:
+    """Every content file of the job, sorted by URI; SourceError if there is none.
+    (:func:`list_inputs` also says what was left out.)"""
+    return list_inputs(job).contents
+
+
+def _show_input(value: str | Iterable[str]) -> str:
+    if isinstance(value, str):
+        return _show(value)
+    return "[" + ", ".join(_show(v) for v in value) + "]"
 
 
 def _relative_to_common(entries: list[_Entry]) -> list[tuple[_Entry, str]]:
@@ -179,17 +457,38 @@ def _relative_to_common(entries: list[_Entry]) -> list[tuple[_Entry, str]]:
             for e in entries]
 
 
+def _style_name(name: str, uri: str) -> str:
+    """The style's folder name; SourceError where it would collide with the run's files."""
+    clean = sanitize_component(name)
+    pattern = reserved_style_name(clean)
+    if pattern:
+        better = f"style_{clean.lstrip('._')}" or "style_1"
+        raise SourceError(
+            f"style {clean!r}: its folder would collide with the run's own files in the output "
+            f"folder (names reserved: {', '.join(RESERVED_STYLE_NAMES)}); give it another name "
+            f"with a mapping under styles:, e.g. styles: {{{better}: {_show(uri)}}}")
+    return clean
+
+
 def list_styles(job: JobConfig) -> list[StyleRef]:
-    """The job's styles with unique names, each file checked to exist; SourceError otherwise."""
+    """The job's styles with unique names, each file checked to exist; SourceError otherwise
+    (also for a name that the output folder reserves, see RESERVED_STYLE_NAMES)."""
     options = job.storage_options
     if isinstance(job.styles, str):
+        skipped: list[Skipped] = []
         try:
-            pairs = _expand(job.styles, options, IMAGE_EXTENSIONS, None)
+            pairs = _expand(job.styles, options, IMAGE_EXTENSIONS, None, skipped)
+        except (SourceError, storage.StorageUnavailable):
+            raise
         except (OSError, ValueError) as e:
-            raise SourceError(f"styles {job.styles}: {e}") from None
+            raise SourceError(f"styles {_show(job.styles)}: {type(e).__name__}: "
+                              f"{redact_text(str(e))}") from None
+        for e, _ in pairs:
+            if e.problem:
+                raise SourceError(f"style {_show(e.uri)}: {e.problem}")
         sources: Iterable[StyleSource] = [StyleSource(None, (e.uri,), (1.0,)) for e, _ in pairs]
         if not pairs:
-            raise SourceError(f"styles {job.styles}: no image files found "
+            raise SourceError(f"styles {_show(job.styles)}: no image files found "
                               f"({', '.join(IMAGE_EXTENSIONS)})")
     else:
         sources = job.styles
@@ -200,17 +499,22 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
             u = storage.canonical(u)
             fs, path = storage.get_fs(u, options)
             try:
-                info = fs.info(path)
+                info = storage.retrying(f"read {_show(u)}", lambda: fs.info(path))
+            except storage.StorageUnavailable:
+                raise
             except (OSError, ValueError) as e:
-                raise SourceError(f"style {src.name or u}: cannot read {u}: "
-                                  f"{type(e).__name__}: {e}") from None
+                raise SourceError(f"style {_show(src.name or u)}: cannot read {_show(u)}: "
+                                  f"{type(e).__name__}: {redact_text(str(e))}") from None
             uris.append(u)
             tags.append(file_tag(info))
-        name = sanitize_component(src.name or posixpath.splitext(posixpath.basename(uris[0]))[0])
-        if name in refs:
-            raise SourceError(f"styles: two styles are named {name!r}; use a mapping "
-                              "name -> URI to name them apart")
-        refs[name] = StyleRef(name, tuple(uris), tuple(src.weights), tuple(tags))
+        name = _style_name(src.name or posixpath.splitext(posixpath.basename(uris[0]))[0],
+                           uris[0])
+        key = name.casefold()  # one folder on a case-insensitive file system
+        if key in refs:
+            raise SourceError(f"styles: two styles are named {name!r}"
+                              f"{'' if refs[key].name == name else f' and {refs[key].name!r}'}; "
+                              "use a mapping name -> URI to name them apart")
+        refs[key] = StyleRef(name, tuple(uris), tuple(src.weights), tuple(tags))
     return list(refs.values())
 
 
@@ -221,8 +525,11 @@ def check_styles_load(styles: list[StyleRef], options: Mapping[str, Any]) -> Non
     for s in styles:
         for u in s.uris:
             try:
-                decode_image(storage.read_bytes(u, options), name=u)
+                decode_image(storage.read_bytes(u, options), name=_show(u))
             except ImageError as e:
-                raise SourceError(f"style {s.name}: {e}") from None
+                raise SourceError(f"style {s.name}: {redact_text(str(e))}") from None
+            except storage.StorageUnavailable:
+                raise
             except OSError as e:
-                raise SourceError(f"style {s.name}: cannot read {u}: {e}") from None
+                raise SourceError(f"style {s.name}: cannot read {_show(u)}: "
+                                  f"{redact_text(str(e))}") from None

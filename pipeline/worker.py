@@ -144,10 +144,14 @@ class StyleWorker:
 
         # Read and decode in CPU threads (Pillow and zlib release the GIL); content uri ->
         # tensor or exception, once per content for all its styles.
-        uris = list(dict.fromkeys(item.content_uri for item in shard.items))
+        uris = list(dict.fromkeys(i.content_uri for i in shard.items if not i.problem))
         started = now()
         decoded = dict(zip(uris, self._io.map(load, uris)))
         for item in shard.items:
+            if item.problem:  # known when listed (a dangling link, a loop): nothing to read
+                rows.append(self._row(item, "failed_other", started,
+                                      error_message=f"{item.content_uri}: {item.problem}"))
+                continue
             value = decoded[item.content_uri]
             if isinstance(value, Exception):
                 status = "failed_decode" if isinstance(value, ImageError) else _status(value)

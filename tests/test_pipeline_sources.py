@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_inputs, sample
+from pipeline import storage
 from pipeline.jobconfig import job_from_mapping
-from pipeline.sources import SourceError, check_styles_load, list_contents, list_styles
+from pipeline.sources import (HIDDEN, IN_OUTPUT, NOT_EXTENSION, SPECIAL, SourceError,
+                              check_styles_load, list_contents, list_inputs, list_styles)
 
 
 def job(**raw):
@@ -112,3 +116,109 @@ def test_bad_styles_stop_the_job_up_front(tmp_path):
     styles = list_styles(job(input="x", styles=[str(tmp_path / "broken.jpg")]))
     with pytest.raises(SourceError, match="style broken: .*broken.jpg"):
         check_styles_load(styles, {})
+
+
+def hostile_tree(tmp_path):
+    """A folder with a valid image, a symlink to it (relative), a dangling link, a loop, a
+    link to a folder, a FIFO and a hidden file."""
+    root = make_inputs(tmp_path / "in", {"a.jpg": "coffee"}, bad=False)
+    elsewhere = make_inputs(tmp_path / "elsewhere", {"b.jpg": "chelsea"}, bad=False)
+    os.symlink("a.jpg", root / "link.jpg")
+    os.symlink(elsewhere / "b.jpg", root / "outside.jpg")
+    os.symlink(tmp_path / "nowhere.jpg", root / "dangling.jpg")
+    os.symlink("loop2.jpg", root / "loop1.jpg")
+    os.symlink("loop1.jpg", root / "loop2.jpg")
+    os.symlink(elsewhere, root / "folder.jpg")
+    os.mkfifo(root / "fifo.jpg")
+    (root / ".hidden.jpg").write_bytes(b"x")
+    return root, elsewhere
+
+
+def test_symlinks_are_followed_or_become_failed_rows_never_vanish(tmp_path):
+    root, elsewhere = hostile_tree(tmp_path)
+    listing = list_inputs(job(input=str(root)))
+    by_rel = {c.rel: c for c in listing.contents}
+    assert sorted(by_rel) == ["a.jpg", "dangling.jpg", "folder.jpg", "link.jpg", "loop1.jpg",
+                              "loop2.jpg", "outside.jpg"]
+    # a link to a file: its own path, the target's version tag
+    assert by_rel["link.jpg"].uri == str(root / "link.jpg") and not by_rel["link.jpg"].problem
+    assert by_rel["link.jpg"].tag == by_rel["a.jpg"].tag
+    assert storage.read_bytes(by_rel["outside.jpg"].uri) == (elsewhere / "b.jpg").read_bytes()
+    assert "dangling symlink" in by_rel["dangling.jpg"].problem
+    assert "nowhere.jpg" in by_rel["dangling.jpg"].problem
+    assert by_rel["loop1.jpg"].problem.startswith("symlink loop")
+    assert by_rel["folder.jpg"].problem.startswith("symlink to a folder")
+    for rel in ("dangling.jpg", "loop1.jpg", "folder.jpg"):  # a worker that reads them fails
+        with pytest.raises(OSError):
+            storage.read_bytes(by_rel[rel].uri)
+    assert {(s.uri, s.reason) for s in listing.skipped} == {
+        (str(root / "fifo.jpg"), SPECIAL), (str(root / ".hidden.jpg"), HIDDEN)}
+    report = "\n".join(listing.report())
+    assert "1 entry skipped (not a regular file" in report and "fifo.jpg" in report
+    assert "2 entries cannot be read, failed rows (symlink loop)" in report
+    # the same through a glob, which matches links of any kind
+    assert sorted(c.rel for c in list_contents(job(input=f"{root}/*.jpg"))) == sorted(by_rel)
+
+
+def test_fixing_a_broken_link_gives_a_new_item(tmp_path):
+    root, _ = hostile_tree(tmp_path)
+    before = {c.rel: c for c in list_contents(job(input=str(root)))}["dangling.jpg"]
+    (tmp_path / "nowhere.jpg").write_bytes(sample("coffee").read_bytes())
+    after = {c.rel: c for c in list_contents(job(input=str(root)))}["dangling.jpg"]
+    assert not after.problem and after.tag != before.tag
+
+
+def test_list_file_entries_that_cannot_be_read_are_rows(tmp_path):
+    root, elsewhere = hostile_tree(tmp_path)
+    (tmp_path / "list.txt").write_text("\n".join(
+        str(root / n) for n in ("a.jpg", "link.jpg", "dangling.jpg", "loop1.jpg", "missing.jpg"))
+        + f"\n{elsewhere}\n")
+    contents = {c.uri: c for c in list_contents(job(input=str(tmp_path / "list.txt")))}
+    assert sorted(contents) == sorted([str(root / n) for n in (
+        "a.jpg", "link.jpg", "dangling.jpg", "loop1.jpg", "missing.jpg")]
+        + [str(elsewhere / "b.jpg")])  # a folder in the list is walked
+    assert contents[str(root / "missing.jpg")].problem == "no such file"
+    assert "dangling" in contents[str(root / "dangling.jpg")].problem
+    assert "loop" in contents[str(root / "loop1.jpg")].problem
+    assert not contents[str(root / "link.jpg")].problem
+
+
+def test_skipped_entries_are_reported(tmp_path):
+    root = make_inputs(tmp_path / "in", {"a.jpg": "coffee", "sub/b.png": "chelsea"}, bad=False)
+    (root / ".git").mkdir()
+    for n in range(5):
+        (root / ".git" / f"obj{n}").write_bytes(b"x")
+    (root / "out").mkdir()
+    (root / "out" / "old.png").write_bytes(b"x")
+    listing = list_inputs(job(input=str(root), output=str(root / "out"), extensions=["jpg"]))
+    assert [c.rel for c in listing.contents] == ["a.jpg"]
+    assert sorted((s.uri, s.reason) for s in listing.skipped) == sorted([
+        (str(root / ".git"), HIDDEN),  # a hidden folder is one entry, not walked
+        (str(root / "out"), IN_OUTPUT), (str(root / "sub/b.png"), NOT_EXTENSION)])
+    (tmp_path / "hidden-only").mkdir()
+    (tmp_path / "hidden-only" / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(SourceError, match=r"no files found \(1 entry skipped \(hidden"):
+        list_inputs(job(input=str(tmp_path / "hidden-only")))
+
+
+def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
+    root = make_inputs(tmp_path / "in", {"a.jpg": "coffee", "locked/b.jpg": "chelsea"},
+                       bad=False)
+    scandir = os.scandir
+
+    def refuse(path):  # as a folder without read permission does (root reads every folder)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    listing = list_inputs(job(input=str(root)))
+    assert [c.rel for c in listing.contents] == ["a.jpg"]
+    assert [(s.uri, s.reason) for s in listing.skipped] == [
+        (str(root / "locked"), "folder cannot be listed: Permission denied")]
+
+
+def test_messages_carry_no_credentials(tmp_path):
+    with pytest.raises(SourceError) as e:
+        list_styles(job(input="x", styles=["https://user:hunter22@127.0.0.1:9/s.jpg"]))
+    assert "hunter22" not in str(e.value) and "https://127.0.0.1:9/s.jpg" in str(e.value)
