@@ -10,7 +10,6 @@ every part written so far kept.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import platform
@@ -195,13 +194,19 @@ def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
     return max(1, min(n, shards)), options, max(1, int(cpus))
 
 
-def _previous_rows(job: JobConfig, items) -> tuple[pa.Table, dict[str, int]]:
-    """Rows of earlier runs to keep, and the attempts of the items to try again."""
+def _previous_rows(job: JobConfig, ids: pa.Array) -> tuple[pa.Table, dict[str, int]]:
+    """Rows of earlier runs to keep, and the attempts of the items to try again (``ids``:
+    the job's item ids). Columnar throughout, no copy where nothing is left out: a resumed
+    million-item run stays within seconds and a few hundred MB."""
     table = manifest.read_parts(job.output, job.storage_options)
-    table = table.filter(pc.is_in(table["item_id"], pa.array([i.item_id for i in items])))
+    mine = pc.is_in(table["item_id"], value_set=ids)
+    if not pc.all(mine).as_py():
+        table = table.filter(mine)
     retry = {"none": (), "all": tuple(s for s in manifest.STATUSES if s != "ok"),
              "transient": manifest.TRANSIENT_STATUSES}[job.retry_failed]
     again = pc.is_in(table["status"], pa.array(retry, pa.string()))
+    if not pc.any(again).as_py():
+        return table, {}
     redo = table.filter(again)
     tries = dict(zip(redo["item_id"].to_pylist(), redo["attempt"].to_pylist()))
     return table.filter(pc.invert(again)), tries
@@ -215,7 +220,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     ``on_submit`` and ``worker_class`` (a stand-in for StyleWorker) are for tests and the
     pipeline benchmark."""
     stream = stream or sys.stdout
-    job = dataclasses.replace(job, output=storage.canonical(job.output))
+    job = job.replace(output=storage.canonical(job.output))
     storage.set_retry_budget(job.io_retry_s)
     t_start, started_at = time.monotonic(), manifest.now()
     options = job.storage_options
@@ -232,9 +237,12 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     items = make_items(contents, styles, job.output, job.output_format, job.params_hash)
     manifest.write_json(manifest.job_uri(job.output),
                         {"fingerprint": fp, "items_total": len(items)}, options)
-    kept, tries = _previous_rows(job, items)
-    kept_ids = set(kept["item_id"].to_pylist())
-    todo = [i for i in items if i.item_id not in kept_ids]
+    ids = pa.array([i.item_id for i in items], pa.string())
+    kept, tries = _previous_rows(job, ids)
+    done = pc.is_in(ids, value_set=kept["item_id"]).to_pylist()
+    del ids
+    todo = [i for i, d in zip(items, done) if not d]
+    n_kept = len(items) - len(todo)
     first = max(manifest.part_ids(job.output, options), default=-1) + 1
     shards = make_shards(todo, job.shard_size, first_id=first)
     t_listed = time.monotonic()
@@ -243,19 +251,18 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
               f"(retry_failed: {job.retry_failed})", file=sys.stderr)
 
     kept_ok = pc.sum(pc.equal(kept["status"], "ok")).as_py() or 0
-    progress = Progress(len(items), len(kept_ids), len(kept_ids) - kept_ok, stream=sys.stderr)
-    new_rows: list[dict] = []
+    progress = Progress(len(items), n_kept, n_kept - kept_ok, stream=sys.stderr)
+    new_tables: list[pa.Table] = []  # the rows of each part written, columnar
     secrets = secret_values(options)
     workers: list[dict] = []
     cluster: dict[str, float] = {}
 
     def on_shard(shard_id: int, rows: list[dict]) -> None:
         try:
-            manifest.write_part(job.output, shard_id, rows, options, secrets)
+            new_tables.append(manifest.write_part(job.output, shard_id, rows, options, secrets))
         except StorageError as e:
             raise InfraError(f"cannot write the manifest part of shard {shard_id}: {e}; the "
-                             f"{len(new_rows)} items recorded so far are kept") from None
-        new_rows.extend(rows)
+                             f"{progress.new} items recorded so far are kept") from None
         progress.update(rows)
 
     styles_by_name = {s.name: s for s in styles}
@@ -297,7 +304,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     t_run = time.monotonic()
 
     try:
-        return _finish(job, items, contents, styles, kept, new_rows, len(todo), workers,
+        return _finish(job, items, contents, styles, kept, new_tables, len(todo), workers,
                        cluster, stream, timings=(t_start, started_at, t_listed, t_run))
     except StorageError as e:
         raise InfraError(f"cannot write the run's final files: {e}; every finished item is "
@@ -310,18 +317,18 @@ def _spec(job: JobConfig, threads: int) -> WorkerSpec:
                       io_retry_s=job.io_retry_s)
 
 
-def _finish(job: JobConfig, items, contents, styles, kept: pa.Table, new_rows: list[dict],
+def _finish(job: JobConfig, items, contents, styles, kept: pa.Table, new_tables: list[pa.Table],
             computed: int, workers: list[dict], cluster: Mapping[str, float], stream: IO[str],
             timings: tuple) -> JobResult:
     """manifest.parquet, grid, run.json and the summary."""
     t_start, started_at, t_listed, t_run = timings
     options = job.storage_options
-    rows = pa.concat_tables([kept, manifest.to_table(new_rows, secret_values(options))])
+    rows = pa.concat_tables([kept, *new_tables])  # parts' tables: cleaned when written
     table, _ = manifest.write_manifest(job.output, items, rows, options)
     grid_uris: list[str] = []
     if job.grid.enabled:
         existing = grids.grid_uris(job.output, 1)[0]
-        if new_rows or not storage.exists(existing, options):
+        if new_tables or not storage.exists(existing, options):
             grid_uris = grids.write_grids(job.output, contents, styles, table.to_pylist(),
                                           job.grid, options)
         else:

@@ -1,92 +1,196 @@
-"""A job, as read from YAML: frozen dataclasses, validated once, before any work.
+"""A job, as read from YAML: frozen pydantic models, every default written once, validated
+once before any work.
 
-Unknown keys are errors that name the key and the allowed keys. ``--set a.b=c`` overrides are
-applied to the raw mapping first; their values are parsed as YAML (``--set ray.num_workers=2``
-gives an int, ``--set styles=[a.jpg,b.jpg]`` a list).
+Every problem of a file is reported at once, one line each (the key path, what is wrong, the
+allowed values, a "did you mean" for a near miss of a key). ``--set a.b=c`` overrides are
+applied to the raw mapping first; their values are parsed as YAML (``--set
+ray.num_workers=2`` gives an int, ``--set styles=[a.jpg,b.jpg]`` a list). ``stylize schema``
+prints the JSON Schema of :class:`JobConfig`, which editors use to complete and check job
+files.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import hashlib
+from dataclasses import dataclass
 import json
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+import re
+from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
+                      field_validator, model_validator)
 
 from pipeline.redact import redact_options, redact_uri
-from stylize.config import ConfigError, StyleConfig, config_from_mapping
+from stylize.config import (BIT_DEPTHS, OUTPUT_FORMATS, ConfigError, StyleConfig,
+                            config_from_mapping)
 
 MODES = ("resume", "overwrite")
 RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
+FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # Engine options that change neither pixels nor losses: left out of the params hash so that a
 # job can resume on another device or with another batch size.
 NON_OUTPUT_OPTIONS = ("device", "batch_size", "log_every")
+SCHEMA_FILE = "configs/job.schema.json"  # `stylize schema` output, named by the shipped configs
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class JobConfigError(ValueError):
-    """A bad job file or override; the message names the key (and the allowed keys/values)."""
+    """A bad job file or override; one line per problem (key path, what is wrong, allowed)."""
 
 
-@dataclass(frozen=True)
-class RayConfig:
-    """Where the actors run. ``address``: null starts an embedded local Ray; ``auto`` or a URL
-    joins a cluster; ``inline`` runs one worker in this process without Ray (memory:// URLs,
-    debugging)."""
+class RayConfig(BaseModel):
+    """Where the actors run."""
 
-    address: str | None = None
-    num_workers: int | str = "auto"  # auto: one per GPU, or one per cpus_per_worker CPUs
-    gpus_per_worker: float = 1.0  # embedded Ray without GPUs: CPU workers; 0 on a CPU cluster
-    cpus_per_worker: float = 1.0  # also the torch thread count of a CPU worker
-    startup_timeout_s: float = 900.0  # a worker that is not ready by then counts as failed
+    model_config = _FROZEN
+    address: Text | None = Field(None, description=(
+        "null: a private local Ray (always, even with RAY_ADDRESS set); auto: the machine's "
+        "cluster; ray://host:port or host:port: that cluster; inline: this process, no Ray"))
+    num_workers: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="auto: one per GPU, or one per cpus_per_worker CPUs")
+    gpus_per_worker: float = Field(1.0, ge=0, description="0 on a CPU-only cluster")
+    cpus_per_worker: float = Field(1.0, gt=0, description="also a CPU worker's torch threads")
+    startup_timeout_s: float = Field(900.0, gt=0, description=(
+        "a worker not ready by then counts as failed; with none ready, the job stops"))
 
 
-@dataclass(frozen=True)
-class GridConfig:
-    """Contact sheet written after the job: originals as header row and column."""
+class GridConfig(BaseModel):
+    """Contact sheet written after the job: originals as header row and column. In a job
+    file ``grid: true``, ``false`` or a mapping of these keys (``enabled`` then defaults to
+    true)."""
 
-    enabled: bool = False
-    cell_size: int = 256  # pixels, longest side of every thumbnail
-    rows_per_page: int = 8  # content images per page
-    cols_per_page: int = 8  # styles per page
+    model_config = _FROZEN
+    enabled: bool = True
+    cell_size: int = Field(256, ge=16, description="pixels, longest side of every thumbnail")
+    rows_per_page: int = Field(8, ge=1, description="content images per page")
+    cols_per_page: int = Field(8, ge=1, description="styles per page")
+
+
+class BlendPart(BaseModel):
+    """One image of a style, with its weight in a blend."""
+
+    model_config = _FROZEN
+    uri: Text
+    weight: float = Field(1.0, gt=0)
 
 
 @dataclass(frozen=True)
 class StyleSource:
-    """One style as written in the job: a name (None: from the file name) and a blend."""
+    """One style as the job names it, normalised: a name (None: from the file name) and the
+    images blended into it. (The driver turns it into a listed ``items.StyleRef``, with
+    file versions; the engine decodes that into a ``stylize.engine.Style``.)"""
 
     name: str | None
     uris: tuple[str, ...]
     weights: tuple[float, ...]
 
 
-@dataclass(frozen=True)
-class JobConfig:
-    input: str | tuple[str, ...]  # folder (recursive), glob, .txt/.csv/.parquet list, or a list
-    styles: str | tuple[StyleSource, ...]  # folder/glob string, or explicit styles
-    output: str
-    stylize: StyleConfig = field(default_factory=lambda: config_from_mapping({}))
-    shard_size: int = 16
-    mode: str = "resume"
-    max_attempts: int = 3
-    item_timeout_s: float = 1800.0
-    retry_failed: str = "transient"  # on resume: failed_io/_timeout/_crash once more; none; all
-    io_retry_s: float = 150.0  # storage errors retried with backoff this long, then failed_io
-    output_format: str = "png"
-    output_quality: int = 95  # jpeg/webp
-    output_bit_depth: int = 8  # 16: png/tiff only
-    extensions: tuple[str, ...] | None = None  # None: every non-hidden file of a folder/glob
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-    ray: RayConfig = field(default_factory=RayConfig)
-    grid: GridConfig = field(default_factory=GridConfig)
+StyleEntry = Union[Text, BlendPart, Annotated[list[Union[Text, BlendPart]], Field(min_length=1)]]
+StylesInput = Union[Text, Annotated[list[Text], Field(min_length=1)],
+                    Annotated[dict[str, StyleEntry], Field(min_length=1)]]
 
+
+class JobConfig(BaseModel):
+    """One stylization job. ``styles`` and ``input`` are normalised on load: ``styles`` is a
+    folder/glob string or a tuple of :class:`StyleSource`, ``input`` a string or a tuple."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="stylize job",
+                              arbitrary_types_allowed=True)
+    input: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(
+        description="folder (recursive), glob, .txt/.csv/.parquet list of URIs, or a list")
+    styles: StylesInput = Field(description=(
+        "a folder or glob, a list of images, or a mapping name -> URI | {uri, weight} | a "
+        "list of those to blend"))
+    output: Text = Field(description="output folder, path or URL")
+    stylize: StyleConfig = Field(default_factory=lambda: config_from_mapping({}),
+                                 description="engine options (preset + overrides)")
+    shard_size: int = Field(16, ge=1, description="work items per shard: unit of retry and "
+                                                  "of manifest parts")
+    mode: Literal[MODES] = "resume"
+    max_attempts: int = Field(3, ge=1, description="tries before a crash-looping item is "
+                                                   "isolated")
+    item_timeout_s: float = Field(1800.0, gt=0, description="per item; past it: failed_timeout")
+    retry_failed: Literal[RETRY_FAILED] = Field(
+        "transient", description="on resume, try again: transient (failed_io, failed_timeout, "
+                                 "failed_crash), none, or all (failed_decode too)")
+    io_retry_s: float = Field(150.0, ge=0, description="storage errors retried with backoff "
+                                                       "this long, then failed_io")
+    output_format: Literal[OUTPUT_FORMATS] = "png"
+    output_quality: int = Field(95, ge=1, le=100, description="jpeg and webp")
+    output_bit_depth: Literal[BIT_DEPTHS] = Field(8, description="16: png and tiff only")
+    extensions: Annotated[list[Text], Field(min_length=1)] | None = Field(
+        None, description="e.g. [jpg, png]; null lists every non-hidden file")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the driver and every worker")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
+
+    # ------------------------------------------------------------------- normalisation
+    @field_validator("stylize", mode="before")
+    @classmethod
+    def _engine(cls, value: Any) -> StyleConfig:
+        if isinstance(value, StyleConfig):
+            return value
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a mapping of engine options, got {value!r}")
+        try:
+            return config_from_mapping(value)
+        except ConfigError as e:
+            raise ValueError(str(e).lstrip("-")) from None
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _format_alias(cls, value: Any) -> Any:
+        return FORMAT_ALIASES.get(str(value).lower(), str(value).lower()) \
+            if isinstance(value, str) else value
+
+    @field_validator("extensions", mode="before")
+    @classmethod
+    def _one_extension(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _no_options(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def _ray_default(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_forms(cls, value: Any) -> Any:
+        return False if value is None else value
+
+    @model_validator(mode="after")
+    def _normalise(self) -> "JobConfig":
+        if self.output_bit_depth == 16 and self.output_format not in ("png", "tiff"):
+            raise ValueError(f"output_bit_depth: 16 is only for png and tiff, not "
+                             f"{self.output_format}")
+        set_ = object.__setattr__  # frozen: normalised once, here
+        set_(self, "input", self.input if isinstance(self.input, str) else tuple(self.input))
+        set_(self, "styles", _style_sources(self.styles))
+        set_(self, "extensions", None if self.extensions is None else
+             tuple("." + e.lower().lstrip(".") for e in self.extensions))
+        set_(self, "grid", self.grid if isinstance(self.grid, GridConfig)
+             else GridConfig(enabled=self.grid))
+        _check_memory_urls(self)
+        return self
+
+    # -------------------------------------------------------------------------- views
     def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-able form (run.json)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain, JSON-able form for run.json: credentials masked."""
+        d = self.model_dump(mode="json", exclude={"styles", "input", "stylize", "grid"},
+                            warnings=False)
         d["stylize"] = self.stylize.to_dict()
-        d["ray"] = dataclasses.asdict(self.ray)
-        d["grid"] = dataclasses.asdict(self.grid)
+        d["grid"] = self.grid.model_dump()
         d["input"] = ([redact_uri(u) for u in self.input] if isinstance(self.input, tuple)
                       else redact_uri(self.input))
         d["output"] = redact_uri(self.output)
@@ -104,9 +208,40 @@ class JobConfig:
         params["output"] = [self.output_format, self.output_quality, self.output_bit_depth]
         return stable_hash(params)
 
+    def replace(self, **changes: Any) -> "JobConfig":
+        """A copy with some keys changed (not re-validated: for already valid values)."""
+        return self.model_copy(update=changes)
+
+
+def _style_sources(value: Any) -> str | tuple[StyleSource, ...]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(StyleSource(None, (u,), (1.0,)) for u in value)
+    out = []
+    for name, entry in value.items():
+        parts = entry if isinstance(entry, list) else [entry]
+        parts = [p if isinstance(p, BlendPart) else BlendPart(uri=p) for p in parts]
+        out.append(StyleSource(str(name), tuple(p.uri for p in parts),
+                               tuple(p.weight for p in parts)))
+    return tuple(out)
+
+
+def _check_memory_urls(job: JobConfig) -> None:
+    uris = [job.output, *([job.input] if isinstance(job.input, str) else job.input)]
+    uris += [job.styles] if isinstance(job.styles, str) else [u for s in job.styles for u in s.uris]
+    if job.ray.address != "inline" and any(u.startswith("memory://") for u in uris):
+        raise ValueError("memory:// lives in one process and Ray workers cannot see it; set "
+                         "ray.address: inline, or use a folder or s3:// URL")
+
 
 def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of a job file (``stylize schema``)."""
+    return JobConfig.model_json_schema(mode="validation")
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -118,8 +253,10 @@ def load_job(path: str, overrides: Sequence[str] = (), mode: str | None = None) 
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise JobConfigError(f"{path}: no such job file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobConfigError(f"{path}: cannot be read: {e}") from None
     except yaml.YAMLError as e:
-        raise JobConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise JobConfigError(f"{path}: {_yaml_error(e)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -127,7 +264,19 @@ def load_job(path: str, overrides: Sequence[str] = (), mode: str | None = None) 
     raw = apply_overrides(raw, overrides)
     if mode is not None:
         raw["mode"] = mode
-    return job_from_mapping(raw)
+    try:
+        return job_from_mapping(raw)
+    except JobConfigError as e:
+        n = str(e).count("\n") + 1
+        raise JobConfigError(f"{path}: {e}" if n == 1 else f"{path}: {n} problems:\n{e}") \
+            from None
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {where}{problem}"
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -158,197 +307,120 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
-def _check_keys(section: str, data: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    for k in data:
-        if k not in allowed:
-            where = f"{section}.{k}" if section else str(k)
-            raise JobConfigError(f"unknown key {where!r}; allowed keys"
-                                 f"{' in ' + section if section else ''}: {', '.join(allowed)}")
-
-
-def _num(key: str, value: Any, kind: type, minimum: float, strict: bool = False) -> Any:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        v = kind(value)
-        if kind is int and float(value) != v:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise JobConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, "
-                             f"got {value!r}") from None
-    if v < minimum or (strict and v == minimum):
-        raise JobConfigError(f"{key}: must be {'>' if strict else '>='} {minimum}, got {value!r}")
-    return v
-
-
-def _str(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise JobConfigError(f"{key}: expected a non-empty string (path or URL), got {value!r}")
-    return value.strip()
-
-
-def _styles(value: Any) -> str | tuple[StyleSource, ...]:
-    if value is None:
-        raise JobConfigError("styles: missing; give a list of images, a folder, or a mapping "
-                             "name -> URI (or -> {uri, weight}, or -> a list of those to blend)")
-    if isinstance(value, str):
-        return _str("styles", value)
-    if isinstance(value, list):
-        if not value:
-            raise JobConfigError("styles: the list is empty")
-        return tuple(StyleSource(None, (_str(f"styles[{i}]", v),), (1.0,))
-                     for i, v in enumerate(value))
-    if isinstance(value, dict):
-        if not value:
-            raise JobConfigError("styles: the mapping is empty")
-        out = []
-        for name, spec in value.items():
-            parts = spec if isinstance(spec, list) else [spec]
-            uris, weights = [], []
-            for p in parts:
-                if isinstance(p, dict):
-                    _check_keys(f"styles.{name}", p, ("uri", "weight"))
-                    uris.append(_str(f"styles.{name}.uri", p.get("uri")))
-                    weights.append(_num(f"styles.{name}.weight", p.get("weight", 1.0), float,
-                                        0, strict=True))
-                else:
-                    uris.append(_str(f"styles.{name}", p))
-                    weights.append(1.0)
-            if not uris:
-                raise JobConfigError(f"styles.{name}: no image given")
-            out.append(StyleSource(str(name), tuple(uris), tuple(weights)))
-        return tuple(out)
-    raise JobConfigError(f"styles: expected a list, a folder or a mapping, got {value!r}")
-
-
-def _input(value: Any) -> str | tuple[str, ...]:
-    if isinstance(value, list):
-        if not value:
-            raise JobConfigError("input: the list is empty")
-        return tuple(_str(f"input[{i}]", v) for i, v in enumerate(value))
-    if value is None:
-        raise JobConfigError("input: missing; give a folder, a glob, a .txt/.csv/.parquet list "
-                             "of URIs, or a list of URIs")
-    return _str("input", value)
-
-
-def _ray(value: Any) -> RayConfig:
-    if value is None:
-        return RayConfig()
-    if not isinstance(value, dict):
-        raise JobConfigError(f"ray: expected a mapping, got {value!r}")
-    _check_keys("ray", value, [f.name for f in dataclasses.fields(RayConfig)])
-    d = dict(value)
-    address = d.get("address")
-    if address is not None:
-        address = _str("ray.address", address)
-    workers = d.get("num_workers", "auto")
-    if workers != "auto":
-        workers = _num("ray.num_workers", workers, int, 1)
-    return RayConfig(
-        address=address, num_workers=workers,
-        gpus_per_worker=_num("ray.gpus_per_worker", d.get("gpus_per_worker", 1.0), float, 0),
-        cpus_per_worker=_num("ray.cpus_per_worker", d.get("cpus_per_worker", 1.0), float, 0,
-                             strict=True),
-        startup_timeout_s=_num("ray.startup_timeout_s", d.get("startup_timeout_s", 900.0),
-                               float, 0, strict=True),
-    )
-
-
-def _grid(value: Any) -> GridConfig:
-    if value is None or value is False:
-        return GridConfig(enabled=False)
-    if value is True:
-        return GridConfig(enabled=True)
-    if not isinstance(value, dict):
-        raise JobConfigError(f"grid: expected true, false or a mapping, got {value!r}")
-    allowed = [f.name for f in dataclasses.fields(GridConfig)]
-    _check_keys("grid", value, allowed)
-    d = {"enabled": True, **value}
-    if not isinstance(d["enabled"], bool):
-        raise JobConfigError(f"grid.enabled: expected true or false, got {d['enabled']!r}")
-    return GridConfig(
-        enabled=d["enabled"],
-        cell_size=_num("grid.cell_size", d.get("cell_size", 256), int, 16),
-        rows_per_page=_num("grid.rows_per_page", d.get("rows_per_page", 8), int, 1),
-        cols_per_page=_num("grid.cols_per_page", d.get("cols_per_page", 8), int, 1),
-    )
-
-
 def job_from_mapping(raw: Mapping[str, Any]) -> JobConfig:
-    """Validate a raw mapping (parsed YAML) into a JobConfig; JobConfigError otherwise."""
-    from stylize.images import OUTPUT_FORMATS
-
-    allowed = [f.name for f in dataclasses.fields(JobConfig)]
-    _check_keys("", raw, allowed)
-    if "output" not in raw:
-        raise JobConfigError("output: missing; give a folder path or URL for the results")
-    stylize_raw = raw.get("stylize") or {}
-    if not isinstance(stylize_raw, dict):
-        raise JobConfigError(f"stylize: expected a mapping of engine options, got {stylize_raw!r}")
+    """Validate a raw mapping (parsed YAML) into a JobConfig; JobConfigError listing every
+    problem otherwise."""
     try:
-        style_cfg = config_from_mapping(stylize_raw)
-    except ConfigError as e:
-        raise JobConfigError(f"stylize: {str(e).lstrip('-')}") from None
-
-    mode = raw.get("mode", "resume")
-    if mode not in MODES:
-        raise JobConfigError(f"mode: {mode!r} is not allowed; allowed: {', '.join(MODES)}")
-    retry_failed = raw.get("retry_failed", "transient")
-    if retry_failed not in RETRY_FAILED:
-        raise JobConfigError(f"retry_failed: {retry_failed!r} is not allowed; allowed: "
-                             f"{', '.join(RETRY_FAILED)}")
-    fmt = str(raw.get("output_format", "png")).lower()
-    fmt = "jpeg" if fmt == "jpg" else fmt
-    if fmt not in OUTPUT_FORMATS:
-        raise JobConfigError(f"output_format: {fmt!r} is not allowed; allowed: "
-                             f"{', '.join(OUTPUT_FORMATS)}")
-    bit_depth = _num("output_bit_depth", raw.get("output_bit_depth", 8), int, 8)
-    if bit_depth not in (8, 16) or (bit_depth == 16 and fmt not in ("png", "tiff")):
-        raise JobConfigError(f"output_bit_depth: {bit_depth} is not allowed; 8, or 16 with "
-                             "output_format png or tiff")
-    quality = _num("output_quality", raw.get("output_quality", 95), int, 1)
-    if quality > 100:
-        raise JobConfigError(f"output_quality: must be <= 100, got {quality}")
-    options = raw.get("storage_options") or {}
-    if not isinstance(options, dict):
-        raise JobConfigError(f"storage_options: expected a mapping, got {options!r}")
-    extensions = raw.get("extensions")
-    if extensions is not None:
-        if isinstance(extensions, str):
-            extensions = [extensions]
-        if not isinstance(extensions, list) or not extensions:
-            raise JobConfigError(f"extensions: expected a list such as [jpg, png], got "
-                                 f"{extensions!r}")
-        extensions = tuple("." + str(e).lower().lstrip(".") for e in extensions)
-
-    job = JobConfig(
-        input=_input(raw.get("input")),
-        styles=_styles(raw.get("styles")),
-        output=_str("output", raw.get("output")),
-        stylize=style_cfg,
-        shard_size=_num("shard_size", raw.get("shard_size", 16), int, 1),
-        mode=mode,
-        max_attempts=_num("max_attempts", raw.get("max_attempts", 3), int, 1),
-        item_timeout_s=_num("item_timeout_s", raw.get("item_timeout_s", 1800.0), float, 0,
-                            strict=True),
-        retry_failed=retry_failed,
-        io_retry_s=_num("io_retry_s", raw.get("io_retry_s", 150.0), float, 0),
-        output_format=fmt,
-        output_quality=quality,
-        output_bit_depth=bit_depth,
-        extensions=extensions,
-        storage_options=dict(options),
-        ray=_ray(raw.get("ray")),
-        grid=_grid(raw.get("grid")),
-    )
-    _check_memory_urls(job)
-    return job
+        return JobConfig.model_validate(dict(raw))
+    except ValidationError as e:
+        raise JobConfigError("\n".join(describe_errors(e, JobConfig))) from None
 
 
-def _check_memory_urls(job: JobConfig) -> None:
-    uris = [job.output, *([job.input] if isinstance(job.input, str) else job.input)]
-    uris += [job.styles] if isinstance(job.styles, str) else [u for s in job.styles for u in s.uris]
-    if job.ray.address != "inline" and any(u.startswith("memory://") for u in uris):
-        raise JobConfigError("memory:// lives in one process and Ray workers cannot see it; "
-                             "set ray.address: inline, or use a folder or s3:// URL")
+# ----------------------------------------------------------------------------- messages
+# pydantic names union members in error locations ("int", "literal['auto']", "list[...]"):
+# not keys of the file, so they are dropped from the path shown to the user.
+_TYPE_TAG = re.compile(r"^(int|float|str|bool|none|constrained-\w+|[a-z-]+\[.*\]|"
+                       r"BlendPart|GridConfig|RayConfig)$")
+_TYPE_ERRORS = {"int_parsing", "int_type", "float_parsing", "float_type", "bool_parsing",
+                "bool_type", "string_type", "list_type", "tuple_type", "dict_type",
+                "model_type", "model_attributes_type", "literal_error"}
+
+
+def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One line per problem: ``key.path: what is wrong`` (unions merged into one line)."""
+    by_path: dict[str, list[dict]] = {}
+    for err in error.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p)))
+        by_path.setdefault(path, []).append(err)
+    lines = []
+    for path, errs in by_path.items():
+        if any(e["type"] == "extra_forbidden" for e in errs):
+            lines.append(_unknown_key(path, model))
+            continue
+        specific = [e for e in errs if e["type"] not in _TYPE_ERRORS]
+        if specific:  # a union whose matching branch said what is wrong: only that
+            errs = specific
+        elif any(p.startswith(f"{path}.") for p in by_path if p != path) or \
+                (not path and len(by_path) > 1):
+            continue  # the value matched another branch, which reports deeper down
+        got = errs[0].get("input")
+        if errs[0]["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)):
+            got = None
+        where = f"{path}: " if path else ""
+        if got is not None and all(e["type"] == "literal_error" for e in errs):
+            lines.append(f"{where}{got!r} is not allowed; allowed: "
+                         f"{', '.join(_literal_values(e) for e in errs)}")
+            continue
+        lines.append(f"{where}{_what(errs)}{f', got {got!r}' if got is not None else ''}")
+    return lines
+
+
+def _literal_values(err: dict) -> str:
+    return (err.get("ctx") or {}).get("expected", "").replace(" or ", ", ").replace("'", "")
+
+
+_NOUNS = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+          "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+          "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+          "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+          "model_attributes_type": "a mapping"}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+           "less_than": "<"}
+
+
+def _what(errs: list[dict]) -> str:
+    """What is wrong, from the errors of one key (several for a union)."""
+    if all(e["type"] in _NOUNS or e["type"] == "literal_error" for e in errs):
+        nouns = [_literal_values(e) if e["type"] == "literal_error" else _NOUNS[e["type"]]
+                 for e in errs]
+        return "expected " + " or ".join(dict.fromkeys(nouns))
+    texts = []
+    for err in errs:
+        kind, ctx = err["type"], err.get("ctx") or {}
+        if kind == "missing":
+            texts.append("missing (required)")
+        elif kind == "too_short":
+            texts.append("must not be empty")
+        elif kind == "string_too_short":
+            texts.append("expected a non-empty string")
+        elif kind in _BOUNDS:
+            texts.append(f"must be {_BOUNDS[kind]} {next(iter(ctx.values()), '')}")
+        else:
+            msg = err["msg"]
+            texts.append(msg[len("Value error, "):] if msg.startswith("Value error, ") else msg)
+    return " or ".join(dict.fromkeys(texts))
+
+
+def _unknown_key(path: str, model: type[BaseModel]) -> str:
+    *parent, key = path.split(".")
+    allowed = _keys_at(model, parent)
+    if allowed is None:
+        return f"unknown key {path!r}"
+    near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) or \
+        [k for k in allowed if k.startswith(key) or key in k][:1]
+    hint = f"; did you mean {'.'.join([*parent, near[0]])!r}?" if near else ""
+    where = f" in {'.'.join(parent)}" if parent else ""
+    return f"unknown key {path!r}{hint} (allowed keys{where}: {', '.join(allowed)})"
+
+
+def _keys_at(model: Any, parts: list[str]) -> list[str] | None:
+    """Field names of the (sub)model reached by ``parts``; None where keys are free."""
+    for p in parts:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or p not in fields:
+            return None  # a mapping of free keys (styles, storage_options) or a list index
+        model = _model_in(fields[p].annotation)
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The first pydantic model or dataclass inside ``annotation`` (through unions)."""
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel)
+                                         or hasattr(annotation, "model_fields")):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -127,7 +127,9 @@ def _to_parquet(table: pa.Table) -> bytes:
 
 
 def _read_parquet(data: bytes) -> pa.Table:
-    table = pq.read_table(io.BytesIO(data))
+    # ParquetFile rather than read_table: the dataset layer behind read_table costs ~3x more
+    # per small file, which is most of a resume's time over thousands of parts
+    table = pq.ParquetFile(io.BytesIO(data)).read()
     for field in SCHEMA:  # parts written before a column existed
         if field.name not in table.column_names:
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))
@@ -139,9 +141,12 @@ def part_uri(output: str, shard: int) -> str:
 
 
 def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
-               options: Mapping[str, Any], secrets: Sequence[str] = ()) -> None:
-    storage.write_bytes(part_uri(output, shard), _to_parquet(to_table(rows, secrets)), options,
-                        atomic=True)
+               options: Mapping[str, Any], secrets: Sequence[str] = ()) -> pa.Table:
+    """Write the shard's part; returns the table written (the driver keeps it, columnar,
+    rather than the row dicts: a million items fit in a few hundred MB)."""
+    table = to_table(rows, secrets)
+    storage.write_bytes(part_uri(output, shard), _to_parquet(table), options, atomic=True)
+    return table
 
 
 def part_ids(output: str, options: Mapping[str, Any]) -> list[int]:
@@ -194,11 +199,13 @@ def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
     """``manifest.parquet``: the rows of ``items`` found in ``rows`` (one per item), in job
     order. Not rewritten when its rows are already exactly these: a resumed run that computed
     nothing leaves the file untouched. Returns the table and whether the file was written."""
-    order = {i.item_id: i.index for i in items}
-    ids = rows["item_id"].to_pylist()
-    keep = [n for n, i in enumerate(ids) if i in order]
-    position = pa.array([order[ids[n]] for n in keep], pa.int64())
-    table = rows.take(pa.array(keep, pa.int64())).take(pc.sort_indices(position))
+    # vectorised (a million items: seconds in Python, a fraction of a second here): each
+    # row's item position, null for rows of no item (sorted last, then cut off)
+    where = pc.index_in(rows["item_id"], value_set=pa.array([i.item_id for i in items],
+                                                               pa.string()))
+    position = pc.take(pa.array([i.index for i in items], pa.int64()), where)
+    order = pc.sort_indices(pc.fill_null(position, 2**63 - 1))  # stable
+    table = rows.take(order.slice(0, len(position) - position.null_count))
     old = read_manifest(output, options)
     if old is not None and old.equals(table):
         return table, False

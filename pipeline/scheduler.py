@@ -113,6 +113,7 @@ class Scheduler:
         self.infos: list[dict] = []  # every worker that became ready
         self._next_id = 0
         self._completed: list[tuple[int, list[dict]]] = []
+        self._known: dict[int, frozenset[str]] = {}  # item ids of each unfinished shard
         self._left = len(self.shards)
 
     # ------------------------------------------------------------------------ queries
@@ -278,17 +279,25 @@ class Scheduler:
         self._record(w.task.shard.shard_id, rows)
 
     def _record(self, shard_id: int, rows: list[dict]) -> None:
-        if not rows:
+        if not rows or self.done(shard_id):  # a finished shard's rows went out already
             return
-        known = {i.item_id for i in self.shards[shard_id].items}
+        known = self._known.get(shard_id)
+        if known is None:  # once per shard, not once per batch (a large shard is many)
+            known = self._known[shard_id] = frozenset(i.item_id for i in
+                                                      self.shards[shard_id].items)
         bucket = self.rows.setdefault(shard_id, {})
-        was_done = self.done(shard_id)
         for r in rows:
             if r["item_id"] in known:
                 bucket[r["item_id"]] = r
-        if not was_done and self.done(shard_id):
+        if self.done(shard_id):
             self._completed.append((shard_id, list(bucket.values())))
             self._left -= 1
+            # A million items: hold no row of a finished shard (they go out once, through
+            # completed()), only which items are done; nor their attempt counts.
+            self.rows[shard_id] = dict.fromkeys(known)
+            del self._known[shard_id]
+            for item_id in known:
+                self.tries.pop(item_id, None)
 
 
 def short_error(e: BaseException) -> str:

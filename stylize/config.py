@@ -21,6 +21,9 @@ PRESERVE_COLORS = ("none", "luminance", "histogram")
 INIT_KINDS = ("noise", "content")  # or a path to an image
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
+BIT_DEPTHS = (8, 16)
+BIT_DEPTH_16_FORMATS = ("png", "tiff")
 
 
 class ConfigError(ValueError):

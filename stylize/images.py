@@ -38,10 +38,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
+from stylize.config import BIT_DEPTH_16_FORMATS, BIT_DEPTHS, OUTPUT_FORMATS  # noqa: F401
+
 MAX_PIXELS = 100_000_000  # decompression-bomb limit, pixels
-BIT_DEPTHS = (8, 16)
-BIT_DEPTH_16_FORMATS = ("png", "tiff")
 
 _EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
                ".tif": "tiff", ".tiff": "tiff"}

@@ -40,10 +40,10 @@ def test_unknown_key_names_it_and_the_allowed_keys():
     ({"output_format": "gif"}, r"output_format: 'gif' is not allowed"),
     ({"shard_size": 0}, r"shard_size: must be >= 1"),
     ({"item_timeout_s": 0}, r"item_timeout_s: must be > 0"),
-    ({"ray": {"num_workers": "many"}}, r"ray.num_workers: expected an integer"),
+    ({"ray": {"num_workers": "many"}}, r"ray.num_workers: expected auto or an integer, got 'many'"),
     ({"stylize": {"size": "big"}}, r"stylize: size"),
     ({"output_bit_depth": 16, "output_format": "jpeg"}, r"output_bit_depth"),
-    ({"styles": []}, r"styles: the list is empty"),
+    ({"styles": []}, r"styles: must not be empty"),
     ({"output": "memory://out"}, r"memory:// .*ray.address: inline"),
 ])
 def test_bad_values_are_named(changes, message):
@@ -86,9 +86,26 @@ def test_load_job_file_set_and_mode(tmp_path):
     assert (j.stylize.size, j.stylize.iterations, j.mode) == (32, 7, "overwrite")
     with pytest.raises(JobConfigError, match="no such job file"):
         load_job(str(tmp_path / "missing.yaml"))
-    path.write_text("input: [unclosed\n")
-    with pytest.raises(JobConfigError, match="not valid YAML"):
+    path.write_text("input: in\nstyles: [a.jpg\noutput: out\n")
+    with pytest.raises(JobConfigError, match=r"not valid YAML: line 3, column 7"):
         load_job(str(path))
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: in\nstyles: [a.jpg]\noutput: out\nshard_sise: 4\n"
+                    "ray: {num_workers: 0}\noutput_format: gif\n")
+    with pytest.raises(JobConfigError) as e:
+        load_job(str(path))
+    lines = str(e.value).splitlines()
+    assert lines[0].endswith("job.yaml: 3 problems:")
+    assert sorted(lines[1:]) == sorted([
+        "unknown key 'shard_sise'; did you mean 'shard_size'? (allowed keys: input, styles, "
+        "output, stylize, shard_size, mode, max_attempts, item_timeout_s, retry_failed, "
+        "io_retry_s, output_format, output_quality, output_bit_depth, extensions, "
+        "storage_options, ray, grid)",
+        "ray.num_workers: must be >= 1, got 0",
+        "output_format: 'gif' is not allowed; allowed: png, jpeg, webp, tiff"])
 
 
 def test_params_hash_follows_outputs_not_devices():

@@ -36,7 +36,7 @@ def test_page_size_formula():
 
 def test_grid_has_a_header_row_and_column(tmp_path):
     contents, styles, rows = _setup(tmp_path, 2, 3)
-    uris = write_grids(str(tmp_path), contents, styles, rows, GridConfig(True, 64), {})
+    uris = write_grids(str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {})
     assert uris == [str(tmp_path / "grid.png")]
     img = Image.open(uris[0])
     assert img.size == page_size(2, 3, 64)
@@ -49,7 +49,7 @@ def test_grid_has_a_header_row_and_column(tmp_path):
 def test_large_grids_are_paginated(tmp_path):
     contents, styles, rows = _setup(tmp_path, 3, 3)
     (tmp_path / "grid.png").write_bytes(b"stale")
-    cfg = GridConfig(True, 32, rows_per_page=2, cols_per_page=2)
+    cfg = GridConfig(cell_size=32, rows_per_page=2, cols_per_page=2)
     uris = write_grids(str(tmp_path), contents, styles, rows, cfg, {})
     assert [u.rsplit("/", 1)[1] for u in uris] == [f"grid-00{n}.png" for n in (1, 2, 3, 4)]
     assert not (tmp_path / "grid.png").exists()
