@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+from stylize.common import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE  # noqa: F401
 RESUME_HINT = "run the same command to resume"
 
 

@@ -15,7 +15,6 @@ files (RESERVED_STYLE_NAMES).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import posixpath
 import re
 import unicodedata
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pipeline import storage
+from stylize.common import short_hash
 
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\:*?"<>|]')
 FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tiff": "tif"}
@@ -76,11 +76,7 @@ class Shard:
 
 
 def _hash(*parts: str, n: int = 20) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8", "surrogateescape"))
-        h.update(b"\0")
-    return h.hexdigest()[:n]
+    return short_hash(*parts, n=n)
 
 
 def escape_undecodable(name: str) -> str:

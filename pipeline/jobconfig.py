@@ -12,7 +12,6 @@ files.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass
 import json
 import re
@@ -23,6 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       field_validator, model_validator)
 
 from pipeline.redact import redact_options, redact_uri
+from stylize.common import short_hash
 from stylize.config import (BIT_DEPTHS, OUTPUT_FORMATS, ConfigError, StyleConfig,
                             config_from_mapping)
 
@@ -236,7 +236,7 @@ def _check_memory_urls(job: JobConfig) -> None:
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return short_hash(json.dumps(obj, sort_keys=True, default=str), n=n)
 
 
 def job_schema() -> dict[str, Any]:

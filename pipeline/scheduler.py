@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.items import Shard, WorkItem
 from pipeline.manifest import make_row, now
+from stylize.common import one_line
 
 
 class WorkerStartError(RuntimeError):
@@ -301,7 +302,7 @@ class Scheduler:
 
 
 def short_error(e: BaseException) -> str:
-    """One line for a row or a message: the exception's type and its last non-empty line."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    return f"{type(e).__name__}: {text}"[:300]
+    """One line for a row: the exception's type and its last non-empty line (Ray wraps the
+    worker's traceback into the message; its last line says what happened)."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {one_line(lines[-1] if lines else '(no message)')}"[:300]

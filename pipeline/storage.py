@@ -26,12 +26,12 @@ from typing import Any, Callable, Mapping, TypeVar
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from stylize.common import TMP_PREFIX, one_line, write_atomic
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_delay,
                       wait_random_exponential)
 
 PKG_SCHEME = "pkg://"
 DEFAULT_RETRY_S = 150.0  # a storage outage this long is ridden out (job key io_retry_s)
-TMP_PREFIX = ".tmp-"  # atomic writes go through "{dir}/.tmp-{hex}-{name}" then a rename
 _PERMANENT_TYPES = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                     PermissionError)
 _PERMANENT_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES,
@@ -97,7 +97,7 @@ def retrying(what: str, fn: Callable[[], T]) -> T:
         last = e.last_attempt.exception()
         raise StorageUnavailable(
             f"{what}: storage unavailable for {_retry_s:g} s (io_retry_s): "
-            f"{type(last).__name__}: {' '.join(str(last).split())[:300]}") from None
+            f"{type(last).__name__}: {one_line(last, 300)}") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -177,7 +177,7 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
     locally; object stores publish a PUT whole anyway)."""
     fs, path = get_fs(uri, storage_options)
     if is_local(fs) and atomic:
-        retrying(f"write {uri}", lambda: _write_local_atomic(path, data))
+        retrying(f"write {uri}", lambda: write_atomic(path, data))
     elif is_local(fs):
         def write() -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -186,27 +186,6 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
         retrying(f"write {uri}", write)
     else:
         retrying(f"write {uri}", lambda: fs.pipe_file(path, data))
-
-
-def _write_local_atomic(path: str, data: bytes) -> None:
-    """Temp file beside ``path``, fsync, rename; the temp file is removed on any failure."""
-    parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    # keep the temp name within 255 bytes whatever the final name's length
-    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-"
-                               f"{os.fsencode(name)[-200:].decode('utf-8', 'ignore')}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
@@ -250,4 +229,4 @@ def check_writable(root: str, storage_options: Mapping[str, Any] | None = None) 
         raise StorageError(f"output {root} is not writable: {e}") from None
     except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
         raise StorageError(f"output {root} is not writable: {type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:300]}") from None
+                           f"{one_line(e, 300)}") from None

@@ -29,6 +29,7 @@ import torch
 from pipeline import storage
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.manifest import make_row, now
+from stylize.common import describe_error, one_line
 from stylize.config import StyleConfig
 
 DEFAULT_MAX_BATCH = 16  # items per run_batch call when the engine's batch_size is 0 (auto)
@@ -74,10 +75,7 @@ def plan_batches(sizes: Mapping[str, tuple[int, int]], order: Sequence[str], max
 
 
 def _message(e: BaseException) -> str:
-    if isinstance(e, storage.StorageUnavailable):
-        return str(e)[:500]
-    text = " ".join(str(e).split()) or "(no message)"
-    return f"{type(e).__name__}: {text}"[:500]
+    return one_line(e) if isinstance(e, storage.StorageUnavailable) else describe_error(e)
 
 
 def _status(e: BaseException) -> str:

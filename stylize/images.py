@@ -30,7 +30,6 @@ import io
 import math
 import os
 import struct
-import uuid
 import warnings
 import zlib
 
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stylize.common import one_line
 from stylize.config import BIT_DEPTH_16_FORMATS, BIT_DEPTHS, OUTPUT_FORMATS  # noqa: F401
 
 MAX_PIXELS = 100_000_000  # decompression-bomb limit, pixels
@@ -82,7 +82,7 @@ def _read_file(path: str | os.PathLike, name: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as err:
-        raise ImageError(f"{name}: cannot read file ({_one_line(err.strerror or err)})") from err
+        raise ImageError(f"{name}: cannot read file ({one_line(err.strerror or err)})") from err
 
 
 def _open_checked(raw: bytes, name: str) -> Image.Image:
@@ -90,11 +90,11 @@ def _open_checked(raw: bytes, name: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{name}: refused as a decompression bomb ({_one_line(err)})") from err
+        raise ImageError(f"{name}: refused as a decompression bomb ({one_line(err)})") from err
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (cannot identify image file)") from None
     except _DECODE_ERRORS as err:
-        raise ImageError(f"{name}: corrupt image header ({_one_line(err)})") from err
+        raise ImageError(f"{name}: corrupt image header ({one_line(err)})") from err
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise ImageError(f"{name}: refused as a decompression bomb ({w}x{h} = {w * h} pixels "
@@ -109,13 +109,13 @@ def _load_oriented(img: Image.Image, name: str) -> Image.Image:
     try:
         img.load()
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{name}: refused as a decompression bomb ({_one_line(err)})") from err
+        raise ImageError(f"{name}: refused as a decompression bomb ({one_line(err)})") from err
     except _DECODE_ERRORS as err:
-        raise ImageError(f"{name}: truncated or corrupt image ({_one_line(err)})") from err
+        raise ImageError(f"{name}: truncated or corrupt image ({one_line(err)})") from err
     try:
         return ImageOps.exif_transpose(img)
     except _DECODE_ERRORS as err:
-        raise ImageError(f"{name}: corrupt EXIF orientation ({_one_line(err)})") from err
+        raise ImageError(f"{name}: corrupt EXIF orientation ({one_line(err)})") from err
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -143,10 +143,6 @@ def _stretch(a: np.ndarray) -> np.ndarray:
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
     return (a - lo) * (255 / (hi - lo)) if hi > lo else a
-
-
-def _one_line(detail: object) -> str:
-    return " ".join(str(detail).split())
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -253,7 +249,7 @@ def encode_image(t: torch.Tensor, fmt: str = "png", quality: int = 95,
         img.save(buf, fmt.upper(), **_save_options(fmt, quality))
     except (OSError, ValueError) as err:  # e.g. WebP's 16383-pixel and JPEG's 65500-pixel limits
         raise ImageError(f"cannot encode a {img.width}x{img.height} image as {fmt} "
-                         f"({_one_line(err)})") from err
+                         f"({one_line(err)})") from err
     return buf.getvalue()
 
 
@@ -315,25 +311,3 @@ def _tiff16(rgb: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + strip
 
 
-def save_image(t: torch.Tensor, path: str | os.PathLike, quality: int = 95, bit_depth: int = 8,
-               fmt: str | None = None) -> None:
-    """Encode and write to a local path; ``fmt`` defaults to the one the extension names."""
-    try:
-        data = encode_image(t, fmt or format_from_path(path), quality, bit_depth)
-    except ImageError as err:
-        msg = str(err)
-        raise ImageError(msg if msg.startswith(f"{os.fspath(path)}:")
-                         else f"{os.fspath(path)}: {msg}") from err
-    _write_atomic(os.fspath(path), data)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    # A crash must not leave a partial file that a restart would take for a finished output.
-    tmp = f"{path}.{uuid.uuid4().hex}.part"  # not mkstemp: its 0600 mode would stick
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -16,7 +16,8 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample_exact, sample_path)
 from stylize.config import resolve_config
 from stylize.engine import ItemResult, StepInfo, Style, Stylizer, stylize
-from stylize.images import decode_image, resize_longest, save_image
+from stylize.common import write_atomic
+from stylize.images import decode_image, encode_image, resize_longest
 from stylize.model import build_vgg
 
 pytestmark = pytest.mark.usefixtures("reuse_caffe_weights")
@@ -199,7 +200,7 @@ def test_style_scale_changes_the_targets(engines, starry):
 def test_init_from_an_image_path(engines, tmp_path):
     start = sample_exact("the_scream", H, W)
     path = tmp_path / "start.png"
-    save_image(start, path)
+    write_atomic(path, encode_image(start, "png"))
     # Adam's first step moves every pixel by at most lr: the output is the start image.
     st = engines(init=str(path), optimizer="adam", lr=1e-3, iterations=1, size=32)
     content = sample_exact("tubingen", H, W)

@@ -17,6 +17,7 @@ from PIL import Image
 
 import stylize
 from stylize import images
+from stylize.common import write_atomic
 from stylize.images import ImageError
 
 SAMPLES = Path(stylize.__file__).parent / "samples"
@@ -353,22 +354,23 @@ def test_16_bit_output_keeps_sub_integer_precision(sample, fmt, reader):
     assert img.size == (40, 30) and (pixels(img) == got >> 8).all()
 
 
-def test_save_image(tmp_path, sample):
+def test_encode_by_extension_and_atomic_write(tmp_path, sample):
+    """What ``stylize image --output`` does: the format from the extension, one atomic write."""
     t = images.to_tensor(images.resize_longest(sample, 32))  # (3, 24, 32)
     for name, fmt in (("a.jpg", "JPEG"), ("b.tif", "TIFF"), ("c.png", "PNG"), ("d.webp", "WEBP")):
-        images.save_image(t, tmp_path / name)
+        write_atomic(tmp_path / name, images.encode_image(t, images.format_from_path(name)))
         with Image.open(tmp_path / name) as img:
             assert (img.format, img.size) == (fmt, (32, 24))
-    images.save_image(t, tmp_path / "e.png", bit_depth=16)
+    write_atomic(tmp_path / "e.png", images.encode_image(t, "png", bit_depth=16))
     assert read_png16((tmp_path / "e.png").read_bytes()).shape == (24, 32, 3)
-    images.save_image(t, tmp_path / "f.out", fmt="jpeg")
-    assert Image.open(tmp_path / "f.out").format == "JPEG"
-    with pytest.raises(ImageError, match="g.jpg: bit_depth 16"):
-        images.save_image(t, str(tmp_path / "g.jpg"), bit_depth=16)
+    with pytest.raises(ImageError, match="bit_depth 16"):
+        images.encode_image(t, images.format_from_path("g.jpg"), bit_depth=16)
     with pytest.raises(ImageError, match="h.bmp: unknown image extension"):
-        images.save_image(t, str(tmp_path / "h.bmp"))
+        images.format_from_path(str(tmp_path / "h.bmp"))
+    with pytest.raises(TypeError):  # a failed write leaves neither the file nor a temporary
+        write_atomic(tmp_path / "i.png", "not bytes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.tif", "c.png", "d.webp",
-                                                          "e.png", "f.out"]
+                                                          "e.png"]
 
 
 def test_no_pipeline_imports():

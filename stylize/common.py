@@ -1,0 +1,55 @@
+"""Small things both packages use, each written once: exit codes, one-line messages, short
+hashes, atomic file writes. Pure Python (``pipeline`` builds on these; ``stylize`` never
+imports ``pipeline``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+# The exit codes of the ``stylize`` command (pipeline/errors.py says when each applies).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+TMP_PREFIX = ".tmp-"  # temporary files of atomic writes: hidden, never taken for outputs
+
+
+def one_line(detail: object, limit: int = 500) -> str:
+    """Any text (an exception's message, several lines) as one line of at most ``limit``."""
+    return " ".join(str(detail).split())[:limit]
+
+
+def describe_error(e: BaseException, limit: int = 500) -> str:
+    """``Type: message`` on one line: what a row or a log line says about an exception."""
+    return f"{type(e).__name__}: {one_line(e) or '(no message)'}"[:limit]
+
+
+def short_hash(*parts: str, n: int = 16) -> str:
+    """Hex digest of ``parts`` (NUL-separated; non-UTF-8 names hash by their bytes)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()[:n]
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a whole local file: a temporary name beside it, fsync, rename. A crash never
+    leaves a partial file under the final name; the temporary is removed on any failure."""
+    path = os.fspath(path)
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    # the temporary name stays within 255 bytes whatever the final name's length
+    tail = os.fsencode(name)[-200:].decode("utf-8", "ignore")
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{tail}")
+    try:
+        with open(tmp, "xb") as f:  # not mkstemp: its 0600 mode would stick
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
