@@ -1,14 +1,18 @@
 """``python -m stylize.bench``: throughput of the engine against the plain loop, in one run.
 
 Stylizes N images end to end (decode, resize, optimise, encode) with the chosen settings,
-then the same images with the plain baseline: fp32, batch 1, eager, no early stopping, same
-iterations. Both final images are scored with the same fp32 Gatys loss, so ``final_loss``
-and ``baseline_final_loss`` compare quality. With ``--json`` the last line is one JSON object.
+then the same images (or the first ``--baseline-images`` of them) with the plain baseline:
+fp32, batch 1, eager, no early stopping, same iterations. On CUDA the baseline and the scoring
+run in strict fp32 (TF32 off for cuDNN and matmuls; PyTorch's default lets cuDNN use TF32).
+Both final images are scored with the same fp32 Gatys loss, so ``final_loss`` and
+``baseline_final_loss`` (means over the images both ran) compare quality. With ``--json`` the
+last line is one JSON object. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import resource
@@ -57,6 +61,34 @@ def run_once(engine: Stylizer, raws: list[bytes], style: Style, size: int, batch
     return time.perf_counter() - t0, outputs, used
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """IEEE fp32 on CUDA inside the block: TF32 off for cuDNN convolutions and matmuls.
+
+    PyTorch's defaults let cuDNN run fp32 convolutions in TF32, and a ``precision: tf32``
+    engine switches matmuls to TF32 for the whole process; the baseline must not inherit that.
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def dynamo_graphs() -> int | None:
+    """Graphs torch.compile has built in this process so far (None if unknown)."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # noqa: BLE001 - no dynamo: nothing compiled
+        return None
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -73,44 +105,74 @@ def bench(args: argparse.Namespace) -> dict:
     base_cfg = resolve_config(args.preset, precision="fp32", batch_size=1, compile=False,
                               early_stopping=False, **opts)
     raws = sample_bytes(args.images)
+    n_base = (len(raws) if args.baseline_images is None
+              else max(0, min(args.baseline_images, len(raws))))
     style_img = to_tensor(decode_image(sample_bytes(6)[-1]))  # The Starry Night
     style = Style("starry_night", (style_img,))
     contents = [square(r, args.size) for r in raws]
 
-    def measure(c, batch):
-        engine = Stylizer(c)
+    def measure(engine, batch, images, label):
         # A short warm-up on the same engine: kernels, autotuning, compilation.
-        run_once(engine, raws[:batch], style, args.size, batch, iterations=3)
+        graphs0, t0 = dynamo_graphs(), time.perf_counter()
+        if args.warmup:
+            run_once(engine, images[:batch], style, args.size, batch, iterations=args.warmup)
+        warmup = time.perf_counter() - t0
+        graphs = None if graphs0 is None else dynamo_graphs() - graphs0
+        _log(f"{label}: warm-up {warmup:.1f} s ({graphs} graphs compiled); "
+             f"timing {len(images)} images x {args.iterations} iterations")
         if engine.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.device)
         times, outs, used = [], None, None
         for _ in range(args.repeats):
-            t, outs, used = run_once(engine, raws, style, args.size, batch)
+            t, outs, used = run_once(engine, images, style, args.size, batch)
             times.append(t)
-        return engine, statistics.median(times), outs, used
+        # Graphs compiled while timed: a recompile (new batch size, shape) costs seconds.
+        timed = None if graphs0 is None else dynamo_graphs() - graphs0 - graphs
+        _log(f"{label}: {statistics.median(times):.2f} s ({timed} graphs compiled while timed)")
+        return statistics.median(times), outs, used, warmup, (graphs, timed)
 
-    engine, t_new, out_new, used_new = measure(cfg, args.batch or len(raws))
+    engine = Stylizer(cfg)
+    t_new, out_new, used_new, warmup, graphs = measure(engine, args.batch or len(raws), raws,
+                                                       "new path")
     peak = peak_memory_mb(engine.device)
-    baseline, t_base, out_base, used_base = measure(base_cfg, 1)
-    styles = [style] * len(raws)
-    loss_new = statistics.mean(baseline.evaluate(out_new, contents, styles))
-    loss_base = statistics.mean(baseline.evaluate(out_base, contents, styles))
+    with strict_fp32():
+        baseline = Stylizer(base_cfg)  # also the scorer: the same fp32 loss for both
+        if n_base:
+            t_base, out_base, used_base, _, _ = measure(baseline, 1, raws[:n_base], "baseline")
+        styles = [style] * len(raws)
+        losses_new = baseline.evaluate(out_new, contents, styles)
+        losses_base = (baseline.evaluate(out_base, contents[:n_base], styles[:n_base])
+                       if n_base else [])
+    loss_new = statistics.mean(losses_new)
+    loss_new_common = statistics.mean(losses_new[:n_base]) if n_base else None
+    loss_base = statistics.mean(losses_base) if n_base else None
     image_iters = len(raws) * args.iterations
     ms = 1000 * t_new / image_iters
-    ms_base = 1000 * t_base / image_iters
+    ms_base = 1000 * t_base / (n_base * args.iterations) if n_base else None
     device = engine.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    batch = args.batch or engine._chunk_size((args.size, args.size), len(raws))
     return {
         "device": str(device), "device_name": name, "preset": args.preset, "size": args.size,
-        "iterations": args.iterations, "images": len(raws), "batch": engine._chunk_size(
-            (args.size, args.size), len(raws)) if not args.batch else args.batch,
-        "precision": engine.precision, "compile": args.compile, "repeats": args.repeats,
-        "ms_per_image_iter": round(ms, 4), "baseline_ms_per_image_iter": round(ms_base, 4),
-        "speedup": round(ms_base / ms, 3), "images_per_hour": round(3.6e6 / (ms * args.iterations), 1),
+        "iterations": args.iterations, "images": len(raws), "batch": min(batch, len(raws)),
+        "precision": engine.precision, "compile": args.compile,
+        "compiled": engine._net is not engine.model, "repeats": args.repeats,
+        "ms_per_image_iter": round(ms, 4),
+        "ms_per_image_iter_done": round(1000 * t_new / max(sum(used_new), 1), 4),
+        "baseline_ms_per_image_iter": None if ms_base is None else round(ms_base, 4),
+        "speedup": None if ms_base is None else round(ms_base / ms, 3),
+        "images_per_hour": round(3.6e6 / (ms * args.iterations), 1),
+        "baseline_images_per_hour": None if ms_base is None else
+        round(3.6e6 / (ms_base * args.iterations), 1),
+        "seconds": round(t_new, 3), "warmup_s": round(warmup, 3),
+        "graphs_compiled_warmup": graphs[0], "graphs_compiled_timed": graphs[1],
         "peak_memory_mb": round(peak, 1), "final_loss": loss_new,
-        "baseline_final_loss": loss_base, "loss_ratio": round(loss_new / loss_base, 5),
+        "final_loss_common": loss_new_common, "baseline_final_loss": loss_base,
+        "loss_ratio": None if loss_base is None else round(loss_new_common / loss_base, 5),
+        "baseline_images": n_base,
+        "baseline_precision": "fp32 (TF32 off)" if device.type == "cuda" else "fp32",
         "mean_iterations": statistics.mean(used_new),
-        "baseline_mean_iterations": statistics.mean(used_base),
+        "baseline_mean_iterations": statistics.mean(used_base) if n_base else None,
         "torch": torch.__version__,
     }
 
@@ -137,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="content", help="noise | content (default: content)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--repeats", type=int, default=1, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="iterations of the untimed warm-up run (compilation happens there)")
+    p.add_argument("--baseline-images", type=int, default=None, metavar="N",
+                   help="run the baseline on the first N images only (default: all; 0: skip "
+                        "it). Losses are compared over those N")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     return p
 
