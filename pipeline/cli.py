@@ -1,77 +1,118 @@
 """The ``stylize`` command.
 
-    stylize run CONFIG.yaml [--set key.sub=value ...] [--mode resume|overwrite]
-    stylize grid --contents URI... --styles URI... --output URL [options]
-    stylize status OUTPUT
+    stylize run CONFIG.yaml [--set key.sub=value ...] [--mode resume|overwrite] [--json]
+    stylize grid --contents URI... --styles URI... --output URL [options] [--json]
+    stylize status OUTPUT [--json]
+    stylize schema         the JSON Schema of a job file (configs/job.schema.json)
     stylize image ...      one image (stylize.cli)
     stylize bench ...      throughput figures (stylize.bench)
     stylize quality ...    quality figures (stylize.quality)
     stylize bench-pipeline the driver at scale, stand-in workers (pipeline.bench)
+    stylize --version | -V
 
-Exit codes (pipeline.errors): 0 every item ok; 1 the job ran and some items failed (summary
-printed); 2 usage or configuration error, found before any work; 3 infrastructure failure
+Every command takes ``-v`` (debug lines, Ray's own warnings), ``-q`` (warnings and errors
+only) and ``--debug`` (tracebacks, for developers), before or after its name. stdout carries
+the result (the summary, or with ``--json`` one JSON object); stderr the progress, notices and
+errors, through ``logging`` (stylize.cli.logging_to_stderr).
+
+Exit codes (stylize.common, pipeline.errors): 0 every item ok; 1 the job ran and some items
+failed; 2 usage or configuration error, found before any work; 3 infrastructure failure
 during the run (resumable); 130/143 interrupted. Errors are one line on stderr, never a
-traceback (``--debug`` re-raises, for developers).
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import logging
 import os
+import platform
+import re
 import sys
 import tempfile
 import traceback
-from typing import Any, Sequence
+from importlib import metadata
+from typing import Any, Callable, Sequence
 
-from pipeline import errors
-from pipeline.errors import (EXIT_INFRA, EXIT_USAGE, RESUME_HINT, InfraError, Interrupted,
-                             install_signal_handlers)
-from pipeline.jobconfig import MODES, JobConfigError, apply_overrides, job_from_mapping, load_job
-from pipeline.redact import redact_text
+from pipeline import errors, manifest
+from pipeline.errors import RESUME_HINT, InfraError, Interrupted, install_signal_handlers
+from pipeline.jobconfig import (MODES, JobConfigError, apply_overrides, job_from_mapping,
+                                job_schema, load_job)
+from pipeline.redact import redact_text, secret_values
+from pipeline.scheduler import WorkerStartError
 from pipeline.sources import SourceError
-from pipeline.storage import StorageError, StorageUnavailable
+from pipeline.status import NoRunError, print_status, summarize, to_json
+from pipeline.storage import StorageError, StorageUnavailable, read_bytes, write_bytes
+from stylize.cli import Parser, UsageError, image_main, logging_to_stderr, print_error, verbosity
+from stylize.common import EXIT_INFRA, EXIT_OK, EXIT_USAGE, one_line
 
-USAGE = """usage: stylize COMMAND ...
+log = logging.getLogger("pipeline.cli")  # not __name__: "__main__" under python -m
+LOGGED = ("stylize", "pipeline")  # the packages whose lines -v/-q show or hide
+
+USAGE = """usage: stylize COMMAND [options] ...
 
 commands:
-  run CONFIG.yaml [--set KEY=VALUE ...] [--mode resume|overwrite]
+  run CONFIG.yaml [--set KEY=VALUE ...] [--mode resume|overwrite] [--json]
                   run a job described in YAML (e.g. configs/demo.yaml)
   grid --contents URI... --styles URI... --output URL [--preset P --size N ...]
                   every content under every style, and a labelled contact sheet
-  status OUTPUT   counts, failures, throughput and what is left in a run folder
+  status OUTPUT [--json]
+                  counts, failures, throughput and what is left in a run folder
+  schema          the JSON Schema of a job file (editors complete and check YAML with it)
   image ...       stylize one image (stylize image --help)
   bench ...       measure throughput (stylize bench --help)
   quality ...     judged losses, colour speckle and borders on the samples (--help)
   bench-pipeline  the driver at scale with stand-in workers (--help)
+  report OUTPUT [--open] [--storage-option KEY=VALUE ...]
+                  the HTML report of a run folder (OUTPUT/report/index.html)
 
-options: --debug (before the command) shows Python tracebacks
+options (before or after the command):
+  -V, --version   the version of stylize, Ray, PyTorch and Python
+  -v, --verbose   debug lines and Ray's own warnings on stderr
+  -q, --quiet     only warnings and errors on stderr (no progress)
+  --debug         show Python tracebacks
+  --json          (run, grid, status) the summary as one JSON object on stdout
 
 exit codes: 0 all items ok, 1 some items failed, 2 usage or configuration error,
             3 infrastructure failure during the run (resumable), 130/143 interrupted"""
 
+_OUTPUT_FLAG = re.compile(r"^(-v+|--verbose|-q|--quiet|--debug)$")
 
 
-class UsageError(Exception):
-    pass
+def version() -> str:
+    """``stylize 0.1.0 (ray ..., torch ..., python ...)``: read from the installed
+    distributions' metadata, without importing them."""
+    def v(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return (f"stylize {v('stylize')} (ray {v('ray')}, torch {v('torch')}, "
+            f"python {platform.python_version()})")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block, no traceback
-        raise UsageError(f"{self.prog}: {message}")
+# ---------------------------------------------------------------------------------- parsers
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="the summary as one JSON object on stdout (the text goes to stderr)")
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stylize run", description="Run a stylization job described in YAML.")
+    p = Parser(prog="stylize run", description="Run a stylization job described in YAML.")
     p.add_argument("config", help="job file (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, e.g. --set stylize.size=256 --set ray.num_workers=2")
     p.add_argument("--mode", choices=MODES, help="resume (default) or overwrite")
+    _json_flag(p)
     return p
 
 
 def _grid_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stylize grid",
-                description="Stylize every content under every style; write a contact sheet.")
+    p = Parser(prog="stylize grid",
+               description="Stylize every content under every style; write a contact sheet.")
     p.add_argument("--contents", nargs="+", required=True,
                    help="content images, or one folder / glob / .txt list")
     p.add_argument("--styles", nargs="+", required=True, help="style images, or one folder")
@@ -87,15 +128,35 @@ def _grid_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="resume")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job key, e.g. --set stylize.style_weight=1e4")
+    _json_flag(p)
     return p
 
 
 def _status_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stylize status", description="Summarise a run folder from its manifests.")
+    p = Parser(prog="stylize status", description="Summarise a run folder from its manifests.")
     p.add_argument("output", help="the job's output folder (path or URL)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
+    _json_flag(p)
     return p
+
+
+def _schema_parser() -> argparse.ArgumentParser:
+    return Parser(prog="stylize schema", description=(
+        "Print the JSON Schema of a job file (configs/job.schema.json is this output; the "
+        "shipped configs name it in their first line, for editors)."))
+
+
+# --------------------------------------------------------------------------------- commands
+
+class _Context:
+    """What error messages need to know of a command: its name, the secrets to mask (found
+    on the way), whether stdout takes JSON."""
+
+    def __init__(self, command: str, json_out: bool):
+        self.command = command
+        self.secrets: list[str] = []  # values to mask (from the job's storage_options)
+        self.json = json_out
 
 
 def _grid_job(args: argparse.Namespace):
@@ -118,98 +179,194 @@ def _grid_job(args: argparse.Namespace):
     return job_from_mapping(apply_overrides(raw, args.overrides))
 
 
-def _status(args: argparse.Namespace) -> int:
-    from pipeline.status import NoRunError, print_status, summarize
+def _run(args: argparse.Namespace, ctx: _Context) -> int:
+    job = load_job(args.config, args.overrides, args.mode)
+    return _run_job(job, args, ctx)
 
+
+def _grid(args: argparse.Namespace, ctx: _Context) -> int:
+    return _run_job(_grid_job(args), args, ctx)
+
+
+def _run_job(job, args: argparse.Namespace, ctx: _Context) -> int:
+    from pipeline.driver import run_job  # imports Ray: not needed for the other commands
+
+    ctx.secrets = secret_values(job.storage_options)
+    log.debug("%s", version())
+    log.debug("job: %s", json.dumps(job.to_dict(), sort_keys=True, default=str))
+    if args.json:  # the text summary is for people: stderr, or nowhere with -q
+        stream = io.StringIO() if args.quiet else sys.stderr
+    else:
+        stream = sys.stdout
+    result = run_job(job, stream=stream)
+    if args.json:
+        _print_json({"command": ctx.command, **run_json(result, job.storage_options)}, ctx)
+    return result.exit_code
+
+
+def run_json(result, options) -> dict[str, Any]:
+    """The ``stylize run --json`` object, from the JobResult and the run.json just written
+    (its timings)."""
+    run = manifest.read_json(manifest.run_uri(result.output), options) or {}
+    timings = run.get("timings") or {}
+    total = sum(result.counts.values())
+    return {
+        "exit_code": result.exit_code,
+        "output": result.output,
+        "total": total,
+        "counts": dict(sorted(result.counts.items())),
+        "failed": total - result.counts.get("ok", 0),
+        "computed": result.computed,
+        "resumed": total - result.computed,
+        "images_per_hour": timings.get("images_per_hour"),
+        "wall_s": timings.get("wall_s"),
+        "manifest": result.manifest_uri,
+        "run_info": manifest.run_uri(result.output),
+        "grids": list(result.grid_uris),
+    }
+
+
+def _status(args: argparse.Namespace, ctx: _Context) -> int:
     options = apply_overrides({}, args.storage_option)
+    ctx.secrets = secret_values(options)
     try:
         info = summarize(args.output, options)
     except NoRunError as e:
         raise UsageError(str(e)) from None
-    print_status(info, sys.stdout)
-    return 0
+    if args.json:
+        _print_json(to_json(info), ctx)
+    else:
+        print_status(info, sys.stdout)
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace, ctx: _Context) -> int:
+    print(json.dumps(job_schema(), indent=2))
+    return EXIT_OK
+
+
+def _print_json(obj: dict[str, Any], ctx: _Context) -> None:
+    print(redact_text(json.dumps(obj, default=str), ctx.secrets), flush=True)
+
+
+_PARSERS = {"run": _run_parser, "grid": _grid_parser, "status": _status_parser,
+            "schema": _schema_parser}
+_HANDLERS: dict[str, Callable[[argparse.Namespace, _Context], int]] = {
+    "run": _run, "grid": _grid, "status": _status, "schema": _schema}
+_COMMANDS = (*_PARSERS, "image")  # image: stylize.cli.image_main parses its own
+_DELEGATED = ("bench", "quality", "bench-pipeline", "report")  # parsers live with their code
+_JSON_COMMANDS = ("run", "grid", "status")
+
+
+def _delegated(command: str) -> Callable[[list[str]], int]:
+    if command == "bench":
+        from stylize.bench import main as bench_main
+        return bench_main
+    if command == "quality":
+        from stylize.quality import main as quality_main
+        return quality_main
+    if command == "report":
+        from pipeline.report import main as report_main
+        return report_main
+    from pipeline.bench import main as bench_pipeline_main
+    return bench_pipeline_main
+
+
+def _write_url(uri: str, data: bytes) -> None:
+    write_bytes(uri, data, atomic=True)
+
+
+# ------------------------------------------------------------------------------------- main
+
+_PROBLEMS = re.compile(r"^(?P<where>.+): \d+ problems:$")
+
+
+def _problem_lines(text: str) -> list[str]:
+    """A job file's problems, one self-contained line each (``job.yaml: 3 problems:`` and
+    three lines become three ``job.yaml: ...`` lines, as a compiler reports)."""
+    first, *more = text.splitlines() or [""]
+    found = _PROBLEMS.match(first)
+    return [f"{found['where']}: {p}" for p in more] if found and more else [first, *more]
+
+
+def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """(options before the command, the command, the rest)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 1
+    return argv[:i], (argv[i] if i < len(argv) else None), argv[i + 1:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[:1]
-    argv = argv[1:] if debug else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else EXIT_USAGE
-    command, rest = argv[0], argv[1:]
-    if command == "image":
-        from pipeline.storage import read_bytes
-        from stylize.cli import image_main
+    lead, command, rest = _split(argv)
+    if any(a in ("-V", "--version") for a in lead):
+        print(version())
+        return EXIT_OK
+    if any(a in ("-h", "--help") for a in lead) or command == "help":
+        print(USAGE)
+        return EXIT_OK
+    bad = [a for a in lead if not _OUTPUT_FLAG.match(a)]
+    if command is None or bad or command not in _COMMANDS + _DELEGATED:
+        what = (f"unknown option {bad[0]!r}" if bad else "no command given" if command is None
+                else f"unknown command {command!r}; one of {', '.join(_COMMANDS + _DELEGATED)}")
+        print_error("stylize", f"{what} (stylize --help)")
+        if command is None:
+            print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    rest = lead + rest  # -v/-q/--debug before the command count as the command's own
+    debug = "--debug" in rest
+    ctx = _Context(command, json_out="--json" in rest and command in _JSON_COMMANDS)
+    prog = f"stylize {command}"
+    resume = f"; {RESUME_HINT}" if command in ("run", "grid") else ""
 
-        return image_main(rest, read_bytes=read_bytes)  # --weights s3://... through fsspec
-    if command == "bench":
-        from stylize.bench import main as bench_main
-
-        return bench_main(rest)
-    if command == "quality":
-        from stylize.quality import main as quality_main
-
-        return quality_main(rest)
-    if command == "bench-pipeline":
-        from pipeline.bench import main as bench_pipeline_main
-
-        return bench_pipeline_main(rest)
-    secrets: list[str] = []  # values to mask in any message (from the job's storage_options)
-
-    def fail(code: int, text: str) -> int:
-        print(f"stylize {command}: {redact_text(text, secrets)}", file=sys.stderr)
+    def fail(code: int, text: str, kind: str = "error") -> int:
+        lines = _problem_lines(redact_text(text, ctx.secrets))
+        for line in lines:
+            print_error(prog, line, kind)
+        if ctx.json:
+            _print_json({"command": command, "exit_code": code, kind: "\n".join(lines)}, ctx)
         return code
 
     try:
-        install_signal_handlers()
-        from pipeline.driver import run_job  # imports torch: not needed for --help
-        from pipeline.scheduler import WorkerStartError
-
-        if command == "run":
-            args = _run_parser().parse_args(rest)
-            job = load_job(args.config, args.overrides, args.mode)
-            secrets = _secrets(job)
-            return run_job(job).exit_code
-        if command == "grid":
-            job = _grid_job(_grid_parser().parse_args(rest))
-            secrets = _secrets(job)
-            return run_job(job).exit_code
-        if command == "status":
-            return _status(_status_parser().parse_args(rest))
-        raise UsageError(f"stylize: unknown command {command!r}; one of run, grid, status, "
-                         "image, bench, quality, bench-pipeline (stylize --help)")
+        if command == "image":  # --content/--style/--output/--weights URLs through fsspec
+            return image_main(rest, read_bytes=read_bytes, write_bytes=_write_url)
+        if command in _DELEGATED:
+            opts, rest = Parser(prog=prog, add_help=False).parse_known_args(rest)
+            with logging_to_stderr(verbosity(opts), LOGGED):
+                return _delegated(command)(rest)
+        make_parser, run_command = _PARSERS[command], _HANDLERS[command]
+        args = make_parser().parse_args(rest)
+        level = verbosity(args)
+        if level > 0:  # every worker's lines, not "[repeated 3x across cluster]"
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        with logging_to_stderr(level, LOGGED):
+            if command in ("run", "grid"):
+                install_signal_handlers()
+            return run_command(args, ctx)
     except UsageError as e:
-        print(redact_text(str(e), secrets), file=sys.stderr)
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, str(e))
     except SystemExit as e:  # --help of a subcommand
         return int(e.code or 0)
     except Interrupted as e:
-        return fail(e.exit_code, f"interrupted ({e}); finished items are kept; {RESUME_HINT}")
+        return fail(e.exit_code, f"{e}; finished items are kept{resume}", "interrupted")
     except (InfraError, StorageUnavailable) as e:
         if debug:
             raise
-        return fail(EXIT_INFRA, f"error: {e}; {RESUME_HINT} once it is back")
+        return fail(EXIT_INFRA, f"{e}{resume} once it is back")
     except (JobConfigError, SourceError, StorageError, WorkerStartError) as e:
         if debug:
             raise
-        return fail(EXIT_USAGE, f"error: {e}")
+        return fail(EXIT_USAGE, str(e))
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line + a log
         if debug:
             raise
         if errors.received is not None:  # a signal that C code wrapped in another exception
-            return fail(128 + errors.received, f"interrupted; finished items are kept; "
-                                               f"{RESUME_HINT}")
-        log = _write_traceback(e, secrets)
-        return fail(EXIT_INFRA, f"unexpected error: {type(e).__name__}: "
-                                f"{' '.join(str(e).split())[:300]} (traceback in {log}); "
-                                f"{RESUME_HINT}")
-
-
-def _secrets(job) -> list[str]:
-    from pipeline.redact import secret_values
-
-    return secret_values(job.storage_options)
+            return fail(128 + errors.received, f"finished items are kept{resume}",
+                        "interrupted")
+        path = _write_traceback(e, ctx.secrets)
+        return fail(EXIT_INFRA, f"unexpected {type(e).__name__}: {one_line(e, 300)} "
+                                f"(traceback in {path}){resume}")
 
 
 def _write_traceback(e: BaseException, secrets: Sequence[str]) -> str:

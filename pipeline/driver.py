@@ -31,12 +31,13 @@ from pipeline.items import make_items, make_shards
 from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
 from pipeline.progress import Progress
 from pipeline.scheduler import Scheduler, WorkerStartError
-from pipeline.redact import redact_uri, secret_values
+from pipeline.redact import redact_text, redact_uri, secret_values
 from pipeline.sources import check_styles_load, list_inputs, list_styles
 from pipeline.storage import StorageError
 from pipeline.worker import StyleWorker, WorkerSpec
 
 SubmitHook = Callable[[str, dict, list], None]  # (call, worker info, items): a test hook
+log = logging.getLogger(__name__)
 
 
 class JobRefused(JobConfigError):
@@ -51,6 +52,7 @@ class JobResult:
     manifest_uri: str
     grid_uris: list[str] = field(default_factory=list)
     computed: int = 0  # items processed by this invocation
+    report_uri: str | None = None  # report/index.html, when written
 
 
 def fingerprint(job: JobConfig, styles) -> dict[str, Any]:
@@ -115,14 +117,15 @@ def _init_ray(job: JobConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    common = dict(include_dashboard=False, logging_level=logging.WARNING)
+    # Ray's own warnings (token auth, /dev/shm size ...) only with -v (this logger at DEBUG)
+    common = dict(include_dashboard=False, logging_level=logging.WARNING
+                  if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
     if job.ray.address is None:
         ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
         return True
     address = job.ray.address
-    if address == "auto":
-        address = os.environ.get("RAY_ADDRESS") or "auto"
-    _check_reachable(address)
+    _check_reachable(os.environ.get("RAY_ADDRESS") or address if address == "auto" else address)
+    _use_saved_token()
     try:
         ray.init(address=address, **common)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
@@ -132,6 +135,17 @@ def _init_ray(job: JobConfig) -> bool:
 
 
 CONNECT_TIMEOUT_S = 20.0
+
+
+def _use_saved_token() -> None:
+    """Ray 2.60 clusters require the token that ``ray start`` saved; ``ray.init`` loads it
+    by itself only for ``address=None``, not for an explicit address (RAY_ADDRESS included)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import \
+            maybe_enable_token_auth_if_token_available
+    except ImportError:  # another Ray version: it handles tokens its own way
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _check_reachable(address: str) -> None:
@@ -175,21 +189,19 @@ def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
         options = {"num_gpus": gpus, "num_cpus": cpus}
         auto = max(1, int(res.get("GPU", 0) // gpus))
         if res.get("GPU", 0) == 0:
-            print(f"stylize: no GPU in the cluster yet; asking for GPU workers of {options} "
-                  f"(stylize.device: {job.ray.address and job.stylize.device}); waiting up to "
-                  f"ray.startup_timeout_s={job.ray.startup_timeout_s:g} s for the autoscaler",
-                  file=sys.stderr)
+            log.info("no GPU in the cluster yet; asking for GPU workers of %s (stylize.device: "
+                     "%s); waiting up to ray.startup_timeout_s=%g s for the autoscaler",
+                     options, job.ray.address and job.stylize.device, job.ray.startup_timeout_s)
     else:
         options = {"num_gpus": 0, "num_cpus": cpus}
         auto = int(res.get("CPU", 1) // cpus)
         if gpus > 0 and job.ray.address is not None:
-            print(f"stylize: no GPU in the cluster (CPU {res.get('CPU', 0):g}, GPU 0): running "
-                  f"CPU workers; set stylize.device: cuda to wait for GPU nodes instead",
-                  file=sys.stderr)
+            log.warning("no GPU in the cluster (CPU %g, GPU 0): running CPU workers; set "
+                        "stylize.device: cuda to wait for GPU nodes instead", res.get("CPU", 0))
     n = auto if job.ray.num_workers == "auto" else int(job.ray.num_workers)
     if job.ray.address is None and n > auto:  # an embedded instance never grows
-        print(f"stylize: ray.num_workers={n} but this machine fits {max(auto, 1)} workers of "
-              f"{options}; using {max(auto, 1)}", file=sys.stderr)
+        log.warning("ray.num_workers=%d but this machine fits %d workers of %s; using %d",
+                    n, max(auto, 1), options, max(auto, 1))
         n = auto
     return max(1, min(n, shards)), options, max(1, int(cpus))
 
@@ -227,7 +239,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     listing = list_inputs(job)
     contents = listing.contents
     for line in listing.report():
-        print(f"stylize: {line}", file=sys.stderr)
+        log.warning("%s", line)
     styles = list_styles(job)
     check_styles_load(styles, options)
     storage.check_writable(job.output, options)
@@ -247,19 +259,20 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     shards = make_shards(todo, job.shard_size, first_id=first)
     t_listed = time.monotonic()
     if tries:
-        print(f"stylize: trying {len(tries)} earlier failure(s) again "
-              f"(retry_failed: {job.retry_failed})", file=sys.stderr)
+        log.info("trying %d earlier failure(s) again (retry_failed: %s)", len(tries),
+                 job.retry_failed)
 
     kept_ok = pc.sum(pc.equal(kept["status"], "ok")).as_py() or 0
     progress = Progress(len(items), n_kept, n_kept - kept_ok, stream=sys.stderr)
-    new_tables: list[pa.Table] = []  # the rows of each part written, columnar
+    new_tables = manifest.ShardTables(first)  # the rows of the parts written, columnar
     secrets = secret_values(options)
     workers: list[dict] = []
     cluster: dict[str, float] = {}
 
     def on_shard(shard_id: int, rows: list[dict]) -> None:
         try:
-            new_tables.append(manifest.write_part(job.output, shard_id, rows, options, secrets))
+            new_tables.add(shard_id, manifest.write_part(job.output, shard_id, rows, options,
+                                                         secrets))
         except StorageError as e:
             raise InfraError(f"cannot write the manifest part of shard {shard_id}: {e}; the "
                              f"{progress.new} items recorded so far are kept") from None
@@ -317,13 +330,14 @@ def _spec(job: JobConfig, threads: int) -> WorkerSpec:
                       io_retry_s=job.io_retry_s)
 
 
-def _finish(job: JobConfig, items, contents, styles, kept: pa.Table, new_tables: list[pa.Table],
-            computed: int, workers: list[dict], cluster: Mapping[str, float], stream: IO[str],
-            timings: tuple) -> JobResult:
+def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
+            new_tables: manifest.ShardTables, computed: int, workers: list[dict],
+            cluster: Mapping[str, float], stream: IO[str], timings: tuple) -> JobResult:
     """manifest.parquet, grid, run.json and the summary."""
     t_start, started_at, t_listed, t_run = timings
     options = job.storage_options
-    rows = pa.concat_tables([kept, *new_tables])  # parts' tables: cleaned when written
+    # the parts' tables (cleaned when written), by shard id: in job order for a fresh run
+    rows = pa.concat_tables([kept, *new_tables.tables()])
     table, _ = manifest.write_manifest(job.output, items, rows, options)
     grid_uris: list[str] = []
     if job.grid.enabled:
@@ -355,7 +369,8 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table, new_tables:
         "exit_code": exit_code,
     }, options)
     result = JobResult(exit_code, counts, job.output, storage.join(job.output, "manifest.parquet"),
-                       grid_uris, computed=computed)
+                       grid_uris, computed=computed,
+                       report_uri=_report(job, table, changed=bool(new_tables)))
     failures = table.filter(pc.not_equal(table["status"], "ok")).slice(0, 21).to_pylist()
     print_summary(result, failures, len(items) - computed, stream)
     return result
@@ -380,3 +395,25 @@ def print_summary(result: JobResult, failures: list[dict], resumed: int,
     for uri in result.grid_uris:
         print(f"grid:     {uri}", file=stream)
     print(f"run info: {storage.join(out, 'run.json')}", file=stream)
+    if result.report_uri:
+        print(f"report:   {result.report_uri}", file=stream)
+
+
+def _report(job: JobConfig, table: pa.Table, changed: bool) -> str | None:
+    """The HTML report (job key ``report``), kept as it is when nothing changed; its failure
+    never fails the job: one warning line."""
+    if not job.report:
+        return None
+    try:
+        from pipeline.report import report_uri, write_report
+
+        uri = report_uri(job.output)
+        if not changed and storage.exists(uri, job.storage_options):
+            return uri
+        return write_report(job.output, job.storage_options, table=table)
+    except Exception as e:  # noqa: BLE001 - the run's results are written; the report is extra
+        why = redact_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                          secret_values(job.storage_options))
+        log.warning("no report written (%s); try `stylize report %s`", why,
+                    redact_uri(job.output))
+        return None

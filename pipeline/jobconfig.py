@@ -127,6 +127,8 @@ class JobConfig(BaseModel):
         default_factory=dict, description="fsspec options for the driver and every worker")
     ray: RayConfig = Field(default_factory=RayConfig)
     grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
+    report: bool = Field(True, description="write the HTML report {output}/report/index.html "
+                                           "at the end (also: stylize report OUTPUT)")
 
     # ------------------------------------------------------------------- normalisation
     @field_validator("stylize", mode="before")

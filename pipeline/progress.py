@@ -1,27 +1,38 @@
-"""Progress on the driver: one tqdm bar on a terminal, plain log lines otherwise."""
+"""Progress on the driver: one tqdm bar on a terminal, log lines otherwise.
+
+Both only when this module's logger is enabled for INFO (the ``stylize`` command's default;
+``-q`` turns it off, and a program that calls ``run_job`` decides through ``logging``).
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from datetime import timedelta
 from typing import IO, Iterable, Mapping
 
+log = logging.getLogger(__name__)
+
 
 class Progress:
-    """Items done/total, failures, images/hour and ETA (rates count this run's items only)."""
+    """Items done/total, failures, images/hour and ETA (rates count this run's items only).
+
+    ``stream``: where a bar would go; a bar is drawn only if it is a terminal, otherwise a
+    line is logged every ``interval_s`` seconds and at the end."""
 
     def __init__(self, total: int, done: int = 0, failed: int = 0,
                  stream: IO[str] | None = None, interval_s: float = 10.0):
-        self.stream = stream or sys.stderr
         self.total, self.done, self.failed, self.new = total, done, failed, 0
         self.interval_s = interval_s
         self.t0 = self._last = time.monotonic()
+        self.enabled = log.isEnabledFor(logging.INFO)
         self.bar = None
-        if getattr(self.stream, "isatty", lambda: False)():
+        stream = stream or sys.stderr
+        if self.enabled and getattr(stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream,
+            self.bar = tqdm(total=total, initial=done, unit="img", file=stream,
                             dynamic_ncols=True, smoothing=0.1)
         else:
             self._log(force=True)
@@ -53,11 +64,12 @@ class Progress:
 
     def _log(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.interval_s and self.done < self.total:
+        if not self.enabled or (not force and now - self._last < self.interval_s
+                                and self.done < self.total):
             return
         self._last = now
-        print(f"stylize: {self.done}/{self.total} items, {self.failed} failed, "
-              f"{self.rate:.0f} img/h, ETA {self._eta()}", file=self.stream, flush=True)
+        log.info("%d/%d items, %d failed, %.0f img/h, ETA %s", self.done, self.total,
+                 self.failed, self.rate, self._eta())
 
     def close(self) -> None:
         if self.bar is not None:

@@ -8,6 +8,7 @@ gone) end the run with :class:`~pipeline.errors.InfraError` (exit 3, resumable).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Mapping
@@ -26,6 +27,7 @@ RowsCallback = Callable[[int, list[dict]], None]  # (shard id, rows of the whole
 SubmitHook = Callable[[str, dict, list[WorkItem]], None]  # (call, worker info, items)
 POLL_S = 1.0
 WAIT_NOTICE_S = 30.0  # while no worker is ready, say so this often
+log = logging.getLogger(__name__)
 
 _DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
          ray.exceptions.ObjectLostError)
@@ -61,9 +63,9 @@ class RayExecutor:
                 if policy.waiting_for_workers() and not policy.infos \
                         and time.monotonic() - notice > WAIT_NOTICE_S:
                     notice = time.monotonic()
-                    print(f"stylize: waiting for {policy.waiting_for_workers()} worker(s) of "
-                          f"{self.actor_options}; {describe_resources()}", file=self.stream,
-                          flush=True)
+                    log.info("waiting for %d worker(s) of %s; %s",
+                             policy.waiting_for_workers(), self.actor_options,
+                             describe_resources())
         finally:
             for actor in self.actors.values():
                 _kill(actor)

@@ -291,7 +291,10 @@ class Scheduler:
             if r["item_id"] in known:
                 bucket[r["item_id"]] = r
         if self.done(shard_id):
-            self._completed.append((shard_id, list(bucket.values())))
+            # in the shard's item order (batches group items by size): a fresh run's parts
+            # are then in job order, and the final manifest needs no reordering copy
+            self._completed.append((shard_id, [bucket[i.item_id]
+                                               for i in self.shards[shard_id].items]))
             self._left -= 1
             # A million items: hold no row of a finished shard (they go out once, through
             # completed()), only which items are done; nor their attempt counts.

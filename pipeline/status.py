@@ -1,54 +1,84 @@
-"""``stylize status OUTPUT``: what a run folder holds, from its manifests alone."""
+"""``stylize status OUTPUT``: what a run folder holds, from its manifests alone.
+
+The summary is computed on the manifest's columns (no row objects), so that it stays quick on
+a run of millions of items; ``--json`` prints it as one JSON object (:func:`to_json`).
+"""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import IO, Any, Mapping
 
+import pyarrow.compute as pc
+
 from pipeline import manifest, storage
+
+FAILURES_SHOWN = 50  # failed rows listed by the summary (the manifest has them all)
+_FAILURE_FIELDS = ("status", "style", "content_uri", "output_uri", "error_message", "attempt")
 
 
 class NoRunError(FileNotFoundError):
     """The folder holds no run (no manifest part, no manifest.parquet)."""
 
 
-def summarize(output: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Counts by status, failures, throughput and what is left, as a plain dict."""
+def summarize(output: str, options: Mapping[str, Any] | None = None,
+              max_failures: int = FAILURES_SHOWN) -> dict[str, Any]:
+    """Counts by status, the first failures, throughput and what is left, as plain
+    JSON-able values (``failures``: the first ``max_failures`` failed rows, a few fields
+    each; ``failed``: how many there are)."""
+    from pipeline.report import report_uri  # the report imports this module
+
     options = dict(options or {})
     output = storage.canonical(output)
     table = manifest.read_parts(output, options)
     if table.num_rows == 0:
         table = manifest.read_manifest(output, options) or table
     job = manifest.read_json(manifest.job_uri(output), options)
+    run = manifest.read_json(manifest.run_uri(output), options)
     if table.num_rows == 0 and job is None:
         raise NoRunError(f"{output}: no run here (no _manifest/ and no manifest.parquet)")
-    rows = table.to_pylist()
-    total = (job or {}).get("items_total", len(rows))
-    counts = dict(Counter(r["status"] for r in rows))
-    ok = [r for r in rows if r["status"] == "ok"]
-    starts = [r["started_at"] for r in rows if r["started_at"] is not None]
-    ends = [r["finished_at"] for r in rows]
-    span = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    busy = sum(r["duration_s"] or 0.0 for r in ok)
+    done = table.num_rows
+    total = (job or {}).get("items_total", done)
+    counts = ({s: n for s, n in zip(*[c.to_pylist() for c in
+                                      pc.value_counts(table["status"]).flatten()])}
+              if done else {})
+    ok = pc.equal(table["status"], "ok")
+    n_ok = counts.get("ok", 0)
+    failed = table.filter(pc.invert(ok)).select(list(_FAILURE_FIELDS))
+    start, end = pc.min(table["started_at"]).as_py(), pc.max(table["finished_at"]).as_py()
+    span = (end - start).total_seconds() if start is not None and end is not None else 0.0
+    busy = pc.sum(table.filter(ok)["duration_s"]).as_py() or 0.0
+    manifest_uri = storage.join(output, "manifest.parquet")
+    report = report_uri(output)
+    complete = storage.exists(manifest_uri, options) and done >= total
     return {
         "output": output,
         "total": total,
-        "done": len(rows),
-        "left": max(0, total - len(rows)),
-        "counts": counts,
-        "failures": [r for r in rows if r["status"] != "ok"],
-        "images_per_hour": 3600.0 * len(rows) / span if span > 0 else None,
-        "seconds_per_image": busy / len(ok) if ok else None,
-        "complete": storage.exists(storage.join(output, "manifest.parquet"), options)
-        and len(rows) >= total,
+        "done": done,
+        "left": max(0, total - done),
+        "complete": complete,
+        "counts": dict(sorted(counts.items())),
+        "failed": done - n_ok,
+        "failures": failed.slice(0, max_failures).to_pylist(),
+        "images_per_hour": round(3600.0 * done / span, 1) if span > 0 else None,
+        "seconds_per_image": round(busy / n_ok, 3) if n_ok else None,
+        "manifest": manifest_uri if complete else None,
+        "parts": storage.join(output, "_manifest"),
+        "run_info": manifest.run_uri(output) if run is not None else None,
+        "run_exit_code": (run or {}).get("exit_code"),
+        "report": report if storage.exists(report, options) else None,
     }
 
 
-def print_status(info: Mapping[str, Any], stream: IO[str], max_failures: int = 50) -> None:
+def to_json(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``stylize status --json`` object: the summary and the command's exit code."""
+    return {"command": "status", "exit_code": 0, **info}
+
+
+def print_status(info: Mapping[str, Any], stream: IO[str]) -> None:
     print(f"run:       {info['output']}", file=stream)
     print(f"items:     {info['done']} of {info['total']} done, {info['left']} left"
           f"{'' if info['left'] else ' (finished)'}", file=stream)
-    for status, n in sorted(info["counts"].items()):
+    for status, n in info["counts"].items():
         print(f"  {status:<15} {n}", file=stream)
     if info["images_per_hour"] is not None:
         per = info["seconds_per_image"]
@@ -57,8 +87,16 @@ def print_status(info: Mapping[str, Any], stream: IO[str], max_failures: int = 5
               file=stream)
     failures = info["failures"]
     if failures:
-        print(f"failures ({len(failures)}):", file=stream)
-        for r in failures[:max_failures]:
+        print(f"failures ({info['failed']}):", file=stream)
+        for r in failures:
             print(f"  {r['status']:<15} {r['style']}: {r['error_message']}", file=stream)
-        if len(failures) > max_failures:
-            print(f"  ... and {len(failures) - max_failures} more", file=stream)
+        if info["failed"] > len(failures):
+            print(f"  ... and {info['failed'] - len(failures)} more (see the manifest)",
+                  file=stream)
+    if info["manifest"]:
+        print(f"manifest:  {info['manifest']}", file=stream)
+    if info.get("report"):
+        print(f"report:    {info['report']} (stylize report {info['output']} rewrites it)",
+              file=stream)
+    else:
+        print(f"report:    none yet; stylize report {info['output']} writes it", file=stream)

@@ -16,23 +16,27 @@ The VGG-19 is loaded once per worker; the engine caches every style's Gram targe
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pipeline import storage
 from pipeline.items import Shard, StyleRef, WorkItem
+from pipeline.losstrace import LossTrace
 from pipeline.manifest import make_row, now
 from stylize.common import describe_error, one_line
 from stylize.config import StyleConfig
 
+if TYPE_CHECKING:  # the engine (torch) loads in the worker, not in the driver that imports this
+    import torch
+
 DEFAULT_MAX_BATCH = 16  # items per run_batch call when the engine's batch_size is 0 (auto)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,23 @@ def plan_batches(sizes: Mapping[str, tuple[int, int]], order: Sequence[str], max
     return batches
 
 
+def gpu_left_unused(gpus: Sequence[str], device: torch.device) -> str | None:
+    """The warning for a worker that was given GPUs but runs on the CPU (e.g. an NVIDIA
+    driver too old for this PyTorch's CUDA build); None when there is nothing to say."""
+    if not gpus or device.type != "cpu":
+        return None
+    import torch
+
+    try:
+        torch.cuda.init()
+        why = "torch.cuda.is_available() is False"
+    except Exception as e:  # noqa: BLE001 - its message is the reason
+        why = one_line(e, 300)
+    return (f"given GPU {','.join(gpus)} but running on the CPU, ~50x slower ({why}); this "
+            f"PyTorch is built for CUDA {torch.version.cuda}: the node's NVIDIA driver must "
+            "support it (nvidia-smi prints the highest CUDA version it supports)")
+
+
 def _message(e: BaseException) -> str:
     return one_line(e) if isinstance(e, storage.StorageUnavailable) else describe_error(e)
 
@@ -87,6 +108,8 @@ class StyleWorker:
     """Loads the engine once; turns shards of work items into outputs and manifest rows."""
 
     def __init__(self, spec: WorkerSpec):
+        import torch
+
         from stylize.engine import Stylizer
 
         if spec.threads > 0:
@@ -105,13 +128,19 @@ class StyleWorker:
         return storage.read_bytes(uri, self.options)
 
     def _make_label(self) -> str:
-        node, actor = socket.gethostname(), ""
+        node, actor, gpus = socket.gethostname(), "", []
         ray = sys.modules.get("ray")  # imported by the process iff it is a Ray actor
         if ray is not None and ray.is_initialized():  # never start Ray from here
             ctx = ray.get_runtime_context()
             actor = (ctx.get_actor_id() or "")[:8]
             node = ray.util.get_node_ip_address() or ctx.get_node_id()[:8]
-        return f"{node}/{actor or 'pid' + str(os.getpid())}/{self.stylizer.device}"
+            gpus = [str(g) for g in ray.get_gpu_ids()]
+        device = str(self.stylizer.device)
+        unused = gpu_left_unused(gpus, self.stylizer.device)
+        if unused:
+            log.warning("%s", unused)
+            device = f"cpu (GPU {','.join(gpus)} unused)"
+        return f"{node}/{actor or 'pid' + str(os.getpid())}/{device}"
 
     def info(self) -> dict[str, Any]:
         """Who this worker is: pid (for fault tests), label, device and weights hash."""
@@ -168,15 +197,21 @@ class StyleWorker:
         """Stylize prepared items of one size together; write outputs; one row per item."""
         entries = [self._prepared.pop(i) for i in item_ids]
         started, t0 = now(), time.perf_counter()
+        trace = LossTrace(len(entries))
+
+        def progress(step) -> None:
+            self._check_deadline(step)
+            trace(step)
         try:
             styles = [self._style(e[0].style) for e in entries]
-            results = self.stylizer.stylize_batch([e[1] for e in entries], styles,
-                                                  self._check_deadline)
+            results = self.stylizer.stylize_batch([e[1] for e in entries], styles, progress)
         except CallTimeout:
             for entry in entries:  # the scheduler decides; the items stay prepared
                 self._prepared[entry[0].item_id] = entry
             raise
         except Exception as e:  # noqa: BLE001 - OOM and the rest become rows
+            import torch
+
             if isinstance(e, torch.OutOfMemoryError) and self.stylizer.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(entries) > 1:  # find out which item it was: each alone
@@ -193,8 +228,8 @@ class StyleWorker:
             return [self._row(item, status, started, error_message=msg)]
         share = (time.perf_counter() - t0) / len(entries)
         # Encode and write in CPU threads, all of them before the rows go back.
-        return list(self._io.map(lambda pair: self._write(pair[0][0], pair[1], started, share),
-                                 zip(entries, results)))
+        return list(self._io.map(lambda e: self._write(e[0][0], e[1], started, share, e[2]),
+                                 zip(entries, results, trace.traces())))
 
     def process(self, shard: Shard, styles: Mapping[str, StyleRef],
                 attempts: Mapping[str, int] | None = None) -> list[dict]:
@@ -220,14 +255,16 @@ class StyleWorker:
             self._styles[ref.key] = Style(key=ref.key, images=images, weights=ref.weights)
         return self._styles[ref.key]
 
-    def _write(self, item: WorkItem, result, started, duration: float) -> dict:
+    def _write(self, item: WorkItem, result, started, duration: float,
+               loss_trace: list[float] | None = None) -> dict:
         from stylize.images import encode_image
 
         h, w = result.image.shape[-2:]
         values = dict(width=int(w), height=int(h), iterations=int(result.iterations),
                       content_loss=float(result.content_loss),
                       style_loss=float(result.style_loss), tv_loss=float(result.tv_loss),
-                      total_loss=float(result.total_loss), duration_s=duration)
+                      total_loss=float(result.total_loss), duration_s=duration,
+                      loss_trace=loss_trace)
         try:
             data = encode_image(result.image, self.spec.output_format, self.spec.output_quality,
                                 self.spec.output_bit_depth)

@@ -4,10 +4,25 @@
 >>> out = stylize(content_pil, style_pil, preset="fast", size=256)   # a PIL image
 
 ``Stylizer`` keeps a VGG-19 and the style targets loaded across calls and batches.
+
+The names below load on first use, so that ``stylize.config`` and ``stylize.common`` (which
+the pipeline's driver and its stand-in workers import) do not pull in torch.
 """
 
-from stylize.config import PRESETS, ConfigError, StyleConfig, resolve_config
-from stylize.engine import ItemResult, StepInfo, Style, Stylizer, stylize
+from importlib import import_module
+from typing import Any
 
-__all__ = ["stylize", "Stylizer", "Style", "ItemResult", "StepInfo", "StyleConfig",
-           "resolve_config", "PRESETS", "ConfigError"]
+_EXPORTS = {"stylize": "stylize.engine", "Stylizer": "stylize.engine",
+            "Style": "stylize.engine", "ItemResult": "stylize.engine",
+            "StepInfo": "stylize.engine", "StyleConfig": "stylize.config",
+            "resolve_config": "stylize.config", "PRESETS": "stylize.config",
+            "ConfigError": "stylize.config"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stylize' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -1,33 +1,129 @@
-"""``stylize image``: one content image, one or more styles, one output file.
+"""``stylize image``: one content image, one or more styles, one output file; and what every
+``stylize`` command shares: its argument parser, its usage error, its log output.
 
 Every StyleConfig field is an option (``--content-weight``, ``--style-layers`` ...), generated
-from the dataclass so that defaults and checks live in one place (stylize/config.py). Bad
+from the config class so that defaults and checks live in one place (stylize/config.py). Bad
 input exits with code 2 and one line naming the file or option; no traceback.
+
+Paths are local unless the caller passes ``read_bytes``/``write_bytes``: ``stylize image``
+run through the ``stylize`` command (pipeline/cli.py) gets fsspec-backed ones, so that
+``--content``, ``--style``, ``--output`` and ``--weights`` take ``s3://``, ``gs://``,
+``pkg://`` ... URLs (this package never imports fsspec).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import math
 import os
 import sys
-from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
-from stylize.config import PRESETS, ConfigError, StyleConfig, resolve_config
+from stylize.common import EXIT_INFRA, EXIT_OK, EXIT_USAGE, one_line, write_atomic
+from stylize.config import (BIT_DEPTH_16_FORMATS, BIT_DEPTHS, PRESETS, ConfigError,
+                            StyleConfig, resolve_config)
 
-EXIT_USAGE = 2
+log = logging.getLogger("stylize.cli")  # not __name__: "__main__" under python -m
 
+ReadBytes = Callable[[str], bytes]  # a URI's whole content; OSError (or ValueError) if not
+WriteBytes = Callable[[str, bytes], None]  # a whole file, atomically: never half-written
+
+
+# ------------------------------------------------------------------ shared by every command
 
 class UsageError(Exception):
-    """A bad command line or input: printed as one line, exit code 2."""
+    """A bad command line, option or input, found before any work: one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
+class OutputError(OSError):
+    """The output (or a snapshot) could not be written, after the work: exit code 3."""
+
+
+class Parser(argparse.ArgumentParser):
+    """The argument parser of every ``stylize`` command: a bad command line raises
+    :class:`UsageError` (one line, no usage block), and ``-v``, ``-q`` and ``--debug`` are
+    options of every command."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        add_output_options(self)
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
         raise UsageError(message)
 
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """``-v``, ``-q`` and ``--debug``: what the command says on stderr."""
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more on stderr: debug lines (and for jobs, Ray's own warnings)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings and errors on stderr: no progress or notices")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 with ``-q``, else the number of ``-v``."""
+    if args.quiet and args.verbose:
+        raise UsageError("-q/--quiet and -v/--verbose: choose one")
+    return -1 if args.quiet else args.verbose
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Format(logging.Formatter):
+    """``stylize: message``; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"stylize: {record.levelname.lower()}: {text}"
+        return f"stylize: {text}"
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: int, packages: Sequence[str] = ("stylize",)) -> Iterator[None]:
+    """While a command runs, the log lines of ``packages`` (and other libraries' warnings) go
+    to stderr as ``stylize: message``. ``level``: -1 (``-q``) warnings and errors; 0 progress
+    and notices too; 1 or more (``-v``) debug lines. Library code only logs; this is the one
+    place that decides where lines go. Undone on exit (tests call commands in-process)."""
+    handler = _Stderr()
+    handler.setFormatter(_Format("%(message)s"))
+    loggers = [logging.getLogger(name) for name in packages]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(level, logging.DEBUG))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for lg, was in zip(loggers, before):
+            lg.setLevel(was)
+
+
+def print_error(prog: str, message: str, kind: str = "error") -> None:
+    """The one line a failed command leaves on stderr (not through logging: ``-q`` keeps
+    it)."""
+    print(f"{prog}: {kind}: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- stylize image
 
 _HELP = {
     "size": "longest side of the output in pixels",
@@ -41,107 +137,185 @@ _HELP = {
 }
 
 
+def _engine_fields() -> list[tuple[str, object, bool]]:
+    """(name, default, is a bool) of every engine option except ``preset``: the one place
+    that reads StyleConfig's fields."""
+    return [(f.name, f.default, f.type in ("bool", bool)) for f in dataclasses.fields(StyleConfig)
+            if f.name != "preset"]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stylize image", description="Stylize one image (Gatys et al. 2015).")
-    p.add_argument("--content", required=True, help="content image")
+    p = Parser(prog="stylize image", description="Stylize one image (Gatys et al. 2015).")
+    p.add_argument("--content", required=True, help="content image (path or URL)")
     p.add_argument("--style", action="append", required=True,
-                   help="style image (repeat for a blend)")
+                   help="style image, path or URL (repeat for a blend)")
     p.add_argument("--style-weights", type=float, nargs="+", help="blend weight per --style")
-    p.add_argument("--output", "-o", required=True, help="output file: .png .jpg .webp .tif")
+    p.add_argument("--output", "-o", required=True,
+                   help="output file (path or URL): .png .jpg .webp .tif")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
-    p.add_argument("--bit-depth", type=int, default=8, help="8, or 16 for PNG/TIFF")
+    p.add_argument("--bit-depth", type=int, default=8, choices=BIT_DEPTHS,
+                   help=f"8, or 16 for {'/'.join(BIT_DEPTH_16_FORMATS)}")
     p.add_argument("--save-every", type=int, default=0,
                    help="also save the image every N steps next to the output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--preset", default="gatys2016", help=f"one of: {', '.join(PRESETS)}")
-    for f in dataclasses.fields(StyleConfig):
-        if f.name in ("preset",):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if str(f.type) == "bool":
+    for name, default, is_bool in _engine_fields():
+        flag = "--" + name.replace("_", "-")
+        if is_bool:
             p.add_argument(flag, default=None, nargs="?", const="true", metavar="BOOL",
-                           help=f"default from the preset ({f.default})")
+                           help=f"default from the preset ({default})")
         else:
-            p.add_argument(flag, default=None, metavar=f.name.split("_")[-1].upper(),
-                           help=f"{_HELP.get(f.name, '')} (preset default: {f.default})".strip())
+            p.add_argument(flag, default=None, metavar=name.split("_")[-1].upper(),
+                           help=f"{_HELP.get(name, '')} (preset default: {default})".strip())
     return p
 
 
-def image_main(argv: Sequence[str] | None = None, read_bytes=None) -> int:
-    """Entry point of ``stylize image``; ``read_bytes`` opens weight URLs (see model.py)."""
+def image_main(argv: Sequence[str] | None = None, read_bytes: ReadBytes | None = None,
+               write_bytes: WriteBytes | None = None) -> int:
+    """Entry point of ``stylize image``. ``read_bytes(uri)`` reads URLs (content, styles,
+    weights) and ``write_bytes(uri, data)`` writes the output and snapshots; without them
+    only local paths work. Unexpected errors propagate (the caller reports them)."""
     try:
-        return _run(build_parser().parse_args(argv), read_bytes)
-    except (UsageError, ConfigError) as e:
-        print(f"stylize image: error: {e}", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        level = verbosity(args)
+    except UsageError as e:
+        print_error("stylize image", str(e))
         return EXIT_USAGE
+    with logging_to_stderr(level):
+        try:
+            return _run(args, _Files(read_bytes, write_bytes))
+        except (UsageError, ConfigError) as e:
+            print_error("stylize image", str(e))
+            return EXIT_USAGE
+        except OutputError as e:
+            print_error("stylize image", str(e))
+            return EXIT_INFRA
 
 
-def _run(args: argparse.Namespace, read_bytes) -> int:
-    from stylize.engine import Stylizer, Style
-    from stylize.images import ImageError, decode_image, encode_image, format_from_path, to_tensor
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Files:
+    """Reads and atomic writes of local paths, and of URLs through the caller's hooks."""
+
+    read_url: ReadBytes | None
+    write_url: WriteBytes | None
+
+    def read(self, uri: str, what: str) -> bytes | str:
+        """A local path as is (decode_image reads it), a URL's bytes."""
+        if not is_url(uri):
+            return uri
+        if self.read_url is None:
+            raise UsageError(f"{what} {uri}: URLs are read by the `stylize image` command "
+                             "(the installed package), not by `python -m stylize.cli`")
+        try:
+            return self.read_url(uri)
+        except (OSError, ValueError, ImportError) as e:  # missing, refused, unknown scheme
+            raise UsageError(f"{what} {uri}: cannot read ({one_line(e, 300)})") from None
+
+    def check_writable(self, uri: str) -> None:
+        """A local output's folder exists and is writable (found before any work). A URL is
+        only written at the end: its scheme must be writable here."""
+        if is_url(uri):
+            if self.write_url is None:
+                raise UsageError(f"--output {uri}: URLs are written by the `stylize image` "
+                                 "command (the installed package), not `python -m stylize.cli`")
+            return
+        folder = os.path.dirname(os.path.abspath(uri))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"--output: folder {folder} does not exist or is not writable")
+
+    def write(self, uri: str, data: bytes) -> None:
+        try:
+            if is_url(uri):
+                assert self.write_url is not None  # check_writable said so before any work
+                self.write_url(uri, data)
+            else:
+                write_atomic(uri, data)
+        except (OSError, ValueError, ImportError) as e:  # storage gone, disk full, no s3fs
+            raise OutputError(f"cannot write {uri}: {one_line(e, 300)}") from None
+
+
+def _check_output(args: argparse.Namespace) -> str:
+    """The output format from --output's extension, with --quality and --bit-depth checked
+    against it (the allowed values are stylize.config's)."""
+    from stylize.images import ImageError, format_from_path
+
+    try:
+        fmt = format_from_path(args.output)
+    except ImageError as e:
+        raise UsageError(f"--output: {e}") from None
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality: 1 to 100, got {args.quality}")
+    if args.bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
+        raise UsageError(f"--bit-depth: 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, not "
+                         f"{fmt}; use --bit-depth 8 or another --output extension")
+    return fmt
+
+
+def _run(args: argparse.Namespace, files: _Files) -> int:
+    from stylize.engine import Style, Stylizer
+    from stylize.images import ImageError, decode_image, encode_image, to_tensor
     from stylize.model import WeightsError
 
-    fields = {f.name for f in dataclasses.fields(StyleConfig)} - {"preset"}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    names = {name for name, _, _ in _engine_fields()}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     cfg = resolve_config(args.preset, **overrides)
     if args.save_every > 0:  # snapshots are taken at progress callbacks
         cfg = cfg.replace(log_every=math.gcd(cfg.log_every, args.save_every))
-    try:
-        fmt = format_from_path(args.output)
-        encode_image(_tiny(), fmt, args.quality, args.bit_depth)  # checks quality/bit depth
-    except ImageError as e:
-        raise UsageError(f"--output: {e}") from None
-    out_dir = Path(args.output).resolve().parent
-    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
-        raise UsageError(f"--output: folder {out_dir} does not exist or is not writable")
+    fmt = _check_output(args)
+    files.check_writable(args.output)
     if args.style_weights and len(args.style_weights) != len(args.style):
         raise UsageError(f"--style-weights: {len(args.style_weights)} weights for "
                          f"{len(args.style)} --style images")
     if args.save_every < 0:
         raise UsageError("--save-every: must be >= 0")
     try:
-        content = decode_image(args.content)
-        styles = tuple(to_tensor(decode_image(s)) for s in args.style)
+        content = decode_image(files.read(args.content, "--content"), name=args.content)
+        styles = tuple(to_tensor(decode_image(files.read(s, "--style"), name=s))
+                       for s in args.style)
         if cfg.init not in ("noise", "content"):
             decode_image(cfg.init, name=f"--init {cfg.init}")
     except ImageError as e:
         raise UsageError(str(e)) from None
     try:
-        engine = Stylizer(cfg, read_bytes=read_bytes)
+        engine = Stylizer(cfg, read_bytes=files.read_url)
     except WeightsError as e:
         raise UsageError(str(e)) from None
+    log.debug("engine: device %s, precision %s, weights %s (%s); options %s", engine.device,
+              engine.precision, cfg.weights, engine.weights_hash, cfg.to_dict())
     pixels = engine.prepare_content(content, exact=True)  # one image: nothing to batch with
     style = Style("cli", styles, tuple(args.style_weights) if args.style_weights else None)
-    progress = _Progress(cfg, args, fmt)
+    progress = _Progress(cfg, args, fmt, files)
     try:
         result = engine.stylize_batch([pixels], [style], callback=progress)[0]
     finally:
         progress.close()
-    data = encode_image(result.image, fmt, args.quality, args.bit_depth)
-    Path(args.output).write_bytes(data)
+    files.write(args.output, encode_image(result.image, fmt, args.quality, args.bit_depth))
     h, w = result.image.shape[-2:]
     print(f"wrote {args.output} ({w}x{h}, {result.iterations} iterations, "
           f"loss {result.total_loss:.4g}: content {result.content_loss:.4g}, "
           f"style {result.style_loss:.4g})")
-    return 0
+    return EXIT_OK
 
 
-def _tiny():
-    import torch
-
-    return torch.zeros(3, 2, 2)
+def snapshot_path(output: str, step: int) -> str:
+    """``out.png`` -> ``out_00020.png`` beside it (a path or a URL)."""
+    root, ext = os.path.splitext(output)
+    return f"{root}_{step:05d}{ext}"
 
 
 class _Progress:
-    """A tqdm bar over all steps of all scales, and --save-every snapshots."""
+    """A tqdm bar over all steps of all scales (not with -q), and --save-every snapshots."""
 
-    def __init__(self, cfg: StyleConfig, args: argparse.Namespace, fmt: str):
+    def __init__(self, cfg: StyleConfig, args: argparse.Namespace, fmt: str, files: _Files):
         from tqdm import tqdm
 
-        self.every, self.output, self.fmt = args.save_every, Path(args.output), fmt
-        self.steps = cfg.iterations
+        self.every, self.output, self.fmt, self.files = args.save_every, args.output, fmt, files
         self.bar = tqdm(total=cfg.iterations * len(cfg.scales), unit="step",
-                        disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
+                        disable=not log.isEnabledFor(logging.INFO), dynamic_ncols=True,
+                        file=sys.stderr)
         self.done = 0
         self.saved = 0
 
@@ -154,15 +328,16 @@ class _Progress:
             from stylize.images import encode_image
 
             self.saved = pos // self.every
-            path = self.output.with_name(f"{self.output.stem}_{pos:05d}{self.output.suffix}")
-            path.write_bytes(encode_image(info.pixels[0].detach().clamp(0, 255).cpu(), self.fmt))
+            pixels = info.pixels[0].detach().clamp(0, 255).cpu()
+            self.files.write(snapshot_path(self.output, pos), encode_image(pixels, self.fmt))
 
     def close(self) -> None:
         self.bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stylize.cli ...`` runs ``stylize image`` (the pipeline adds run/grid/status)."""
+    """``python -m stylize.cli ...`` runs ``stylize image`` on local paths (the ``stylize``
+    command adds URLs and run/grid/status)."""
     return image_main(argv)
 
 

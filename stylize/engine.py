@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stylize import color
-from stylize.config import ConfigError, StyleConfig, resolve_config
+from stylize.config import NOISE_SPECTRA, ConfigError, StyleConfig, resolve_config
 from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import GatysLoss, gram, layer_weights
 from stylize.model import ReadBytes, build_vgg
@@ -112,7 +112,7 @@ class Stylizer:
         taps = cfg.content_layers + cfg.style_layers
         model, self.weights_hash = build_vgg(
             cfg.weights, taps, cfg.pooling, cfg.preprocessing, cfg.normalize, read_bytes,
-            normalize_images=_sample_images)
+            normalize_images=_sample_images, padding=cfg.padding)
         # Device, dtype and autocast are settled here once; the loop has no branches on them.
         if self.device.type == "cuda" and self.precision == "tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -257,19 +257,26 @@ class Stylizer:
         x = None if init is None else torch.stack([i.float() for i in init]).to(self.device)
         used = torch.zeros(len(contents), dtype=torch.long, device=self.device)
         for si, scale in enumerate(cfg.scales):
-            h, w = (max(16, round(d * scale)) for d in full.shape[-2:])
-            content = _resize(target, h, w)
-            x = self._initial(content, h, w) if x is None else _resize(x, h, w)
-            loss = self.loss_for(content, styles)
-            hook = _hook(callback, si, len(cfg.scales), iterations)
+            h, w = scale_shape(*full.shape[-2:], scale)
+            m = margin_pixels(cfg.margin, h, w)
+            content = _pad(_resize(target, h, w), m)  # (B, 3, h + 2m, w + 2m)
+            x = (self._initial(content, h + 2 * m, w + 2 * m) if x is None
+                 else _pad(_resize(x, h, w), m))
+            loss = self.loss_for(content, styles, longest=max(h, w))
+            hook = _hook(callback, si, len(cfg.scales), iterations, m)
             out = optimize(
                 x, self._objective(loss), iterations, cfg.optimizer,
                 cfg.effective_lr, cfg.history_size,
                 Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every,
                 narrow=lambda rows, loss=loss: self._objective(loss.select(rows)))
-            x, used = out.pixels, used + out.iterations
+            x, used = _crop(out.pixels, m), used + out.iterations
+        losses = out.losses
+        if m:  # report the losses of the picture delivered, without its margin
+            with torch.no_grad():
+                x = x.contiguous()
+                losses = self.loss_for(_crop(content, m), styles)(self.features(x), x)
         pixels = color.combine_luminance(x, full) if grey else x
-        total, content_l, style_l, tv = (t.tolist() for t in out.losses)
+        total, content_l, style_l, tv = (t.tolist() for t in losses)
         images = pixels.clamp(0, 255).cpu()
         return [ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
                 for i in range(len(contents))]
@@ -278,11 +285,13 @@ class Stylizer:
         return lambda px: loss(self.features(px), px)
 
     @torch.no_grad()
-    def loss_for(self, content: torch.Tensor, styles: Sequence[Style]) -> GatysLoss:
-        """The loss module for a batch of contents (B, 3, h, w), one style each."""
+    def loss_for(self, content: torch.Tensor, styles: Sequence[Style],
+                 longest: int | None = None) -> GatysLoss:
+        """The loss module for a batch of contents (B, 3, h, w), one style each; the style
+        images are scaled for a content of longest side ``longest`` (default: the content's)."""
         cfg = self.cfg
         per_image = cfg.preserve_colors != "none"
-        longest = max(content.shape[-2:])
+        longest = longest or max(content.shape[-2:])
         grams = [self.style_grams(s, longest, content[i] if per_image else None)
                  for i, s in enumerate(styles)]
         cfeats = self.features(content)
@@ -304,11 +313,42 @@ class Stylizer:
         if init == "content":
             return content.clone()
         if init == "noise":
-            gen = torch.Generator().manual_seed(self.cfg.seed)
-            noise = torch.randn(3, h, w, generator=gen) * (self.cfg.noise_scale * 255.0)
-            return (127.5 + noise).expand(content.shape[0], -1, -1, -1).to(self.device)
+            noise = initial_noise(self.cfg, h, w)  # (3, h, w), the same for every image
+            return noise.expand(content.shape[0], -1, -1, -1).to(self.device)
         img = load_image(init)  # a path: resized to each content's size
         return _resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()
+
+
+def initial_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
+    """The start image of ``init: noise``: (3, h, w) pixels, mid-grey plus seeded noise of
+    std ``noise_scale * 255`` per channel with the amplitude spectrum ``noise_spectrum``.
+
+    Drawn on the CPU, so a seed gives the same start on every device.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.randn(3, h, w, generator=gen)  # (3, h, w), unit std
+    exponent = NOISE_SPECTRA[cfg.noise_spectrum]
+    if exponent:
+        freq = torch.fft.rfft2(noise)  # (3, h, w // 2 + 1)
+        f = torch.hypot(torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :])
+        freq = freq / f.clamp_min(1.0 / max(h, w)) ** exponent
+        freq[:, 0, 0] = 0  # no offset: the mean stays mid-grey
+        noise = torch.fft.irfft2(freq, s=(h, w))
+        noise = noise / noise.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return 127.5 + noise * (cfg.noise_scale * 255.0)
+
+
+def start_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
+    """The initial noise of a (h, w) picture as its pixels see it: drawn at the first of the
+    ``scales`` with the ``margin`` around it, margin cropped. (3, h0, w0)."""
+    h0, w0 = scale_shape(h, w, cfg.scales[0])
+    m = margin_pixels(cfg.margin, h0, w0)
+    return _crop(initial_noise(cfg, h0 + 2 * m, w0 + 2 * m), m)
+
+
+def scale_shape(h: int, w: int, scale: float) -> tuple[int, int]:
+    """(h, w) of an image at one of the coarse-to-fine ``scales``."""
+    return max(16, round(h * scale)), max(16, round(w * scale))
 
 
 def _compile(model):
@@ -319,13 +359,26 @@ def _compile(model):
         return model
 
 
-def _hook(callback: Callback | None, scale: int, scales: int, steps: int):
+def margin_pixels(margin: float, h: int, w: int) -> int:
+    """The margin of a (h, w) image in pixels: reflection padding needs it below h and w."""
+    return min(round(margin * max(h, w)), h - 1, w - 1)
+
+
+def _pad(x: torch.Tensor, m: int) -> torch.Tensor:
+    return F.pad(x, (m, m, m, m), mode="reflect") if m else x
+
+
+def _crop(x: torch.Tensor, m: int) -> torch.Tensor:
+    return x[..., m:x.shape[-2] - m, m:x.shape[-1] - m] if m else x
+
+
+def _hook(callback: Callback | None, scale: int, scales: int, steps: int, margin: int = 0):
     if callback is None:
         return None
 
     def hook(step, losses, active, pixels):
         callback(StepInfo(scale, scales, step, steps, tuple(losses.tolist()),
-                          int(active.sum()), pixels))
+                          int(active.sum()), _crop(pixels, margin)))
     return hook
 
 

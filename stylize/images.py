@@ -33,11 +33,15 @@ import struct
 import warnings
 import zlib
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stylize.common import one_line
+
+if TYPE_CHECKING:  # torch loads on first use: the pipeline's driver decodes with Pillow only
+    import torch
 from stylize.config import BIT_DEPTH_16_FORMATS, BIT_DEPTHS, OUTPUT_FORMATS  # noqa: F401
 
 MAX_PIXELS = 100_000_000  # decompression-bomb limit, pixels
@@ -199,6 +203,8 @@ def resize_bucket(img: Image.Image, size: int) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """Image -> (3, H, W) float32 in 0..255. Non-RGB modes convert as ``decode_image`` does."""
+    import torch
+
     rgb = img if img.mode == "RGB" else _to_rgb(img)
     arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()  # (3, H, W)
@@ -213,6 +219,8 @@ def from_tensor(t: torch.Tensor) -> Image.Image:
 def _hwc(t: torch.Tensor) -> np.ndarray:
     if t.ndim != 3 or t.shape[0] != 3:
         raise ValueError(f"expected an image tensor of shape (3, H, W), got {tuple(t.shape)}")
+    import torch
+
     hwc = t.detach().to("cpu", torch.float32).permute(1, 2, 0).contiguous().numpy()  # (H, W, 3)
     if np.isnan(hwc).any():
         raise ValueError("image tensor contains NaN; the optimisation diverged")

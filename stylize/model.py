@@ -17,22 +17,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-# torchvision's vgg19().features: 16 convolutions, each followed by a ReLU, 5 max pools.
-_BLOCKS = (2, 2, 4, 4, 4)
-
-
-def _layer_names() -> tuple[str, ...]:
-    names = []
-    for b, n_convs in enumerate(_BLOCKS, start=1):
-        for c in range(1, n_convs + 1):
-            names += [f"conv{b}_{c}", f"relu{b}_{c}"]
-        names.append(f"pool{b}")
-    return tuple(names)
-
-
-LAYER_NAMES = _layer_names()  # index i is features[i]
-TAP_NAMES = tuple(n for n in LAYER_NAMES if not n.startswith("pool"))
-CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
+from stylize.config import CONV_NAMES, LAYER_NAMES, TAP_NAMES  # noqa: F401 (the names)
 
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -51,10 +36,12 @@ class VGGFeatures(nn.Module):
 
     ``forward(pixels)`` returns ``{tap: activation}`` for the taps given at construction.
     Preprocessing is an affine map per channel, held as buffers so ``.to(device)`` moves it.
+    ``padding`` is conv1_1's padding mode (``zeros``, VGG's own, pads with the mean pixel);
+    the other convolutions pad their activations with zeros whatever it is.
     """
 
     def __init__(self, state: dict[str, torch.Tensor], preprocessing: str,
-                 taps: Iterable[str], pooling: str = "max"):
+                 taps: Iterable[str], pooling: str = "max", padding: str = "zeros"):
         super().__init__()
         self.taps = tuple(dict.fromkeys(taps))
         last = max(LAYER_NAMES.index(t) for t in self.taps)
@@ -63,7 +50,9 @@ class VGGFeatures(nn.Module):
             if name.startswith("conv"):
                 idx = LAYER_NAMES.index(name)
                 w = state[f"{idx}.weight"]
-                conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=3, padding=1)
+                mode = padding if idx == 0 else "zeros"
+                conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=3, padding=1,
+                                 padding_mode=mode)
                 conv.weight.data.copy_(w)
                 conv.bias.data.copy_(state[f"{idx}.bias"])
                 layers.append(conv)
@@ -257,14 +246,15 @@ def _measure_scales(model: VGGFeatures, images: list[torch.Tensor]) -> list[torc
 def build_vgg(source: str, taps: Iterable[str], pooling: str, preprocessing: str | None = None,
               normalize: bool = False, read_bytes: ReadBytes | None = None,
               normalize_images: Callable[[], list[torch.Tensor]] | None = None,
-              ) -> tuple[VGGFeatures, str]:
+              padding: str = "zeros") -> tuple[VGGFeatures, str]:
     """The frozen feature extractor for a weight source, and the weights hash."""
     state, digest, default_pre = load_state(source, read_bytes)
-    model = VGGFeatures(state, preprocessing or default_pre, taps, pooling)
+    model = VGGFeatures(state, preprocessing or default_pre, taps, pooling, padding)
     if normalize:
         if normalize_images is None:
             raise ValueError("normalize=True needs images to measure mean activations on")
-        key = f"{digest}-{pooling}-{len(model.conv_layers())}"
+        key = f"{digest}-{pooling}-{len(model.conv_layers())}" + (
+            "" if padding == "zeros" else f"-{padding}")
         normalize_filters(model, normalize_images(), key)
         digest += "-normalized"
     return model, digest

@@ -1,5 +1,5 @@
-"""`stylize image`: a decodable output of the requested size, and exit 2 with one line for
-every kind of bad input."""
+"""`stylize image`: a decodable output of the requested size, written atomically, paths or
+fsspec URLs; exit 2 with one line for every kind of bad input."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from stylize.cli import main as engine_only_main
 from stylize.images import decode_image
 from stylize.model import load_caffe_state
 
@@ -34,6 +35,7 @@ def test_writes_a_decodable_image_of_the_requested_size(tmp_path, capsys, name):
     assert max(img.size) == 40
     assert img.size == (40, 30)  # tubingen is 4:3, kept exactly
     assert "wrote" in stdout
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left beside it
 
 
 def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
@@ -64,6 +66,33 @@ def test_weights_from_an_fsspec_url(tmp_path, capsys):
     assert decode_image(out.read_bytes()).size == (40, 30)
 
 
+def test_urls_in_and_out_through_fsspec(capsys):
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/cli-in/tubingen.jpg", Path(CONTENT).read_bytes())
+    rc, stdout, err = run(capsys, "--content", "memory://cli-in/tubingen.jpg",
+                          "--style", "pkg://stylize/samples/starry_night.jpg",
+                          "-o", "memory://cli-out/o.png", "--save-every", "2", *FAST)
+    assert rc == 0, err
+    assert decode_image(fs.cat("/cli-out/o.png")).size == (40, 30)
+    assert fs.exists("/cli-out/o_00002.png") and "wrote memory://cli-out/o.png" in stdout
+
+
+def test_the_engine_alone_reads_local_paths_only(tmp_path, capsys):
+    rc = engine_only_main(["--content", "memory://cli-in/x.jpg", "--style", STYLE,
+                           "-o", str(tmp_path / "o.png"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "URLs are read by the `stylize image` command" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_an_output_that_cannot_be_written_exits_3_and_leaves_nothing(tmp_path, capsys):
+    (tmp_path / "out.png").mkdir()  # the work is done, then the rename onto it fails
+    rc, _, err = run(capsys, "--content", CONTENT, "--style", STYLE,
+                     "-o", str(tmp_path / "out.png"), *FAST)
+    assert rc == 3 and "cannot write" in err and len(err.splitlines()) == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
     text = tmp_path / "notes.jpg"
     text.write_text("not an image at all")
@@ -92,7 +121,12 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     ("weights", ["--weights", "{tmp}/none.pth"], "none.pth"),
     ("format", ["-o", "{tmp}/out.gif"], "--output: "),
     ("folder", ["-o", "{tmp}/no/such/dir/out.png"], "does not exist or is not writable"),
-    ("bitdepth", ["-o", "{tmp}/out.jpg", "--bit-depth", "16"], "16"),
+    ("bitdepth", ["-o", "{tmp}/out.jpg", "--bit-depth", "16"],
+     "--bit-depth: 16 is only for png, tiff, not jpeg"),
+    ("bitdepth12", ["--bit-depth", "12"], "invalid choice: 12 (choose from 8, 16)"),
+    ("quality", ["-o", "{tmp}/out.jpg", "--quality", "0"], "--quality: 1 to 100, got 0"),
+    ("url", ["--content", "memory://nope/none.jpg"], "--content memory://nope/none.jpg: cannot"),
+    ("scheme", ["--style", "nosuch://b/s.jpg"], "--style nosuch://b/s.jpg: cannot read"),
     ("blend", ["--style-weights", "1", "2"], "--style-weights: 2 weights for 1 --style"),
     ("unknown", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])

@@ -44,6 +44,13 @@ def test_gatys2016_is_the_paper():
     assert not cfg.early_stopping
 
 
+def test_gatys2016_starts_from_smooth_noise():
+    """The one departure from the paper (README, "Picture quality"): smooth, not white, noise."""
+    cfg = resolve_config("gatys2016")
+    assert (cfg.noise_spectrum, cfg.noise_scale) == ("smooth", 0.03)
+    assert (cfg.padding, cfg.margin) == ("zeros", 0.0)  # VGG's own padding, nothing cropped
+
+
 def test_neural_style_preset_values():
     """jcjohnson/neural-style's defaults, as documented in config.py."""
     cfg = resolve_config("neural-style")
@@ -53,6 +60,7 @@ def test_neural_style_preset_values():
     assert cfg.pooling == "max"
     assert cfg.init == "noise"
     assert cfg.noise_scale * 255.0 == pytest.approx(0.001)  # torch.randn(...) * 0.001
+    assert cfg.noise_spectrum == "white"
     assert cfg.optimizer == "lbfgs" and cfg.effective_lr == 1.0
     assert cfg.history_size == 100
     assert cfg.content_layers == ("relu4_2",)

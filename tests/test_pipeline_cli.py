@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import io
-
-import pytest
+import logging
 
 from pipeline.cli import main
 from pipeline.progress import Progress
@@ -24,9 +23,13 @@ def test_usage_and_unknown_commands(capsys):
 def test_image_and_bench_delegate_to_the_engine_cli(capsys):
     assert main(["image"]) == 2  # stylize.cli's own one-line usage error
     assert "stylize image" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["bench", "--help"])
-    assert e.value.code == 0
+    assert main(["bench", "--help"]) == 0 and "stylize bench" in capsys.readouterr().out
+    assert main(["-q", "bench", "--help"]) == 0  # -v/-q are every command's
+
+
+def test_schema_prints_json(capsys):
+    assert main(["schema"]) == 0
+    assert '"title": "stylize job"' in capsys.readouterr().out
 
 
 class _Tty(io.StringIO):
@@ -34,15 +37,24 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_bar_on_a_terminal_and_lines_otherwise():
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     rows = [{"status": "ok"}, {"status": "failed_decode"}]
-    log = io.StringIO()
-    p = Progress(4, stream=log, interval_s=0)
+    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    p = Progress(4, stream=io.StringIO(), interval_s=0)
     p.update(rows)
     p.close()
-    assert "stylize: 2/4 items, 1 failed" in log.getvalue() and "ETA" in log.getvalue()
+    assert "2/4 items, 1 failed" in caplog.text and "ETA" in caplog.text
     tty = _Tty()
     bar = Progress(4, done=2, stream=tty)
     bar.update(rows)
     bar.close()
     assert "4/4" in tty.getvalue() and "failed 1" in tty.getvalue()
+
+
+def test_progress_is_silent_below_info(caplog):
+    caplog.set_level(logging.WARNING, logger="pipeline.progress")
+    tty = _Tty()
+    p = Progress(4, stream=tty, interval_s=0)
+    p.update([{"status": "ok"}])
+    p.close()
+    assert caplog.text == "" and tty.getvalue() == ""

@@ -58,7 +58,7 @@ def _final_files(out: Path) -> list[Path]:
     """Files under final names: every image the run wrote (not the run's own metadata)."""
     meta = {out / "manifest.parquet", out / "run.json"}
     return sorted(p for p in out.rglob("*") if p.is_file() and p not in meta
-                  and "_manifest" not in p.relative_to(out).parts
+                  and p.relative_to(out).parts[0] not in ("_manifest", "report")
                   and not p.name.startswith("."))
 
 
