@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pipeline import storage
+from pipeline.redact import show_undecodable
 from stylize.common import short_hash
 
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\:*?"<>|]')
@@ -82,13 +83,7 @@ def _hash(*parts: str, n: int = 20) -> str:
 def escape_undecodable(name: str) -> str:
     """``name`` as valid UTF-8: each byte that was not (a surrogate escape, as ``os.fsdecode``
     gives it) becomes ``%XX``, e.g. ``b"caf\\xe9.jpg"`` -> ``caf%E9.jpg``."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        pass
-    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff"
-                   else "_" if "\ud800" <= c <= "\udfff" else c for c in name)
+    return show_undecodable(name, byte="%{:02X}", other="_")
 
 
 def fit_name(name: str, ext: str = "", limit: int = MAX_NAME_BYTES) -> str:

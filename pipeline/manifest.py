@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.items import WorkItem
-from pipeline.redact import redact_text, redact_uri
+from pipeline.redact import redact_text, redact_uri, show_undecodable
 
 STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
             "failed_other")
@@ -95,11 +95,8 @@ def _clean(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, Any
     for key in _TEXT_COLUMNS:
         value = out.get(key)
         if isinstance(value, str):
-            value = redact_text(value, secrets) if key == "error_message" else redact_uri(value)
-            if _not_utf8(value):
-                value = value.encode("utf-8", "surrogateescape").decode("utf-8",
-                                                                        "backslashreplace")
-            out[key] = value
+            out[key] = show_undecodable(redact_text(value, secrets) if key == "error_message"
+                                        else redact_uri(value))
     return out
 
 

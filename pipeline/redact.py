@@ -84,16 +84,17 @@ def redact_uri(uri: str) -> str:
     return _QUERY_SECRET.sub(rf"\1{MASK}", uri) if "=" in uri else uri
 
 
-def show_undecodable(text: str) -> str:
+def show_undecodable(text: str, byte: str = "\\x{:02x}", other: str = "\ufffd") -> str:
     """``text`` as valid UTF-8: bytes of a file name that were not UTF-8 (surrogate escapes,
-    as ``os.fsdecode`` gives them) shown as ``\\xNN``; other lone surrogates as U+FFFD."""
+    as ``os.fsdecode`` gives them) written with ``byte`` (``\\xNN`` for messages, ``%XX``
+    for file names); other lone surrogates as ``other``."""
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
         pass
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
-                   else "\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return "".join(byte.format(ord(c) - 0xDC00) if "\udc80" <= c <= "\udcff"
+                   else other if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _userinfo_secrets(value: str) -> list[str]:
