@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import IO, Any, Callable, Mapping
