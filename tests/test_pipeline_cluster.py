@@ -64,6 +64,12 @@ TWO_NODE_SCRIPT = textwrap.dedent('''
         # the second batch on the worker node: it holds work done before (a part) and in flight
         if sum(batches) >= 2 and batches[-1]:
             removed.update(pid=info["pid"], items=[i.item_id for i in items], at=time.time())
+            # a lost node takes its processes down at once: kill the actor's process first, so
+            # that a tiny batch cannot finish (and report) while the raylet is being killed
+            try:
+                os.kill(info["pid"], 9)
+            except OSError:
+                pass
             cluster.remove_node(node, allow_graceful=False)
 
     raw["ray"]["address"] = cluster.address
