@@ -23,8 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
 
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import short_hash
-from stylize.config import (BIT_DEPTHS, OUTPUT_FORMATS, ConfigError, StyleConfig,
-                            config_from_mapping)
+from stylize.config import BIT_DEPTHS, OUTPUT_FORMATS, TYPE_NOUNS, StyleConfig
 
 MODES = ("resume", "overwrite")
 RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
@@ -105,7 +104,7 @@ class JobConfig(BaseModel):
         "a folder or glob, a list of images, or a mapping name -> URI | {uri, weight} | a "
         "list of those to blend"))
     output: Text = Field(description="output folder, path or URL")
-    stylize: StyleConfig = Field(default_factory=lambda: config_from_mapping({}),
+    stylize: StyleConfig = Field(default_factory=StyleConfig,
                                  description="engine options (preset + overrides)")
     shard_size: int = Field(16, ge=1, description="work items per shard: unit of retry and "
                                                   "of manifest parts")
@@ -133,17 +132,8 @@ class JobConfig(BaseModel):
     # ------------------------------------------------------------------- normalisation
     @field_validator("stylize", mode="before")
     @classmethod
-    def _engine(cls, value: Any) -> StyleConfig:
-        if isinstance(value, StyleConfig):
-            return value
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"expected a mapping of engine options, got {value!r}")
-        try:
-            return config_from_mapping(value)
-        except ConfigError as e:
-            raise ValueError(str(e).lstrip("-")) from None
+    def _engine(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     @field_validator("output_format", mode="before")
     @classmethod
@@ -361,11 +351,7 @@ def _literal_values(err: dict) -> str:
     return (err.get("ctx") or {}).get("expected", "").replace(" or ", ", ").replace("'", "")
 
 
-_NOUNS = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
-          "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-          "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
-          "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-          "model_attributes_type": "a mapping"}
+_NOUNS = TYPE_NOUNS
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
            "less_than": "<"}
 

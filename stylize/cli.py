@@ -140,8 +140,8 @@ _HELP = {
 def _engine_fields() -> list[tuple[str, object, bool]]:
     """(name, default, is a bool) of every engine option except ``preset``: the one place
     that reads StyleConfig's fields."""
-    return [(f.name, f.default, f.type in ("bool", bool)) for f in dataclasses.fields(StyleConfig)
-            if f.name != "preset"]
+    return [(name, f.default, f.annotation is bool) for name, f in StyleConfig.model_fields.items()
+            if name != "preset"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,24 @@
-"""Engine settings: one frozen dataclass, the presets, and the allowed values.
+"""Engine settings: one frozen pydantic model, the presets, and the allowed values.
 
-Every option can override a preset: ``resolve_config("fast", size=256)``. The allowed values
-listed in error messages come from the same constants the code checks.
+Every option can override a preset: ``resolve_config("fast", size=256)``; in a mapping (a job
+file's ``stylize:``) the preset is a key like the others. The choices are ``Literal``s built
+from the constants the code uses, every default is written once (on the model), and a bad
+value is reported with the option's name and the allowed values.
+
+The options fall in two groups (NETWORK_OPTIONS): what builds the network (weights, pooling,
+padding, preprocessing, normalisation, device, precision, compile) and what each image's
+optimisation uses (everything else: layers, weights, iterations, init, scales, ...). A loaded
+``Stylizer`` serves any per-image options whose network part equals its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping
+import difflib
+import re
+from typing import Annotated, Any, Literal, Mapping, Optional
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 CONTENT_LAYERS_GATYS = ("relu4_2",)
 STYLE_LAYERS_GATYS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -46,81 +56,6 @@ BIT_DEPTHS = (8, 16)
 BIT_DEPTH_16_FORMATS = ("png", "tiff")
 
 
-class ConfigError(ValueError):
-    """A bad option value. The message names the option and the allowed values."""
-
-
-@dataclass(frozen=True)
-class StyleConfig:
-    """Everything the engine needs to stylize one image. Defaults are the ``gatys2016`` preset.
-
-    Loss normalisation (see README, "Losses"): content loss is the mean squared error of the
-    features; a Gram matrix is F F^T / (C H W); the style loss of a layer is the mean squared
-    error of the Gram matrices. ``style_weight / content_weight`` is then the paper's beta/alpha.
-    """
-
-    preset: str = "gatys2016"
-    size: int = 512  # longest side of the output, pixels
-    iterations: int = 500  # function/gradient evaluations per scale
-    content_layers: tuple[str, ...] = CONTENT_LAYERS_GATYS
-    content_layer_weights: tuple[float, ...] | None = None  # None: equal
-    style_layers: tuple[str, ...] = STYLE_LAYERS_GATYS
-    style_layer_weights: tuple[float, ...] | None = None  # None: equal (the paper's w_l = 1/5)
-    content_weight: float = 1.0  # alpha
-    style_weight: float = 1e3  # beta; alpha/beta = 1e-3 as in the paper's Fig. 2
-    tv_weight: float = 0.0
-    init: str = "noise"  # noise | content | path of an image
-    # The paper starts from white noise; white noise of std 0.1 * 255 was still half there
-    # after 300-500 L-BFGS steps, as fine colour speckle. Smooth noise of std 0.03 * 255 ends
-    # at the same loss without it (README, "Picture quality"); white, 0.1 is the old start.
-    noise_scale: float = 0.03  # std of the initial noise around mid-grey, as a fraction of 255
-    noise_spectrum: str = "smooth"  # white | natural | smooth: see NOISE_SPECTRA
-    optimizer: str = "lbfgs"
-    lr: float | None = None  # None: 1.0 for lbfgs, 10.0 (pixel units) for adam
-    # L-BFGS pairs kept per image. The paper does not say; 20 reaches the same losses as 100
-    # at 128 px / 200 steps (README, "Losses") and reads 5x less memory per step.
-    history_size: int = 20
-    pooling: str = "avg"  # the paper replaces max pooling by average pooling
-    padding: str = "zeros"  # conv1_1's padding; deeper layers always pad with zeros
-    margin: float = 0.0  # optimised around the picture, then cropped: fraction of the longest side
-    weights: str = "caffe"
-    preprocessing: str | None = None  # only for a weights path/URL: caffe | torchvision
-    normalize: bool = False  # rescale filters to mean activation 1 (the paper's normalisation)
-    style_scale: float = 1.0  # style image longest side relative to the content's
-    preserve_colors: str = "none"
-    scales: tuple[float, ...] = (1.0,)  # coarse-to-fine fractions of size, last must be 1.0
-    early_stopping: bool = False
-    tolerance: float = 1e-3  # relative loss change over `window` steps that counts as converged
-    window: int = 20
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA GPUs that support it, else fp32
-    compile: bool = False  # torch.compile the network (falls back to eager if it fails)
-    bucket: bool = True  # snap contents to aspect buckets so mixed photos batch (images.py)
-    batch_size: int = 0  # 0: chosen from free device memory (1 per batch on the CPU: 4)
-    log_every: int = 10  # steps between progress callbacks (each one is a device sync)
-
-    def __post_init__(self) -> None:
-        _validate(self)
-
-    def replace(self, **changes: Any) -> "StyleConfig":
-        """A copy with some options changed (validated; the preset is not re-applied)."""
-        return StyleConfig(**_coerce({**self.to_dict(), **changes}))
-
-    @property
-    def effective_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1.0 if self.optimizer == "lbfgs" else 10.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _plain(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
 PRESETS: dict[str, dict[str, Any]] = {
     # Gatys, Ecker & Bethge (2015/2016): relu4_2 content, relu1_1..relu5_1 equal, avg pooling,
     # white-noise init, L-BFGS, alpha/beta = 1e-3.
@@ -144,126 +79,229 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_config(preset: str | None = None, **overrides: Any) -> StyleConfig:
-    """Build a config from a preset (default ``gatys2016``) and option overrides.
+class ConfigError(ValueError):
+    """A bad option value. The message names the option and the allowed values."""
 
-    Raises ConfigError naming the option for an unknown option or a bad value.
+
+def _words(value: Any) -> Any:
+    """``"relu1_1,relu2_1"`` or ``"relu1_1 relu2_1"`` (a command-line flag) as a list."""
+    if isinstance(value, str):
+        return [s for s in value.replace(",", " ").split() if s]
+    if isinstance(value, (int, float)):
+        return [value]
+    return value
+
+
+Layers = Annotated[tuple[Literal[TAP_NAMES], ...], BeforeValidator(_words), Field(min_length=1)]
+Floats = Annotated[tuple[float, ...], BeforeValidator(_words)]
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
+# The options that build the network; the rest are per image.
+NETWORK_OPTIONS = ("weights", "pooling", "padding", "preprocessing", "normalize", "device",
+                   "precision", "compile")
+
+
+class NetworkOptions(BaseModel):
+    """What a ``Stylizer`` builds its VGG-19 from: two configs with equal NetworkOptions can
+    share one loaded network."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    weights: str
+    pooling: str
+    padding: str
+    preprocessing: Optional[str]
+    normalize: bool
+    device: str
+    precision: str
+    compile: bool
+
+
+class StyleConfig(BaseModel):
+    """Everything the engine needs to stylize one image. Defaults are the ``gatys2016`` preset.
+
+    Loss normalisation (see README, "Losses"): content loss is the mean squared error of the
+    features; a Gram matrix is F F^T / (C H W); the style loss of a layer is the mean squared
+    error of the Gram matrices. ``style_weight / content_weight`` is then the paper's beta/alpha.
     """
-    preset = preset or "gatys2016"
-    if preset not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    names = {f.name for f in dataclasses.fields(StyleConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
-    values: dict[str, Any] = dict(PRESETS[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["preset"] = preset
-    return StyleConfig(**_coerce(values))
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="engine options")
+
+    preset: Literal[tuple(PRESETS)] = Field("gatys2016", description=(
+        "named defaults; the other keys override it"))
+    # -- the network (NETWORK_OPTIONS)
+    weights: str = Field("caffe", min_length=1, description=(
+        "caffe | torchvision | path or URL of a state dict"))
+    pooling: Literal[POOLINGS] = Field("avg", description=(
+        "the paper replaces max pooling by average pooling"))
+    padding: Literal[PADDINGS] = Field("zeros", description=(
+        "conv1_1's padding; deeper layers always pad with zeros"))
+    preprocessing: Optional[Literal[PREPROCESSINGS]] = Field(None, description=(
+        "only for a weights path/URL"))
+    normalize: bool = Field(False, description=(
+        "rescale filters to mean activation 1 (the paper's normalisation)"))
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = Field(
+        "auto", description="auto | cpu | cuda | cuda:N | mps")
+    precision: Literal[PRECISIONS] = Field("auto", description=(
+        "auto: bf16 on CUDA GPUs that support it, else fp32 (fp32 on CUDA: no TF32 either)"))
+    compile: bool = Field(False, description=(
+        "torch.compile the network (falls back to eager if it fails)"))
+    # -- each image's optimisation
+    size: int = Field(512, ge=16, description="longest side of the output, pixels")
+    iterations: Positive = Field(500, description="function/gradient evaluations per scale")
+    content_layers: Layers = CONTENT_LAYERS_GATYS
+    content_layer_weights: Optional[Floats] = Field(None, description="null: equal")
+    style_layers: Layers = STYLE_LAYERS_GATYS
+    style_layer_weights: Optional[Floats] = Field(None, description=(
+        "null: equal (the paper's w_l = 1/5)"))
+    content_weight: NonNegative = Field(1.0, description="alpha")
+    style_weight: NonNegative = Field(1e3, description=(
+        "beta; alpha/beta = 1e-3 as in the paper's Fig. 2"))
+    tv_weight: NonNegative = 0.0
+    init: str = Field("noise", min_length=1, description="noise | content | path of an image")
+    # The paper starts from white noise; white noise of std 0.1 * 255 was still half there
+    # after 300-500 L-BFGS steps, as fine colour speckle. Smooth noise of std 0.03 * 255 ends
+    # at the same loss without it (README, "Picture quality"); white, 0.1 is the old start.
+    noise_scale: NonNegative = Field(0.03, description=(
+        "std of the initial noise around mid-grey, as a fraction of 255"))
+    noise_spectrum: Literal[tuple(NOISE_SPECTRA)] = Field("smooth", description=(
+        "amplitude spectrum of the initial noise: white (flat), natural (1/f), smooth (1/f^2)"))
+    optimizer: Literal[OPTIMIZERS] = "lbfgs"
+    lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description=(
+        "null: 1.0 for lbfgs, 10.0 (pixel units) for adam"))
+    # L-BFGS pairs kept per image. The paper does not say; 20 reaches the same losses as 100
+    # at 128 px / 200 steps (README, "Losses") and reads 5x less memory per step.
+    history_size: Positive = Field(20, description="L-BFGS pairs kept per image")
+    margin: float = Field(0.0, ge=0, le=0.25, description=(
+        "optimised around the picture, then cropped: fraction of the longest side"))
+    style_scale: float = Field(1.0, gt=0, description=(
+        "style image longest side relative to the content's"))
+    preserve_colors: Literal[PRESERVE_COLORS] = "none"
+    scales: Floats = Field((1.0,), description=(
+        "coarse-to-fine fractions of size, increasing, the last 1.0"))
+    early_stopping: bool = False
+    tolerance: NonNegative = Field(1e-3, description=(
+        "relative loss change over `window` steps that counts as converged"))
+    window: Positive = 20
+    seed: int = 0
+    bucket: bool = Field(True, description=(
+        "snap contents to aspect buckets so mixed photos batch"))
+    batch_size: int = Field(0, ge=0, description=(
+        "0: chosen from free device memory (4 on the CPU)"))
+    log_every: Positive = Field(10, description=(
+        "steps between progress callbacks (each one is a device sync)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        """The preset's values under the given ones (a null value means: the default)."""
+        if not isinstance(data, Mapping):
+            return data
+        given = {k: v for k, v in data.items() if v is not None}
+        preset = given.get("preset", "gatys2016")
+        return {**PRESETS.get(preset, {}), **given} if isinstance(preset, str) else given
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < s <= 1 for s in v) or v[-1] != 1.0 or list(v) != sorted(v):
+            raise ValueError(f"increasing fractions in (0, 1] ending in 1.0, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _layer_weights(self) -> "StyleConfig":
+        for name, layers in (("content_layer_weights", self.content_layers),
+                             ("style_layer_weights", self.style_layers)):
+            w = getattr(self, name)
+            if w is not None and len(w) != len(layers):
+                raise ValueError(f"{name}: {len(w)} weights for {len(layers)} layers")
+        return self
+
+    def replace(self, **changes: Any) -> "StyleConfig":
+        """A copy with some options changed (validated; the preset's values are not
+        re-applied)."""
+        return _validated({**self.to_dict(), **changes})
+
+    @property
+    def network(self) -> NetworkOptions:
+        """The options that build the network."""
+        return NetworkOptions(**{k: getattr(self, k) for k in NETWORK_OPTIONS})
+
+    @property
+    def effective_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1.0 if self.optimizer == "lbfgs" else 10.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def option_names() -> tuple[str, ...]:
+    """Every engine option, in declaration order (``preset`` first)."""
+    return tuple(StyleConfig.model_fields)
+
+
+def resolve_config(preset: str | None = None, **overrides: Any) -> StyleConfig:
+    """Build a config from a preset (default ``gatys2016``) and option overrides (None: the
+    preset's value). Raises ConfigError, one line per bad option, naming it."""
+    return _validated({**overrides, "preset": preset})
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> StyleConfig:
     """A config from a plain mapping (YAML), with ``preset`` as one of its keys."""
-    data = dict(data)
-    return resolve_config(data.pop("preset", None), **data)
+    return _validated(dict(data))
 
 
-_TUPLE_FIELDS = ("content_layers", "content_layer_weights", "style_layers",
-                 "style_layer_weights", "scales")
+def _validated(values: Mapping[str, Any]) -> StyleConfig:
+    try:
+        return StyleConfig.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError("\n".join(describe_config_errors(e))) from None
 
 
-def _coerce(values: dict[str, Any]) -> dict[str, Any]:
-    out = dict(values)
-    for name in _TUPLE_FIELDS:
-        v = out.get(name)
-        if v is None:
-            continue
-        if isinstance(v, str):
-            v = [s for s in v.replace(",", " ").split() if s]
-        if not isinstance(v, (list, tuple)):
-            v = [v]
-        out[name] = tuple(v)
-    types = {f.name: f.type for f in dataclasses.fields(StyleConfig)}
-    for name, v in list(out.items()):
-        t = str(types.get(name, ""))
-        try:
-            if t == "int" and not isinstance(v, bool):
-                out[name] = _to_int(v)
-            elif t.startswith("float") and v is not None:
-                out[name] = float(v)
-            elif t == "bool" and isinstance(v, str):
-                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(v)
-                out[name] = v.lower() in ("true", "1", "yes")
-            elif name in ("scales", "content_layer_weights", "style_layer_weights") and v is not None:
-                out[name] = tuple(float(x) for x in v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{_flag(name)}: expected {t.split(' ')[0]}, got {v!r}") from None
-    return out
+def describe_config_errors(e: ValidationError) -> list[str]:
+    """One line per problem, as a command-line user reads it: ``--size: ...``."""
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).isdigit() and not _TAG.match(str(p))]
+        name = loc[0] if loc else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(name, option_names(), n=1)
+            msg = (f"unknown option {name!r}; did you mean {near[0]!r}?" if near else
+                   f"unknown option {name!r}; allowed: {', '.join(option_names())}")
+        elif err["type"] == "literal_error" and name == "preset":
+            msg = f"unknown preset {err.get('input')!r}; allowed: {', '.join(PRESETS)}"
+        elif err["type"] == "literal_error" and name.endswith("layers"):
+            msg = f"unknown layer {err.get('input')!r}; allowed: {', '.join(TAP_NAMES)}"
+        elif err["type"] == "literal_error":
+            allowed = err.get("ctx", {}).get("expected", "").replace(" or ", ", ")
+            msg = f"{err.get('input')!r} is not allowed; allowed: {allowed.replace(chr(39), '')}"
+        elif err["type"] == "string_pattern_mismatch" and name == "device":
+            msg = (f"{err.get('input')!r} is not allowed (cuda:N is accepted too); allowed: "
+                   f"{', '.join(DEVICES)}")
+        elif err["type"] in TYPE_NOUNS:
+            msg = f"expected {TYPE_NOUNS[err['type']]}, got {err.get('input')!r}"
+        elif err["type"] in _BOUNDS:
+            bound = next(iter(err.get("ctx", {}).values()), "")
+            msg = f"must be {_BOUNDS[err['type']]} {bound}, got {err.get('input')!r}"
+        elif "input" in err and err["type"] != "value_error":
+            msg = f"{msg}, got {err['input']!r}"
+        if not name and re.match(r"^[a-z_]+: ", msg):  # a check across options names its own
+            name, msg = msg.split(": ", 1)
+        lines.append(f"--{name.replace('_', '-')}: {msg}" if name else msg)
+    return lines
 
 
-def _to_int(v: Any) -> int:
-    if isinstance(v, float) and not v.is_integer():
-        raise ValueError(v)
-    return int(v)
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"--{_flag(name)}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
-
-
-def _positive(name: str, value: float, zero_ok: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero_ok):
-        raise ConfigError(f"--{_flag(name)}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
-
-
-def _validate(c: StyleConfig) -> None:
-    _choice("preset", c.preset, tuple(PRESETS))
-    _choice("optimizer", c.optimizer, OPTIMIZERS)
-    _choice("pooling", c.pooling, POOLINGS)
-    _choice("padding", c.padding, PADDINGS)
-    _choice("noise_spectrum", c.noise_spectrum, tuple(NOISE_SPECTRA))
-    _choice("preserve_colors", c.preserve_colors, PRESERVE_COLORS)
-    _choice("precision", c.precision, PRECISIONS)
-    if not (c.device in DEVICES or c.device.startswith("cuda:")):
-        _choice("device", c.device, DEVICES)
-    if c.weights not in WEIGHT_SOURCES and not c.weights:
-        _choice("weights", c.weights, WEIGHT_SOURCES)
-    if c.preprocessing is not None:
-        _choice("preprocessing", c.preprocessing, PREPROCESSINGS)
-    for name in ("size", "iterations", "history_size", "window", "log_every"):
-        _positive(name, getattr(c, name))
-    if c.size < 16:
-        raise ConfigError(f"--size: must be at least 16 pixels, got {c.size}")
-    for name in ("content_weight", "style_weight", "tv_weight", "tolerance", "noise_scale"):
-        _positive(name, getattr(c, name), zero_ok=True)
-    _positive("style_scale", c.style_scale)
-    if not 0 <= c.margin <= 0.25:
-        raise ConfigError(f"--margin: a fraction of the size from 0 to 0.25, got {c.margin}")
-    _positive("batch_size", c.batch_size, zero_ok=True)
-    if c.lr is not None:
-        _positive("lr", c.lr)
-    for name in ("content_layers", "style_layers"):
-        layers = getattr(c, name)
-        if not layers:
-            raise ConfigError(f"--{_flag(name)}: at least one layer is needed")
-        for layer in layers:
-            if layer not in TAP_NAMES:
-                raise ConfigError(f"--{_flag(name)}: unknown layer {layer!r}; allowed: "
-                                  f"{', '.join(TAP_NAMES)}")
-    for name, layers in (("content_layer_weights", c.content_layers),
-                         ("style_layer_weights", c.style_layers)):
-        w = getattr(c, name)
-        if w is not None and len(w) != len(layers):
-            raise ConfigError(f"--{_flag(name)}: {len(w)} weights for {len(layers)} layers")
-    if not c.scales or any(not 0 < s <= 1 for s in c.scales) or c.scales[-1] != 1.0 \
-            or list(c.scales) != sorted(c.scales):
-        raise ConfigError(f"--scales: increasing fractions in (0, 1] ending in 1.0, got {c.scales}")
-    if c.init not in INIT_KINDS and not c.init:
-        _choice("init", c.init, INIT_KINDS)
-
+# pydantic's error types, as the noun of "expected ..." (also used for job files)
+TYPE_NOUNS = {"int_parsing": "an integer", "int_type": "an integer",
+              "int_from_float": "an integer", "float_parsing": "a number",
+              "float_type": "a number", "bool_parsing": "true or false", "bool_type": "true or false",
+              "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
+              "dict_type": "a mapping", "model_type": "a mapping",
+              "model_attributes_type": "a mapping"}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+           "less_than": "<"}
+_TAG = re.compile(r"^(literal\[.*\]|tuple\[.*\]|function-.*|constrained-.*)$")

@@ -1,7 +1,9 @@
 """The engine: VGG-19 loaded once, style targets cached, batches of images optimised.
 
-``Stylizer(cfg)`` owns a device, a frozen VGG-19 and a cache of style Gram targets keyed by
-(style key, size); ``stylize_batch`` solves one problem per content image. ``stylize()`` is
+``Stylizer(cfg)`` owns a device, a frozen VGG-19 built from ``cfg.network`` and a bounded
+(LRU by bytes) cache of style Gram targets keyed by (style key, size); ``stylize_batch``
+solves one problem per content image, with ``cfg`` or with per-call ``options`` that share its
+network (another iteration count, seed, layer set, weights...: no reload). ``stylize()`` is
 the one-call API on PIL images or tensors.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import OrderedDict
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stylize import color
-from stylize.config import NOISE_SPECTRA, ConfigError, StyleConfig, resolve_config
+from stylize.config import NOISE_SPECTRA, TAP_NAMES, ConfigError, StyleConfig, resolve_config
 from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import GatysLoss, gram, layer_weights
 from stylize.model import ReadBytes, build_vgg
@@ -102,21 +105,83 @@ def _sample_images() -> list[torch.Tensor]:
             if str(p).endswith(".jpg")]
 
 
-class Stylizer:
-    """A VGG-19 on a device, and the style targets computed so far."""
+DEFAULT_CPU_CACHE_BYTES = 1 << 30  # style targets kept on a CPU (a GPU: a tenth of its memory)
 
-    def __init__(self, cfg: StyleConfig | None = None, read_bytes: ReadBytes | None = None):
+
+class TargetCache:
+    """Style Gram targets, least recently used dropped first once they pass ``limit`` bytes.
+
+    ``computed`` counts the targets computed (per style key), ``hits``/``misses`` the lookups:
+    with a style per shard, a style's targets are computed once per worker and size.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.nbytes = 0
+        self.hits = self.misses = 0
+        self.computed: dict[str, int] = {}
+        self._entries: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+
+    def get(self, key: tuple, layers: Sequence[str]) -> dict[str, torch.Tensor] | None:
+        entry = self._entries.get(key)
+        if entry is None or any(layer not in entry for layer in layers):
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: tuple, grams: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        old = self._entries.pop(key, {})
+        self.nbytes -= _nbytes(old)
+        entry = {**old, **grams}
+        self._entries[key] = entry
+        self.nbytes += _nbytes(entry)
+        self.computed[key[0]] = self.computed.get(key[0], 0) + 1
+        while self.nbytes > self.limit and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self.nbytes -= _nbytes(dropped)
+        return entry
+
+    def forget(self, style_key: str) -> None:
+        for k in [k for k in self._entries if k[0] == style_key]:
+            self.nbytes -= _nbytes(self._entries.pop(k))
+
+    def stats(self) -> dict[str, float]:
+        lookups = self.hits + self.misses
+        return {"styles_cached": len({k[0] for k in self._entries}), "bytes": self.nbytes,
+                "limit_bytes": self.limit, "hits": self.hits, "misses": self.misses,
+                "hit_rate": round(self.hits / lookups, 4) if lookups else None,
+                "targets_computed": sum(self.computed.values()),
+                "styles_computed": len(self.computed),
+                "max_computed_per_style": max(self.computed.values(), default=0)}
+
+
+def _nbytes(grams: dict[str, torch.Tensor]) -> int:
+    return sum(g.numel() * g.element_size() for g in grams.values())
+
+
+class Stylizer:
+    """A VGG-19 on a device, and the style targets computed so far.
+
+    Built from ``cfg.network``; every call may pass ``options`` with other per-image settings
+    (the network part must be the same). ``target_cache_bytes`` bounds the style targets kept
+    (default: a tenth of the GPU's memory, 1 GiB on a CPU).
+    """
+
+    def __init__(self, cfg: StyleConfig | None = None, read_bytes: ReadBytes | None = None,
+                 target_cache_bytes: int | None = None):
         self.cfg = cfg = cfg or resolve_config()
+        self.network = cfg.network
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        taps = cfg.content_layers + cfg.style_layers
+        # Every layer is built, so that any per-image layer set is served; a forward pass
+        # stops at the deepest layer it is asked for.
         model, self.weights_hash = build_vgg(
-            cfg.weights, taps, cfg.pooling, cfg.preprocessing, cfg.normalize, read_bytes,
+            cfg.weights, TAP_NAMES, cfg.pooling, cfg.preprocessing, cfg.normalize, read_bytes,
             normalize_images=_sample_images, padding=cfg.padding)
         # Device, dtype and autocast are settled here once; the loop has no branches on them.
-        if self.device.type == "cuda" and self.precision == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        # TF32 is scoped to this engine's calls (numerics()), never left set process-wide.
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
                               else torch.contiguous_format)
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -125,79 +190,120 @@ class Stylizer:
         self._net = self.model
         if cfg.compile:
             self._net = _compile(self.model)
-        self._grams: dict[tuple, dict[str, torch.Tensor]] = {}
+        if target_cache_bytes is None:
+            target_cache_bytes = (torch.cuda.get_device_properties(self.device).total_memory // 10
+                                  if self.device.type == "cuda" else DEFAULT_CPU_CACHE_BYTES)
+        self.targets = TargetCache(target_cache_bytes)
         self._batch_limit: dict[tuple[int, int], int] = {}
-        self.content_w = layer_weights(cfg.content_layers, cfg.content_layer_weights)
-        self.style_w = layer_weights(cfg.style_layers, cfg.style_layer_weights)
+
+    def options(self, options: StyleConfig | None) -> StyleConfig:
+        """``options`` (default: the engine's config), checked to fit the loaded network."""
+        if options is None or options is self.cfg:
+            return self.cfg
+        if options.network != self.network:
+            diff = {k: v for k, v in options.network.model_dump().items()
+                    if getattr(self.network, k) != v}
+            raise ValueError(f"options {diff} need another network than this Stylizer's; "
+                             "build a Stylizer with them")
+        return options
+
+    @contextlib.contextmanager
+    def numerics(self):
+        """TF32 on for ``precision: tf32``, off for ``fp32`` (PyTorch lets cuDNN use TF32 by
+        default), only for the duration of this engine's work; the caller's flags come back."""
+        wanted = {"tf32": True, "fp32": False}.get(self.precision)
+        if wanted is None:  # bf16: autocast decides
+            yield
+            return
+        matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32 = cudnn.allow_tf32 = wanted
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
 
     # ------------------------------------------------------------------------------ inputs
-    def prepare_content(self, img: Image.Image, exact: bool = False) -> torch.Tensor:
-        """A decoded image resized for the engine: (3, h, w) in 0..255, longest side cfg.size.
+    def prepare_content(self, img: Image.Image, exact: bool = False,
+                        options: StyleConfig | None = None) -> torch.Tensor:
+        """A decoded image resized for the engine: (3, h, w) in 0..255, longest side ``size``.
 
-        With ``cfg.bucket`` (and not ``exact``) the shape snaps to an aspect bucket, so that
+        With ``bucket`` (and not ``exact``) the shape snaps to an aspect bucket, so that
         images of slightly different aspect ratios share a batch (images.bucket_shape).
         """
-        if self.cfg.bucket and not exact:
-            return to_tensor(resize_bucket(img, self.cfg.size))
-        return to_tensor(resize_longest(img, self.cfg.size))
+        opts = self.options(options)
+        if opts.bucket and not exact:
+            return to_tensor(resize_bucket(img, opts.size))
+        return to_tensor(resize_longest(img, opts.size))
 
-    def features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, pixels: torch.Tensor,
+                 taps: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """``{layer: activation}`` of ``taps`` (default: the config's content and style
+        layers)."""
+        taps = tuple(dict.fromkeys(taps or self.cfg.content_layers + self.cfg.style_layers))
         pixels = pixels.to(self.device, memory_format=self.memory_format)
         with self.autocast:
             if self._net is self.model:
-                return self.model(pixels)
+                return self.model(pixels, taps)
             try:
-                return self._net(pixels)
+                return self._net(pixels, taps)
             except Exception as e:  # a compiler failure must not cost the job: run eager
                 if isinstance(e, torch.OutOfMemoryError):
                     raise
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); running eager")
                 self._net = self.model
-                return self.model(pixels)
+                return self.model(pixels, taps)
 
     @torch.no_grad()
-    def style_grams(self, style: Style, longest: int,
-                    content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def style_grams(self, style: Style, longest: int, content: torch.Tensor | None = None,
+                    options: StyleConfig | None = None) -> dict[str, torch.Tensor]:
         """Blended Gram targets {layer: (C, C)} of a style for a content of this longest side.
 
-        Cached by (key, size) unless they depend on the content (colour preservation).
+        Cached (LRU, ``self.targets``) by (key, style side) unless they depend on the content
+        (colour preservation); layers missing from a cached entry are added to it.
         """
-        key = (style.key, longest)
-        if content is None and key in self._grams:
-            return self._grams[key]
-        side = max(16, round(longest * self.cfg.style_scale))
-        out: dict[str, torch.Tensor] = {}
-        for img, w in zip(style.images, style.blend()):
-            img = _resize_longest_tensor(img.float(), side, min_short=16).to(self.device)
-            if self.cfg.preserve_colors == "histogram":
-                img = color.match_histogram(img, content.to(self.device))
-            elif self.cfg.preserve_colors == "luminance":
-                grey = color.luminance(content.to(self.device))
-                img = color.match_luminance(color.luminance(img), grey)
-            feats = self.features(img.unsqueeze(0))
-            for layer in self.cfg.style_layers:
-                out[layer] = out.get(layer, 0) + w * gram(feats[layer])[0]
+        opts = self.options(options)
+        side = max(16, round(longest * opts.style_scale))
+        key = (style.key, side)
         if content is None:
-            self._grams[key] = out
+            cached = self.targets.get(key, opts.style_layers)
+            if cached is not None:
+                return cached
+        out: dict[str, torch.Tensor] = {}
+        with self.numerics():
+            for img, w in zip(style.images, style.blend()):
+                img = _resize_longest_tensor(img.float(), side, min_short=16).to(self.device)
+                if opts.preserve_colors == "histogram":
+                    img = color.match_histogram(img, content.to(self.device))
+                elif opts.preserve_colors == "luminance":
+                    grey = color.luminance(content.to(self.device))
+                    img = color.match_luminance(color.luminance(img), grey)
+                feats = self.features(img.unsqueeze(0), opts.style_layers)
+                for layer in opts.style_layers:
+                    out[layer] = out.get(layer, 0) + w * gram(feats[layer])[0]
+        if content is None:
+            return self.targets.put(key, out)
         return out
 
     def forget(self, key: str) -> None:
         """Drop the cached targets of a style (all sizes)."""
-        for k in [k for k in self._grams if k[0] == key]:
-            del self._grams[k]
+        self.targets.forget(key)
 
     # ---------------------------------------------------------------------------- batches
     def stylize_batch(self, contents: Sequence[torch.Tensor], styles: Sequence[Style],
                       callback: Callback | None = None,
                       init: Sequence[torch.Tensor] | None = None,
-                      iterations: int | None = None) -> list[ItemResult]:
-        """Stylize same-size contents (3, H, W) in 0..255, ``styles[i]`` for ``contents[i]``.
+                      iterations: int | None = None,
+                      options: StyleConfig | None = None) -> list[ItemResult]:
+        """Stylize same-size contents (3, H, W) in 0..255, ``styles[i]`` for ``contents[i]``,
+        with ``options`` (default: the engine's config; same network, see ``options()``).
 
         Splits into device-sized chunks; on out-of-memory a chunk is halved and retried. A
         single image that does not fit raises ``torch.OutOfMemoryError``. ``iterations``
-        overrides cfg.iterations for this call; ``init`` gives start images (default cfg.init).
+        overrides the options' for this call; ``init`` gives start images (default: ``init``).
         """
+        opts = self.options(options)
         if len(contents) != len(styles):
             raise ValueError(f"{len(contents)} contents but {len(styles)} styles")
         if not contents:
@@ -208,11 +314,12 @@ class Stylizer:
         results: list[ItemResult] = []
         start = 0
         while start < len(contents):
-            n = min(self._chunk_size(shape, len(contents) - start), len(contents) - start)
+            n = min(self._chunk_size(shape, opts), len(contents) - start)
             try:
-                results += self._optimize_chunk(
-                    contents[start:start + n], styles[start:start + n], callback,
-                    None if init is None else init[start:start + n], iterations)
+                with self.numerics():
+                    results += self._optimize_chunk(
+                        contents[start:start + n], styles[start:start + n], callback,
+                        None if init is None else init[start:start + n], iterations, opts)
             except torch.OutOfMemoryError:
                 if n == 1:
                     raise
@@ -222,34 +329,33 @@ class Stylizer:
             start += n
         return results
 
-    def _chunk_size(self, shape: tuple[int, int], pending: int) -> int:
+    def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig) -> int:
         if shape in self._batch_limit:  # learnt: measured, or halved after out-of-memory
             return self._batch_limit[shape]
-        if self.cfg.batch_size:
-            return self.cfg.batch_size
+        if opts.batch_size:
+            return opts.batch_size
         if self.device.type != "cuda":
             return 4
-        return self._measure_batch_limit(shape)
+        return self._measure_batch_limit(shape, opts)
 
-    def _measure_batch_limit(self, shape: tuple[int, int]) -> int:
+    def _measure_batch_limit(self, shape: tuple[int, int], opts: StyleConfig) -> int:
         """Peak memory of one image at this shape, measured once, against free memory."""
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         x = torch.zeros(1, 3, *shape, device=self.device, requires_grad=True)
-        feats = self.features(x)
+        feats = self.features(x, opts.content_layers + opts.style_layers)
         sum(f.float().pow(2).mean() for f in feats.values()).backward()
         per_image = torch.cuda.max_memory_allocated(self.device) - before
-        hist = 2 * self.cfg.history_size * 3 * shape[0] * shape[1] * 4  # L-BFGS (s, y) pairs
+        hist = 2 * opts.history_size * 3 * shape[0] * shape[1] * 4  # L-BFGS (s, y) pairs
         del x, feats
         free, _ = torch.cuda.mem_get_info(self.device)
         limit = max(1, min(64, int(0.8 * free / (per_image * 1.5 + hist))))
         self._batch_limit[shape] = limit
         return limit
 
-    def _optimize_chunk(self, contents, styles, callback, init,
-                        iterations=None) -> list[ItemResult]:
-        cfg = self.cfg
+    def _optimize_chunk(self, contents, styles, callback, init, iterations,
+                        cfg: StyleConfig) -> list[ItemResult]:
         iterations = iterations or cfg.iterations
         full = torch.stack([c.float() for c in contents]).to(self.device)  # (B, 3, H, W)
         grey = cfg.preserve_colors == "luminance"
@@ -260,60 +366,67 @@ class Stylizer:
             h, w = scale_shape(*full.shape[-2:], scale)
             m = margin_pixels(cfg.margin, h, w)
             content = _pad(_resize(target, h, w), m)  # (B, 3, h + 2m, w + 2m)
-            x = (self._initial(content, h + 2 * m, w + 2 * m) if x is None
+            x = (self._initial(content, h + 2 * m, w + 2 * m, cfg) if x is None
                  else _pad(_resize(x, h, w), m))
-            loss = self.loss_for(content, styles, longest=max(h, w))
+            loss = self.loss_for(content, styles, longest=max(h, w), options=cfg)
+            taps = cfg.content_layers + cfg.style_layers
             hook = _hook(callback, si, len(cfg.scales), iterations, m)
             out = optimize(
-                x, self._objective(loss), iterations, cfg.optimizer,
+                x, self._objective(loss, taps), iterations, cfg.optimizer,
                 cfg.effective_lr, cfg.history_size,
                 Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every,
-                narrow=lambda rows, loss=loss: self._objective(loss.select(rows)))
+                narrow=lambda rows, loss=loss: self._objective(loss.select(rows), taps))
             x, used = _crop(out.pixels, m), used + out.iterations
         losses = out.losses
         if m:  # report the losses of the picture delivered, without its margin
             with torch.no_grad():
                 x = x.contiguous()
-                losses = self.loss_for(_crop(content, m), styles)(self.features(x), x)
+                losses = self.loss_for(_crop(content, m), styles, options=cfg)(
+                    self.features(x, taps), x)
         pixels = color.combine_luminance(x, full) if grey else x
         total, content_l, style_l, tv = (t.tolist() for t in losses)
         images = pixels.clamp(0, 255).cpu()
         return [ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
                 for i in range(len(contents))]
 
-    def _objective(self, loss: GatysLoss):
-        return lambda px: loss(self.features(px), px)
+    def _objective(self, loss: GatysLoss, taps: tuple[str, ...]):
+        return lambda px: loss(self.features(px, taps), px)
 
     @torch.no_grad()
     def loss_for(self, content: torch.Tensor, styles: Sequence[Style],
-                 longest: int | None = None) -> GatysLoss:
+                 longest: int | None = None, options: StyleConfig | None = None) -> GatysLoss:
         """The loss module for a batch of contents (B, 3, h, w), one style each; the style
         images are scaled for a content of longest side ``longest`` (default: the content's)."""
-        cfg = self.cfg
+        cfg = self.options(options)
         per_image = cfg.preserve_colors != "none"
         longest = longest or max(content.shape[-2:])
-        grams = [self.style_grams(s, longest, content[i] if per_image else None)
+        grams = [self.style_grams(s, longest, content[i] if per_image else None, cfg)
                  for i, s in enumerate(styles)]
-        cfeats = self.features(content)
+        cfeats = self.features(content, cfg.content_layers)
         return GatysLoss(
             {k: cfeats[k].float() for k in cfg.content_layers},
             {k: torch.stack([g[k] for g in grams]) for k in cfg.style_layers},
-            self.content_w, self.style_w, cfg.content_weight, cfg.style_weight, cfg.tv_weight)
+            layer_weights(cfg.content_layers, cfg.content_layer_weights),
+            layer_weights(cfg.style_layers, cfg.style_layer_weights),
+            cfg.content_weight, cfg.style_weight, cfg.tv_weight)
 
     @torch.no_grad()
     def evaluate(self, pixels: Sequence[torch.Tensor], contents: Sequence[torch.Tensor],
-                 styles: Sequence[Style]) -> list[float]:
+                 styles: Sequence[Style], options: StyleConfig | None = None) -> list[float]:
         """Total Gatys loss of finished images (3, H, W) against their contents and styles."""
+        cfg = self.options(options)
         content = torch.stack([c.float() for c in contents]).to(self.device)
         x = torch.stack([p.float() for p in pixels]).to(self.device)
-        return self.loss_for(content, styles)(self.features(x), x)[0].tolist()
+        with self.numerics():
+            loss = self.loss_for(content, styles, options=cfg)
+            return loss(self.features(x, cfg.content_layers + cfg.style_layers), x)[0].tolist()
 
-    def _initial(self, content: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        init = self.cfg.init
+    def _initial(self, content: torch.Tensor, h: int, w: int, cfg: StyleConfig) -> torch.Tensor:
+        init = cfg.init
         if init == "content":
             return content.clone()
         if init == "noise":
-            noise = initial_noise(self.cfg, h, w)  # (3, h, w), the same for every image
+            noise = initial_noise(cfg, h, w)  # (3, h, w), the same for every image
             return noise.expand(content.shape[0], -1, -1, -1).to(self.device)
         img = load_image(init)  # a path: resized to each content's size
         return _resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()

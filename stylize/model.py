@@ -73,13 +73,20 @@ class VGGFeatures(nn.Module):
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels[:, self.perm] - self.shift) * self.scale
 
-    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor,
+                taps: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """``{tap: activation}`` for ``taps`` (default: every tap of the model), computed no
+        deeper than the deepest of them."""
+        wanted = self._tap_index if taps is None else {LAYER_NAMES.index(t): t for t in taps}
+        last = max(wanted)
+        if last >= len(self.layers) or any(self._tap_index.get(i) != t for i, t in wanted.items()):
+            raise ValueError(f"taps {taps} are not all among this model's {self.taps}")
         x = self.preprocess(pixels)
         out = {}
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers[: last + 1]):
             x = layer(x)
-            if i in self._tap_index:
-                out[self._tap_index[i]] = x
+            if i in wanted:
+                out[wanted[i]] = x
         return out
 
     def conv_layers(self) -> list[nn.Conv2d]:

@@ -17,7 +17,7 @@ step (loss grown more than GROWTH_LIMIT times) is undone and retried ten times s
 the cost of the one evaluation that found it. From the content it never triggered in our
 runs. No host synchronisation inside the loop: the only sync points are the progress
 callbacks, every ``log_every`` steps, and with early stopping the check that drops finished
-images from the batch, every ``window`` steps.
+images from the batch, every ``min(log_every, window)`` steps.
 
 Both optimizers keep the pixels in 0..255 (projection after each step; for L-BFGS the pair
 stores the move actually made). Unconstrained, a few percent of the pixels leave the range
@@ -178,7 +178,7 @@ class Outcome:
 
 
 def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer: str,
-             lr: float, history_size: int = 100, stopping: Stopping = Stopping(),
+             lr: float, history_size: int = 20, stopping: Stopping = Stopping(),
              hook: StepHook | None = None, log_every: int = 10,
              narrow: Callable[[torch.Tensor], Objective] | None = None) -> Outcome:
     """Minimise objective(x) for a batch of images x0 (B, 3, H, W), each independently.

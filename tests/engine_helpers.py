@@ -53,15 +53,15 @@ def per_image_features(stylizer) -> None:
     """Make ``stylizer`` run its network one image at a time (same maths, batch-invariant).
 
     oneDNN's convolutions round differently for batch 1 and batch 3 (about 1e-4 relative),
-    and the first L-BFGS curvature pair is built from a step of about 1/|g|_1, so that
-    rounding difference grows to several pixel levels within ten iterations. Running the
+    and L-BFGS builds its curvature pairs from differences of gradients, so that rounding
+    difference grows to several pixel levels within ten iterations. Running the
     network per image removes the library's contribution and leaves only the engine's own
     coupling between images (losses, optimiser state, stopping), which must be none.
     """
     batched = stylizer.features
 
-    def features(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = [batched(pixels[i:i + 1]) for i in range(pixels.shape[0])]
+    def features(pixels: torch.Tensor, taps=None) -> dict[str, torch.Tensor]:
+        outs = [batched(pixels[i:i + 1], taps) for i in range(pixels.shape[0])]
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     stylizer.features = features

@@ -113,7 +113,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     ("pooling", ["--pooling", "median"], "--pooling: 'median' is not allowed; allowed: max, avg"),
     ("preset", ["--preset", "monet"], "allowed: gatys2016, neural-style, fast"),
     ("colors", ["--preserve-colors", "sepia"], "allowed: none, luminance, histogram"),
-    ("size", ["--size", "big"], "--size: expected int"),
+    ("size", ["--size", "big"], "--size: expected an integer"),
     ("negative", ["--style-weight", "-1"], "--style-weight: must be >= 0"),
     ("layer", ["--style-layers", "relu9_1"], "--style-layers: unknown layer 'relu9_1'"),
     ("scales", ["--scales", "1.0,0.5"], "--scales: increasing fractions"),

@@ -14,6 +14,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from engine_helpers import (  # noqa: F401 (fixtures)
     SAMPLE_NAMES, load_caffe_state_uncached, reuse_caffe_weights, sample, sample_exact)
+from stylize import engine
 from stylize import model as vgg
 from stylize.config import resolve_config
 from stylize.engine import Stylizer
@@ -363,20 +364,23 @@ def test_normalize_gives_mean_activation_one_and_is_cached(monkeypatch, tmp_path
     def no_measuring(*args, **kwargs):
         raise AssertionError("the cached scales should have been used")
 
+    measure = vgg._measure_scales
     monkeypatch.setattr(vgg, "_measure_scales", no_measuring)
     again, _ = build_vgg("caffe", NORM_TAPS, "max", normalize=True,
                          normalize_images=lambda: images)
     with torch.no_grad():
         assert_features_close(again(pixels), model(pixels))
 
-    # The engine goes the same way (its taps give the same cut, hence the same cache key).
-    cfg = resolve_config(device="cpu", normalize=True, pooling="max",
-                         content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"))
-    st = Stylizer(cfg)
+    # The engine builds every layer (any per-image layer set is served), normalised on the
+    # bundled sample images: mean activation one for all sixteen.
+    monkeypatch.setattr(vgg, "_measure_scales", measure)
+    st = Stylizer(resolve_config(device="cpu", normalize=True, pooling="max"))
     assert st.weights_hash == norm_digest
-    with torch.no_grad():
-        assert_features_close(st.model(pixels), {k: model(pixels)[k] for k in
-                                                 ("relu1_1", "relu2_1", "relu3_1")})
+    means = _mean_activations(st.model, engine._sample_images())
+    assert len(means) == 16
+    for i, m in means.items():
+        alive = m > 0
+        torch.testing.assert_close(m[alive], torch.ones_like(m[alive]), rtol=0, atol=1e-3)
 
 
 def test_normalize_uses_what_the_cache_holds(monkeypatch, tmp_path, pixels):

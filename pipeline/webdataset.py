@@ -1,0 +1,185 @@
+"""Shard tars: a shard's finished outputs packed into one WebDataset tar.
+
+Layout of an output folder (beside ``_manifest``, see :mod:`pipeline.manifest`)::
+
+    {output}/_staging/...           loose outputs wait here until their shard is packed
+    {output}/shards/NNNNN.tar       one per packed shard, written whole (never half a tar)
+    {output}/shards/.tmp-*          a write in progress, or one a crash left behind
+
+A shard tar is an uncompressed POSIX (ustar) tar whose members come in pairs, in shard order::
+
+    {key}.{ext}     the encoded image (ext: png, jpg, webp, tif)
+    {key}.json      the item's manifest row (+ extra columns), UTF-8, sorted keys
+
+The key is the item id (20 hex characters): no dots, no slashes, as WebDataset splits a
+member name at its first dot into key and field. A manifest row names a sample as
+``{tar}#{key}.{ext}`` (:func:`member_uri`); :func:`read_member` reads one back.
+
+No torch, no Ray: plain bytes in and out, every byte through :mod:`pipeline.storage`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import math
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from pipeline import storage
+
+SHARDS_DIR = "shards"
+STAGING_DIR = "_staging"  # loose outputs wait here until their shard is packed
+_TAR = ".tar"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item of a shard tar: its image, staged at ``source_uri``, and its manifest row."""
+
+    key: str  # the item id: no dots, no slashes
+    ext: str  # image extension without the dot: png, jpg, webp, tif
+    source_uri: str  # where the encoded image bytes are now (a staged file)
+    meta: Mapping[str, Any]  # written as {key}.json
+
+    def __post_init__(self) -> None:
+        for what, value in (("key", self.key), ("ext", self.ext)):
+            if not value or any(c in value for c in "./#\\") or not value.isprintable():
+                raise ValueError(f"sample {what} {value!r}: must be non-empty, printable and "
+                                 f"without '.', '/', '\\' or '#' (WebDataset splits member "
+                                 f"names at the first dot); pass the item id as key")
+        if self.ext == "json":
+            raise ValueError(f"sample {self.key}: ext 'json' is taken by the metadata member")
+
+
+def shard_uri(output: str, shard_id: int) -> str:
+    """``{output}/shards/NNNNN.tar``."""
+    if shard_id < 0:
+        raise ValueError(f"shard id {shard_id}: must be >= 0")
+    return storage.join(output, SHARDS_DIR, f"{shard_id:05d}{_TAR}")
+
+
+def staging_uri(output: str) -> str:
+    """``{output}/_staging``: where outputs wait until their shard is packed."""
+    return storage.join(output, STAGING_DIR)
+
+
+def member_uri(tar_uri: str, key: str, ext: str) -> str:
+    """How a manifest row names a sample: ``{tar_uri}#{key}.{ext}``."""
+    return f"{tar_uri}#{key}.{ext}"
+
+
+def split_member_uri(uri: str) -> tuple[str, str] | None:
+    """``(tar_uri, member name)`` of ``tar#member``; None for a URI without a ``#member``
+    after ``.tar`` (a plain file, even one whose name holds a ``#``)."""
+    tar, sep, member = uri.rpartition("#")
+    if not sep or not member or not tar.endswith(_TAR):
+        return None
+    return tar, member
+
+
+def _json_default(o: Any) -> Any:
+    """What json cannot encode itself, as something it can (returned values are walked
+    again by :func:`_plain`)."""
+    if isinstance(o, (dt.datetime, dt.date, dt.time)):
+        return o.isoformat()
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return bytes(o).hex()  # readable and JSON-safe; base64 would save a third
+    if hasattr(o, "as_py"):  # pyarrow scalars
+        return o.as_py()
+    if hasattr(o, "tolist") and hasattr(o, "dtype"):  # numpy scalars (.item()) and arrays
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable: {o!r:.100}")
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as JSON types only; non-finite floats become null (strict JSON has no NaN)."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return _plain(_json_default(v))
+
+
+def _meta_json(meta: Mapping[str, Any]) -> bytes:
+    """The ``{key}.json`` member: strict JSON, UTF-8, sorted keys."""
+    return json.dumps(_plain(meta), ensure_ascii=False, sort_keys=True, allow_nan=False,
+                      default=_json_default).encode("utf-8")
+
+
+def pack_bytes(samples: Sequence[Sample], images: Sequence[bytes]) -> bytes:
+    """An uncompressed ustar tar, in memory: ``{key}.{ext}`` (``images[i]``) then
+    ``{key}.json`` for each sample, in order; one mtime for every member."""
+    if len(samples) != len(images):
+        raise ValueError(f"{len(samples)} samples but {len(images)} images")
+    seen: set[str] = set()
+    for s in samples:
+        if s.key in seen:
+            raise ValueError(f"sample key {s.key} twice in one shard (keys are item ids)")
+        seen.add(s.key)
+    mtime = int(time.time())  # an int: a float would add a pax header to every member
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for s, image in zip(samples, images):
+            members = ((f"{s.key}.{s.ext}", image), (f"{s.key}.json", _meta_json(s.meta)))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), mtime, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
+                options: Mapping[str, Any]) -> str:
+    """Pack the staged outputs of ``samples`` into ``shard_uri(output, shard_id)`` and
+    return that URI. The tar appears whole or not at all (storage's atomic write: temporary
+    ``.tmp-*`` name and rename locally, one PUT on object stores); only then are the staged
+    files removed, best effort (a failure is logged, not raised).
+
+    StorageError, and no tar, when a staged file cannot be read. The whole shard is held in
+    memory twice (images, then the tar)."""
+    if not samples:
+        raise ValueError(f"shard {shard_id}: no samples to pack (write no tar instead)")
+    uri = shard_uri(output, shard_id)
+    images = []
+    for s in samples:
+        try:
+            images.append(storage.read_bytes(s.source_uri, options))
+        except storage.StorageError:
+            raise
+        except OSError as e:  # permanent errors (no such file) come unwrapped
+            raise storage.StorageError(f"shard {shard_id}: staged output of {s.key} at "
+                                       f"{s.source_uri} cannot be read: {e}") from e
+    storage.write_bytes(uri, pack_bytes(samples, images), options, atomic=True)
+    for s in samples:
+        try:
+            storage.remove(s.source_uri, options)
+        except Exception as e:  # noqa: BLE001 - the tar is written: a leftover costs space only
+            log.warning("shard %d packed into %s, but staged %s was not removed: %s: %s",
+                        shard_id, uri, s.source_uri, type(e).__name__, e)
+    return uri
+
+
+def read_member(uri: str, options: Mapping[str, Any]) -> bytes:
+    """The bytes of ``tar#member`` (the whole tar is read); of the file ``uri`` itself when
+    it names no member. KeyError when the tar has no such member."""
+    parts = split_member_uri(uri)
+    if parts is None:
+        return storage.read_bytes(uri, options)
+    tar_uri, name = parts
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(tar_uri, options)), mode="r:") as tar:
+        f = tar.extractfile(tar.getmember(name))  # getmember: KeyError if missing
+        if f is None:
+            raise KeyError(f"{name} in {tar_uri} is not a regular file")
+        return f.read()
