@@ -126,6 +126,9 @@ def _grid_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", help="number of Ray workers (default: auto)")
     p.add_argument("--format", default="png", help="output format: png jpeg webp tiff")
     p.add_argument("--mode", choices=MODES, default="resume")
+    p.add_argument("--sweep", action="append", default=[], metavar="OPTION=[V1,V2..]",
+                   help="sweep an engine option, e.g. --sweep style_weight=[1e3,1e4] (repeat "
+                        "for a second axis): the grid is laid out on the sweep's axes")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job key, e.g. --set stylize.style_weight=1e4")
     _json_flag(p)
@@ -176,7 +179,8 @@ def _grid_job(args: argparse.Namespace):
     }
     if args.workers is not None:
         raw["ray"] = {"num_workers": args.workers}
-    return job_from_mapping(apply_overrides(raw, args.overrides))
+    sweeps = [f"sweep.{s}" for s in args.sweep]
+    return job_from_mapping(apply_overrides(raw, [*sweeps, *args.overrides]))
 
 
 def _run(args: argparse.Namespace, ctx: _Context) -> int:

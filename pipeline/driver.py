@@ -26,7 +26,8 @@ from pipeline import grid as grids
 from pipeline import manifest, storage
 from pipeline.errors import EXIT_FAILED, EXIT_OK, InfraError, install_signal_handlers
 from pipeline.inline import InlineExecutor
-from pipeline.items import make_items, make_shards
+from pipeline import webdataset as wds
+from pipeline.items import FORMAT_EXTENSIONS, Plan, make_items, make_shards
 from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
 from pipeline.progress import Progress
 from pipeline.scheduler import Scheduler, WorkerStartError
@@ -63,7 +64,39 @@ def fingerprint(job: JobConfig, styles) -> dict[str, Any]:
                    "bit_depth": job.output_bit_depth},
         "styles": {s.name: {"uris": [redact_uri(u) for u in s.uris],
                             "weights": list(s.weights)} for s in styles},
+        **_dataset_keys(job),
     }
+
+
+def _dataset_keys(job: JobConfig) -> dict[str, Any]:
+    """The dataset keys that differ from their defaults (a run made before they existed has
+    the same fingerprint as one with the defaults)."""
+    keys = {"assign": job.assign if isinstance(job.assign, str) else job.assign.model_dump(),
+            "layout": job.layout, "container": job.container, "sweep": job.sweep}
+    defaults = {"assign": "all", "layout": "by_style", "container": "files", "sweep": None}
+    return {k: v for k, v in keys.items() if v != defaults[k]}
+
+
+def _plan(job: JobConfig, n_styles: int) -> Plan:
+    assign = job.assign
+    if not isinstance(assign, str):
+        if assign.random > n_styles:
+            raise JobConfigError(f"assign.random: {assign.random} styles per content, but the "
+                                 f"style set has {n_styles}")
+        assign = (assign.random, assign.seed)
+    return Plan(assign, job.layout, job.sweep_points(), job.point_hashes())
+
+
+def _stage(job: JobConfig, items: list) -> list:
+    """``container: webdataset``: outputs wait in {output}/_staging until their shard is
+    packed; items of one style go together where styles are drawn, so a worker computes
+    each style's targets once per shard."""
+    if job.container == "webdataset":
+        ext = FORMAT_EXTENSIONS[job.output_format]
+        stage = wds.staging_uri(job.output)
+        items = [i.__class__(**{**i.__dict__, "output_uri": f"{stage}/{i.item_id}.{ext}"})
+                 for i in items]
+    return items
 
 
 def _diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
@@ -242,10 +275,14 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     styles = list_styles(job)
     check_styles_load(styles, options)
     storage.check_writable(job.output, options)
+    plan = _plan(job, len(styles))
     fp = fingerprint(job, styles)
     _check_previous(job, fp)
     manifest.remove_stale_temporaries(job.output, options)
-    items = make_items(contents, styles, job.output, job.output_format, job.params_hash)
+    if job.container == "webdataset":
+        _remove_orphan_shards(job)
+    items = _stage(job, make_items(contents, styles, job.output, job.output_format,
+                                   job.params_hash, plan))
     manifest.write_json(manifest.job_uri(job.output),
                         {"fingerprint": fp, "items_total": len(items)}, options)
     ids = pa.array([i.item_id for i in items], pa.string())
@@ -253,6 +290,8 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     done = pc.is_in(ids, value_set=kept["item_id"]).to_pylist()
     del ids
     todo = [i for i, d in zip(items, done) if not d]
+    if job.assign != "all":  # one style per shard where possible: its targets computed once
+        todo.sort(key=lambda i: (i.style, i.index))
     n_kept = len(items) - len(todo)
     first = max(manifest.part_ids(job.output, options), default=-1) + 1
     shards = make_shards(todo, job.shard_size, first_id=first)
@@ -268,8 +307,12 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     workers: list[dict] = []
     cluster: dict[str, float] = {}
 
+    extra = _ExtraColumns(job, listing, contents, items)
+
     def on_shard(shard_id: int, rows: list[dict]) -> None:
         try:
+            if job.container == "webdataset":
+                rows = _pack(job, shard_id, rows, extra)
             new_tables.add(shard_id, manifest.write_part(job.output, shard_id, rows, options,
                                                          secrets))
         except StorageError as e:
@@ -317,29 +360,114 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
 
     try:
         return _finish(job, items, contents, styles, kept, new_tables, len(todo), workers,
-                       cluster, stream, timings=(t_start, started_at, t_listed, t_run))
+                       cluster, stream, timings=(t_start, started_at, t_listed, t_run),
+                       extra=extra)
     except StorageError as e:
         raise InfraError(f"cannot write the run's final files: {e}; every finished item is "
                          "kept in its part") from None
 
 
 def _spec(job: JobConfig, threads: int) -> WorkerSpec:
+    cache = None if job.target_cache_mb is None else int(job.target_cache_mb * 2**20)
     return WorkerSpec(job.stylize, job.params_hash, job.output_format, job.output_quality,
                       job.output_bit_depth, dict(job.storage_options), threads=threads,
-                      io_retry_s=job.io_retry_s)
+                      io_retry_s=job.io_retry_s, points=tuple(job.sweep_points()),
+                      target_cache_bytes=cache)
+
+
+class _ExtraColumns:
+    """The columns a manifest row gets beyond manifest.SCHEMA: one per swept key (its value
+    at the item's point) and a list input's other columns (typed as in the input)."""
+
+    def __init__(self, job: JobConfig, listing, contents, items):
+        self.points = job.sweep_points()
+        self.keys = list(job.sweep or {})
+        self.extras = listing.extras
+        row_of = {c.uri: c.row for c in contents}
+        self.point_of = {i.item_id: i.point for i in items}
+        self.row_of = {i.item_id: row_of.get(i.content_uri, -1) for i in items} \
+            if self.extras is not None else {}
+
+    def __bool__(self) -> bool:
+        return bool(self.keys) or self.extras is not None
+
+    def for_row(self, item_id: str) -> dict[str, Any]:
+        """The extra values of one item, as plain Python (for a WebDataset sample's json)."""
+        out = {k: self.points[self.point_of.get(item_id, 0)][k] for k in self.keys}
+        row = self.row_of.get(item_id, -1)
+        if self.extras is not None:
+            out.update({c: (self.extras.column(c)[row].as_py() if row >= 0 else None)
+                        for c in self.extras.column_names})
+        return out
+
+    def add_to(self, table: pa.Table) -> pa.Table:
+        """``table`` (manifest rows) with the extra columns appended."""
+        if not self:
+            return table
+        ids = table["item_id"].to_pylist()
+        for k in self.keys:
+            table = table.append_column(k, pa.array(
+                [self.points[self.point_of.get(i, 0)][k] for i in ids]))
+        if self.extras is not None:
+            rows = pa.array([self.row_of.get(i, -1) for i in ids], pa.int64())
+            idx = pc.if_else(pc.less(rows, 0), pa.scalar(None, pa.int64()), rows)
+            picked = self.extras.take(idx)
+            for c in picked.column_names:
+                table = table.append_column(c, picked[c])
+        return table
+
+
+def _remove_orphan_shards(job: JobConfig) -> None:
+    """Tars without a manifest part (a run that died between the two, or ``mode: overwrite``)
+    and staged outputs of a run that stopped: their items are done again, and a reader of
+    shards/*.tar must never see a sample twice."""
+    options = job.storage_options
+    parts = set(manifest.part_ids(job.output, options))
+    folder = storage.join(job.output, wds.SHARDS_DIR)
+    for name in storage.listdir(folder, options):
+        stem = name[:-4] if name.endswith(".tar") else ""
+        if not (stem.isdigit() and int(stem) in parts):
+            storage.remove(storage.join(folder, name), options)
+    stage = wds.staging_uri(job.output)
+    if storage.exists(stage, options):
+        storage.remove(stage, options, recursive=True)
+
+
+def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns) -> list[dict]:
+    """Pack the shard's ok outputs into {output}/shards/NNNNN.tar (their rows then name
+    ``tar#key.ext``); each sample's json is its manifest row and its extra columns."""
+    ext = FORMAT_EXTENSIONS[job.output_format]
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return rows
+    tar = wds.shard_uri(job.output, shard_id)
+    secrets = secret_values(job.storage_options)
+    samples = [wds.Sample(r["item_id"], ext, r["output_uri"], {
+        **manifest.clean_row(r, secrets), "output_uri": wds.member_uri(tar, r["item_id"], ext),
+        **extra.for_row(r["item_id"])}) for r in ok]
+    wds.write_shard(job.output, shard_id, samples, job.storage_options)
+    return [{**r, "output_uri": wds.member_uri(tar, r["item_id"], ext)}
+            if r["status"] == "ok" else r for r in rows]
 
 
 def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
             new_tables: manifest.ShardTables, computed: int, workers: list[dict],
-            cluster: Mapping[str, float], stream: IO[str], timings: tuple) -> JobResult:
+            cluster: Mapping[str, float], stream: IO[str], timings: tuple,
+            extra: _ExtraColumns | None = None) -> JobResult:
     """manifest.parquet, grid, run.json and the summary."""
     t_start, started_at, t_listed, t_run = timings
     options = job.storage_options
     # the parts' tables (cleaned when written), by shard id: in job order for a fresh run
     rows = pa.concat_tables([kept, *new_tables.tables()])
-    table, _ = manifest.write_manifest(job.output, items, rows, options)
+    table, _ = manifest.write_manifest(job.output, items, rows, options,
+                                       extra.add_to if extra else None)
     grid_uris: list[str] = []
-    if job.grid.enabled:
+    if job.grid.enabled and job.sweep:  # the sweep on its axes, a page per content x style
+        from pipeline.sweepgrid import write_sweep_grids
+
+        grid_uris = write_sweep_grids(job.output, table.to_pylist(), job.sweep, options,
+                                      job.grid.cell_size, job.stylize.content_weight)
+    elif job.grid.enabled:
         existing = grids.grid_uris(job.output, 1)[0]
         if new_tables or not storage.exists(existing, options):
             grid_uris = grids.write_grids(job.output, contents, styles, table.to_pylist(),

@@ -1,9 +1,15 @@
 """Work items and shards: what the driver hands to the actors (URIs and names, never pixels).
 
 A work item is (content, style, parameters). Its id hashes the content URI with its version
-tag, the style (its files, their tags and blend weights) and the params hash, so a rerun finds
-the same ids and an edited file or a changed setting gives new ones. The output path is a pure
-function of the item: ``{output}/{style}/{content path relative to the input root}.{ext}``,
+tag, the style (its files, their tags and blend weights) and the params hash (of its point of
+the sweep, if any), so a rerun finds the same ids and an edited file or a changed setting
+gives new ones. Which styles a content gets is the job's ``assign`` (all, k at random, or a
+list column), decided by :func:`assign_styles` from the content's relative path alone.
+
+The output path is a pure function of the item: with ``layout: by_style``
+``{output}/{style}[/{point}]/{content path relative to the input root}.{ext}``; with
+``layout: mirror`` ``{output}/images/{relative path}[__{style}][__{point}].{ext}`` (the style in the
+name when a content can get several styles, the point when there is a sweep),
 every component sanitised so that it can never leave the output root, valid UTF-8 (bytes of a
 name that were not are written ``%XX``) and at most 255 bytes long (a longer name is cut on a
 character boundary and ends with ``~`` and a hash of the whole name). Names that one file
@@ -15,11 +21,13 @@ files (RESERVED_STYLE_NAMES).
 from __future__ import annotations
 
 import fnmatch
+import json
 import posixpath
+import random
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline import storage
 from pipeline.redact import show_undecodable
@@ -31,6 +39,9 @@ MAX_NAME_BYTES = 255  # of one path component (NAME_MAX of ext4, XFS, btrfs, ZFS
 # Style folders sit next to the run's own files in the output root; a style whose name
 # matches one of these (case-insensitively) is refused.
 RESERVED_STYLE_NAMES = ("_*", ".*", "manifest.*", "run.json", "job.json", "grid*", "report*")
+# With layout: mirror the input tree is repeated under {output}/images: the output root also
+# holds the run's own folders (_manifest, report), which ImageFolder would take for classes.
+MIRROR_DIR = "images"
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class Content:
     # Why the file cannot be read, found while listing (a dangling symlink, a symlink loop,
     # a link to a folder); its items fail with this message instead of vanishing.
     problem: str = ""
+    style: str | None = None  # its row's `style` column (assign: column)
+    row: int = -1  # its row in the list input (Listing.extras), -1: none
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,7 @@ class WorkItem:
     output_uri: str
     index: int  # position in the job's item order (manifest row order)
     problem: str = ""  # Content.problem: the item fails with it, nothing is read
+    point: int = 0  # index into the job's sweep points (JobConfig.sweep_points())
 
 
 @dataclass(frozen=True)
@@ -148,12 +162,43 @@ def _name_key(path: str) -> str:
     return unicodedata.normalize("NFC", path).casefold()
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How contents and styles become items: ``assign`` is ``"all"``, ``"column"`` or
+    ``(k, seed)``; ``points`` the sweep's points (``[{}]``: none), ``point_hashes`` the params
+    hash of each."""
+
+    assign: str | tuple[int, int] = "all"
+    layout: str = "by_style"
+    points: Sequence[Mapping[str, Any]] = ({},)
+    point_hashes: Sequence[str] = ("",)
+
+
+def assign_styles(rel: str, names: Sequence[str], k: int, seed: int) -> list[int]:
+    """Indices of ``k`` distinct styles of ``names`` (the style set, in any order) for the
+    content at relative path ``rel``: a function of (rel, seed, the set of names) only."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    key = short_hash("assign", str(seed), short_hash(*sorted(names)), rel, n=32)
+    return [order[i] for i in random.Random(key).sample(range(len(names)), k)]
+
+
+def point_label(point: Mapping[str, Any]) -> str:
+    """A point of a sweep as a path component: ``style_weight=1000,style_layers=relu1_1+..``."""
+    def show(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "+".join(map(show, v))
+        return f"{v:g}" if isinstance(v, float) else json.dumps(v) if v is None else str(v)
+    return sanitize_component(",".join(f"{k}={show(v)}" for k, v in point.items()))
+
+
 def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: str,
-               fmt: str, params_hash: str) -> list[WorkItem]:
-    """Every (content, style) pair, content-major so that a shard holds each content under
-    several styles (same size: one batch). Output names that would collide, e.g. ``a.jpg`` and
+               fmt: str, params_hash: str, plan: Plan | None = None) -> list[WorkItem]:
+    """The job's items: for each content its styles (``plan.assign``), for each of those
+    every point of the sweep; content-major, so that a shard holds a content under several
+    styles (same size: one batch). Output names that would collide, e.g. ``a.jpg`` and
     ``a.png``, ``A.jpg`` and ``a.jpg``, or ``a.png`` and a folder ``a.png/``, get a short hash
     of their URI appended."""
+    plan = plan or Plan(point_hashes=(params_hash,))
     ext = "." + FORMAT_EXTENSIONS[fmt]
     stems = [_stem_parts(c.rel) for c in contents]
     counts: dict[str, int] = {}
@@ -162,22 +207,50 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
         key = _name_key("/".join(parts))
         counts[key] = counts.get(key, 0) + 1
         folders.update(_name_key("/".join(parts[:i])) for i in range(1, len(parts)))
-    by_style = [(s.name, s.key, storage.join(output, sanitize_component(s.name)))
-                for s in styles]
+    names = [s.name for s in styles]
+    by_name = {s.name: i for i, s in enumerate(styles)}
+    folder = [storage.join(output, sanitize_component(n)) for n in names]
+    labels = [point_label(p) for p in plan.points] if len(plan.points) > 1 else [""]
+    mirror = plan.layout == "mirror"
+    several = (plan.assign == "all" and len(styles) > 1) or \
+        (isinstance(plan.assign, tuple) and plan.assign[0] > 1)
     items = []
     for c, parts in zip(contents, stems):
         key = _name_key("/".join(parts))
-        clash = counts[key] > 1 or _name_key("/".join(parts) + ext) in folders
-        tail = _output_tail(parts, f"-{_hash(c.uri, n=8)}" if clash else "", ext)
-        for name, style_key, folder in by_style:  # == output_uri(output, name, c.rel, ...)
-            items.append(WorkItem(
-                item_id=_hash(c.uri, c.tag, style_key, params_hash),
-                content_uri=c.uri,
-                style=name,
-                output_uri=f"{folder}/{tail}",
-                index=len(items),
-                problem=c.problem,
-            ))
+        clash = f"-{_hash(c.uri, n=8)}" if counts[key] > 1 or \
+            _name_key("/".join(parts) + ext) in folders else ""
+        problem = c.problem
+        if plan.assign == "all":
+            chosen = range(len(styles))
+        elif plan.assign == "column":
+            if c.style in by_name:
+                chosen = [by_name[c.style]]
+            else:  # a row naming no style of the set: a failed row, never a silent skip
+                chosen, problem = [], problem or (
+                    f"its style column names {c.style!r}, not one of the job's styles"
+                    if c.style else "its style column is empty")
+        else:
+            chosen = assign_styles(c.rel, names, *plan.assign)
+        targets = [(names[i], styles[i].key, folder[i]) for i in chosen] or \
+            [(c.style or "", "", storage.join(output, "_"))]
+        for name, style_key, style_folder in targets:
+            for p, label in enumerate(labels):
+                if mirror:
+                    suffix = clash + (f"__{sanitize_component(name)}" if several else "") + \
+                        (f"__{label}" if label else "")
+                    uri = storage.join(output, MIRROR_DIR, _output_tail(parts, suffix, ext))
+                else:
+                    uri = storage.join(style_folder, *([label] if label else []),
+                                       _output_tail(parts, clash, ext))
+                items.append(WorkItem(
+                    item_id=_hash(c.uri, c.tag, style_key or name, plan.point_hashes[p]),
+                    content_uri=c.uri,
+                    style=name,
+                    output_uri=uri,
+                    index=len(items),
+                    problem=problem,
+                    point=p,
+                ))
     return items
 
 

@@ -23,7 +23,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
 
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import short_hash
-from stylize.config import BIT_DEPTHS, OUTPUT_FORMATS, TYPE_NOUNS, StyleConfig
+from stylize.config import (BIT_DEPTHS, NETWORK_OPTIONS, OUTPUT_FORMATS, TYPE_NOUNS,
+                            ConfigError, StyleConfig)
 
 MODES = ("resume", "overwrite")
 RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
@@ -66,6 +67,21 @@ class GridConfig(BaseModel):
     cell_size: int = Field(256, ge=16, description="pixels, longest side of every thumbnail")
     rows_per_page: int = Field(8, ge=1, description="content images per page")
     cols_per_page: int = Field(8, ge=1, description="styles per page")
+
+
+class RandomAssign(BaseModel):
+    """``k`` distinct styles per content, drawn from the style set: the draw depends only on
+    the content's relative path, the seed and the style set (not on listing order, shards,
+    workers, or the other contents), so a resume or a rerun draws the same."""
+
+    model_config = _FROZEN
+    random: int = Field(ge=1, description="styles per content")
+    seed: int = 0
+
+
+ASSIGN_MODES = ("all", "column")
+LAYOUTS = ("by_style", "mirror")
+CONTAINERS = ("files", "webdataset")
 
 
 class BlendPart(BaseModel):
@@ -128,6 +144,20 @@ class JobConfig(BaseModel):
     grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
     report: bool = Field(True, description="write the HTML report {output}/report/index.html "
                                            "at the end (also: stylize report OUTPUT)")
+    assign: Union[Literal[ASSIGN_MODES], RandomAssign] = Field("all", description=(
+        "all: every content x every style; {random: k, seed: 0}: k styles per content, "
+        "drawn reproducibly; column: a list input's `style` column names each row's style"))
+    layout: Literal[LAYOUTS] = Field("by_style", description=(
+        "by_style: {output}/{style}/{relative path}; mirror: {output}/images/{relative path} "
+        "(the input tree, for ImageFolder; several styles per content: {stem}__{style}.{ext})"))
+    container: Literal[CONTAINERS] = Field("files", description=(
+        "files: one image file per item; webdataset: one tar per shard, "
+        "{output}/shards/NNNNN.tar, each sample {key}.{ext} + {key}.json"))
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(None, description=(
+        "per-image engine options to sweep, e.g. {style_weight: [1e2, 1e3]}: one item per "
+        "(content, style, point)"))
+    target_cache_mb: float | None = Field(None, gt=0, description=(
+        "style targets kept per worker (LRU); null: a tenth of the GPU's memory, 1 GiB on a CPU"))
 
     # ------------------------------------------------------------------- normalisation
     @field_validator("stylize", mode="before")
@@ -161,6 +191,21 @@ class JobConfig(BaseModel):
     def _grid_forms(cls, value: Any) -> Any:
         return False if value is None else value
 
+    @field_validator("sweep", mode="after")
+    @classmethod
+    def _sweep_keys(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if not value:
+            return None
+        for key in value:
+            if key in NETWORK_OPTIONS or key == "preset":
+                raise ValueError(f"{key}: builds the network, which a sweep cannot change; "
+                                 f"sweep per-image options only")
+            if key not in StyleConfig.model_fields:
+                near = difflib.get_close_matches(key, list(StyleConfig.model_fields), n=1)
+                raise ValueError(f"{key}: not an engine option"
+                                 f"{f'; did you mean {near[0]!r}?' if near else ''}")
+        return value
+
     @model_validator(mode="after")
     def _normalise(self) -> "JobConfig":
         if self.output_bit_depth == 16 and self.output_format not in ("png", "tiff"):
@@ -174,7 +219,24 @@ class JobConfig(BaseModel):
         set_(self, "grid", self.grid if isinstance(self.grid, GridConfig)
              else GridConfig(enabled=self.grid))
         _check_memory_urls(self)
+        for point in self.sweep_points():  # every point must be valid options
+            try:
+                self.stylize.replace(**point)
+            except ConfigError as e:
+                raise ValueError(f"sweep {point}: {str(e).lstrip('-')}") from None
         return self
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """Every combination of the swept values, first key slowest; ``[{}]`` without a
+        sweep."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in (self.sweep or {}).items():
+            points = [{**p, key: v} for p in points for v in values]
+        return points
+
+    def point_options(self, point: Mapping[str, Any]) -> StyleConfig:
+        """The engine options of one point of the sweep."""
+        return self.stylize.replace(**point) if point else self.stylize
 
     # -------------------------------------------------------------------------- views
     def to_dict(self) -> dict[str, Any]:
@@ -196,7 +258,14 @@ class JobConfig(BaseModel):
     @property
     def params_hash(self) -> str:
         """Hash of everything that determines an output's pixels (engine and encoding)."""
-        params = {k: v for k, v in self.stylize.to_dict().items() if k not in NON_OUTPUT_OPTIONS}
+        return self._params_hash(self.stylize)
+
+    def point_hashes(self) -> list[str]:
+        """The params hash of each point of the sweep (``[params_hash]`` without one)."""
+        return [self._params_hash(self.point_options(p)) for p in self.sweep_points()]
+
+    def _params_hash(self, cfg: StyleConfig) -> str:
+        params = {k: v for k, v in cfg.to_dict().items() if k not in NON_OUTPUT_OPTIONS}
         params["output"] = [self.output_format, self.output_quality, self.output_bit_depth]
         return stable_hash(params)
 

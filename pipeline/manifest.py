@@ -16,7 +16,7 @@ import io
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,7 +86,7 @@ def make_row(item: WorkItem, status: str, *, params_hash: str, shard: int, attem
     return row
 
 
-def _clean(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, Any]:
+def clean_row(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, Any]:
     """What may reach a manifest: no credentials, and text that is valid UTF-8."""
     out = dict(row)
     uri = out.get("content_uri")
@@ -117,7 +117,7 @@ def raw_content_uri(row: Mapping[str, Any]) -> str:
 
 def to_table(rows: Iterable[Mapping[str, Any]], secrets: Sequence[str] = ()) -> pa.Table:
     """Rows as a table of :data:`SCHEMA`; ``secrets``: values masked in error messages."""
-    return pa.Table.from_pylist([_clean(r, secrets) for r in rows], schema=SCHEMA)
+    return pa.Table.from_pylist([clean_row(r, secrets) for r in rows], schema=SCHEMA)
 
 
 def _to_parquet(table: pa.Table) -> bytes:
@@ -252,10 +252,13 @@ def read_manifest(output: str, options: Mapping[str, Any]) -> pa.Table | None:
 
 
 def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
-                   options: Mapping[str, Any]) -> tuple[pa.Table, bool]:
+                   options: Mapping[str, Any],
+                   extend: Callable[[pa.Table], pa.Table] | None = None
+                   ) -> tuple[pa.Table, bool]:
     """``manifest.parquet``: the rows of ``items`` found in ``rows`` (one per item), in job
-    order. Not rewritten when its rows are already exactly these: a resumed run that computed
-    nothing leaves the file untouched. Returns the table and whether the file was written."""
+    order, with the columns ``extend`` adds (a sweep's keys, a list input's columns). Not
+    rewritten when its rows are already exactly these: a resumed run that computed nothing
+    leaves the file untouched. Returns the table and whether the file was written."""
     # vectorised (a million items: seconds in Python, a fraction of a second here): each
     # row's item position, null for rows of no item (sorted last, then cut off)
     where = pc.index_in(rows["item_id"], value_set=pa.array([i.item_id for i in items],
@@ -267,6 +270,8 @@ def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
     else:
         order = pc.sort_indices(pc.fill_null(position, 2**63 - 1))  # stable
         table = rows.take(order.slice(0, len(position) - position.null_count))
+    if extend is not None:
+        table = extend(table)
     uri = storage.join(output, "manifest.parquet")
     if _file_equals(uri, table, options):
         return table, False

@@ -46,7 +46,7 @@ from pipeline.jobconfig import JobConfig, StyleSource
 from pipeline.redact import redact_text, redact_uri, show_undecodable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
-LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
+LIST_EXTENSIONS = (".txt", ".csv", ".parquet", ".jsonl")
 URI_COLUMNS = ("uri", "url", "path", "content_uri")
 _GLOB = re.compile(r"[*?\[]")
 _INFO_THREADS = 16  # concurrent stat/HEAD calls for the entries of a list file
@@ -78,6 +78,9 @@ class Listing:
 
     contents: list[Content]
     skipped: list[Skipped] = field(default_factory=list)
+    # a list input's other columns (labels, captions...), typed as in the input; a content's
+    # row is ``extras[content.row]``; None without such columns
+    extras: Any = None
 
     def report(self, limit: int = 3) -> list[str]:
         """One line per reason: how many entries were skipped or cannot be read (their rows
@@ -316,42 +319,76 @@ def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return storage.retrying(f"check {fs.unstrip_protocol(path)}", lambda: fs.exists(path))
 
 
-def _read_list(uri: str, options: Mapping[str, Any]) -> list[str]:
-    """URIs from a .txt (one per line, # comments), .csv or .parquet list. Bytes that are not
-    UTF-8 (Linux file names) are kept as surrogate escapes, as ``os.fsdecode`` does."""
+def _read_list(uri: str, options: Mapping[str, Any]) -> tuple[list[str], Any]:
+    """URIs from a .txt (one per line, # comments), .csv, .parquet or .jsonl list, and the
+    list's other columns as a pyarrow Table with one row per URI returned (None for .txt or
+    a CSV without a header). Bytes that are not UTF-8 (Linux file names) are kept as
+    surrogate escapes, as ``os.fsdecode`` does."""
+    import pyarrow as pa
+
     data = storage.read_bytes(uri, options)
     ext = posixpath.splitext(uri)[1].lower()
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(io.BytesIO(data))
-        names = [n for n in URI_COLUMNS if n in table.column_names]
+    table = None
+    if ext in (".parquet", ".jsonl"):
+        table = _read_table(uri, ext, data)
+    elif ext == ".csv":
+        text = data.decode("utf-8-sig", "surrogateescape")
+        rows = [r for r in csv.reader(io.StringIO(text)) if r]
+        if rows and any(c.strip().lower() in URI_COLUMNS for c in rows[0]):
+            try:  # typed columns (labels stay ints), as pyarrow reads them
+                table = _read_table(uri, ext, data)
+            except SourceError:
+                table = None
+            if table is None:  # not UTF-8: the plain reader, strings throughout
+                header = [c.strip() for c in rows[0]]
+                table = pa.table({h: [r[i] if i < len(r) else None for r in rows[1:]]
+                                  for i, h in enumerate(header)})
+    if table is not None:
+        names = [n for n in URI_COLUMNS if n in [c.strip().lower() for c in table.column_names]]
         if not names:
             raise SourceError(f"{uri}: no column named {' or '.join(URI_COLUMNS)}")
+        col = next(c for c in table.column_names if c.strip().lower() == names[0])
         values = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
-                  for v in table.column(names[0]).to_pylist()]
+                  for v in table.column(col).to_pylist()]
+        table = table.drop_columns([col])
     elif ext == ".csv":
-        rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig", "surrogateescape")))
-                if r]
-        col = 0
-        if rows and any(c.strip().lower() in URI_COLUMNS for c in rows[0]):
-            col = [c.strip().lower() for c in rows[0]].index(
-                next(c.strip().lower() for c in rows[0] if c.strip().lower() in URI_COLUMNS))
-            rows = rows[1:]
-        values = [r[col] if col < len(r) else "" for r in rows]
+        values = [r[0] for r in rows]
     else:
         values = [line.split("#", 1)[0] if line.lstrip().startswith("#") else line
                   for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-    out = []
-    for v in values:
-        v = (v or "").strip()
+    out, kept = [], []
+    for n, v in enumerate(values):
+        v = (v if isinstance(v, str) else "" if v is None else str(v)).strip()
         if not v:
             continue
         if "://" not in v and not v.startswith("/"):
             v = f"{base}/{v}"  # relative entries are relative to the list file
         out.append(v)
-    return out
+        kept.append(n)
+    if table is not None and len(kept) != table.num_rows:
+        table = table.take(pa.array(kept, pa.int64()))
+    return out, table
+
+
+def _read_table(uri: str, ext: str, data: bytes) -> Any:
+    import pyarrow as pa
+
+    try:
+        if ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(io.BytesIO(data))
+        if ext == ".jsonl":
+            import pyarrow.json as pj
+
+            return pj.read_json(io.BytesIO(data))
+        import pyarrow.csv as pcsv
+
+        return pcsv.read_csv(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(f"{_show(uri)}: cannot be read as {ext[1:]}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
 
 
 def _common_dir(uris: list[str]) -> str:
@@ -406,10 +443,12 @@ def list_inputs(job: JobConfig) -> Listing:
     output = storage.canonical(job.output)
     single = job.input if isinstance(job.input, str) else None
     skipped: list[Skipped] = []
+    extras = None
     try:
         if single and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
                 and not _GLOB.search(single):
-            uris = [storage.canonical(u) for u in _read_list(single, options)]
+            uris, extras = _read_list(single, options)
+            uris = [storage.canonical(u) for u in uris]
             pairs = _relative_to_common(
                 _list_file_entries(uris, options, job.extensions, output, skipped))
         else:
@@ -423,18 +462,47 @@ def list_inputs(job: JobConfig) -> Listing:
     except (OSError, ValueError) as e:
         raise SourceError(f"input {_show_input(job.input)}: cannot be listed: "
                           f"{type(e).__name__}: {redact_text(str(e))}") from None
+    rows, styles, extras = _row_columns(job, uris if extras is not None else [], extras)
     seen: dict[str, Content] = {}
     for entry, rel in pairs:
         tag = file_tag(entry.info)
         if entry.problem:  # a fixed link (its target's tag) is a new item
             tag = f"unreadable:{tag}"
-        seen.setdefault(entry.uri, Content(entry.uri, rel, tag, entry.problem))
-    listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped)
+        row = rows.get(entry.uri, -1)
+        seen.setdefault(entry.uri, Content(entry.uri, rel, tag, entry.problem,
+                                           styles[row] if styles and row >= 0 else None, row))
+    listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped, extras)
     if not listing.contents:
         why = "; ".join(listing.report())
         raise SourceError(f"input {_show_input(job.input)}: no files found"
                           f"{f' ({why})' if why else ''}")
     return listing
+
+
+def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, list, Any]:
+    """(uri -> row of ``table``, the `style` column for ``assign: column``, the columns that
+    travel to the manifest). SourceError for a column named like a manifest column."""
+    from pipeline.manifest import COLUMNS
+
+    if job.assign == "column" and (table is None or "style" not in table.column_names):
+        raise SourceError(f"input {_show_input(job.input)}: assign: column needs a list input "
+                          "(csv, parquet, jsonl) with a `style` column")
+    if table is None:
+        return {}, [], None
+    styles = []
+    if job.assign == "column":
+        styles = [None if v is None else str(v) for v in table.column("style").to_pylist()]
+        table = table.drop_columns(["style"])
+    taken = set(COLUMNS) | set(job.sweep or {})
+    clash = [c for c in table.column_names if c in taken]
+    if clash:
+        raise SourceError(f"input {_show_input(job.input)}: column {clash[0]!r} has the name of "
+                          "a manifest column; rename it in the list (columns other than the "
+                          "URI are copied to every manifest row)")
+    rows: dict[str, int] = {}
+    for n, u in enumerate(uris):
+        rows.setdefault(u, n)
+    return rows, styles, table if table.num_columns else None
 
 
 def list_contents(job: JobConfig) -> list[Content]:
@@ -518,10 +586,20 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
     return list(refs.values())
 
 
+STYLES_DECODED_UP_FRONT = 16
+
+
 def check_styles_load(styles: list[StyleRef], options: Mapping[str, Any]) -> None:
-    """Decode every style image once on the driver, so a bad style stops the job up front."""
+    """Decode the style images on the driver, so that a bad style (or a wrong folder) stops
+    the job up front. With more than STYLES_DECODED_UP_FRONT styles (a folder of 80,000
+    paintings) only that many, spread over the set, are decoded here; any other style that
+    cannot be decoded fails its items' rows (failed_decode) on the worker."""
     from stylize.images import ImageError, decode_image
 
+    n = len(styles)
+    if n > STYLES_DECODED_UP_FRONT:
+        step = n / STYLES_DECODED_UP_FRONT
+        styles = [styles[int(i * step)] for i in range(STYLES_DECODED_UP_FRONT)]
     for s in styles:
         for u in s.uris:
             try:

@@ -10,8 +10,12 @@ shard, so that it always knows which items are on the device when something goes
 
 Reading, decoding, encoding and writing run in a small pool of CPU threads.
 
-The VGG-19 is loaded once per worker; the engine caches every style's Gram targets by
-(style key, size), so a style is analysed once per worker and size, not once per image.
+The VGG-19 is loaded once per worker; the engine caches style Gram targets by (style key,
+size) in an LRU bounded by bytes, so a style is analysed once per worker and size, not once
+per image (the driver groups items by style into shards where the assignment allows). Items
+of a sweep carry their point: one loaded network serves every point's options. A style that
+cannot be decoded fails its items' rows (failed_decode), not the job: with tens of thousands
+of styles the driver decodes only a sample up front.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import socket
 import sys
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -36,6 +41,7 @@ if TYPE_CHECKING:  # the engine (torch) loads in the worker, not in the driver t
     import torch
 
 DEFAULT_MAX_BATCH = 16  # items per run_batch call when the engine's batch_size is 0 (auto)
+DECODED_STYLES = 64  # decoded style images kept per worker (their targets are cached apart)
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +57,8 @@ class WorkerSpec:
     storage_options: Mapping[str, Any] | None = None
     threads: int = 0  # torch CPU threads; 0: leave torch's default
     io_retry_s: float = storage.DEFAULT_RETRY_S  # storage outages ridden out per operation
+    points: tuple[Mapping[str, Any], ...] = ({},)  # the sweep's points: WorkItem.point indexes
+    target_cache_bytes: int | None = None  # None: the engine's default (from device memory)
 
 
 class CallTimeout(Exception):
@@ -118,8 +126,10 @@ class StyleWorker:
         self.spec = spec
         self.deadline: float | None = None  # monotonic; checked at each progress step
         self.options = dict(spec.storage_options or {})
-        self.stylizer = Stylizer(spec.stylize, read_bytes=self._read)
-        self._styles: dict[str, Any] = {}  # style key -> engine Style (decoded once)
+        self.stylizer = Stylizer(spec.stylize, read_bytes=self._read,
+                                 target_cache_bytes=spec.target_cache_bytes)
+        self._options = [spec.stylize.replace(**p) if p else spec.stylize for p in spec.points]
+        self._styles: OrderedDict[str, Any] = OrderedDict()  # style key -> engine Style
         self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
         self._label = self._make_label()
         self._io = ThreadPoolExecutor(max(2, spec.threads or 2), thread_name_prefix="io")
@@ -147,6 +157,10 @@ class StyleWorker:
         return {"pid": os.getpid(), "worker": self._label, "device": str(self.stylizer.device),
                 "weights_hash": self.stylizer.weights_hash}
 
+    def cache_stats(self) -> dict[str, Any]:
+        """The style-target cache's figures (hits, targets computed per style, bytes)."""
+        return self.stylizer.targets.stats()
+
     @property
     def max_batch(self) -> int:
         return self.spec.stylize.batch_size or DEFAULT_MAX_BATCH
@@ -163,23 +177,29 @@ class StyleWorker:
         rows: list[dict] = []
         sizes: dict[str, tuple[int, int]] = {}
 
-        def load(uri: str) -> Any:
+        def shape_key(item: WorkItem) -> tuple[str, int, bool]:
+            opts = self._options[item.point]
+            return item.content_uri, opts.size, opts.bucket
+
+        def load(key: tuple[str, int, bool]) -> Any:
+            uri = key[0]
             try:
-                return self.stylizer.prepare_content(decode_image(self._read(uri), name=uri))
+                img = decode_image(self._read(uri), name=uri)
+                return self.stylizer.prepare_content(img, options=self._options_for(key))
             except Exception as e:  # noqa: BLE001 - a bad input is a row, never a crash
                 return e
 
-        # Read and decode in CPU threads (Pillow and zlib release the GIL); content uri ->
-        # tensor or exception, once per content for all its styles.
-        uris = list(dict.fromkeys(i.content_uri for i in shard.items if not i.problem))
+        # Read and decode in CPU threads (Pillow and zlib release the GIL); (content uri,
+        # size) -> tensor or exception, once per content for all its styles and points.
+        keys = list(dict.fromkeys(shape_key(i) for i in shard.items if not i.problem))
         started = now()
-        decoded = dict(zip(uris, self._io.map(load, uris)))
+        decoded = dict(zip(keys, self._io.map(load, keys)))
         for item in shard.items:
             if item.problem:  # known when listed (a dangling link, a loop): nothing to read
                 rows.append(self._row(item, "failed_other", started,
                                       error_message=f"{item.content_uri}: {item.problem}"))
                 continue
-            value = decoded[item.content_uri]
+            value = decoded[shape_key(item)]
             if isinstance(value, Exception):
                 status = "failed_decode" if isinstance(value, ImageError) else _status(value)
                 msg = str(value) if isinstance(value, ImageError) else \
@@ -188,25 +208,44 @@ class StyleWorker:
                 continue
             h, w = value.shape[-2:]
             self._prepared[item.item_id] = (item, value, int(w), int(h))
-            sizes[item.item_id] = (int(h), int(w))
+            sizes[item.item_id] = (int(h), int(w), item.point)  # one batch: one size, one point
         order = [i.item_id for i in shard.items]
         return rows, plan_batches(sizes, order, self.max_batch, frozenset(isolate))
 
+    def _options_for(self, key: tuple[str, int, bool]):
+        return next(o for o in self._options if (o.size, o.bucket) == key[1:])
+
     # ------------------------------------------------------------------------------ step 2
     def run_batch(self, item_ids: Sequence[str]) -> list[dict]:
-        """Stylize prepared items of one size together; write outputs; one row per item."""
+        """Stylize prepared items of one size and point together; write outputs; one row
+        per item."""
+        from stylize.images import ImageError
+
         entries = [self._prepared.pop(i) for i in item_ids]
+        taken = list(entries)
         started, t0 = now(), time.perf_counter()
+        failed, styles = [], []
+        for e in taken:  # a style that cannot be read fails its items only
+            try:
+                styles.append(self._style(e[0].style))
+            except Exception as err:  # noqa: BLE001 - a row with the reason
+                entries.remove(e)
+                bad = isinstance(err, ImageError)
+                failed.append(self._row(e[0], "failed_decode" if bad else _status(err), started,
+                                        error_message=f"style {e[0].style}: "
+                                                      f"{err if bad else _message(err)}"))
+        if not entries:
+            return failed
         trace = LossTrace(len(entries))
 
         def progress(step) -> None:
             self._check_deadline(step)
             trace(step)
         try:
-            styles = [self._style(e[0].style) for e in entries]
-            results = self.stylizer.stylize_batch([e[1] for e in entries], styles, progress)
+            results = self.stylizer.stylize_batch([e[1] for e in entries], styles, progress,
+                                                  options=self._options[entries[0][0].point])
         except CallTimeout:
-            for entry in entries:  # the scheduler decides; the items stay prepared
+            for entry in taken:  # the scheduler decides; the items stay prepared
                 self._prepared[entry[0].item_id] = entry
             raise
         except Exception as e:  # noqa: BLE001 - OOM and the rest become rows
@@ -215,7 +254,7 @@ class StyleWorker:
             if isinstance(e, torch.OutOfMemoryError) and self.stylizer.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(entries) > 1:  # find out which item it was: each alone
-                rows = []
+                rows = failed
                 for entry in entries:
                     self._prepared[entry[0].item_id] = entry
                     rows += self.run_batch([entry[0].item_id])
@@ -225,10 +264,10 @@ class StyleWorker:
             msg = (f"{item.content_uri}: out of device memory at {entries[0][2]}x{entries[0][3]} "
                    f"even alone; lower stylize.size" if status == "failed_oom"
                    else f"{item.content_uri}: {_message(e)}")
-            return [self._row(item, status, started, error_message=msg)]
+            return [*failed, self._row(item, status, started, error_message=msg)]
         share = (time.perf_counter() - t0) / len(entries)
         # Encode and write in CPU threads, all of them before the rows go back.
-        return list(self._io.map(lambda e: self._write(e[0][0], e[1], started, share, e[2]),
+        return failed + list(self._io.map(lambda e: self._write(e[0][0], e[1], started, share, e[2]),
                                  zip(entries, results, trace.traces())))
 
     def process(self, shard: Shard, styles: Mapping[str, StyleRef],
@@ -250,9 +289,13 @@ class StyleWorker:
         from stylize.images import decode_image, to_tensor
 
         ref = self._style_refs[name]
-        if ref.key not in self._styles:
+        if ref.key in self._styles:
+            self._styles.move_to_end(ref.key)
+        else:
             images = tuple(to_tensor(decode_image(self._read(u), name=u)) for u in ref.uris)
             self._styles[ref.key] = Style(key=ref.key, images=images, weights=ref.weights)
+            if len(self._styles) > DECODED_STYLES:
+                self._styles.popitem(last=False)
         return self._styles[ref.key]
 
     def _write(self, item: WorkItem, result, started, duration: float,
