@@ -12,7 +12,6 @@ last line is one JSON object. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import statistics
@@ -58,21 +57,6 @@ def run_once(engine: Stylizer, raws: list[bytes], style: Style, size: int, batch
             outputs.append(r.image)
             used.append(r.iterations)
     return time.perf_counter() - t0, outputs, used
-
-
-@contextlib.contextmanager
-def strict_fp32():
-    """IEEE fp32 on CUDA inside the block: TF32 off for cuDNN convolutions and matmuls.
-
-    PyTorch's defaults let cuDNN run fp32 convolutions in TF32, and a ``precision: tf32``
-    engine switches matmuls to TF32 for the whole process; the baseline must not inherit that.
-    """
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 def dynamo_graphs() -> int | None:
@@ -134,14 +118,14 @@ def bench(args: argparse.Namespace) -> dict:
     t_new, out_new, used_new, warmup, graphs = measure(engine, args.batch or len(raws), raws,
                                                        "new path")
     peak = peak_memory_mb(engine.device)
-    with strict_fp32():
-        baseline = Stylizer(base_cfg)  # also the scorer: the same fp32 loss for both
-        if n_base:
-            t_base, out_base, used_base, _, _ = measure(baseline, 1, raws[:n_base], "baseline")
-        styles = [style] * len(raws)
-        losses_new = baseline.evaluate(out_new, contents, styles)
-        losses_base = (baseline.evaluate(out_base, contents[:n_base], styles[:n_base])
-                       if n_base else [])
+    # fp32: IEEE fp32 on CUDA too (the engine turns TF32 off while it works)
+    baseline = Stylizer(base_cfg)  # also the scorer: the same fp32 loss for both
+    if n_base:
+        t_base, out_base, used_base, _, _ = measure(baseline, 1, raws[:n_base], "baseline")
+    styles = [style] * len(raws)
+    losses_new = baseline.evaluate(out_new, contents, styles)
+    losses_base = (baseline.evaluate(out_base, contents[:n_base], styles[:n_base])
+                   if n_base else [])
     loss_new = statistics.mean(losses_new)
     loss_new_common = statistics.mean(losses_new[:n_base]) if n_base else None
     loss_base = statistics.mean(losses_base) if n_base else None
@@ -150,7 +134,7 @@ def bench(args: argparse.Namespace) -> dict:
     ms_base = 1000 * t_base / (n_base * args.iterations) if n_base else None
     device = engine.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    batch = args.batch or engine._chunk_size((args.size, args.size), len(raws))
+    batch = args.batch or engine.batch_limit((args.size, args.size))
     return {
         "device": str(device), "device_name": name, "preset": args.preset, "size": args.size,
         "iterations": args.iterations, "images": len(raws), "batch": min(batch, len(raws)),

@@ -329,6 +329,11 @@ class Stylizer:
             start += n
         return results
 
+    def batch_limit(self, shape: tuple[int, int], options: StyleConfig | None = None) -> int:
+        """Images per chunk at this (h, w): learnt (measured, or halved after out of memory),
+        else ``batch_size``, else measured against free GPU memory (4 on a CPU)."""
+        return self._chunk_size(tuple(shape), self.options(options))
+
     def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig) -> int:
         if shape in self._batch_limit:  # learnt: measured, or halved after out-of-memory
             return self._batch_limit[shape]

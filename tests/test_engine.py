@@ -366,7 +366,7 @@ def test_out_of_memory_halves_the_chunk(monkeypatch, starry):
     contents = [sample_exact(n, H, W) for n in ("tubingen", "chelsea", "coffee", "shipwreck")]
     results = st.stylize_batch(contents, [starry] * 4)
     assert sizes == [4, 2, 2]  # the CPU's default chunk of 4, then halves
-    assert st._batch_limit == {(H, W): 2}
+    assert st.batch_limit((H, W)) == 2  # learnt
     assert len(results) == 4 and all(r.iterations == 2 for r in results)
     for c, r in zip(contents, results):  # each result belongs to its own content
         assert r.image.shape == c.shape

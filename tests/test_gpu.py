@@ -11,7 +11,6 @@ The last test (not marked ``gpu``) runs the script's CPU dry mode end to end, as
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -110,14 +109,6 @@ def engine_for(reuse_caffe_weights):  # noqa: F811
         torch.cuda.empty_cache()
 
 
-@pytest.fixture(autouse=True)
-def _restore_tf32_flags():
-    """A ``tf32`` engine sets process-wide flags; no test may leak them into the next."""
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
-
-
 def timed(engine: Stylizer, images, styles, **kwargs):
     """(results, seconds) of one stylize_batch call (its results come back to the host)."""
     sync()
@@ -128,9 +119,9 @@ def timed(engine: Stylizer, images, styles, **kwargs):
 
 
 def fp32_losses(scorer: Stylizer, results, images, style: Style) -> list[float]:
-    """The final images scored by one strict-fp32 Gatys loss."""
-    with bench.strict_fp32():
-        return scorer.evaluate([r.image for r in results], images, [style] * len(images))
+    """The final images scored by one strict-fp32 Gatys loss (an fp32 engine turns TF32 off
+    while it works)."""
+    return scorer.evaluate([r.image for r in results], images, [style] * len(images))
 
 
 def graphs() -> int:
@@ -146,16 +137,12 @@ def test_precision_final_loss_vs_fp32(engine_for, style):
     gatys2016 (white-noise init), one image, 512 px, 200 iterations."""
     size, iterations = px(512), steps(200)
     images = contents(1, size)
-    # tf32 last: its engine turns TF32 on for the whole process (and bf16 keeps its
-    # Gram matrices and losses in fp32, which TF32 would change).
     precisions = ("fp32", "bf16", "tf32") if ON_GPU else ("fp32", "bf16")
     runs = {}
     for precision in precisions:
         engine = engine_for(precision=precision, size=size, iterations=iterations, batch_size=1)
-        strict = bench.strict_fp32() if precision == "fp32" else contextlib.nullcontext()
-        with strict:
-            engine.stylize_batch(images, [style], iterations=3)  # warm-up
-            results, seconds = timed(engine, images, [style])
+        engine.stylize_batch(images, [style], iterations=3)  # warm-up
+        results, seconds = timed(engine, images, [style])
         runs[precision] = (results, seconds)
     scorer = engine_for(precision="fp32", size=size, iterations=iterations, batch_size=1)
     loss = {p: fp32_losses(scorer, r, images, style)[0] for p, (r, _) in runs.items()}
@@ -192,7 +179,7 @@ def test_compiled_vs_eager(engine_for, style):
         results, seconds = timed(engine, images, styles)
         figures[name] = dict(warmup_s=round(warm, 2), graphs=graphs() - g0,
                              ms_per_image_iter=round(1000 * seconds / (n * iterations), 4),
-                             batch=engine._chunk_size((size, size), n), results=results)
+                             batch=engine.batch_limit((size, size)), results=results)
     engine = engine_for(compile=True, **opts)
     g0 = graphs()
     _, new_batch_s = timed(engine, images[:3], styles[:3], iterations=3)
@@ -262,12 +249,12 @@ def test_batch_size_from_free_memory_fits(reuse_caffe_weights, style, side):  # 
         free0, total = torch.cuda.mem_get_info()
     engine = Stylizer(cfg)
     shape = (size, size)
-    chosen = engine._chunk_size(shape, 1 << 20)
+    chosen = engine.batch_limit(shape)
     images = contents(chosen, size)
     if ON_GPU:
         torch.cuda.reset_peak_memory_stats()
     results, seconds = timed(engine, images, [style] * chosen)
-    learnt = engine._batch_limit.get(shape, chosen)
+    learnt = engine.batch_limit(shape)
     figures = dict(size=size, precision=engine.precision, chosen_batch=chosen,
                    batch_after_run=learnt, seconds=round(seconds, 2))
     if ON_GPU:
@@ -315,7 +302,7 @@ def test_out_of_memory_halves_the_batch(reuse_caffe_weights, style):  # noqa: F8
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
-    learnt = engine._batch_limit.get((size, size))
+    learnt = engine.batch_limit((size, size))
     record("out_of_memory_halving", size=size, batch=n, memory_fraction=round(fraction, 5),
            allowed_mib=mib(allowed), peak_batch1_mib=mib(peaks[1]),
            per_image_mib=mib(per_image), batch_after_oom=learnt, results=len(results),

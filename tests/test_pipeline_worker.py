@@ -43,7 +43,8 @@ def test_process_writes_outputs_and_rows(tmp_path, worker):
         assert r["output_uri"].startswith(str(tmp_path / "out" / style))
     assert rows[("tubingen.jpg", "starry_night")]["width"] == 48  # landscape
     assert rows[("the_scream.jpg", "starry_night")]["height"] == 48  # portrait
-    assert len(worker._styles) == 2  # each style decoded once for all contents
+    # each style's targets computed once for all its contents (one size: 48 px)
+    assert worker.cache_stats()["targets_computed"] == 2
 
 
 def test_prepare_groups_same_size_images(tmp_path, worker):
