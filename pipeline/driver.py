@@ -305,6 +305,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     new_tables = manifest.ShardTables(first)  # the rows of the parts written, columnar
     secrets = secret_values(options)
     workers: list[dict] = []
+    cache_stats: list[dict] = []  # per worker: style targets computed, hits, bytes
     cluster: dict[str, float] = {}
 
     extra = _ExtraColumns(job, listing, contents, items)
@@ -328,8 +329,9 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         if shards and job.ray.address == "inline":
             spec = _spec(job, threads=0)
             policy = Scheduler(shards, num_workers=1, **policy_args)
-            workers = InlineExecutor(spec, styles_by_name, on_shard,
-                                     worker_class or StyleWorker).run(policy)
+            inline = InlineExecutor(spec, styles_by_name, on_shard, worker_class or StyleWorker)
+            workers = inline.run(policy)
+            cache_stats = inline.cache_stats
         elif shards:
             started_ray = _init_ray(job)
             install_signal_handlers()  # ray.init put in a SIGTERM handler of its own
@@ -346,7 +348,10 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
                 executor = RayExecutor(_spec(job, threads), styles_by_name, actor_options,
                                        on_shard, on_submit, worker_class=worker_class)
                 try:
-                    workers = executor.run(policy)
+                    try:
+                        workers = executor.run(policy)
+                    finally:
+                        cache_stats = executor.cache_stats
                 except WorkerStartError as e:
                     if policy.infos:  # workers ran, then none could be had: the cluster
                         raise InfraError(f"lost every worker: {e}") from None
@@ -361,7 +366,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     try:
         return _finish(job, items, contents, styles, kept, new_tables, len(todo), workers,
                        cluster, stream, timings=(t_start, started_at, t_listed, t_run),
-                       extra=extra)
+                       extra=extra, cache_stats=cache_stats)
     except StorageError as e:
         raise InfraError(f"cannot write the run's final files: {e}; every finished item is "
                          "kept in its part") from None
@@ -453,7 +458,8 @@ def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns)
 def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
             new_tables: manifest.ShardTables, computed: int, workers: list[dict],
             cluster: Mapping[str, float], stream: IO[str], timings: tuple,
-            extra: _ExtraColumns | None = None) -> JobResult:
+            extra: _ExtraColumns | None = None,
+            cache_stats: list[dict] | None = None) -> JobResult:
     """manifest.parquet, grid, run.json and the summary."""
     t_start, started_at, t_listed, t_run = timings
     options = job.storage_options
@@ -485,6 +491,7 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
         "weights_hash": (workers[0]["weights_hash"] if workers
                          else previous.get("weights_hash")),
         "workers": workers,
+        "style_targets": cache_stats or None,  # per worker: the LRU's figures
         "cluster_resources": cluster,
         "items": {"total": len(items), "computed_now": computed,
                   "resumed": len(items) - computed, "by_status": counts},

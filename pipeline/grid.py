@@ -25,6 +25,7 @@ from pipeline.items import Content, StyleRef
 from pipeline.jobconfig import GridConfig
 from pipeline.manifest import raw_content_uri
 from pipeline.redact import redact_uri
+from pipeline.webdataset import read_member
 
 BACKGROUND = (255, 255, 255)
 EMPTY = (225, 225, 225)
@@ -61,8 +62,8 @@ def _load(uri: str, options: Mapping[str, Any]) -> Image.Image | None:
     from stylize.images import ImageError, decode_image
 
     try:
-        return decode_image(storage.read_bytes(uri, options), name=uri)
-    except (ImageError, OSError):
+        return decode_image(read_member(uri, options), name=uri)
+    except (ImageError, OSError, KeyError):
         return None
 
 

@@ -27,6 +27,7 @@ class InlineExecutor:
         self.spec, self.styles, self.on_shard = spec, dict(styles), on_shard
         self.make_worker = make_worker
         self.engine: StyleWorker | None = None  # kept across restarts: VGG-19 loads once
+        self.cache_stats: list[dict] = []  # the worker's style-target cache figures
 
     def run(self, policy: Scheduler) -> list[dict]:
         pending = list(policy.begin(time.monotonic()))
@@ -37,6 +38,8 @@ class InlineExecutor:
                 self.on_shard(shard_id, rows)
         if not policy.finished:
             raise RuntimeError("inline executor: the scheduler stopped with work left")
+        stats = getattr(self.engine, "cache_stats", None)
+        self.cache_stats = [stats()] if stats else []
         return policy.infos
 
     def _do(self, policy: Scheduler, action) -> list:

@@ -52,6 +52,7 @@ class RayExecutor:
         self.actors: dict[int, Any] = {}
         self.refs: dict[int, Any] = {}  # worker id -> the call in flight
         self.calls: dict[int, Action] = {}
+        self.cache_stats: list[dict] = []  # each stopped worker's style-target cache figures
 
     def run(self, policy: Scheduler) -> list[dict]:
         """Returns the info of every worker that became ready."""
@@ -67,10 +68,18 @@ class RayExecutor:
                              policy.waiting_for_workers(), self.actor_options,
                              describe_resources())
         finally:
-            for actor in self.actors.values():
+            for wid, actor in self.actors.items():
+                if wid not in self.refs:  # idle: it can still say how its cache did
+                    self._keep_stats(actor)
                 _kill(actor)
             self.actors.clear()
         return policy.infos
+
+    def _keep_stats(self, actor: Any) -> None:
+        try:
+            self.cache_stats.append(ray.get(actor.cache_stats.remote(), timeout=10))
+        except Exception:  # noqa: BLE001 - figures only; a stand-in worker has none
+            pass
 
     def _step(self, policy: Scheduler) -> None:
         deadline = policy.next_deadline()
@@ -115,10 +124,12 @@ class RayExecutor:
     def _act(self, policy: Scheduler, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Stop):
-                self.refs.pop(a.worker, None)
+                busy = self.refs.pop(a.worker, None) is not None
                 self.calls.pop(a.worker, None)
                 actor = self.actors.pop(a.worker, None)
                 if actor is not None:
+                    if not busy:
+                        self._keep_stats(actor)
                     _kill(actor)
                 continue
             if isinstance(a, Start):

@@ -39,6 +39,7 @@ from PIL import Image, features
 
 from pipeline import manifest, storage
 from pipeline.status import NoRunError
+from pipeline.webdataset import read_member
 from stylize.common import short_hash
 
 REPORT_DIR = "report"
@@ -292,7 +293,7 @@ class _Thumbs:
         from stylize.images import decode_image
 
         try:
-            img = decode_image(storage.read_bytes(uri, self.options), name=uri)
+            img = decode_image(read_member(uri, self.options), name=uri)
             img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
             buf = io.BytesIO()
             if THUMB_FORMAT == "WEBP":

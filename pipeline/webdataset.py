@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -171,15 +172,31 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
     return uri
 
 
+_last_tar: dict[str, Any] = {}  # the tar read last, whole: a report's thumbnails, a grid page
+_last_tar_lock = threading.Lock()
+
+
 def read_member(uri: str, options: Mapping[str, Any]) -> bytes:
-    """The bytes of ``tar#member`` (the whole tar is read); of the file ``uri`` itself when
-    it names no member. KeyError when the tar has no such member."""
+    """The bytes of ``tar#member`` (the whole tar is read, and kept until another tar is
+    read, so that reading a shard's members one after the other reads it once); of the file
+    ``uri`` itself when it names no member. KeyError when the tar has no such member."""
     parts = split_member_uri(uri)
     if parts is None:
         return storage.read_bytes(uri, options)
     tar_uri, name = parts
-    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(tar_uri, options)), mode="r:") as tar:
-        f = tar.extractfile(tar.getmember(name))  # getmember: KeyError if missing
-        if f is None:
-            raise KeyError(f"{name} in {tar_uri} is not a regular file")
-        return f.read()
+    with _last_tar_lock:
+        members = _last_tar.get(tar_uri)
+    if members is None:
+        members = {}
+        data = storage.read_bytes(tar_uri, options)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar.getmembers():
+                f = tar.extractfile(info) if info.isfile() else None
+                if f is not None:
+                    members[info.name] = f.read()
+        with _last_tar_lock:
+            _last_tar.clear()
+            _last_tar[tar_uri] = members
+    if name not in members:
+        raise KeyError(f"{name} is not a file in {tar_uri}")
+    return members[name]

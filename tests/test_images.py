@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import os
 import struct
@@ -371,12 +370,3 @@ def test_encode_by_extension_and_atomic_write(tmp_path, sample):
         write_atomic(tmp_path / "i.png", "not bytes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.tif", "c.png", "d.webp",
                                                           "e.png"]
-
-
-def test_no_pipeline_imports():
-    tree = ast.parse(Path(images.__file__).read_text())
-    names = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for a in node.names}
-    names |= {node.module.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) and node.module}
-    assert not names & {"ray", "fsspec", "pyarrow"}
