@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import IO, Any, Callable, Mapping
 
@@ -94,8 +94,7 @@ def _stage(job: JobConfig, items: list) -> list:
     if job.container == "webdataset":
         ext = FORMAT_EXTENSIONS[job.output_format]
         stage = wds.staging_uri(job.output)
-        items = [i.__class__(**{**i.__dict__, "output_uri": f"{stage}/{i.item_id}.{ext}"})
-                 for i in items]
+        items = [replace(i, output_uri=f"{stage}/{i.item_id}.{ext}") for i in items]
     return items
 
 
@@ -506,12 +505,14 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
                        grid_uris, computed=computed,
                        report_uri=_report(job, table, changed=bool(new_tables)))
     failures = table.filter(pc.not_equal(table["status"], "ok")).slice(0, 21).to_pylist()
-    print_summary(result, failures, len(items) - computed, stream)
+    where = {"webdataset": "shards/NNNNN.tar"}.get(
+        job.container, "images/..." if job.layout == "mirror" else "<style>/...")
+    print_summary(result, failures, len(items) - computed, stream, where)
     return result
 
 
 def print_summary(result: JobResult, failures: list[dict], resumed: int,
-                  stream: IO[str]) -> None:
+                  stream: IO[str], where: str = "<style>/...") -> None:
     """``failures``: the first (up to 21) failed rows."""
     total = sum(result.counts.values())
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
@@ -524,7 +525,7 @@ def print_summary(result: JobResult, failures: list[dict], resumed: int,
     if n_failed > 20:
         print(f"  ... and {n_failed - 20} more (see the manifest)", file=stream)
     out = result.output
-    print(f"images:   {out}/<style>/...", file=stream)
+    print(f"images:   {out}/{where}", file=stream)
     print(f"manifest: {result.manifest_uri}", file=stream)
     for uri in result.grid_uris:
         print(f"grid:     {uri}", file=stream)

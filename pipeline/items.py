@@ -4,7 +4,7 @@ A work item is (content, style, parameters). Its id hashes the content URI with 
 tag, the style (its files, their tags and blend weights) and the params hash (of its point of
 the sweep, if any), so a rerun finds the same ids and an edited file or a changed setting
 gives new ones. Which styles a content gets is the job's ``assign`` (all, k at random, or a
-list column), decided by :func:`assign_styles` from the content's relative path alone.
+list column), decided by :class:`StyleDraw` from the content's relative path alone.
 
 The output path is a pure function of the item: with ``layout: by_style``
 ``{output}/{style}[/{point}]/{content path relative to the input root}.{ext}``; with
@@ -174,12 +174,19 @@ class Plan:
     point_hashes: Sequence[str] = ("",)
 
 
-def assign_styles(rel: str, names: Sequence[str], k: int, seed: int) -> list[int]:
-    """Indices of ``k`` distinct styles of ``names`` (the style set, in any order) for the
-    content at relative path ``rel``: a function of (rel, seed, the set of names) only."""
-    order = sorted(range(len(names)), key=names.__getitem__)
-    key = short_hash("assign", str(seed), short_hash(*sorted(names)), rel, n=32)
-    return [order[i] for i in random.Random(key).sample(range(len(names)), k)]
+class StyleDraw:
+    """``draw(rel)``: indices of ``k`` distinct styles of ``names`` (the style set, in any
+    order) for the content at relative path ``rel``, a function of (rel, seed, the set of
+    names) only. O(k) per content, whatever the size of the set."""
+
+    def __init__(self, names: Sequence[str], k: int, seed: int):
+        self.order = sorted(range(len(names)), key=names.__getitem__)
+        self.key = short_hash("assign", str(seed), *sorted(names), n=32)
+        self.k = k
+
+    def __call__(self, rel: str) -> list[int]:
+        picked = random.Random(f"{self.key}/{rel}").sample(range(len(self.order)), self.k)
+        return [self.order[i] for i in picked]
 
 
 def point_label(point: Mapping[str, Any]) -> str:
@@ -212,6 +219,7 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
     folder = [storage.join(output, sanitize_component(n)) for n in names]
     labels = [point_label(p) for p in plan.points] if len(plan.points) > 1 else [""]
     mirror = plan.layout == "mirror"
+    draw = StyleDraw(names, *plan.assign) if isinstance(plan.assign, tuple) else None
     several = (plan.assign == "all" and len(styles) > 1) or \
         (isinstance(plan.assign, tuple) and plan.assign[0] > 1)
     items = []
@@ -230,7 +238,7 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
                     f"its style column names {c.style!r}, not one of the job's styles"
                     if c.style else "its style column is empty")
         else:
-            chosen = assign_styles(c.rel, names, *plan.assign)
+            chosen = draw(c.rel)
         targets = [(names[i], styles[i].key, folder[i]) for i in chosen] or \
             [(c.style or "", "", storage.join(output, "_"))]
         for name, style_key, style_folder in targets:

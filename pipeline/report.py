@@ -102,6 +102,7 @@ class RunFacts:
     styles: list[StyleStats]
     failed: int
     failures: list[dict]  # the first max_failures failed rows, a few fields each
+    sweep_grids: list[str] = field(default_factory=list)  # grid-sweep-NNN.png in the output
     generated: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC"))
 
@@ -268,9 +269,12 @@ def collect(output: str, options: Mapping[str, Any] | None = None,
     _sample(table, styles, settings)
     hists, unit, span, per_ok = _figures(table, settings)
     failed, failures = _failures(table, settings)
+    sweep = sorted(n for n in storage.listdir(output, options)
+                   if n.startswith("grid-sweep-") and n.endswith(".png")) \
+        if (run.get("config") or {}).get("sweep") else []
     return RunFacts(output, run, job, _value_counts(table["status"]), table.num_rows,
                     job.get("items_total", table.num_rows), span, per_ok, hists, unit, styles,
-                    failed, failures)
+                    failed, failures, sweep)
 
 
 # ------------------------------------------------------------------------------ thumbnails

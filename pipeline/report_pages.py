@@ -28,7 +28,7 @@ def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, s
                 f'report made {facts.generated}')
     title = f"stylize report: {_name(facts.output)}"
     files = {"index.html": _page(title, subtitle, "".join([
-        _summary(facts), _job(facts), _styles(facts.styles, made, settings),
+        _summary(facts), _job(facts), _sweep(facts), _styles(facts.styles, made, settings),
         _failures(facts, settings), _figures(facts), _all_curves(facts.styles, settings)]))}
     if facts.failed > settings.index_failures:
         pages = _pages(len(facts.failures), settings.failures_per_page)
@@ -173,6 +173,20 @@ def _options_diff(engine: Mapping) -> str:
         return ' <span class="muted">(no option changed)</span>'
     return " + " + " ".join(f'<span class="chip">{_e(k)}: {_e(v)}</span>'
                             for k, v in sorted(diff.items()))
+
+
+def _sweep(f: RunFacts, shown: int = 4) -> str:
+    """A sweep's grid pages (content x style on the sweep's axes), from the output folder."""
+    if not f.sweep_grids:
+        return ""
+    keys = ", ".join(_e(k) for k in (f.run.get("config") or {}).get("sweep") or {})
+    pages = "".join(f'<a href="../{_e(n)}"><img class="sweep" src="../{_e(n)}" '
+                    f'alt="{_e(n)}"></a>' for n in f.sweep_grids[:shown])
+    more = (f'<p class="muted">and {len(f.sweep_grids) - shown} more pages: '
+            f'<code>grid-sweep-NNN.png</code> in the output folder</p>'
+            if len(f.sweep_grids) > shown else "")
+    return (f'<section><h2>Sweep <small>{keys}</small></h2><p class="muted">Each page: one '
+            f'content under one style, on the sweep\'s axes.</p>{pages}{more}</section>')
 
 
 def _cluster(run: Mapping) -> str:

@@ -62,7 +62,7 @@ def s3_options(s3_endpoint):
 
 
 # ------------------------------------------------------------------------------------------
-# Faults caused for real (issue 8): S3 behind a failing proxy, `stylize run` in subprocesses
+# Faults caused for real: S3 behind a failing proxy, `stylize run` in subprocesses
 # that are killed, Ray processes of a test's own. Helpers are plain functions so that the test
 # modules can import them (``from conftest import ...``).
 

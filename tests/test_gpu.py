@@ -1,4 +1,4 @@
-"""GPU checks (issue 13), run by ``infra/gpu-check.sh`` on a CUDA machine as ``pytest -m gpu``.
+"""GPU checks, run by ``infra/gpu-check.sh`` on a CUDA machine as ``pytest -m gpu``.
 
 Every test marked ``gpu`` needs a CUDA GPU and is skipped without one. With
 ``GPU_CHECK_DEVICE=cpu`` (the script's ``--cpu`` dry mode) those that make sense on a CPU run

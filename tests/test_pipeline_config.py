@@ -13,7 +13,7 @@ def job(**changes):
     return job_from_mapping({**BASE, **changes})
 
 
-def test_defaults_and_issue_keys():
+def test_keys_given_and_aliases():
     j = job(stylize={"preset": "fast", "size": 64}, shard_size=4, mode="overwrite",
             max_attempts=2, item_timeout_s=60, output_format="jpg",
             storage_options={"endpoint_url": "http://x"},
@@ -104,7 +104,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
         "unknown key 'shard_sise'; did you mean 'shard_size'? (allowed keys: input, styles, "
         "output, stylize, shard_size, mode, max_attempts, item_timeout_s, retry_failed, "
         "io_retry_s, output_format, output_quality, output_bit_depth, extensions, "
-        "storage_options, ray, grid, report)",
+        "storage_options, ray, grid, report, assign, layout, container, sweep, target_cache_mb)",
         "ray.num_workers: must be >= 1, got 0",
         "output_format: 'gif' is not allowed; allowed: png, jpeg, webp, tiff"])
 
@@ -120,3 +120,23 @@ def test_to_dict_redacts_secrets():
     d = job(storage_options={"key": "AKIA", "secret": "s", "endpoint_url": "http://e"}).to_dict()
     assert d["storage_options"] == {"key": "***", "secret": "***", "endpoint_url": "http://e"}
     assert d["stylize"]["size"] == 512
+
+
+def test_dataset_keys_and_their_mistakes():
+    j = job(assign={"random": 2}, layout="mirror", container="webdataset",
+            sweep={"style_weight": [1e2, 1e3], "style_layers": [["relu1_1"], ["relu2_1"]]})
+    assert j.assign.random == 2 and j.assign.seed == 0
+    assert len(j.sweep_points()) == 4 and j.sweep_points()[1] == {
+        "style_weight": 1e2, "style_layers": ["relu2_1"]}
+    assert len(set(j.point_hashes())) == 4 and job().point_hashes() == [job().params_hash]
+    assert j.point_options(j.sweep_points()[3]).style_layers == ("relu2_1",)
+    with pytest.raises(JobConfigError) as err:
+        job(assign={"random": 0}, layout="tree", sweep={"pooling": ["max"], "size": [8]})
+    lines = str(err.value).splitlines()
+    assert any(ln.startswith("assign") for ln in lines)
+    assert any("layout: 'tree' is not allowed; allowed: by_style, mirror" in ln for ln in lines)
+    assert any("pooling: builds the network" in ln for ln in lines)
+    with pytest.raises(JobConfigError, match=r"sweep \{'size': 8\}: size: must be >= 16"):
+        job(sweep={"size": [64, 8]})
+    with pytest.raises(JobConfigError, match="did you mean 'style_weight'"):
+        job(sweep={"style_wieght": [1.0]})

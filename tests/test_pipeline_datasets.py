@@ -178,7 +178,8 @@ def test_a_sweep_makes_one_item_per_point_with_its_options_in_the_manifest(tmp_p
              "style_weight": [1e2, 1e4]}
     code, rows = _run(tmp_path, "sweep", {
         "input": str(sample("tubingen")), "styles": [str(sample("starry_night"))],
-        "sweep": sweep, "stylize": {**TINY, "init": "noise"}, "grid": {"cell_size": 64}})
+        "sweep": sweep, "stylize": {**TINY, "init": "noise"}, "grid": {"cell_size": 64},
+        "report": True})
     assert code == 0 and len(rows) == 4
     points = [(tuple(r["style_layers"]), r["style_weight"]) for r in rows]
     assert points == [(("relu1_1",), 1e2), (("relu1_1",), 1e4),
@@ -186,4 +187,7 @@ def test_a_sweep_makes_one_item_per_point_with_its_options_in_the_manifest(tmp_p
     assert len({r["output_uri"] for r in rows}) == 4
     pixels = {r["output_uri"]: Image.open(r["output_uri"]).tobytes() for r in rows}
     assert len(set(pixels.values())) == 4  # every point its own picture
-    assert (tmp_path / "sweep" / "grid-sweep-001.png").exists()
+    page = Image.open(tmp_path / "sweep" / "grid-sweep-001.png")
+    assert page.width > 2 * 64 and page.height > 2 * 64  # 2 x 2 cells and their labels
+    index = (tmp_path / "sweep" / "report" / "index.html").read_text()
+    assert 'src="../grid-sweep-001.png"' in index  # the report shows the sweep's grid
