@@ -58,7 +58,9 @@ class Content:
 
 @dataclass(frozen=True)
 class StyleRef:
-    """A named style: one image or a weighted blend of several."""
+    """A style as the driver listed it: its name, URIs, blend weights and the files' version
+    tags, no pixels (what work items and actors carry). ``jobconfig.StyleSource`` is the
+    job file's view (no versions); ``stylize.engine.Style`` the engine's (pixels, no URIs)."""
 
     name: str
     uris: tuple[str, ...]

@@ -30,7 +30,8 @@ from stylize.optim import Stopping, optimize
 
 @dataclass(frozen=True, eq=False)
 class Style:
-    """One target style: one or more images (3, H, W) in 0..255, blended by weight.
+    """A style as the engine uses it: one or more decoded images (3, H, W) in 0..255,
+    blended by weight; no URIs (the pipeline's ``StyleRef`` names the files).
 
     ``key`` names the style for the target cache: two Styles with one key must be equal.
     """
