@@ -361,6 +361,8 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     finally:
         progress.close()
     t_run = time.monotonic()
+    if job.container == "webdataset":  # every shard packed: nothing waits there any more
+        storage.remove(wds.staging_uri(job.output), options, recursive=True)
 
     try:
         return _finish(job, items, contents, styles, kept, new_tables, len(todo), workers,
@@ -386,6 +388,8 @@ class _ExtraColumns:
     def __init__(self, job: JobConfig, listing, contents, items):
         self.points = job.sweep_points()
         self.keys = list(job.sweep or {})
+        # a swept key named like a manifest column (iterations: the evaluations used)
+        self.columns = {k: f"sweep_{k}" if k in manifest.COLUMNS else k for k in self.keys}
         self.extras = listing.extras
         row_of = {c.uri: c.row for c in contents}
         self.point_of = {i.item_id: i.point for i in items}
@@ -397,7 +401,7 @@ class _ExtraColumns:
 
     def for_row(self, item_id: str) -> dict[str, Any]:
         """The extra values of one item, as plain Python (for a WebDataset sample's json)."""
-        out = {k: self.points[self.point_of.get(item_id, 0)][k] for k in self.keys}
+        out = {self.columns[k]: self.points[self.point_of.get(item_id, 0)][k] for k in self.keys}
         row = self.row_of.get(item_id, -1)
         if self.extras is not None:
             out.update({c: (self.extras.column(c)[row].as_py() if row >= 0 else None)
@@ -410,7 +414,7 @@ class _ExtraColumns:
             return table
         ids = table["item_id"].to_pylist()
         for k in self.keys:
-            table = table.append_column(k, pa.array(
+            table = table.append_column(self.columns[k], pa.array(
                 [self.points[self.point_of.get(i, 0)][k] for i in ids]))
         if self.extras is not None:
             rows = pa.array([self.row_of.get(i, -1) for i in ids], pa.int64())
@@ -470,7 +474,9 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
     if job.grid.enabled and job.sweep:  # the sweep on its axes, a page per content x style
         from pipeline.sweepgrid import write_sweep_grids
 
-        grid_uris = write_sweep_grids(job.output, table.to_pylist(), job.sweep, options,
+        rows = [{**r, **{k: r[c] for k, c in (extra.columns if extra else {}).items()}}
+                for r in table.to_pylist()]
+        grid_uris = write_sweep_grids(job.output, rows, job.sweep, options,
                                       job.grid.cell_size, job.stylize.content_weight)
     elif job.grid.enabled:
         existing = grids.grid_uris(job.output, 1)[0]

@@ -493,7 +493,7 @@ def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, lis
     if job.assign == "column":
         styles = [None if v is None else str(v) for v in table.column("style").to_pylist()]
         table = table.drop_columns(["style"])
-    taken = set(COLUMNS) | set(job.sweep or {})
+    taken = set(COLUMNS) | set(job.sweep or {}) | {f"sweep_{k}" for k in job.sweep or {}}
     clash = [c for c in table.column_names if c in taken]
     if clash:
         raise SourceError(f"input {_show_input(job.input)}: column {clash[0]!r} has the name of "

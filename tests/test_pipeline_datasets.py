@@ -189,3 +189,11 @@ def test_a_sweep_makes_one_item_per_point_with_its_options_in_the_manifest(tmp_p
     assert page.width > 2 * 64 and page.height > 2 * 64  # 2 x 2 cells and their labels
     index = (tmp_path / "sweep" / "report" / "index.html").read_text()
     assert 'src="../grid-sweep-001.png"' in index  # the report shows the sweep's grid
+
+
+def test_a_swept_key_named_like_a_manifest_column_gets_a_prefix(tmp_path):
+    code, rows = _run(tmp_path, "iters", {
+        "input": str(sample("tubingen")), "styles": [str(sample("starry_night"))],
+        "sweep": {"iterations": [2, 4]}, "stylize": {**TINY, "early_stopping": False}})
+    assert code == 0
+    assert [(r["sweep_iterations"], r["iterations"]) for r in rows] == [(2, 2), (4, 4)]
