@@ -554,7 +554,8 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
         for e, _ in pairs:
             if e.problem:
                 raise SourceError(f"style {_show(e.uri)}: {e.problem}")
-        sources: Iterable[StyleSource] = [StyleSource(None, (e.uri,), (1.0,)) for e, _ in pairs]
+        sources: Iterable[StyleSource] = [StyleSource(None, (e.uri,), (1.0,)) for e, _ in
+                                          sorted(pairs, key=lambda p: p[0].uri)]
         if not pairs:
             raise SourceError(f"styles {_show(job.styles)}: no image files found "
                               f"({', '.join(IMAGE_EXTENSIONS)})")

@@ -130,6 +130,7 @@ class StyleWorker:
                                  target_cache_bytes=spec.target_cache_bytes)
         self._options = [spec.stylize.replace(**p) if p else spec.stylize for p in spec.points]
         self._styles: OrderedDict[str, Any] = OrderedDict()  # style key -> engine Style
+        self._broken: dict[str, Exception] = {}  # style key -> why it is not an image
         self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
         self._label = self._make_label()
         self._io = ThreadPoolExecutor(max(2, spec.threads or 2), thread_name_prefix="io")
@@ -286,13 +287,19 @@ class StyleWorker:
 
     def _style(self, name: str):
         from stylize.engine import Style
-        from stylize.images import decode_image, to_tensor
+        from stylize.images import ImageError, decode_image, to_tensor
 
         ref = self._style_refs[name]
+        if ref.key in self._broken:  # not an image: known, not read again for each item
+            raise self._broken[ref.key]
         if ref.key in self._styles:
             self._styles.move_to_end(ref.key)
         else:
-            images = tuple(to_tensor(decode_image(self._read(u), name=u)) for u in ref.uris)
+            try:
+                images = tuple(to_tensor(decode_image(self._read(u), name=u)) for u in ref.uris)
+            except ImageError as e:
+                self._broken[ref.key] = e
+                raise
             self._styles[ref.key] = Style(key=ref.key, images=images, weights=ref.weights)
             if len(self._styles) > DECODED_STYLES:
                 self._styles.popitem(last=False)

@@ -197,3 +197,21 @@ def test_a_swept_key_named_like_a_manifest_column_gets_a_prefix(tmp_path):
         "sweep": {"iterations": [2, 4]}, "stylize": {**TINY, "early_stopping": False}})
     assert code == 0
     assert [(r["sweep_iterations"], r["iterations"]) for r in rows] == [(2, 2), (4, 4)]
+
+
+def test_a_broken_style_among_many_fails_its_rows_not_the_job(tmp_path, dataset):
+    """With more styles than the driver decodes up front (16), a style that is not an image
+    is found by the worker: its items are failed_decode rows naming it, the rest are ok."""
+    _, styles = dataset
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for p in sorted(styles.glob("*.jpg"))[:20]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    broken = sorted(folder.glob("*.jpg"))[4]  # not among the 16 decoded on the driver
+    broken.write_bytes(b"not a painting")
+    code, rows = _run(tmp_path, "many", {"input": str(sample("tubingen")),
+                                         "styles": str(folder), "shard_size": 8})
+    assert code == 1 and len(rows) == 20
+    bad = [r for r in rows if r["status"] != "ok"]
+    assert [(r["style"], r["status"]) for r in bad] == [(broken.stem, "failed_decode")]
+    assert bad[0]["error_message"].startswith(f"style {broken.stem}: ")
