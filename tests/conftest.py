@@ -44,9 +44,14 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's S3 server on a free port of 127.0.0.1; returns its endpoint URL."""
+    """moto's S3 server on a free port of 127.0.0.1; returns its endpoint URL. Its request
+    log (werkzeug: access lines, and a traceback when the fault proxy cuts a connection) is
+    the test server's, kept out of the stderr that tests read for the product's messages."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").propagate = False
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
