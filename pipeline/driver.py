@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,8 +89,7 @@ def _plan(job: JobConfig, n_styles: int) -> Plan:
 
 def _stage(job: JobConfig, items: list) -> list:
     """``container: webdataset``: outputs wait in {output}/_staging until their shard is
-    packed; items of one style go together where styles are drawn, so a worker computes
-    each style's targets once per shard."""
+    packed into its tar."""
     if job.container == "webdataset":
         ext = FORMAT_EXTENSIONS[job.output_format]
         stage = wds.staging_uri(job.output)
@@ -310,9 +309,13 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     extra = _ExtraColumns(job, listing, contents, items)
 
     def on_shard(shard_id: int, rows: list[dict]) -> None:
+        if job.container == "webdataset":
+            try:
+                rows = _pack(job, shard_id, rows, extra, secrets)
+            except StorageError as e:
+                raise InfraError(f"cannot write the tar of shard {shard_id}: {e}; the "
+                                 f"{progress.new} items recorded so far are kept") from None
         try:
-            if job.container == "webdataset":
-                rows = _pack(job, shard_id, rows, extra)
             new_tables.add(shard_id, manifest.write_part(job.output, shard_id, rows, options,
                                                          secrets))
         except StorageError as e:
@@ -391,10 +394,12 @@ class _ExtraColumns:
         # a swept key named like a manifest column (iterations: the evaluations used)
         self.columns = {k: f"sweep_{k}" if k in manifest.COLUMNS else k for k in self.keys}
         self.extras = listing.extras
-        row_of = {c.uri: c.row for c in contents}
-        self.point_of = {i.item_id: i.point for i in items}
-        self.row_of = {i.item_id: row_of.get(i.content_uri, -1) for i in items} \
-            if self.extras is not None else {}
+        # built only when there is something to add (a million items: two big dicts)
+        self.point_of = {i.item_id: i.point for i in items} if self.keys else {}
+        self.row_of = {}
+        if self.extras is not None:
+            row_of = {c.uri: c.row for c in contents}
+            self.row_of = {i.item_id: row_of.get(i.content_uri, -1) for i in items}
 
     def __bool__(self) -> bool:
         return bool(self.keys) or self.extras is not None
@@ -436,12 +441,11 @@ def _remove_orphan_shards(job: JobConfig) -> None:
         stem = name[:-4] if name.endswith(".tar") else ""
         if not (stem.isdigit() and int(stem) in parts):
             storage.remove(storage.join(folder, name), options)
-    stage = wds.staging_uri(job.output)
-    if storage.exists(stage, options):
-        storage.remove(stage, options, recursive=True)
+    storage.remove(wds.staging_uri(job.output), options, recursive=True)
 
 
-def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns) -> list[dict]:
+def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns,
+          secrets: Sequence[str]) -> list[dict]:
     """Pack the shard's ok outputs into {output}/shards/NNNNN.tar (their rows then name
     ``tar#key.ext``); each sample's json is its manifest row and its extra columns."""
     ext = FORMAT_EXTENSIONS[job.output_format]
@@ -449,7 +453,6 @@ def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns)
     if not ok:
         return rows
     tar = wds.shard_uri(job.output, shard_id)
-    secrets = secret_values(job.storage_options)
     samples = [wds.Sample(r["item_id"], ext, r["output_uri"], {
         **manifest.clean_row(r, secrets), "output_uri": wds.member_uri(tar, r["item_id"], ext),
         **extra.for_row(r["item_id"])}) for r in ok]

@@ -11,7 +11,6 @@ files.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 import json
 import re
@@ -22,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       field_validator, model_validator)
 
 from pipeline.redact import redact_options, redact_uri
-from stylize.common import short_hash
+from stylize.common import near_miss, short_hash
 from stylize.config import (BIT_DEPTHS, NETWORK_OPTIONS, OUTPUT_FORMATS, TYPE_NOUNS,
                             ConfigError, StyleConfig)
 
@@ -201,9 +200,9 @@ class JobConfig(BaseModel):
                 raise ValueError(f"{key}: builds the network, which a sweep cannot change; "
                                  f"sweep per-image options only")
             if key not in StyleConfig.model_fields:
-                near = difflib.get_close_matches(key, list(StyleConfig.model_fields), n=1)
+                near = near_miss(key, StyleConfig.model_fields)
                 raise ValueError(f"{key}: not an engine option"
-                                 f"{f'; did you mean {near[0]!r}?' if near else ''}")
+                                 f"{f'; did you mean {near!r}?' if near else ''}")
         return value
 
     @model_validator(mode="after")
@@ -453,9 +452,8 @@ def _unknown_key(path: str, model: type[BaseModel]) -> str:
     allowed = _keys_at(model, parent)
     if allowed is None:
         return f"unknown key {path!r}"
-    near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) or \
-        [k for k in allowed if k.startswith(key) or key in k][:1]
-    hint = f"; did you mean {'.'.join([*parent, near[0]])!r}?" if near else ""
+    near = near_miss(key, allowed)
+    hint = f"; did you mean {'.'.join([*parent, near])!r}?" if near else ""
     where = f" in {'.'.join(parent)}" if parent else ""
     return f"unknown key {path!r}{hint} (allowed keys{where}: {', '.join(allowed)})"
 

@@ -333,16 +333,17 @@ def _read_list(uri: str, options: Mapping[str, Any]) -> tuple[list[str], Any]:
         table = _read_table(uri, ext, data)
     elif ext == ".csv":
         text = data.decode("utf-8-sig", "surrogateescape")
-        rows = [r for r in csv.reader(io.StringIO(text)) if r]
-        if rows and any(c.strip().lower() in URI_COLUMNS for c in rows[0]):
+        reader = (r for r in csv.reader(io.StringIO(text)) if r)
+        first = next(reader, None)
+        if first and any(c.strip().lower() in URI_COLUMNS for c in first):
             try:  # typed columns (labels stay ints), as pyarrow reads them
                 table = _read_table(uri, ext, data)
-            except SourceError:
-                table = None
-            if table is None:  # not UTF-8: the plain reader, strings throughout
-                header = [c.strip() for c in rows[0]]
-                table = pa.table({h: [r[i] if i < len(r) else None for r in rows[1:]]
-                                  for i, h in enumerate(header)})
+            except SourceError:  # not UTF-8: the plain reader, strings throughout
+                rows = list(reader)
+                table = pa.table({h.strip(): [r[i] if i < len(r) else None for r in rows]
+                                  for i, h in enumerate(first)})
+        else:
+            rows = [first, *reader] if first else []
     if table is not None:
         names = [n for n in URI_COLUMNS if n in [c.strip().lower() for c in table.column_names]]
         if not names:

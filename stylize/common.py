@@ -4,9 +4,11 @@ imports ``pipeline``)."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import uuid
+from typing import Iterable
 
 # The exit codes of the ``stylize`` command (pipeline/errors.py says when each applies).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -21,6 +23,15 @@ def one_line(detail: object, limit: int = 500) -> str:
 def describe_error(e: BaseException, limit: int = 500) -> str:
     """``Type: message`` on one line: what a row or a log line says about an exception."""
     return f"{type(e).__name__}: {one_line(e) or '(no message)'}"[:limit]
+
+
+def near_miss(word: str, choices: Iterable[str]) -> str | None:
+    """The choice that ``word`` most likely misspells (or abbreviates), if any: what a
+    "did you mean" names."""
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else next((c for c in choices if c.startswith(word) or word in c),
+                                       None)
 
 
 def short_hash(*parts: str, n: int = 16) -> str:

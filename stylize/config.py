@@ -13,12 +13,13 @@ optimisation uses (everything else: layers, weights, iterations, init, scales, .
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
+
+from stylize.common import near_miss
 
 CONTENT_LAYERS_GATYS = ("relu4_2",)
 STYLE_LAYERS_GATYS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -269,8 +270,8 @@ def describe_config_errors(e: ValidationError) -> list[str]:
         name = loc[0] if loc else ""
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(name, option_names(), n=1)
-            msg = (f"unknown option {name!r}; did you mean {near[0]!r}?" if near else
+            near = near_miss(name, option_names())
+            msg = (f"unknown option {name!r}; did you mean {near!r}?" if near else
                    f"unknown option {name!r}; allowed: {', '.join(option_names())}")
         elif err["type"] == "literal_error" and name == "preset":
             msg = f"unknown preset {err.get('input')!r}; allowed: {', '.join(PRESETS)}"

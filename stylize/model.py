@@ -78,15 +78,17 @@ class VGGFeatures(nn.Module):
         """``{tap: activation}`` for ``taps`` (default: every tap of the model), computed no
         deeper than the deepest of them."""
         wanted = self._tap_index if taps is None else {LAYER_NAMES.index(t): t for t in taps}
-        last = max(wanted)
-        if last >= len(self.layers) or any(self._tap_index.get(i) != t for i, t in wanted.items()):
+        if any(self._tap_index.get(i) != t for i, t in wanted.items()):
             raise ValueError(f"taps {taps} are not all among this model's {self.taps}")
+        last = max(wanted)
         x = self.preprocess(pixels)
         out = {}
-        for i, layer in enumerate(self.layers[: last + 1]):
+        for i, layer in enumerate(self.layers):
             x = layer(x)
             if i in wanted:
                 out[wanted[i]] = x
+                if i == last:
+                    break
         return out
 
     def conv_layers(self) -> list[nn.Conv2d]:
