@@ -237,15 +237,25 @@ class Stylizer:
             return to_tensor(resize_bucket(img, opts.size))
         return to_tensor(resize_longest(img, opts.size))
 
-    def features(self, pixels: torch.Tensor,
-                 taps: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def features(self, pixels: torch.Tensor, taps: Sequence[str] | None = None,
+                 compiled: bool = False) -> dict[str, torch.Tensor]:
         """``{layer: activation}`` of ``taps`` (default: the config's content and style
-        layers)."""
+        layers).
+
+        ``compiled`` runs the compiled network (with ``compile``): only the optimisation's
+        steps ask for it. Targets, scores and batch sizing run eager, once per batch, so that
+        torch.compile builds graphs for one call site only; there, the batch dimension is
+        dynamic (one graph for every batch of 2 or more, one for batches of 1), so images that
+        stop early and leave the batch do not recompile it. Each new graph used to cost a
+        recompile, and after eight torch.compile quietly ran eager.
+        """
         taps = tuple(dict.fromkeys(taps or self.cfg.content_layers + self.cfg.style_layers))
         pixels = pixels.to(self.device, memory_format=self.memory_format)
         with self.autocast:
-            if self._net is self.model:
+            if not compiled or self._net is self.model:
                 return self.model(pixels, taps)
+            if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
+                torch._dynamo.mark_dynamic(pixels, 0)
             try:
                 return self._net(pixels, taps)
             except Exception as e:  # a compiler failure must not cost the job: run eager
@@ -345,7 +355,8 @@ class Stylizer:
         return self._measure_batch_limit(shape, opts)
 
     def _measure_batch_limit(self, shape: tuple[int, int], opts: StyleConfig) -> int:
-        """Peak memory of one image at this shape, measured once, against free memory."""
+        """Peak memory of one image at this shape (run eager: a compiled network needs less),
+        measured once, against free memory."""
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -355,7 +366,10 @@ class Stylizer:
         per_image = torch.cuda.max_memory_allocated(self.device) - before
         hist = 2 * opts.history_size * 3 * shape[0] * shape[1] * 4  # L-BFGS (s, y) pairs
         del x, feats
-        free, _ = torch.cuda.mem_get_info(self.device)
+        # Free for this process: what the device has free plus what PyTorch's allocator holds
+        # cached but unused (it reuses that before asking the device for more).
+        free = torch.cuda.mem_get_info(self.device)[0] + (
+            torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
         limit = max(1, min(64, int(0.8 * free / (per_image * 1.5 + hist))))
         self._batch_limit[shape] = limit
         return limit
@@ -396,7 +410,7 @@ class Stylizer:
                 for i in range(len(contents))]
 
     def _objective(self, loss: GatysLoss, taps: tuple[str, ...]):
-        return lambda px: loss(self.features(px, taps), px)
+        return lambda px: loss(self.features(px, taps, compiled=True), px)
 
     @torch.no_grad()
     def loss_for(self, content: torch.Tensor, styles: Sequence[Style],
@@ -472,7 +486,7 @@ def scale_shape(h: int, w: int, scale: float) -> tuple[int, int]:
 
 def _compile(model):
     try:
-        return torch.compile(model, dynamic=False)
+        return torch.compile(model)
     except Exception as e:
         warnings.warn(f"torch.compile unavailable ({type(e).__name__}); running eager")
         return model

@@ -60,8 +60,8 @@ def per_image_features(stylizer) -> None:
     """
     batched = stylizer.features
 
-    def features(pixels: torch.Tensor, taps=None) -> dict[str, torch.Tensor]:
-        outs = [batched(pixels[i:i + 1], taps) for i in range(pixels.shape[0])]
+    def features(pixels: torch.Tensor, taps=None, compiled=False) -> dict[str, torch.Tensor]:
+        outs = [batched(pixels[i:i + 1], taps, compiled) for i in range(pixels.shape[0])]
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     stylizer.features = features

@@ -81,6 +81,11 @@ def test_compiled_path_matches_eager():
     for a, b in zip(eager, compiled):
         assert torch.allclose(a.image, b.image, atol=0.05)
         assert math.isclose(a.total_loss, b.total_loss, rel_tol=1e-3)
+    # Another batch size (as when images stop early and leave the batch) reuses the graphs.
+    built = bench.dynamo_graphs()
+    again = compiled_engine.stylize_batch(contents[:1] * 3, [style] * 3)
+    assert bench.dynamo_graphs() == built, "a new batch size recompiled the network"
+    assert math.isclose(again[0].total_loss, compiled[0].total_loss, rel_tol=1e-3)
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
