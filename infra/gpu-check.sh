@@ -14,8 +14,9 @@
 # Steps, each under its own `timeout` and all under one overall budget, in this order:
 #   install, env, bench_512 (bf16 + compile, batch from memory, vs the strict-fp32 batch-1
 #   eager baseline in the same run), pytest (-m gpu: tests/test_gpu.py), bench_1024,
-#   bench_fast (the fast preset), inline_run (64 images, `stylize run` with ray.address:
-#   inline, Ray hidden; skipped if the pipeline cannot run without Ray).
+#   bench_fast (the fast preset, compiled: its batches shrink), inline_run (64 images,
+#   `stylize run` with ray.address: inline, Ray hidden; skipped if the pipeline cannot run
+#   without Ray).
 # Writes into OUT_DIR (3 files): results.jsonl (one JSON object per figure or step),
 # summary.txt (the figures against the targets of shared/PERF.md), log.txt (all output).
 # Exit status: 0 when every step is ok or skipped, 1 otherwise; the summary is always written.
@@ -592,7 +593,8 @@ CHECK
   run_step bench_1024 120 "$PY" -m stylize.bench "${dev[@]}" --size "$s1024" --iterations "$it1024" \
     --images "$n1024" --baseline-images 1 --batch 0 ${compile[@]+"${compile[@]}"} --json
   run_step bench_fast 100 "$PY" -m stylize.bench "${dev[@]}" --preset fast --size "$s512" \
-    --iterations "$itfast" --images "$nfast" --baseline-images 1 --batch 0 --json
+    --iterations "$itfast" --images "$nfast" --baseline-images 1 --batch 0 \
+    ${compile[@]+"${compile[@]}"} --json
   run_step inline_run 150 "$PY" "$HELPER" inline "$CPU" "$WORK"
 }
 
