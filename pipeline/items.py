@@ -187,7 +187,9 @@ class StyleDraw:
         self.k = k
 
     def __call__(self, rel: str) -> list[int]:
-        picked = random.Random(f"{self.key}/{rel}").sample(range(len(self.order)), self.k)
+        # bytes seed as Random does for str, so that names that are not UTF-8 draw too
+        seed = f"{self.key}/{rel}".encode("utf-8", "surrogateescape")
+        picked = random.Random(seed).sample(range(len(self.order)), self.k)
         return [self.order[i] for i in picked]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import sample
 from pipeline import storage
-from pipeline.items import (MAX_NAME_BYTES, RESERVED_STYLE_NAMES, Content, StyleRef,
+from pipeline.items import (MAX_NAME_BYTES, RESERVED_STYLE_NAMES, Content, Plan, StyleRef,
                             escape_undecodable, fit_name, make_items, output_uri)
 from pipeline.jobconfig import job_from_mapping
 from pipeline.sources import SourceError, list_contents, list_styles
@@ -57,6 +57,22 @@ def test_name_not_utf8_is_listed_read_and_written_under_a_utf8_name(tmp_path):
         item.output_uri.encode("utf-8")  # valid UTF-8: fits a manifest and any file system
         storage.write_bytes(item.output_uri, b"png", atomic=True)
     assert sorted(os.listdir(tmp_path / "out" / "starry")) == ["caf%E9 %FF%FE.png", "ok.png"]
+
+
+def test_name_not_utf8_draws_its_styles_and_mirrors_its_tree(tmp_path):
+    root = tmp_path / "in" / "cats"
+    root.mkdir(parents=True)
+    write_raw(root, b"caf\xe9.jpg", sample("coffee").read_bytes())
+    contents = list_contents(job(input=str(tmp_path / "in")))
+    styles = [StyleRef(n, (f"/s/{n}.jpg",), (1.0,), ("t",)) for n in ("a", "b", "c")]
+    plan = Plan(assign=(2, 0), layout="mirror", point_hashes=("p",))
+    out = str(tmp_path / "out")
+    items = make_items(contents, styles, out, "png", "p", plan)
+    assert len({i.style for i in items}) == 2  # two distinct styles, drawn from the raw name
+    assert [i.style for i in make_items(contents, styles, out, "png", "p", plan)] == \
+        [i.style for i in items]
+    assert {i.output_uri for i in items} == {f"{out}/images/cats/caf%E9__{i.style}.png"
+                                             for i in items}
 
 
 def test_escaped_name_colliding_with_a_real_name_is_told_apart(tmp_path):
