@@ -284,7 +284,7 @@ def _curves(s: StyleStats, settings: ReportSettings) -> str:
             break
     if not series:
         return ""
-    legend = "".join(f'<li><i style="background:{c}"></i>{_e(label)}</li>'
+    legend = "".join(f'<li title="{_e(label)}"><i style="background:{c}"></i>{_e(label)}</li>'
                      for _, _, label, c in series)
     svg = line_chart(series, "iteration", "total loss (log scale)", log_y=True)
     return (f'<figure class="chart curves"><figcaption>{_e(s.name)}: loss curves</figcaption>'
