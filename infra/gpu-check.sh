@@ -383,6 +383,17 @@ def cmd_summary(out_dir, elapsed):
                  f"warm-up {fmt(x.get('warmup_s'))} s ({x.get('graphs_compiled_warmup')} graphs, "
                  f"{x.get('graphs_compiled_timed')} more while timed)")
             text.append(s)
+            prof = x.get("profile")
+            if prof:
+                phases = ", ".join(f"{k} {fmt(v, 3)}" for k, v in
+                                   prof.get("phases_ms_per_image_iter", {}).items())
+                busy = prof.get("device_busy_share")
+                top = "; ".join(f"{k['name'][:60]} {round(100 * k['share'])}%"
+                                for k in prof.get("top", [])[:5])
+                text.append(f"  profile ({prof.get('iterations')} steps of {prof.get('images')} "
+                            f"images): {fmt(prof.get('wall_ms_per_image_iter'), 3)} ms/image-"
+                            f"iteration; {phases} ms; device busy "
+                            f"{'?' if busy is None else f'{100 * busy:.0f}%'}; top: {top}")
             if x["step"] == "bench_512" and gpu:
                 checks.append(("512px ms/image-iteration <= 2.0", x.get("ms_per_image_iter"),
                                (x.get("ms_per_image_iter") or 1e9) <= TARGET_MS_512))
@@ -566,13 +577,15 @@ CHECK
   # On the CPU: tiny, fp32 (bf16 autocast is slow there), no compile (tests/test_throughput.py
   # covers it); the same code paths otherwise.
   local dev=(--device cuda --precision bf16) compile=(--compile) s512=512 s1024=1024
-  local it512=500 it1024=100 itfast=500 n512=16 n1024=4 nfast=16 nb512=2
+  local it512=500 it1024=100 itfast=500 n512=16 n1024=4 nfast=16 nb512=2 prof512=20
   if [[ $CPU == 1 ]]; then
     dev=(--device cpu --precision fp32 --warmup 1); compile=(); s512=16; s1024=32
-    it512=2; it1024=2; itfast=2; n512=2; n1024=1; nfast=2; nb512=1
+    it512=2; it1024=2; itfast=2; n512=2; n1024=1; nfast=2; nb512=1; prof512=2
   fi
+  # --profile: where the time of 20 steps of one batch goes (phases, kernels, busy share)
   run_step bench_512 200 "$PY" -m stylize.bench "${dev[@]}" --size "$s512" --iterations "$it512" \
-    --images "$n512" --baseline-images "$nb512" --batch 0 ${compile[@]+"${compile[@]}"} --json
+    --images "$n512" --baseline-images "$nb512" --batch 0 --profile "$prof512" \
+    ${compile[@]+"${compile[@]}"} --json
 
   local junit=$WORK/junit.xml per_test=()
   "$PY" -c 'import pytest_timeout' 2>/dev/null && per_test=(--timeout 200)

@@ -6,7 +6,9 @@ fp32, batch 1, eager, no early stopping, same iterations. On CUDA the baseline a
 run in strict fp32 (TF32 off for cuDNN and matmuls; PyTorch's default lets cuDNN use TF32).
 Both final images are scored with the same fp32 Gatys loss, so ``final_loss`` and
 ``baseline_final_loss`` (means over the images both ran) compare quality. With ``--json`` the
-last line is one JSON object. Progress goes to stderr.
+last line is one JSON object. Progress goes to stderr. ``--profile K`` adds where the time of
+K steps of one batch goes (``profile``: each phase of a step, the device's busy share, the
+top kernels), from ``torch.profiler``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from stylize.config import PRECISIONS, PRESETS, resolve_config
 from stylize.engine import Style, Stylizer
 from stylize.images import decode_image, encode_image, resize_to, to_tensor
+from stylize.optim import PHASES
 
 SAMPLES = ("tubingen", "coffee", "chelsea", "shipwreck", "the_scream", "starry_night")
 
@@ -118,6 +121,9 @@ def bench(args: argparse.Namespace) -> dict:
     t_new, out_new, used_new, warmup, graphs = measure(engine, args.batch or len(raws), raws,
                                                        "new path")
     peak = peak_memory_mb(engine.device)
+    batch = args.batch or engine.batch_limit((args.size, args.size))
+    prof = (profile_steps(engine, contents[:batch], style, args.profile) if args.profile
+            else None)
     # fp32: IEEE fp32 on CUDA too (the engine turns TF32 off while it works)
     baseline = Stylizer(base_cfg)  # also the scorer: the same fp32 loss for both
     if n_base:
@@ -134,7 +140,6 @@ def bench(args: argparse.Namespace) -> dict:
     ms_base = 1000 * t_base / (n_base * args.iterations) if n_base else None
     device = engine.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    batch = args.batch or engine.batch_limit((args.size, args.size))
     return {
         "device": str(device), "device_name": name, "preset": args.preset, "size": args.size,
         "iterations": args.iterations, "images": len(raws), "batch": min(batch, len(raws)),
@@ -156,7 +161,49 @@ def bench(args: argparse.Namespace) -> dict:
         "baseline_precision": "fp32 (TF32 off)" if device.type == "cuda" else "fp32",
         "mean_iterations": statistics.mean(used_new),
         "baseline_mean_iterations": statistics.mean(used_base) if n_base else None,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "profile": prof,
+    }
+
+
+def profile_steps(engine: Stylizer, contents: list[torch.Tensor], style: Style,
+                  iterations: int, top: int = 12) -> dict:
+    """Where the time of ``iterations`` steps of one batch goes, per image-iteration: the
+    phases of a step (stylize.optim.PHASES: forward and loss, gradient, update), the share of
+    the wall time the device was busy, and the ``top`` kernels (operators on a CPU)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = engine.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        engine.stylize_batch(contents, [style] * len(contents), iterations=iterations)
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+    wall_us = (time.perf_counter() - t0) * 1e6
+    events = prof.key_averages()  # grouped by name, device type and user annotation
+    own, under = (("self_device_time_total", "device_time_total") if cuda
+                  else ("self_cpu_time_total", "cpu_time_total"))
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU  # kernels on CUDA, operators on a CPU
+    per = 1000 * len(contents) * iterations  # microseconds -> ms per image-iteration
+    kernels = sorted((e for e in events if e.device_type == kind and not e.is_user_annotation
+                      and e.key not in PHASES and getattr(e, own) > 0),
+                     key=lambda e: getattr(e, own), reverse=True)
+    spent = sum(getattr(e, own) for e in kernels) or 1
+    phases = {name.split(".")[-1]: round(getattr(e, under) / per, 4)
+              for name in PHASES for e in events
+              if e.key == name and e.device_type == DeviceType.CPU}
+    return {
+        "images": len(contents), "iterations": iterations, "timer": "device" if cuda else "cpu",
+        "wall_ms_per_image_iter": round(wall_us / per, 4),
+        "phases_ms_per_image_iter": phases,
+        "device_busy_share": round(spent / wall_us, 3) if cuda else None,
+        "top": [{"name": e.key[:120], "calls": e.count,
+                 "ms_per_image_iter": round(getattr(e, own) / per, 4),
+                 "share": round(getattr(e, own) / spent, 3)}
+                for e in kernels[:top]],
     }
 
 
@@ -187,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-images", type=int, default=None, metavar="N",
                    help="run the baseline on the first N images only (default: all; 0: skip "
                         "it). Losses are compared over those N")
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="then profile K steps of one batch: time per phase of a step, the "
+                        "device's busy share, the top kernels (default 0: no profile)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     return p
 

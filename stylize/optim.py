@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.profiler import record_function
 
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]  # x -> (total (B,), *parts)
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -39,6 +40,9 @@ StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 FIRST_STEP_PIXELS = 1.0  # RMS size of the first L-BFGS step, in pixel units (0..255)
 GROWTH_LIMIT = 2.0  # an L-BFGS step that multiplies an image's loss by more is undone
 PIXEL_RANGE = (0.0, 255.0)  # every step is projected into it: the pixels an output can hold
+# Profiler ranges of one step (forward and loss, gradient, optimiser update): `stylize bench
+# --profile` reports the time of each; outside a profiler they cost a few microseconds.
+PHASES = ("optimize.objective", "optimize.backward", "optimize.step")
 
 
 class BatchedLBFGS:
@@ -205,10 +209,12 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
     step_objective = objective
     for it in range(iterations):
         x.requires_grad_(True)
-        total = step_objective(x)[0]
-        (grad,) = torch.autograd.grad(total.sum(), x)
+        with record_function(PHASES[0]):
+            total = step_objective(x)[0]
+        with record_function(PHASES[1]):
+            (grad,) = torch.autograd.grad(total.sum(), x)
         x.requires_grad_(False)
-        with torch.no_grad():
+        with torch.no_grad(), record_function(PHASES[2]):
             used[rows] += active
             if stopping.enabled:
                 old = recent[:, it % stopping.window]

@@ -119,3 +119,19 @@ def test_bench_json_has_its_keys(capsys):
                         data["baseline_ms_per_image_iter"] / data["ms_per_image_iter"], rel_tol=0.01)
     # the same plain fp32 problem: final losses agree closely after 3 steps
     assert math.isclose(data["final_loss"], data["baseline_final_loss"], rel_tol=0.02)
+
+
+def test_bench_profile_says_where_the_time_goes(capsys):
+    rc = bench.main(["--images", "2", "--size", "32", "--iterations", "3", "--batch", "2",
+                     "--device", "cpu", "--baseline-images", "0", "--profile", "2", "--json"])
+    assert rc == 0
+    prof = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["profile"]
+    assert prof["images"] == 2 and prof["iterations"] == 2
+    phases = prof["phases_ms_per_image_iter"]
+    assert set(phases) == {"objective", "backward", "step"} and min(phases.values()) > 0
+    # the phases happen inside the profiled call: together no more than its wall time
+    assert sum(phases.values()) <= prof["wall_ms_per_image_iter"] * 1.05
+    names = [k["name"] for k in prof["top"]]
+    assert any("conv" in n for n in names[:3]), names  # VGG's convolutions lead on a CPU
+    shares = [k["share"] for k in prof["top"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
