@@ -211,14 +211,17 @@ class Stylizer:
     @contextlib.contextmanager
     def numerics(self):
         """TF32 on for ``precision: tf32``, off for ``fp32`` (PyTorch lets cuDNN use TF32 by
-        default), only for the duration of this engine's work; the caller's flags come back."""
-        wanted = {"tf32": True, "fp32": False}.get(self.precision)
-        if wanted is None:  # bf16: autocast decides
-            yield
-            return
+        default), only for the duration of this engine's work; the caller's flags come back.
+        With ``bf16`` the convolutions run in bf16 under autocast and the fp32 matmuls left,
+        the Gram matrices, use TF32: their inputs are bf16 features, exact in TF32, so only
+        the gradient's product is rounded (to 10 bits, finer than bf16's 8), and TF32 runs on
+        tensor cores where IEEE fp32 does not."""
+        matmul_tf32, cudnn_tf32 = {"tf32": (True, True), "fp32": (False, False),
+                                   "bf16": (True, None)}[self.precision]
         matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
         saved = (matmul.allow_tf32, cudnn.allow_tf32)
-        matmul.allow_tf32 = cudnn.allow_tf32 = wanted
+        matmul.allow_tf32 = matmul_tf32
+        cudnn.allow_tf32 = saved[1] if cudnn_tf32 is None else cudnn_tf32
         try:
             yield
         finally:

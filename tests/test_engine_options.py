@@ -64,19 +64,23 @@ def test_style_targets_are_an_lru_bounded_by_bytes():
     assert 0 < roomy.targets.nbytes <= roomy.targets.limit
 
 
-@pytest.mark.parametrize("precision, during", [("tf32", True), ("fp32", False)])
+@pytest.mark.parametrize("precision, during", [("tf32", (True, True)), ("fp32", (False, False)),
+                                               ("bf16", (True, None))])
 def test_tf32_flags_are_set_during_the_engines_calls_only(precision, during):
+    """(matmul, cuDNN) TF32 flags while the engine works; None: the caller's, untouched."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = (matmul.allow_tf32, cudnn.allow_tf32)
     try:
-        matmul.allow_tf32 = cudnn.allow_tf32 = not during
-        st = Stylizer(resolve_config(**BASE, precision=precision))
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == (not during, not during)  # built: as was
-        seen = []
-        contents, styles = _inputs()
-        st.stylize_batch(contents, styles,
-                         callback=lambda info: seen.append((matmul.allow_tf32, cudnn.allow_tf32)))
-        assert seen and all(s == (during, during) for s in seen)
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == (not during, not during)  # restored
+        for before in ((False, False), (True, True)):
+            matmul.allow_tf32, cudnn.allow_tf32 = before
+            st = Stylizer(resolve_config(**BASE, precision=precision))
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == before  # built: as it was
+            seen = []
+            contents, styles = _inputs()
+            st.stylize_batch(contents, styles, callback=lambda info: seen.append(
+                (matmul.allow_tf32, cudnn.allow_tf32)))
+            expected = tuple(b if d is None else d for d, b in zip(during, before))
+            assert seen and all(s == expected for s in seen)
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == before  # restored
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = saved
