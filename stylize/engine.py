@@ -245,22 +245,26 @@ class Stylizer:
         """``{layer: activation}`` of ``taps`` (default: the config's content and style
         layers).
 
-        ``compiled`` runs the compiled network (with ``compile``): only the optimisation's
-        steps ask for it. Targets, scores and batch sizing run eager, once per batch, so that
-        torch.compile builds graphs for one call site only; there, the batch dimension is
-        dynamic (one graph for every batch of 2 or more, one for batches of 1), so images that
-        stop early and leave the batch do not recompile it. Each new graph used to cost a
-        recompile, and after eight torch.compile quietly ran eager.
+        ``compiled`` runs the compiled network (with ``compile``) where gradients are taken:
+        the optimisation's steps. Everything else (targets, scores, batch sizing) runs once per
+        batch, eager, so that torch.compile builds graphs for one call site only; there, the
+        batch dimension is dynamic (one graph for every batch of 2 or more, one for batches of
+        1), so images that stop early and leave the batch do not recompile it. Each image
+        shape (height, width) still builds its own (torch.compile specialises them), up to
+        COMPILED_GRAPHS per network (torch.compile's default, 8, would quietly run eager
+        after four aspect buckets); each costs a compilation, so compile pays with ``bucket``
+        (a few aspect buckets) and one size, not with every aspect ratio of a collection.
         """
         taps = tuple(dict.fromkeys(taps or self.cfg.content_layers + self.cfg.style_layers))
         pixels = pixels.to(self.device, memory_format=self.memory_format)
         with self.autocast:
-            if not compiled or self._net is self.model:
+            if not (compiled and torch.is_grad_enabled()) or self._net is self.model:
                 return self.model(pixels, taps)
             if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
                 torch._dynamo.mark_dynamic(pixels, 0)
             try:
-                return self._net(pixels, taps)
+                with torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS):
+                    return self._net(pixels, taps)
             except Exception as e:  # a compiler failure must not cost the job: run eager
                 if isinstance(e, torch.OutOfMemoryError):
                     raise
@@ -485,6 +489,11 @@ def start_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
 def scale_shape(h: int, w: int, scale: float) -> tuple[int, int]:
     """(h, w) of an image at one of the coarse-to-fine ``scales``."""
     return max(16, round(h * scale)), max(16, round(w * scale))
+
+
+# Graphs torch.compile may build for the network (image shapes x batch of 1 or more) before
+# it gives up and runs eager: the aspect buckets of one size, and a few sizes (scales).
+COMPILED_GRAPHS = 64
 
 
 def _compile(model):
