@@ -263,7 +263,7 @@ class Stylizer:
             if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
                 torch._dynamo.mark_dynamic(pixels, 0)
             try:
-                with torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS):
+                with _graph_limit():
                     return self._net(pixels, taps)
             except Exception as e:  # a compiler failure must not cost the job: run eager
                 if isinstance(e, torch.OutOfMemoryError):
@@ -494,6 +494,14 @@ def scale_shape(h: int, w: int, scale: float) -> tuple[int, int]:
 # Graphs torch.compile may build for the network (image shapes x batch of 1 or more) before
 # it gives up and runs eager: the aspect buckets of one size, and a few sizes (scales).
 COMPILED_GRAPHS = 64
+
+
+def _graph_limit():
+    """torch.compile's graph limit raised to COMPILED_GRAPHS for the duration of a call
+    (``recompile_limit`` since PyTorch 2.6, ``cache_size_limit`` before)."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    return cfg.patch(**{name: COMPILED_GRAPHS})
 
 
 def _compile(model):
