@@ -188,7 +188,8 @@ def profile_steps(engine: Stylizer, contents: list[torch.Tensor], style: Style,
                   else ("self_cpu_time_total", "cpu_time_total"))
     kind = DeviceType.CUDA if cuda else DeviceType.CPU  # kernels on CUDA, operators on a CPU
     per = 1000 * len(contents) * iterations  # microseconds -> ms per image-iteration
-    kernels = sorted((e for e in events if e.device_type == kind and not e.is_user_annotation
+    kernels = sorted((e for e in events if e.device_type == kind
+                      and not getattr(e, "is_user_annotation", False)
                       and e.key not in PHASES and getattr(e, own) > 0),
                      key=lambda e: getattr(e, own), reverse=True)
     spent = sum(getattr(e, own) for e in kernels) or 1
