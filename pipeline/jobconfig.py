@@ -218,11 +218,18 @@ class JobConfig(BaseModel):
         set_(self, "grid", self.grid if isinstance(self.grid, GridConfig)
              else GridConfig(enabled=self.grid))
         _check_memory_urls(self)
+        typed: dict[str, dict[str, Any]] = {}  # key -> {repr of a value as given: as typed}
         for point in self.sweep_points():  # every point must be valid options
             try:
-                self.stylize.replace(**point)
+                cfg = self.stylize.replace(**point)
             except ConfigError as e:
                 raise ValueError(f"sweep {point}: {str(e).lstrip('-')}") from None
+            for key, value in point.items():
+                v = getattr(cfg, key)
+                typed.setdefault(key, {})[repr(value)] = list(v) if isinstance(v, tuple) else v
+        if self.sweep:  # the values as the engine reads them ('1e3' from --sweep: 1000.0)
+            set_(self, "sweep", {k: [typed[k][repr(v)] for v in vs]
+                                 for k, vs in self.sweep.items()})
         return self
 
     def sweep_points(self) -> list[dict[str, Any]]:

@@ -133,12 +133,17 @@ def _read_parquet(data: bytes) -> pa.Table:
 
 
 def _conform(table: pa.Table) -> pa.Table:
+    """The manifest's columns, typed, first (null where a part predates a column), then the
+    job's own columns as written (a sweep's keys, a list input's columns)."""
     if table.schema.equals(SCHEMA):  # written by this version: nothing to add or cast
         return table
     for field in SCHEMA:  # parts written before a column existed
         if field.name not in table.column_names:
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-    return table.select(SCHEMA.names).cast(SCHEMA)
+    extra = [n for n in table.column_names if n not in SCHEMA.names]
+    return pa.Table.from_arrays(
+        [*table.select(SCHEMA.names).cast(SCHEMA).columns, *table.select(extra).columns],
+        schema=pa.schema([*SCHEMA, *(table.schema.field(n) for n in extra)]))
 
 
 def _file_equals(uri: str, table: pa.Table, options: Mapping[str, Any],

@@ -130,6 +130,11 @@ def test_dataset_keys_and_their_mistakes():
         "style_weight": 1e2, "style_layers": ["relu2_1"]}
     assert len(set(j.point_hashes())) == 4 and job().point_hashes() == [job().params_hash]
     assert j.point_options(j.sweep_points()[3]).style_layers == ("relu2_1",)
+    # values as the engine reads them, whatever their spelling ('1e4' is what YAML makes
+    # of 1e4 and --sweep of [1000,1e4]): one type per column of the manifest
+    typed = job(sweep={"style_weight": [1000, "1e4"], "style_layers": ["relu1_1,relu2_1"]})
+    assert typed.sweep == {"style_weight": [1000.0, 10000.0],
+                           "style_layers": [["relu1_1", "relu2_1"]]}
     with pytest.raises(JobConfigError) as err:
         job(assign={"random": 0}, layout="tree", sweep={"pooling": ["max"], "size": [8]})
     lines = str(err.value).splitlines()

@@ -59,6 +59,28 @@ def test_final_manifest_in_job_order_and_not_rewritten_when_equal(tmp_path):
     assert (tmp_path / "manifest.parquet").stat().st_mtime_ns == mtime
 
 
+def test_job_columns_are_read_back_and_an_equal_manifest_is_not_rewritten(tmp_path):
+    """A list input's columns (or a sweep's keys) in manifest.parquet: read back with it, and
+    a resume that computed nothing leaves the file alone, as for any other job."""
+    import pyarrow as pa
+
+    out = str(tmp_path)
+    items = [item(n) for n in range(3)]
+    done = manifest.to_table(manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1)
+                             for i in items)
+
+    def labels(table):
+        return table.append_column("label", pa.array([7, 8, 9], pa.int64()))
+
+    table, written = manifest.write_manifest(out, items, done, {}, labels)
+    assert written
+    back = manifest.read_manifest(out, {})
+    assert back.column("label").to_pylist() == [7, 8, 9] and back.equals(table)
+    mtime = (tmp_path / "manifest.parquet").stat().st_mtime_ns
+    _, written2 = manifest.write_manifest(out, items, done, {}, labels)
+    assert not written2 and (tmp_path / "manifest.parquet").stat().st_mtime_ns == mtime
+
+
 def test_json_and_clear_run(tmp_path):
     out = str(tmp_path)
     manifest.write_json(manifest.run_uri(out), {"a": 1}, {})
