@@ -196,6 +196,11 @@ def profile_steps(engine: Stylizer, contents: list[torch.Tensor], style: Style,
     phases = {name.split(".")[-1]: round(getattr(e, under) / per, 4)
               for name in PHASES for e in events
               if e.key == name and e.device_type == DeviceType.CPU}
+    if cuda and phases:  # the gradient's kernels run on autograd's own thread, outside its
+        # range: on CUDA "backward" is every kernel outside the other two phases (so also
+        # the batch's targets and final losses, a small share of K steps)
+        phases["backward"] = round(max(0.0, spent / per - phases.get("objective", 0.0)
+                                       - phases.get("step", 0.0)), 4)
     return {
         "images": len(contents), "iterations": iterations, "timer": "device" if cuda else "cpu",
         "wall_ms_per_image_iter": round(wall_us / per, 4),

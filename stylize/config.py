@@ -220,8 +220,8 @@ class StyleConfig(BaseModel):
         return self
 
     def replace(self, **changes: Any) -> "StyleConfig":
-        """A copy with some options changed (validated; the preset's values are not
-        re-applied)."""
+        """A copy with some options changed, validated; an option changed to None takes the
+        preset's value, as in a job file."""
         return _validated({**self.to_dict(), **changes})
 
     @property

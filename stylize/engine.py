@@ -215,7 +215,8 @@ class Stylizer:
         With ``bf16`` the convolutions run in bf16 under autocast and the fp32 matmuls left,
         the Gram matrices, use TF32: their inputs are bf16 features, exact in TF32, so only
         the gradient's product is rounded (to 10 bits, finer than bf16's 8), and TF32 runs on
-        tensor cores where IEEE fp32 does not."""
+        tensor cores where IEEE fp32 does not. A compiled network may build COMPILED_GRAPHS
+        graphs meanwhile."""
         matmul_tf32, cudnn_tf32 = {"tf32": (True, True), "fp32": (False, False),
                                    "bf16": (True, None)}[self.precision]
         matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
@@ -223,7 +224,8 @@ class Stylizer:
         matmul.allow_tf32 = matmul_tf32
         cudnn.allow_tf32 = saved[1] if cudnn_tf32 is None else cudnn_tf32
         try:
-            yield
+            with _graph_limit() if self._net is not self.model else contextlib.nullcontext():
+                yield
         finally:
             matmul.allow_tf32, cudnn.allow_tf32 = saved
 
@@ -263,8 +265,7 @@ class Stylizer:
             if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
                 torch._dynamo.mark_dynamic(pixels, 0)
             try:
-                with _graph_limit():
-                    return self._net(pixels, taps)
+                return self._net(pixels, taps)
             except Exception as e:  # a compiler failure must not cost the job: run eager
                 if isinstance(e, torch.OutOfMemoryError):
                     raise
