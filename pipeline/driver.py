@@ -475,12 +475,14 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
                                        extra.add_to if extra else None)
     grid_uris: list[str] = []
     if job.grid.enabled and job.sweep:  # the sweep on its axes, a page per content x style
-        from pipeline.sweepgrid import write_sweep_grids
+        from pipeline.sweepgrid import existing_pages, write_sweep_grids
 
-        rows = [{**r, **{k: r[c] for k, c in (extra.columns if extra else {}).items()}}
-                for r in table.to_pylist()]
-        grid_uris = write_sweep_grids(job.output, rows, job.sweep, options,
-                                      job.grid.cell_size, job.stylize.content_weight)
+        grid_uris = [] if new_tables else existing_pages(job.output, options)
+        if not grid_uris:  # new results, or no pages yet
+            rows = [{**r, **{k: r[c] for k, c in (extra.columns if extra else {}).items()}}
+                    for r in table.to_pylist()]
+            grid_uris = write_sweep_grids(job.output, rows, job.sweep, options,
+                                          job.grid.cell_size, job.stylize.content_weight)
     elif job.grid.enabled:
         existing = grids.grid_uris(job.output, 1)[0]
         if new_tables or not storage.exists(existing, options):

@@ -115,10 +115,14 @@ def grid_uris(output: str, pages: int) -> list[str]:
     return [storage.join(output, f"grid-{n:03d}.png") for n in range(1, pages + 1)]
 
 
-def remove_grids(output: str, options: Mapping[str, Any]) -> None:
+def remove_grids(output: str, options: Mapping[str, Any], pattern: str = "grid*.png",
+                 keep: Sequence[str] = ()) -> None:
+    """Remove the pages named like ``pattern`` in ``output``, except those of ``keep``."""
     fs, path = storage.get_fs(output, options)
-    for p in fs.glob(path.rstrip("/") + "/grid*.png"):
-        fs.rm(p)
+    kept = {posixpath.basename(u) for u in keep}
+    for p in fs.glob(path.rstrip("/") + "/" + pattern):
+        if posixpath.basename(p) not in kept:
+            fs.rm(p)
 
 
 def write_grids(output: str, contents: Sequence[Content], styles: Sequence[StyleRef],

@@ -28,10 +28,8 @@ from typing import Any, Mapping, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import storage
-from pipeline.grid import BACKGROUND, EMPTY, _ellipsize, _fit, _font
+from pipeline.grid import BACKGROUND, EMPTY, _ellipsize, _fit, _font, _load, remove_grids
 from pipeline.manifest import raw_content_uri
-from pipeline.webdataset import read_member
-from stylize.images import ImageError, decode_image
 
 TEXT = (0, 0, 0)
 PAGE = "grid-sweep-{:03d}.png"
@@ -62,14 +60,16 @@ def _num(x: float) -> str:
     return mant if exp == 0 else f"{mant}e{exp}"
 
 
-def label(key: str, value: Any, content_weight: float = 1.0) -> str:
+def label(key: str, value: Any, content_weight: float | None = 1.0) -> str:
     """A short label for one swept value: layer sets ``relu1_1+relu2_1`` (``first … last (n)``
-    beyond three), ``style_weight`` as the paper's ratio ``α/β = 1e-4``, else ``key = value``."""
+    beyond three), ``style_weight`` as the paper's ratio ``α/β = 1e-4`` (given the
+    ``content_weight`` α; None: no ratio), else ``key = value``."""
     value = _plain(value)
     if isinstance(value, (list, tuple)):
         names = [str(v) for v in value]
         return "+".join(names) if len(names) <= 3 else f"{names[0]} … {names[-1]} ({len(names)})"
-    if key == "style_weight" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if (key == "style_weight" and content_weight is not None
+            and isinstance(value, (int, float)) and not isinstance(value, bool)):
         return f"α/β = {_num(content_weight / value if value else math.inf)}"
     if isinstance(value, float):
         return f"{key} = {value:g}"
@@ -119,13 +119,6 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int
     if len(lines) > max_lines:
         lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
     return [_ellipsize(draw, ln, font, width) for ln in lines]
-
-
-def _load(uri: str, options: Mapping[str, Any]) -> Image.Image | None:
-    try:
-        return decode_image(read_member(uri, options), name=uri)
-    except (ImageError, OSError, KeyError):
-        return None
 
 
 def _render(title: str, subtitle: str, row_labels: Sequence[str], col_labels: Sequence[str],
@@ -212,6 +205,10 @@ def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
     for content, style in pairs:
         for combo in itertools.product(*(sweep[k] for k in extra)):
             point = dict(zip(extra, combo))
+            # alpha of the ratio labels: the page's own when content_weight is swept too,
+            # none (plain values) when it varies along an axis
+            alpha = (point["content_weight"] if "content_weight" in point else
+                     None if "content_weight" in sweep else content_weight)
             grid: list[list[Image.Image | str]] = []
             for rv in row_vals:
                 grid.append([])
@@ -223,23 +220,22 @@ def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
                                     "missing" if r is None else
                                     "unreadable" if r["status"] == "ok" else r["status"])
             title = " · ".join([posixpath.basename(content.rstrip("/")) or content, style] +
-                               [label(k, v, content_weight) for k, v in zip(extra, combo)])
+                               [label(k, v, alpha) for k, v in zip(extra, combo)])
             subtitle = " · ".join(f"{what}: {k}" for what, k in
                                   (("rows", row_key), ("columns", col_key)) if k)
             png = _render(title, subtitle,
-                          [label(row_key, v, content_weight) if row_key else "" for v in row_vals],
-                          [label(col_key, v, content_weight) if col_key else "" for v in col_vals],
+                          [label(row_key, v, alpha) if row_key else "" for v in row_vals],
+                          [label(col_key, v, alpha) if col_key else "" for v in col_vals],
                           grid, cell_size)
             uri = storage.join(output, PAGE.format(len(uris) + 1))
             storage.write_bytes(uri, png, options, atomic=True)
             uris.append(uri)
-    _remove_stale(output, options, uris)
+    remove_grids(output, options, "grid-sweep-*.png", keep=uris)
     return uris
 
 
-def _remove_stale(output: str, options: Mapping[str, Any], keep: Sequence[str]) -> None:
+def existing_pages(output: str, options: Mapping[str, Any]) -> list[str]:
+    """The sweep pages an earlier run wrote in ``output``, in page order."""
     fs, path = storage.get_fs(output, options)
-    kept = {posixpath.basename(u) for u in keep}
-    for p in fs.glob(path.rstrip("/") + "/grid-sweep-*.png"):
-        if posixpath.basename(p) not in kept:
-            fs.rm(p)
+    return sorted(storage.to_uri(fs, p, output)
+                  for p in fs.glob(path.rstrip("/") + "/grid-sweep-*.png"))

@@ -164,6 +164,7 @@ def test_axes_rule():
     ("style_weight", 2e5, 5.0, "α/β = 2.5e-5"),
     ("style_weight", 1.0, 1.0, "α/β = 1"),
     ("style_weight", 0.0, 1.0, "α/β = ∞"),
+    ("style_weight", 1000.0, None, "style_weight = 1000"),  # content_weight on an axis
     ("tv_weight", 0.25, 1.0, "tv_weight = 0.25"),
     ("iterations", 500, 1.0, "iterations = 500"),
     ("init", "content", 1.0, "init = content"),
