@@ -220,7 +220,9 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
         folders.update(_name_key("/".join(parts[:i])) for i in range(1, len(parts)))
     names = [s.name for s in styles]
     by_name = {s.name: i for i, s in enumerate(styles)}
+    keys = [s.key for s in styles]  # a hash each: computed once, not per item
     folder = [storage.join(output, sanitize_component(n)) for n in names]
+    style_suffix = [f"__{sanitize_component(n)}" for n in names]
     labels = [point_label(p) for p in plan.points] if len(plan.points) > 1 else [""]
     mirror = plan.layout == "mirror"
     draw = StyleDraw(names, *plan.assign) if isinstance(plan.assign, tuple) else None
@@ -243,17 +245,17 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
                     if c.style else "its style column is empty")
         else:
             chosen = draw(c.rel)
-        targets = [(names[i], styles[i].key, folder[i]) for i in chosen] or \
-            [(c.style or "", "", storage.join(output, "_"))]
-        for name, style_key, style_folder in targets:
+        targets = [(names[i], keys[i], folder[i], style_suffix[i]) for i in chosen] or \
+            [(c.style or "", "", storage.join(output, "_"), "")]
+        tail = None if mirror else _output_tail(parts, clash, ext)
+        for name, style_key, style_folder, style_tail in targets:
             for p, label in enumerate(labels):
                 if mirror:
-                    suffix = clash + (f"__{sanitize_component(name)}" if several else "") + \
+                    suffix = clash + (style_tail if several else "") + \
                         (f"__{label}" if label else "")
                     uri = storage.join(output, MIRROR_DIR, _output_tail(parts, suffix, ext))
                 else:
-                    uri = storage.join(style_folder, *([label] if label else []),
-                                       _output_tail(parts, clash, ext))
+                    uri = storage.join(style_folder, *([label] if label else []), tail)
                 items.append(WorkItem(
                     item_id=_hash(c.uri, c.tag, style_key or name, plan.point_hashes[p]),
                     content_uri=c.uri,
