@@ -543,6 +543,7 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
     """The job's styles with unique names, each file checked to exist; SourceError otherwise
     (also for a name that the output folder reserves, see RESERVED_STYLE_NAMES)."""
     options = job.storage_options
+    listed: dict[str, Mapping[str, Any]] = {}  # uri -> its listing's info (no second lookup)
     if isinstance(job.styles, str):
         skipped: list[Skipped] = []
         try:
@@ -557,6 +558,7 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
                 raise SourceError(f"style {_show(e.uri)}: {e.problem}")
         sources: Iterable[StyleSource] = [StyleSource(None, (e.uri,), (1.0,)) for e, _ in
                                           sorted(pairs, key=lambda p: p[0].uri)]
+        listed = {storage.canonical(e.uri): e.info for e, _ in pairs}
         if not pairs:
             raise SourceError(f"styles {_show(job.styles)}: no image files found "
                               f"({', '.join(IMAGE_EXTENSIONS)})")
@@ -569,7 +571,8 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
             u = storage.canonical(u)
             fs, path = storage.get_fs(u, options)
             try:
-                info = storage.retrying(f"read {_show(u)}", lambda: fs.info(path))
+                info = listed.get(u) or storage.retrying(f"read {_show(u)}",
+                                                         lambda: fs.info(path))
             except storage.StorageUnavailable:
                 raise
             except (OSError, ValueError) as e:
