@@ -22,8 +22,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
 
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import near_miss, short_hash
-from stylize.config import (BIT_DEPTHS, NETWORK_OPTIONS, OUTPUT_FORMATS, TYPE_NOUNS,
-                            ConfigError, StyleConfig)
+from stylize.config import (BIT_DEPTHS, BOUNDS, NETWORK_OPTIONS, OUTPUT_FORMATS, TYPE_NOUNS,
+                            ConfigError, StyleConfig, literal_values)
 
 MODES = ("resume", "overwrite")
 RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
@@ -416,25 +416,16 @@ def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]
         where = f"{path}: " if path else ""
         if got is not None and all(e["type"] == "literal_error" for e in errs):
             lines.append(f"{where}{got!r} is not allowed; allowed: "
-                         f"{', '.join(_literal_values(e) for e in errs)}")
+                         f"{', '.join(literal_values(e) for e in errs)}")
             continue
         lines.append(f"{where}{_what(errs)}{f', got {got!r}' if got is not None else ''}")
     return lines
 
 
-def _literal_values(err: dict) -> str:
-    return (err.get("ctx") or {}).get("expected", "").replace(" or ", ", ").replace("'", "")
-
-
-_NOUNS = TYPE_NOUNS
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
-           "less_than": "<"}
-
-
 def _what(errs: list[dict]) -> str:
     """What is wrong, from the errors of one key (several for a union)."""
-    if all(e["type"] in _NOUNS or e["type"] == "literal_error" for e in errs):
-        nouns = [_literal_values(e) if e["type"] == "literal_error" else _NOUNS[e["type"]]
+    if all(e["type"] in TYPE_NOUNS or e["type"] == "literal_error" for e in errs):
+        nouns = [literal_values(e) if e["type"] == "literal_error" else TYPE_NOUNS[e["type"]]
                  for e in errs]
         return "expected " + " or ".join(dict.fromkeys(nouns))
     texts = []
@@ -446,8 +437,8 @@ def _what(errs: list[dict]) -> str:
             texts.append("must not be empty")
         elif kind == "string_too_short":
             texts.append("expected a non-empty string")
-        elif kind in _BOUNDS:
-            texts.append(f"must be {_BOUNDS[kind]} {next(iter(ctx.values()), '')}")
+        elif kind in BOUNDS:
+            texts.append(f"must be {BOUNDS[kind]} {next(iter(ctx.values()), '')}")
         else:
             msg = err["msg"]
             texts.append(msg[len("Value error, "):] if msg.startswith("Value error, ") else msg)

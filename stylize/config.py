@@ -43,10 +43,8 @@ CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("max", "avg")
 PADDINGS = ("zeros", "reflect", "replicate")  # of conv1_1, the layer that sees the pixels
-WEIGHT_SOURCES = ("caffe", "torchvision")  # or a path / fsspec-style URL to a state dict
 PREPROCESSINGS = ("caffe", "torchvision")
 PRESERVE_COLORS = ("none", "luminance", "histogram")
-INIT_KINDS = ("noise", "content")  # or a path to an image
 # The initial noise's amplitude spectrum, 1/f^exponent: white is flat (the paper's), natural
 # falls like a photograph's (1/f), smooth twice as fast (1/f^2).
 NOISE_SPECTRA = {"white": 0.0, "natural": 1.0, "smooth": 2.0}
@@ -278,16 +276,15 @@ def describe_config_errors(e: ValidationError) -> list[str]:
         elif err["type"] == "literal_error" and name.endswith("layers"):
             msg = f"unknown layer {err.get('input')!r}; allowed: {', '.join(TAP_NAMES)}"
         elif err["type"] == "literal_error":
-            allowed = err.get("ctx", {}).get("expected", "").replace(" or ", ", ")
-            msg = f"{err.get('input')!r} is not allowed; allowed: {allowed.replace(chr(39), '')}"
+            msg = f"{err.get('input')!r} is not allowed; allowed: {literal_values(err)}"
         elif err["type"] == "string_pattern_mismatch" and name == "device":
             msg = (f"{err.get('input')!r} is not allowed (cuda:N is accepted too); allowed: "
                    f"{', '.join(DEVICES)}")
         elif err["type"] in TYPE_NOUNS:
             msg = f"expected {TYPE_NOUNS[err['type']]}, got {err.get('input')!r}"
-        elif err["type"] in _BOUNDS:
+        elif err["type"] in BOUNDS:
             bound = next(iter(err.get("ctx", {}).values()), "")
-            msg = f"must be {_BOUNDS[err['type']]} {bound}, got {err.get('input')!r}"
+            msg = f"must be {BOUNDS[err['type']]} {bound}, got {err.get('input')!r}"
         elif "input" in err and err["type"] != "value_error":
             msg = f"{msg}, got {err['input']!r}"
         if not name and re.match(r"^[a-z_]+: ", msg):  # a check across options names its own
@@ -303,6 +300,11 @@ TYPE_NOUNS = {"int_parsing": "an integer", "int_type": "an integer",
               "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
               "dict_type": "a mapping", "model_type": "a mapping",
               "model_attributes_type": "a mapping"}
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
-           "less_than": "<"}
+BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+          "less_than": "<"}  # pydantic's bound errors, as operators
+
+
+def literal_values(err: Mapping[str, Any]) -> str:
+    """The allowed values of a pydantic literal_error, as ``a, b, c``."""
+    return (err.get("ctx") or {}).get("expected", "").replace(" or ", ", ").replace("'", "")
 _TAG = re.compile(r"^(literal\[.*\]|tuple\[.*\]|function-.*|constrained-.*)$")
