@@ -39,7 +39,7 @@ from PIL import Image, features
 
 from pipeline import manifest, storage
 from pipeline.status import NoRunError
-from pipeline.webdataset import read_member
+from pipeline.webdataset import read_member, split_member_uri
 from stylize.common import short_hash
 
 REPORT_DIR = "report"
@@ -311,13 +311,20 @@ class _Thumbs:
             return None
 
     def write(self, threads: int) -> None:
-        todo = list(self.wanted.items())
-        if not todo:
+        # one task per WebDataset shard (its tar is read once, by one thread) or per file
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for name, uri in self.wanted.items():
+            tar = split_member_uri(uri)
+            groups.setdefault(tar[0] if tar else uri, []).append((name, uri))
+        if not groups:
             return
-        with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
-            for (name, _), size in zip(todo, pool.map(lambda nu: self._one(*nu), todo)):
-                if size is not None:
-                    self.made[name] = size
+
+        def run(group: list[tuple[str, str]]) -> list[tuple[str, tuple[int, int] | None]]:
+            return [(name, self._one(name, uri)) for name, uri in group]
+
+        with ThreadPoolExecutor(max(1, min(threads, len(groups)))) as pool:
+            for done in pool.map(run, groups.values()):
+                self.made.update((name, size) for name, size in done if size is not None)
 
 
 def _thumbnails(facts: RunFacts, root: str, options: Mapping[str, Any],

@@ -28,6 +28,7 @@ import math
 import tarfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -163,6 +164,8 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
             raise storage.StorageError(f"shard {shard_id}: staged output of {s.key} at "
                                        f"{s.source_uri} cannot be read: {e}") from e
     storage.write_bytes(uri, pack_bytes(samples, images), options, atomic=True)
+    with _tars_lock:  # a tar of this name read earlier in this process is gone
+        _tars.pop(uri, None)
     for s in samples:
         try:
             storage.remove(s.source_uri, options)
@@ -172,31 +175,43 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
     return uri
 
 
-_last_tar: dict[str, Any] = {}  # the tar read last, whole: a report's thumbnails, a grid page
-_last_tar_lock = threading.Lock()
+TAR_CACHE_BYTES = 512 * 2**20  # tars kept whole in memory for read_member, least recent out
+_tars: "OrderedDict[str, dict[str, bytes]]" = OrderedDict()
+_tars_lock = threading.Lock()
+
+
+def read_members(tar_uri: str, options: Mapping[str, Any]) -> dict[str, bytes]:
+    """Every file of the tar, ``{member name: bytes}``, from one read of it (kept in a small
+    LRU cache by bytes, so that a grid page or a report reading a shard's members one after
+    the other reads the tar once)."""
+    with _tars_lock:
+        if tar_uri in _tars:
+            _tars.move_to_end(tar_uri)
+            return _tars[tar_uri]
+    members = {}
+    data = storage.read_bytes(tar_uri, options)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar.getmembers():
+            f = tar.extractfile(info) if info.isfile() else None
+            if f is not None:
+                members[info.name] = f.read()
+    with _tars_lock:
+        _tars[tar_uri] = members
+        while len(_tars) > 1 and sum(len(b) for m in _tars.values()
+                                     for b in m.values()) > TAR_CACHE_BYTES:
+            _tars.popitem(last=False)
+    return members
 
 
 def read_member(uri: str, options: Mapping[str, Any]) -> bytes:
-    """The bytes of ``tar#member`` (the whole tar is read, and kept until another tar is
-    read, so that reading a shard's members one after the other reads it once); of the file
-    ``uri`` itself when it names no member. KeyError when the tar has no such member."""
+    """The bytes of ``tar#member`` (through :func:`read_members`: the whole tar is read once
+    and cached); of the file ``uri`` itself when it names no member. KeyError when the tar
+    has no such member."""
     parts = split_member_uri(uri)
     if parts is None:
         return storage.read_bytes(uri, options)
     tar_uri, name = parts
-    with _last_tar_lock:
-        members = _last_tar.get(tar_uri)
-    if members is None:
-        members = {}
-        data = storage.read_bytes(tar_uri, options)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for info in tar.getmembers():
-                f = tar.extractfile(info) if info.isfile() else None
-                if f is not None:
-                    members[info.name] = f.read()
-        with _last_tar_lock:
-            _last_tar.clear()
-            _last_tar[tar_uri] = members
+    members = read_members(tar_uri, options)
     if name not in members:
         raise KeyError(f"{name} is not a file in {tar_uri}")
     return members[name]

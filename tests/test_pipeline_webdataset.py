@@ -125,6 +125,26 @@ def test_member_uris_round_trip_and_read_member(output):
     assert wd.read_member(plain, {}) == b"loose"
 
 
+def test_members_of_two_shards_read_alternately_read_each_tar_once(output, monkeypatch):
+    """A grid row or a report's sample going back and forth between shards: each tar is
+    read once, not once per switch."""
+    tars = []
+    for shard in (20, 21):
+        key = short_hash("shard", str(shard), n=20)
+        staged = storage.join(wd.staging_uri(output), f"{key}.png")
+        storage.write_bytes(staged, png((4, 4), shard - 20), {})
+        tars.append((wd.write_shard(output, shard, [wd.Sample(key, "png", staged, {})], {}),
+                     key))
+    reads = []
+    real = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes",
+                        lambda uri, options=None: reads.append(uri) or real(uri, options))
+    for _ in range(3):
+        for tar, key in tars:
+            assert wd.read_member(wd.member_uri(tar, key, "png"), {}).startswith(b"\x89PNG")
+    assert sorted(reads) == sorted(t for t, _ in tars)
+
+
 def test_an_unreadable_staged_file_leaves_no_tar_and_keeps_the_others(output):
     samples, _ = stage(output)
     storage.remove(samples[1].source_uri, {})
