@@ -325,8 +325,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
 
     styles_by_name = {s.name: s for s in styles}
     policy_args = dict(max_attempts=job.max_attempts, item_timeout_s=job.item_timeout_s,
-                       startup_timeout_s=job.ray.startup_timeout_s, params_hash=job.params_hash,
-                       tries=tries)
+                       startup_timeout_s=job.ray.startup_timeout_s, tries=tries)
     try:
         if shards and job.ray.address == "inline":
             spec = _spec(job, threads=0)

@@ -82,6 +82,7 @@ class WorkItem:
     index: int  # position in the job's item order (manifest row order)
     problem: str = ""  # Content.problem: the item fails with it, nothing is read
     point: int = 0  # index into the job's sweep points (JobConfig.sweep_points())
+    params_hash: str = ""  # of the options the item is made with (its point's), for its row
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
                     index=len(items),
                     problem=problem,
                     point=p,
+                    params_hash=plan.point_hashes[p],
                 ))
     return items
 

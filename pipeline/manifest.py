@@ -68,10 +68,12 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_row(item: WorkItem, status: str, *, params_hash: str, shard: int, attempt: int,
-             error_message: str | None = None, started_at: datetime | None = None,
-             finished_at: datetime | None = None, **values: Any) -> dict[str, Any]:
-    """A manifest row for ``item``; ``values`` fill the measurement columns."""
+def make_row(item: WorkItem, status: str, *, shard: int, attempt: int,
+             params_hash: str | None = None, error_message: str | None = None,
+             started_at: datetime | None = None, finished_at: datetime | None = None,
+             **values: Any) -> dict[str, Any]:
+    """A manifest row for ``item``; ``values`` fill the measurement columns; ``params_hash``
+    defaults to the item's (its sweep point's)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
     unknown = set(values) - set(COLUMNS)
@@ -82,7 +84,7 @@ def make_row(item: WorkItem, status: str, *, params_hash: str, shard: int, attem
     row.update(item_id=item.item_id, content_uri=item.content_uri, style=item.style,
                output_uri=item.output_uri, status=status, error_message=error_message,
                attempt=attempt, started_at=started_at, finished_at=finished_at or now(),
-               params_hash=params_hash, shard=shard)
+               params_hash=params_hash or item.params_hash, shard=shard)
     return row
 
 

@@ -98,12 +98,12 @@ class Scheduler:
     """Shards in, rows out; see the module docstring for what each event means."""
 
     def __init__(self, shards: Sequence[Shard], *, num_workers: int, max_attempts: int,
-                 item_timeout_s: float, startup_timeout_s: float, params_hash: str,
+                 item_timeout_s: float, startup_timeout_s: float,
                  tries: Mapping[str, int] | None = None, describe: Callable[[], str] = str):
         self.shards = {s.shard_id: s for s in shards}
         self.num_workers = max(1, num_workers)
         self.max_attempts, self.item_timeout_s = max_attempts, item_timeout_s
-        self.startup_timeout_s, self.params_hash = startup_timeout_s, params_hash
+        self.startup_timeout_s = startup_timeout_s
         self.describe = describe  # what was asked for and what is there, for start errors
         self.queue: deque[_Task] = deque(_Task(s) for s in shards)
         self.rows: dict[int, dict[str, dict]] = {}
@@ -273,9 +273,8 @@ class Scheduler:
     def _fail(self, w: _Worker, item_ids: Sequence[str], status: str, message: str) -> None:
         by_id: dict[str, WorkItem] = {i.item_id: i for i in w.task.shard.items}
         worker = (w.info or {}).get("worker")
-        rows = [make_row(by_id[i], status, params_hash=self.params_hash,
-                         shard=w.task.shard.shard_id, attempt=self.tries.get(i, 1),
-                         error_message=f"{by_id[i].content_uri}: {message}", worker=worker,
+        rows = [make_row(by_id[i], status, shard=w.task.shard.shard_id,
+                         attempt=self.tries.get(i, 1), error_message=f"{by_id[i].content_uri}: {message}", worker=worker,
                          finished_at=now()) for i in item_ids if i in by_id]
         self._record(w.task.shard.shard_id, rows)
 

@@ -325,7 +325,7 @@ class StyleWorker:
         return self._row(item, "ok", started, **values)
 
     def _row(self, item: WorkItem, status: str, started, **values: Any) -> dict:
-        return make_row(item, status, params_hash=self.spec.params_hash, shard=self._shard,
+        return make_row(item, status, shard=self._shard,
                         attempt=self._attempts.get(item.item_id, 1), started_at=started,
                         worker=self._label, **values)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.items import (Content, StyleRef, make_items, make_shards, output_uri,
+from pipeline.items import (Content, Plan, StyleRef, make_items, make_shards, output_uri,
                             sanitize_relpath)
+from pipeline.manifest import make_row
 from pipeline.worker import plan_batches
 
 STYLES = [StyleRef("starry", ("/s/starry.jpg",), (1.0,), ("t1",)),
@@ -46,6 +47,14 @@ def test_item_ids_are_stable_and_follow_inputs():
     assert make_items(contents, STYLES, "/o", "png", "p2")[0].item_id != items[0].item_id
     restyled = [StyleRef("starry", ("/s/starry.jpg",), (1.0,), ("new",)), STYLES[1]]
     assert make_items(contents, restyled, "/o", "png", "p1")[0].item_id != items[0].item_id
+
+
+def test_a_sweep_points_rows_carry_their_own_params_hash():
+    contents = [Content("/in/a.jpg", "a.jpg", "10-1")]
+    plan = Plan(points=({"tv_weight": 0.0}, {"tv_weight": 1.0}), point_hashes=("h0", "h1"))
+    items = make_items(contents, STYLES[:1], "/o", "png", "unused", plan)
+    rows = [make_row(i, "ok", shard=0, attempt=1) for i in items]
+    assert [r["params_hash"] for r in rows] == ["h0", "h1"]
 
 
 def test_colliding_output_names_are_told_apart():

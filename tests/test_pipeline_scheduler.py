@@ -21,8 +21,7 @@ def ok_rows(shard: Shard, ids) -> list[dict]:
 
 
 def policy(shards, **kw) -> Scheduler:
-    args = dict(num_workers=1, max_attempts=2, item_timeout_s=10.0, startup_timeout_s=60.0,
-                params_hash="p")
+    args = dict(num_workers=1, max_attempts=2, item_timeout_s=10.0, startup_timeout_s=60.0)
     return Scheduler(shards, **{**args, **kw})
 
 
