@@ -195,7 +195,8 @@ class Stylizer:
             target_cache_bytes = (torch.cuda.get_device_properties(self.device).total_memory // 10
                                   if self.device.type == "cuda" else DEFAULT_CPU_CACHE_BYTES)
         self.targets = TargetCache(target_cache_bytes)
-        self._batch_limit: dict[tuple[int, int], int] = {}
+        # images per chunk, learnt per (shape, what sets the memory of an image there)
+        self._batch_limit: dict[tuple, int] = {}
 
     def options(self, options: StyleConfig | None) -> StyleConfig:
         """``options`` (default: the engine's config), checked to fit the loaded network."""
@@ -342,7 +343,7 @@ class Stylizer:
             except torch.OutOfMemoryError:
                 if n == 1:
                     raise
-                self._batch_limit[shape] = n // 2
+                self._batch_limit[_memory_key(shape, opts)] = n // 2
                 _free_device_memory(self.device)
                 continue
             start += n
@@ -354,8 +355,9 @@ class Stylizer:
         return self._chunk_size(tuple(shape), self.options(options))
 
     def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig) -> int:
-        if shape in self._batch_limit:  # learnt: measured, or halved after out-of-memory
-            return self._batch_limit[shape]
+        learnt = self._batch_limit.get(_memory_key(shape, opts))
+        if learnt:  # measured, or halved after out-of-memory
+            return learnt
         if opts.batch_size:
             return opts.batch_size
         if self.device.type != "cuda":
@@ -379,7 +381,7 @@ class Stylizer:
         free = torch.cuda.mem_get_info(self.device)[0] + (
             torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
         limit = max(1, min(64, int(0.8 * free / (per_image * 1.5 + hist))))
-        self._batch_limit[shape] = limit
+        self._batch_limit[_memory_key(shape, opts)] = limit
         return limit
 
     def _optimize_chunk(self, contents, styles, callback, init, iterations,
@@ -485,6 +487,11 @@ def start_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
     h0, w0 = scale_shape(h, w, cfg.scales[0])
     m = margin_pixels(cfg.margin, h0, w0)
     return _crop(initial_noise(cfg, h0 + 2 * m, w0 + 2 * m), m)
+
+
+def _memory_key(shape: tuple[int, int], opts: StyleConfig) -> tuple:
+    """What sets an image's memory at a shape: the layers it taps, its L-BFGS history."""
+    return (*shape, opts.history_size, opts.content_layers + opts.style_layers)
 
 
 def scale_shape(h: int, w: int, scale: float) -> tuple[int, int]:
