@@ -605,7 +605,7 @@ CHECK
 
   run_step bench_1024 120 "$PY" -m stylize.bench "${dev[@]}" --size "$s1024" --iterations "$it1024" \
     --images "$n1024" --baseline-images 1 --batch 0 ${compile[@]+"${compile[@]}"} --json
-  run_step bench_fast 100 "$PY" -m stylize.bench "${dev[@]}" --preset fast --size "$s512" \
+  run_step bench_fast 130 "$PY" -m stylize.bench "${dev[@]}" --preset fast --size "$s512" \
     --iterations "$itfast" --images "$nfast" --baseline-images 1 --batch 0 \
     ${compile[@]+"${compile[@]}"} --json
   run_step inline_run 150 "$PY" "$HELPER" inline "$CPU" "$WORK"

@@ -68,18 +68,31 @@ class RayExecutor:
                              policy.waiting_for_workers(), self.actor_options,
                              describe_resources())
         finally:
-            for wid, actor in self.actors.items():
-                if wid not in self.refs:  # idle: it can still say how its cache did
-                    self._keep_stats(actor)
+            # idle workers can still say how their caches did: asked all at once
+            self._keep_stats([a for wid, a in self.actors.items() if wid not in self.refs])
+            for actor in self.actors.values():
                 _kill(actor)
             self.actors.clear()
         return policy.infos
 
-    def _keep_stats(self, actor: Any) -> None:
+    def _keep_stats(self, actors: list[Any]) -> None:
+        refs = []
+        for actor in actors:
+            try:
+                refs.append(actor.cache_stats.remote())
+            except Exception:  # noqa: BLE001 - figures only
+                pass
+        if not refs:
+            return
         try:
-            self.cache_stats.append(ray.get(actor.cache_stats.remote(), timeout=10))
-        except Exception:  # noqa: BLE001 - figures only; a stand-in worker has none
-            pass
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10)
+        except Exception:  # noqa: BLE001
+            return
+        for ref in ready:
+            try:
+                self.cache_stats.append(ray.get(ref))
+            except Exception:  # noqa: BLE001 - figures only; a stand-in worker has none
+                pass
 
     def _step(self, policy: Scheduler) -> None:
         deadline = policy.next_deadline()
@@ -129,7 +142,7 @@ class RayExecutor:
                 actor = self.actors.pop(a.worker, None)
                 if actor is not None:
                     if not busy:
-                        self._keep_stats(actor)
+                        self._keep_stats([actor])
                     _kill(actor)
                 continue
             if isinstance(a, Start):

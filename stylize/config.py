@@ -98,10 +98,6 @@ NonNegative = Annotated[float, Field(ge=0)]
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 # The options that build the network; the rest are per image.
-NETWORK_OPTIONS = ("weights", "pooling", "padding", "preprocessing", "normalize", "device",
-                   "precision", "compile")
-
-
 class NetworkOptions(BaseModel):
     """What a ``Stylizer`` builds its VGG-19 from: two configs with equal NetworkOptions can
     share one loaded network."""
@@ -115,6 +111,9 @@ class NetworkOptions(BaseModel):
     device: str
     precision: str
     compile: bool
+
+
+NETWORK_OPTIONS = tuple(NetworkOptions.model_fields)  # the options that build the network
 
 
 class StyleConfig(BaseModel):
