@@ -65,11 +65,12 @@ class CallTimeout(Exception):
     """The call ran past its deadline (in-process runs, where nothing can kill the call)."""
 
 
-def plan_batches(sizes: Mapping[str, tuple[int, int]], order: Sequence[str], max_batch: int,
+def plan_batches(sizes: Mapping[str, tuple[int, ...]], order: Sequence[str], max_batch: int,
                  isolate: frozenset[str] = frozenset()) -> list[list[str]]:
-    """Group item ids into batches of one size (the engine's requirement), at most
-    ``max_batch`` each, in first-seen order; ids in ``isolate`` go alone (suspects of a crash)."""
-    groups: dict[tuple[int, int], list[str]] = {}
+    """Group item ids into batches of one key of ``sizes`` (the engine's requirement: one size;
+    the worker's: one sweep point too), at most ``max_batch`` each, in first-seen order; ids in
+    ``isolate`` go alone (suspects of a crash)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
     batches: list[list[str]] = []
     for item_id in order:
         if item_id not in sizes:
@@ -176,7 +177,7 @@ class StyleWorker:
         self._prepared.clear()
         self._shard, self._attempts, self._style_refs = shard.shard_id, dict(attempts), styles
         rows: list[dict] = []
-        sizes: dict[str, tuple[int, int]] = {}
+        sizes: dict[str, tuple[int, int, int]] = {}
 
         def shape_key(item: WorkItem) -> tuple[str, int, bool]:
             opts = self._options[item.point]
