@@ -12,7 +12,7 @@ the pipeline's driver and its stand-in workers import) do not pull in torch.
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"stylize": "stylize.engine", "Stylizer": "stylize.engine",
+_EXPORTS = {"stylize": "stylize.api", "Stylizer": "stylize.engine",
             "Style": "stylize.engine", "ItemResult": "stylize.engine",
             "StepInfo": "stylize.engine", "StyleConfig": "stylize.config",
             "resolve_config": "stylize.config", "PRESETS": "stylize.config",

@@ -144,7 +144,7 @@ def bench(args: argparse.Namespace) -> dict:
         "device": str(device), "device_name": name, "preset": args.preset, "size": args.size,
         "iterations": args.iterations, "images": len(raws), "batch": min(batch, len(raws)),
         "precision": engine.precision, "compile": args.compile,
-        "compiled": engine._net is not engine.model, "repeats": args.repeats,
+        "compiled": engine.compiled, "repeats": args.repeats,
         "ms_per_image_iter": round(ms, 4),
         "ms_per_image_iter_done": round(1000 * t_new / max(sum(used_new), 1), 4),
         "baseline_ms_per_image_iter": None if ms_base is None else round(ms_base, 4),

@@ -135,7 +135,8 @@ def image_figures(img: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     from stylize.config import resolve_config
-    from stylize.engine import Style, Stylizer, start_noise
+    from stylize.canvas import start_noise
+    from stylize.engine import Style, Stylizer
     from stylize.images import decode_image, from_tensor, to_tensor
 
     overrides = dict(_parse_set(s) for s in args.set)

@@ -15,7 +15,8 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     GRAM_LAYERS, engines, gram_distance, per_image_features, reuse_caffe_weights, sample,
     sample_exact, sample_path)
 from stylize.config import resolve_config
-from stylize.engine import ItemResult, StepInfo, Style, Stylizer, stylize
+from stylize.api import stylize
+from stylize.engine import ItemResult, StepInfo, Style, Stylizer
 from stylize.common import write_atomic
 from stylize.images import decode_image, encode_image, resize_longest
 from stylize.model import build_vgg
@@ -145,14 +146,14 @@ def test_stopped_images_leave_the_batch():
     contents, styles = batch_inputs()
     contents[0] = sample_exact("the_scream", H, W)
     styles[0] = Style("itself", (contents[0],))  # at its optimum: its loss cannot fall
-    network = st.features
+    network = st.model.forward  # every pass of the network: features and objective
     sizes = []
 
-    def features(pixels, taps=None, compiled=False):
+    def forward(pixels, taps=None):
         sizes.append(pixels.shape[0])
-        return network(pixels, taps, compiled)
+        return network(pixels, taps)
 
-    st.features = features
+    st.model.forward = forward
     results = st.stylize_batch(contents, styles)
     # The first image stops within the first two windows; the check at step 8 drops it.
     # Three style Grams and the content targets; steps 1-8 with three images, steps 9-12 and

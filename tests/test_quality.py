@@ -12,7 +12,8 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     engines, reuse_caffe_weights, sample, sample_exact)
 from stylize import quality
 from stylize.config import ConfigError, resolve_config
-from stylize.engine import Style, initial_noise, start_noise
+from stylize.canvas import initial_noise, start_noise
+from stylize.engine import Style
 from stylize.model import build_vgg
 
 pytestmark = pytest.mark.usefixtures("reuse_caffe_weights")

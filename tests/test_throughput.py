@@ -77,7 +77,7 @@ def test_compiled_path_matches_eager():
     eager = Stylizer(cfg).stylize_batch(contents, [style] * 2)
     compiled_engine = Stylizer(cfg.replace(compile=True))
     compiled = compiled_engine.stylize_batch(contents, [style] * 2)
-    assert compiled_engine._net is not compiled_engine.model, "compilation fell back to eager"
+    assert compiled_engine.compiled, "compilation fell back to eager"
     for a, b in zip(eager, compiled):
         assert torch.allclose(a.image, b.image, atol=0.05)
         assert math.isclose(a.total_loss, b.total_loss, rel_tol=1e-3)
@@ -93,13 +93,13 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     cfg = resolve_config(size=32, iterations=3, init="content", device="cpu")
     engine = Stylizer(cfg)
 
-    def broken(_pixels):
+    def broken(*_args):
         raise RuntimeError("simulated compiler failure")
 
-    engine._net = broken
+    engine.objective._compiled = broken
     with pytest.warns(UserWarning, match="running eager"):
         result = engine.stylize_batch(contents, [style])[0]
-    assert engine._net is engine.model
+    assert not engine.compiled
     assert result.iterations == 3 and math.isfinite(result.total_loss)
 
 

@@ -1,0 +1,64 @@
+"""The style-target cache: Gram targets per (style key, size), least recently used dropped
+first once they pass a byte limit."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+
+DEFAULT_CPU_CACHE_BYTES = 1 << 30  # style targets kept on a CPU (a GPU: a tenth of its memory)
+
+
+class TargetCache:
+    """Style Gram targets, least recently used dropped first once they pass ``limit`` bytes.
+
+    ``computed`` counts the targets computed (per style key), ``hits``/``misses`` the lookups:
+    with a style per shard, a style's targets are computed once per worker and size.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.nbytes = 0
+        self.hits = self.misses = 0
+        self.computed: dict[str, int] = {}
+        self._entries: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+
+    def get(self, key: tuple, layers: Sequence[str]) -> dict[str, torch.Tensor] | None:
+        entry = self._entries.get(key)
+        if entry is None or any(layer not in entry for layer in layers):
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: tuple, grams: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        old = self._entries.pop(key, {})
+        self.nbytes -= _nbytes(old)
+        entry = {**old, **grams}
+        self._entries[key] = entry
+        self.nbytes += _nbytes(entry)
+        self.computed[key[0]] = self.computed.get(key[0], 0) + 1
+        while self.nbytes > self.limit and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self.nbytes -= _nbytes(dropped)
+        return entry
+
+    def forget(self, style_key: str) -> None:
+        for k in [k for k in self._entries if k[0] == style_key]:
+            self.nbytes -= _nbytes(self._entries.pop(k))
+
+    def stats(self) -> dict[str, float]:
+        lookups = self.hits + self.misses
+        return {"styles_cached": len({k[0] for k in self._entries}), "bytes": self.nbytes,
+                "limit_bytes": self.limit, "hits": self.hits, "misses": self.misses,
+                "hit_rate": round(self.hits / lookups, 4) if lookups else None,
+                "targets_computed": sum(self.computed.values()),
+                "styles_computed": len(self.computed),
+                "max_computed_per_style": max(self.computed.values(), default=0)}
+
+
+def _nbytes(grams: dict[str, torch.Tensor]) -> int:
+    return sum(g.numel() * g.element_size() for g in grams.values())
