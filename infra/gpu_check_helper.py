@@ -7,18 +7,20 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-RESULTS = os.environ["GPU_CHECK_JSONL"]
+def results_path():
+    """The results file of this run (gpu-check.sh exports GPU_CHECK_JSONL)."""
+    return os.environ["GPU_CHECK_JSONL"]
 
 
 def append(line):
-    with open(RESULTS, "a", encoding="utf-8") as f:
+    with open(results_path(), "a", encoding="utf-8") as f:
         f.write(json.dumps(line, default=str) + "\n")
 
 
 def read_lines():
     out = []
     try:
-        with open(RESULTS, encoding="utf-8") as f:
+        with open(results_path(), encoding="utf-8") as f:
             for raw in f:
                 try:
                     out.append(json.loads(raw))
