@@ -13,5 +13,6 @@ Modules follow the data flow::
     storage    every read/write/list, retried with backoff;  redact  secrets out of messages
     errors     exit codes and the exceptions behind them
     manifest   explicit pyarrow schema, shard parts, manifest.parquet, run.json
+    runfolder  the names of an output folder's own files and folders (RunFolder)
     progress   tqdm bar or log lines;  grid  contact sheets;  status  run-folder summary
 """

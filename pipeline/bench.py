@@ -61,6 +61,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from pipeline.items import Shard, StyleRef
 from pipeline.manifest import make_row, now
+from pipeline.runfolder import RunFolder
 
 DEFAULT_BATCH = 16
 
@@ -325,7 +326,7 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
         out["peak_rss_reset"] = peak_reset
     finally:
         ray.shutdown()
-    run = manifest.read_json(manifest.run_uri(result.output), options)
+    run = manifest.read_json(RunFolder(result.output).run_json, options)
     timings, infos = run["timings"], run["workers"]
     table = manifest.read_manifest(result.output, options)
     n = table.num_rows
@@ -375,7 +376,7 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
 def _mtime(output: str, options: Mapping[str, Any]) -> Any:
     from pipeline import storage
 
-    fs, path = storage.get_fs(storage.join(output, "manifest.parquet"), options)
+    fs, path = storage.get_fs(RunFolder(output).manifest_file, options)
     fs.invalidate_cache()
     info = fs.info(path)
     return info.get("mtime") or info.get("LastModified") or info.get("ETag")

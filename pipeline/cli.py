@@ -41,6 +41,7 @@ from pipeline.errors import RESUME_HINT, InfraError, Interrupted, install_signal
 from pipeline.jobconfig import (MODES, JobConfigError, apply_overrides, job_from_mapping,
                                 job_schema, load_job)
 from pipeline.redact import redact_text, secret_values
+from pipeline.runfolder import RunFolder
 from pipeline.scheduler import WorkerStartError
 from pipeline.sources import SourceError
 from pipeline.status import NoRunError, print_status, summarize, to_json
@@ -211,7 +212,8 @@ def _run_job(job, args: argparse.Namespace, ctx: _Context) -> int:
 def run_json(result, options) -> dict[str, Any]:
     """The ``stylize run --json`` object, from the JobResult and the run.json just written
     (its timings)."""
-    run = manifest.read_json(manifest.run_uri(result.output), options) or {}
+    run_info = RunFolder(result.output).run_json
+    run = manifest.read_json(run_info, options) or {}
     timings = run.get("timings") or {}
     total = sum(result.counts.values())
     return {
@@ -225,7 +227,7 @@ def run_json(result, options) -> dict[str, Any]:
         "images_per_hour": timings.get("images_per_hour"),
         "wall_s": timings.get("wall_s"),
         "manifest": result.manifest_uri,
-        "run_info": manifest.run_uri(result.output),
+        "run_info": run_info,
         "grids": list(result.grid_uris),
     }
 

@@ -32,6 +32,7 @@ from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
 from pipeline.progress import Progress
 from pipeline.scheduler import Scheduler, WorkerStartError
 from pipeline.redact import redact_text, redact_uri, secret_values
+from pipeline.runfolder import JOB_FILE, MIRROR_DIR, SHARDS_SHOWN, RunFolder, shard_of_tar
 from pipeline.sources import check_styles_load, list_inputs, list_styles
 from pipeline.storage import StorageError
 from pipeline.worker import StyleWorker, WorkerSpec
@@ -92,7 +93,7 @@ def _stage(job: JobConfig, items: list) -> list:
     packed into its tar."""
     if job.container == "webdataset":
         ext = FORMAT_EXTENSIONS[job.output_format]
-        stage = wds.staging_uri(job.output)
+        stage = RunFolder(job.output).staging_dir
         items = [replace(i, output_uri=f"{stage}/{i.item_id}.{ext}") for i in items]
     return items
 
@@ -111,7 +112,7 @@ def _diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
 def _check_previous(job: JobConfig, fp: dict[str, Any]) -> None:
     """Resume the same job, refuse another one, or clear the folder for ``overwrite``."""
     options = job.storage_options
-    old = manifest.read_json(manifest.job_uri(job.output), options)
+    old = manifest.read_json(RunFolder(job.output).job_json, options)
     has_run = old is not None or manifest.part_ids(job.output, options)
     if job.mode == "overwrite":
         if has_run:
@@ -119,7 +120,7 @@ def _check_previous(job: JobConfig, fp: dict[str, Any]) -> None:
             grids.remove_grids(job.output, options)
         return
     if has_run and (old or {}).get("fingerprint") != fp:
-        changes = _diff((old or {}).get("fingerprint", {}), fp) or ["(no job.json: unknown run)"]
+        changes = _diff((old or {}).get("fingerprint", {}), fp) or [f"(no {JOB_FILE}: unknown run)"]
         raise JobRefused(
             f"output {job.output} holds a run made with another configuration "
             f"({'; '.join(changes[:5])}{'; ...' if len(changes) > 5 else ''}); "
@@ -272,7 +273,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         log.warning("%s", line)
     styles = list_styles(job)
     check_styles_load(styles, options)
-    storage.check_writable(job.output, options)
+    storage.check_writable(job.output, options, RunFolder(job.output).manifest_dir)
     plan = _plan(job, len(styles))
     fp = fingerprint(job, styles)
     _check_previous(job, fp)
@@ -281,7 +282,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         _remove_orphan_shards(job)
     items = _stage(job, make_items(contents, styles, job.output, job.output_format,
                                    job.params_hash, plan))
-    manifest.write_json(manifest.job_uri(job.output),
+    manifest.write_json(RunFolder(job.output).job_json,
                         {"fingerprint": fp, "items_total": len(items)}, options)
     ids = pa.array([i.item_id for i in items], pa.string())
     kept, tries = _previous_rows(job, ids)
@@ -364,7 +365,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         progress.close()
     t_run = time.monotonic()
     if job.container == "webdataset":  # every shard packed: nothing waits there any more
-        storage.remove(wds.staging_uri(job.output), options, recursive=True)
+        storage.remove(RunFolder(job.output).staging_dir, options, recursive=True)
 
     try:
         return _finish(job, items, contents, styles, kept, new_tables, len(todo), workers,
@@ -435,12 +436,12 @@ def _remove_orphan_shards(job: JobConfig) -> None:
     shards/*.tar must never see a sample twice."""
     options = job.storage_options
     parts = set(manifest.part_ids(job.output, options))
-    folder = storage.join(job.output, wds.SHARDS_DIR)
+    run_folder = RunFolder(job.output)
+    folder = run_folder.shards_dir
     for name in storage.listdir(folder, options):
-        stem = name[:-4] if name.endswith(".tar") else ""
-        if not (stem.isdigit() and int(stem) in parts):
+        if shard_of_tar(name) not in parts:
             storage.remove(storage.join(folder, name), options)
-    storage.remove(wds.staging_uri(job.output), options, recursive=True)
+    storage.remove(run_folder.staging_dir, options, recursive=True)
 
 
 def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns,
@@ -451,7 +452,7 @@ def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns,
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return rows
-    tar = wds.shard_uri(job.output, shard_id)
+    tar = RunFolder(job.output).shard_tar(shard_id)
     samples = [wds.Sample(r["item_id"], ext, r["output_uri"], {
         **manifest.clean_row(r, secrets), "output_uri": wds.member_uri(tar, r["item_id"], ext),
         **extra.for_row(r["item_id"])}) for r in ok]
@@ -483,7 +484,7 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
             grid_uris = write_sweep_grids(job.output, rows, job.sweep, options,
                                           job.grid.cell_size, job.stylize.content_weight)
     elif job.grid.enabled:
-        existing = grids.grid_uris(job.output, 1)[0]
+        existing = RunFolder(job.output).grid_pages(1)[0]
         if new_tables or not storage.exists(existing, options):
             grid_uris = grids.write_grids(job.output, contents, styles, table.to_pylist(),
                                           job.grid, options)
@@ -492,8 +493,9 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
     counts = {k: v for k, v in zip(*[c.to_pylist() for c in
                                      pc.value_counts(table["status"]).flatten()])}
     exit_code = EXIT_OK if counts.get("ok", 0) == len(items) else EXIT_FAILED
-    previous = manifest.read_json(manifest.run_uri(job.output), options) or {}
-    manifest.write_json(manifest.run_uri(job.output), {
+    folder = RunFolder(job.output)
+    previous = manifest.read_json(folder.run_json, options) or {}
+    manifest.write_json(folder.run_json, {
         "config": job.to_dict(),
         "params_hash": job.params_hash,
         "versions": _versions(),
@@ -511,12 +513,12 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
                     if computed else None},
         "exit_code": exit_code,
     }, options)
-    result = JobResult(exit_code, counts, job.output, storage.join(job.output, "manifest.parquet"),
+    result = JobResult(exit_code, counts, job.output, folder.manifest_file,
                        grid_uris, computed=computed,
                        report_uri=_report(job, table, changed=bool(new_tables)))
     failures = table.filter(pc.not_equal(table["status"], "ok")).slice(0, 21).to_pylist()
-    where = {"webdataset": "shards/NNNNN.tar"}.get(
-        job.container, "images/..." if job.layout == "mirror" else "<style>/...")
+    where = {"webdataset": SHARDS_SHOWN}.get(
+        job.container, f"{MIRROR_DIR}/..." if job.layout == "mirror" else "<style>/...")
     print_summary(result, failures, len(items) - computed, stream, where)
     return result
 
@@ -539,7 +541,7 @@ def print_summary(result: JobResult, failures: list[dict], resumed: int,
     print(f"manifest: {result.manifest_uri}", file=stream)
     for uri in result.grid_uris:
         print(f"grid:     {uri}", file=stream)
-    print(f"run info: {storage.join(out, 'run.json')}", file=stream)
+    print(f"run info: {RunFolder(out).run_json}", file=stream)
     if result.report_uri:
         print(f"report:   {result.report_uri}", file=stream)
 
@@ -550,9 +552,9 @@ def _report(job: JobConfig, table: pa.Table, changed: bool) -> str | None:
     if not job.report:
         return None
     try:
-        from pipeline.report import report_uri, write_report
+        from pipeline.report import write_report
 
-        uri = report_uri(job.output)
+        uri = RunFolder(storage.canonical(job.output)).report_index
         if not changed and storage.exists(uri, job.storage_options):
             return uri
         return write_report(job.output, job.storage_options, table=table)

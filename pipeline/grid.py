@@ -25,6 +25,7 @@ from pipeline.items import Content, StyleRef
 from pipeline.jobconfig import GridConfig
 from pipeline.manifest import raw_content_uri
 from pipeline.redact import redact_uri
+from pipeline.runfolder import GRID_GLOB, RunFolder
 from pipeline.webdataset import read_member
 
 BACKGROUND = (255, 255, 255)
@@ -109,13 +110,7 @@ class _Page:
         return buf.getvalue()
 
 
-def grid_uris(output: str, pages: int) -> list[str]:
-    if pages == 1:
-        return [storage.join(output, "grid.png")]
-    return [storage.join(output, f"grid-{n:03d}.png") for n in range(1, pages + 1)]
-
-
-def remove_grids(output: str, options: Mapping[str, Any], pattern: str = "grid*.png",
+def remove_grids(output: str, options: Mapping[str, Any], pattern: str = GRID_GLOB,
                  keep: Sequence[str] = ()) -> None:
     """Remove the pages named like ``pattern`` in ``output``, except those of ``keep``."""
     fs, path = storage.get_fs(output, options)
@@ -143,7 +138,7 @@ def write_grids(output: str, contents: Sequence[Content], styles: Sequence[Style
         return originals[uri]
 
     remove_grids(output, options)
-    uris = grid_uris(output, len(row_chunks) * len(col_chunks))
+    uris = RunFolder(output).grid_pages(len(row_chunks) * len(col_chunks))
     n = 0
     for row_chunk in row_chunks:
         for col_chunk in col_chunks:

@@ -31,17 +31,12 @@ from typing import Any, Mapping, Sequence
 
 from pipeline import storage
 from pipeline.redact import show_undecodable
+from pipeline.runfolder import MIRROR_DIR, RESERVED_STYLE_NAMES
 from stylize.common import short_hash
 
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\:*?"<>|]')
 FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tiff": "tif"}
 MAX_NAME_BYTES = 255  # of one path component (NAME_MAX of ext4, XFS, btrfs, ZFS, APFS)
-# Style folders sit next to the run's own files in the output root; a style whose name
-# matches one of these (case-insensitively) is refused.
-RESERVED_STYLE_NAMES = ("_*", ".*", "manifest.*", "run.json", "job.json", "grid*", "report*")
-# With layout: mirror the input tree is repeated under {output}/images: the output root also
-# holds the run's own folders (_manifest, report), which ImageFolder would take for classes.
-MIRROR_DIR = "images"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Manifests: one row per work item, failures included, under an explicit pyarrow schema.
 
-The driver is the only writer. Layout of an output folder::
+The driver is the only writer. Layout of an output folder (names: :mod:`pipeline.runfolder`)::
 
     {output}/_manifest/job.json             what this folder was made with (resume check)
     {output}/_manifest/part-NNNNN.parquet   one per finished shard, written whole and last
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.items import WorkItem
+from pipeline.runfolder import RunFolder, shard_of_part
 from pipeline.redact import redact_text, redact_uri, show_undecodable
 
 STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
@@ -60,7 +60,6 @@ SCHEMA = pa.schema([
     pa.field("loss_trace", pa.list_(pa.float32())),
 ])
 COLUMNS = tuple(SCHEMA.names)
-_PART = re.compile(r"part-(\d+)\.parquet")
 _TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker")
 
 
@@ -166,16 +165,12 @@ def _file_equals(uri: str, table: pa.Table, options: Mapping[str, Any],
     return start == table.num_rows
 
 
-def part_uri(output: str, shard: int) -> str:
-    return storage.join(output, "_manifest", f"part-{shard:05d}.parquet")
-
-
 def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
                options: Mapping[str, Any], secrets: Sequence[str] = ()) -> pa.Table:
     """Write the shard's part; returns the table written (the driver keeps it, columnar,
     rather than the row dicts: a million items fit in a few hundred MB)."""
     table = to_table(rows, secrets)
-    storage.write_bytes(part_uri(output, shard), _to_parquet(table), options, atomic=True)
+    storage.write_bytes(RunFolder(output).part(shard), _to_parquet(table), options, atomic=True)
     return table
 
 
@@ -211,17 +206,17 @@ class ShardTables:
 
 def part_ids(output: str, options: Mapping[str, Any]) -> list[int]:
     """Shard ids of the finished parts; temporary files never count."""
-    names = storage.listdir(storage.join(output, "_manifest"), options)
-    return sorted(int(m.group(1)) for n in names if (m := _PART.fullmatch(n)))
+    names = storage.listdir(RunFolder(output).manifest_dir, options)
+    return sorted(i for n in names if (i := shard_of_part(n)) is not None)
 
 
 def remove_stale_temporaries(output: str, options: Mapping[str, Any]) -> int:
     """Remove what crashed writes left in ``_manifest`` (the driver is its only writer, so
     at the start of a run every temporary file there is stale). Returns how many."""
-    stale = [n for n in storage.listdir(storage.join(output, "_manifest"), options)
-             if n.startswith(storage.TMP_PREFIX)]
+    folder = RunFolder(output).manifest_dir
+    stale = [n for n in storage.listdir(folder, options) if n.startswith(storage.TMP_PREFIX)]
     for name in stale:
-        storage.remove(storage.join(output, "_manifest", name), options)
+        storage.remove(storage.join(folder, name), options)
     return len(stale)
 
 
@@ -233,10 +228,10 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16) -> pa
     ids = part_ids(output, options)
     if not ids:
         return SCHEMA.empty_table()
+    folder = RunFolder(output)
 
     def read(group: Sequence[int]) -> pa.Table:  # a few parts as one block (less memory)
-        return pa.concat_tables([_read_parquet(storage.read_bytes(part_uri(output, i),
-                                                                  options))
+        return pa.concat_tables([_read_parquet(storage.read_bytes(folder.part(i), options))
                                  for i in group]).combine_chunks()
 
     size = max(1, min(ShardTables.MERGE, len(ids) // max(1, workers)))
@@ -252,7 +247,7 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16) -> pa
 
 
 def read_manifest(output: str, options: Mapping[str, Any]) -> pa.Table | None:
-    uri = storage.join(output, "manifest.parquet")
+    uri = RunFolder(output).manifest_file
     if not storage.exists(uri, options):
         return None
     return _read_parquet(storage.read_bytes(uri, options))
@@ -279,7 +274,7 @@ def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
         table = rows.take(order.slice(0, len(position) - position.null_count))
     if extend is not None:
         table = extend(table)
-    uri = storage.join(output, "manifest.parquet")
+    uri = RunFolder(output).manifest_file
     if _file_equals(uri, table, options):
         return table, False
     storage.write_bytes(uri, _to_parquet(table), options, atomic=True)
@@ -297,16 +292,9 @@ def write_json(uri: str, data: Mapping[str, Any], options: Mapping[str, Any]) ->
     storage.write_bytes(uri, text.encode(), options, atomic=True)
 
 
-def job_uri(output: str) -> str:
-    return storage.join(output, "_manifest", "job.json")
-
-
-def run_uri(output: str) -> str:
-    return storage.join(output, "run.json")
-
-
 def clear_run(output: str, options: Mapping[str, Any]) -> None:
     """Forget a previous run (``mode: overwrite``): the files this package owns, not images."""
-    storage.remove(storage.join(output, "_manifest"), options, recursive=True)
-    for name in ("manifest.parquet", "run.json"):
-        storage.remove(storage.join(output, name), options)
+    folder = RunFolder(output)
+    storage.remove(folder.manifest_dir, options, recursive=True)
+    for uri in (folder.manifest_file, folder.run_json):
+        storage.remove(uri, options)

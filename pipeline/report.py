@@ -38,11 +38,11 @@ import pyarrow.compute as pc
 from PIL import Image, features
 
 from pipeline import manifest, storage
+from pipeline.runfolder import REPORT_INDEX, RunFolder, is_sweep_grid
 from pipeline.status import NoRunError
 from pipeline.webdataset import read_member, split_member_uri
 from stylize.common import short_hash
 
-REPORT_DIR = "report"
 THUMB_EXT, THUMB_FORMAT = ("webp", "WEBP") if features.check("webp") else ("jpg", "JPEG")
 
 
@@ -111,11 +111,6 @@ class RunFacts:
         return 3600.0 * self.done / self.span_s if self.span_s > 0 else None
 
 
-def report_uri(output: str) -> str:
-    """Where the report of the run folder ``output`` is (or will be)."""
-    return storage.join(storage.canonical(output), REPORT_DIR, "index.html")
-
-
 # ------------------------------------------------------------------------------ the facts
 def _load(output: str, options: Mapping[str, Any], table: pa.Table | None
           ) -> tuple[pa.Table, dict, dict]:
@@ -123,10 +118,11 @@ def _load(output: str, options: Mapping[str, Any], table: pa.Table | None
         table = manifest.read_manifest(output, options)
         if table is None or table.num_rows == 0:
             table = manifest.read_parts(output, options)
-    job = manifest.read_json(manifest.job_uri(output), options) or {}
-    run = manifest.read_json(manifest.run_uri(output), options) or {}
+    folder = RunFolder(output)
+    job = manifest.read_json(folder.job_json, options) or {}
+    run = manifest.read_json(folder.run_json, options) or {}
     if table.num_rows == 0 and not job:
-        raise NoRunError(f"{output}: no run here (no _manifest/ and no manifest.parquet)")
+        raise NoRunError.at(output)
     return table, job, run
 
 
@@ -269,8 +265,7 @@ def collect(output: str, options: Mapping[str, Any] | None = None,
     _sample(table, styles, settings)
     hists, unit, span, per_ok = _figures(table, settings)
     failed, failures = _failures(table, settings)
-    sweep = sorted(n for n in storage.listdir(output, options)
-                   if n.startswith("grid-sweep-") and n.endswith(".png")) \
+    sweep = sorted(n for n in storage.listdir(output, options) if is_sweep_grid(n)) \
         if (run.get("config") or {}).get("sweep") else []
     return RunFacts(output, run, job, _value_counts(table["status"]), table.num_rows,
                     job.get("items_total", table.num_rows), span, per_ok, hists, unit, styles,
@@ -350,15 +345,15 @@ def write_report(output: str, options: Mapping[str, Any] | None = None,
 
     options = dict(options or {})
     facts = collect(output, options, settings, table)
-    root = storage.join(facts.output, REPORT_DIR)
+    root = RunFolder(facts.output).report_dir
     made = _thumbnails(facts, root, options, settings)
     files = render(facts, made, settings)
     files["report.css"] = (importlib.resources.files("pipeline") / "report_assets" /
                            "report.css").read_text()
-    for name in sorted(files, key=lambda n: n == "index.html"):
+    for name in sorted(files, key=lambda n: n == REPORT_INDEX):
         storage.write_bytes(storage.join(root, name), files[name].encode(), options, atomic=True)
     _remove_stale(root, set(files), set(made), options)
-    return storage.join(root, "index.html")
+    return storage.join(root, REPORT_INDEX)
 
 
 def _remove_stale(root: str, pages: set[str], thumbs: set[str],

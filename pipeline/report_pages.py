@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.charts import bar_chart, line_chart, sci
 from pipeline.report import ReportSettings, RunFacts, StyleStats
+from pipeline.runfolder import REPORT_INDEX, RUN_FILE, SWEEP_GRID_SHOWN
 
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#7f7f7f",
            "#f0c000")  # Okabe-Ito: told apart with colour blindness too
@@ -27,7 +28,7 @@ def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, s
     subtitle = (f'<code>{_e(facts.output)}</code> · <span class="state">{run_state}</span> · '
                 f'report made {facts.generated}')
     title = f"stylize report: {_name(facts.output)}"
-    files = {"index.html": _page(title, subtitle, "".join([
+    files = {REPORT_INDEX: _page(title, subtitle, "".join([
         _summary(facts), _job(facts), _sweep(facts), _styles(facts.styles, made, settings),
         _failures(facts, settings), _figures(facts), _all_curves(facts.styles, settings)]))}
     if facts.failed > settings.index_failures:
@@ -80,7 +81,7 @@ def _page(title: str, subtitle: str, body: str) -> str:
             f"</head><body><header class=\"top\"><div class=\"wrap\"><h1>{_e(title)}</h1>"
             f"<p class=\"sub\">{subtitle}</p></div></header><main class=\"wrap\">{body}</main>"
             "<footer class=\"wrap\">Made by <code>stylize report</code> from the run's manifest "
-            "and run.json; pictures are downscaled copies.</footer></body></html>\n")
+            f"and {RUN_FILE}; pictures are downscaled copies.</footer></body></html>\n")
 
 
 def _pager(pages: int, current: int, href: Callable[[int], str]) -> str:
@@ -183,7 +184,7 @@ def _sweep(f: RunFacts, shown: int = 4) -> str:
     pages = "".join(f'<a href="../{_e(n)}"><img class="sweep" src="../{_e(n)}" '
                     f'alt="{_e(n)}"></a>' for n in f.sweep_grids[:shown])
     more = (f'<p class="muted">and {len(f.sweep_grids) - shown} more pages: '
-            f'<code>grid-sweep-NNN.png</code> in the output folder</p>'
+            f'<code>{SWEEP_GRID_SHOWN}</code> in the output folder</p>'
             if len(f.sweep_grids) > shown else "")
     return (f'<section><h2>Sweep <small>{keys}</small></h2><p class="muted">Each page: one '
             f'content under one style, on the sweep\'s axes.</p>{pages}{more}</section>')
@@ -334,7 +335,7 @@ def _failure_page(f: RunFacts, page: int, pages: int, settings: ReportSettings) 
     pager = _pager(pages, page, lambda p: f"failures-{p}.html")
     listed = (f"; the first {len(f.failures):,} are listed here, the manifest has them all"
               if f.failed > len(f.failures) else "")
-    return (f'<p><a href="index.html#failures">‹ back to the report</a></p>'
+    return (f'<p><a href="{REPORT_INDEX}#failures">‹ back to the report</a></p>'
             f'<section><h2>Failures <small>{(page - 1) * per + 1:,} to '
             f'{min(page * per, len(f.failures)):,} of {f.failed:,}{listed}</small></h2>{pager}'
             f'{_failure_table(f.failures[(page - 1) * per:page * per])}{pager}</section>')
@@ -345,7 +346,7 @@ def _gallery(s: StyleStats, page: int, made: Made, settings: ReportSettings) -> 
     rows = (s.rows or [])[(page - 1) * settings.per_page:page * settings.per_page]
     pager = _pager(s.pages, page, lambda p: f"style-{s.index}-{p}.html")
     curves = _curves(s, settings) if page == 1 else ""
-    return (f'<p><a href="index.html#style-{s.index}">‹ back to the report</a></p>'
+    return (f'<p><a href="{REPORT_INDEX}#style-{s.index}">‹ back to the report</a></p>'
             f'<section><div class="style-head">{_img(made, s.thumb, "style-img", s.name)}'
             f'<div><h2>{_e(s.name)}</h2><p>{_style_line(s)}</p><p class="muted">'
             f'{len(s.rows or []):,} of its ok items (a reproducible sample), page {page} of '

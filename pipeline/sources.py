@@ -40,10 +40,10 @@ import fsspec
 from fsspec.utils import glob_translate
 
 from pipeline import storage
-from pipeline.items import RESERVED_STYLE_NAMES, Content, StyleRef, reserved_style_name, \
-    sanitize_component
+from pipeline.items import Content, StyleRef, reserved_style_name, sanitize_component
 from pipeline.jobconfig import JobConfig, StyleSource
 from pipeline.redact import redact_text, redact_uri, show_undecodable
+from pipeline.runfolder import MANIFEST_DIR, RESERVED_STYLE_NAMES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet", ".jsonl")
@@ -53,7 +53,7 @@ _INFO_THREADS = 16  # concurrent stat/HEAD calls for the entries of a list file
 
 # Reasons of a Skipped entry.
 HIDDEN = "hidden: the name starts with '.'"
-METADATA = "a _manifest folder (run metadata)"
+METADATA = f"a {MANIFEST_DIR} folder (run metadata)"
 IN_OUTPUT = "inside the output folder"
 NOT_EXTENSION = "extension not in `extensions`"
 SPECIAL = "not a regular file (a FIFO, socket or device)"
@@ -126,7 +126,7 @@ def _hidden(rel: str) -> str | None:
     parts = rel.split("/")
     if any(p.startswith(".") for p in parts):
         return HIDDEN
-    if "_manifest" in parts[:-1]:
+    if MANIFEST_DIR in parts[:-1]:
         return METADATA
     return None
 
@@ -250,7 +250,7 @@ def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
     def prune(p: str, name: str) -> str | None:
         if name.startswith("."):
             return HIDDEN
-        if name == "_manifest":
+        if name == MANIFEST_DIR:
             return METADATA
         return IN_OUTPUT if p.rstrip("/") == exclude_path else None
 

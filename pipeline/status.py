@@ -11,6 +11,7 @@ from typing import IO, Any, Mapping
 import pyarrow.compute as pc
 
 from pipeline import manifest, storage
+from pipeline.runfolder import MANIFEST_DIR, MANIFEST_FILE, RunFolder
 
 FAILURES_SHOWN = 50  # failed rows listed by the summary (the manifest has them all)
 _FAILURE_FIELDS = ("status", "style", "content_uri", "output_uri", "error_message", "attempt")
@@ -19,23 +20,26 @@ _FAILURE_FIELDS = ("status", "style", "content_uri", "output_uri", "error_messag
 class NoRunError(FileNotFoundError):
     """The folder holds no run (no manifest part, no manifest.parquet)."""
 
+    @classmethod
+    def at(cls, output: str) -> NoRunError:
+        return cls(f"{output}: no run here (no {MANIFEST_DIR}/ and no {MANIFEST_FILE})")
+
 
 def summarize(output: str, options: Mapping[str, Any] | None = None,
               max_failures: int = FAILURES_SHOWN) -> dict[str, Any]:
     """Counts by status, the first failures, throughput and what is left, as plain
     JSON-able values (``failures``: the first ``max_failures`` failed rows, a few fields
     each; ``failed``: how many there are)."""
-    from pipeline.report import report_uri  # the report imports this module
-
     options = dict(options or {})
     output = storage.canonical(output)
+    folder = RunFolder(output)
     table = manifest.read_parts(output, options)
     if table.num_rows == 0:
         table = manifest.read_manifest(output, options) or table
-    job = manifest.read_json(manifest.job_uri(output), options)
-    run = manifest.read_json(manifest.run_uri(output), options)
+    job = manifest.read_json(folder.job_json, options)
+    run = manifest.read_json(folder.run_json, options)
     if table.num_rows == 0 and job is None:
-        raise NoRunError(f"{output}: no run here (no _manifest/ and no manifest.parquet)")
+        raise NoRunError.at(output)
     done = table.num_rows
     total = (job or {}).get("items_total", done)
     counts = ({s: n for s, n in zip(*[c.to_pylist() for c in
@@ -47,8 +51,8 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
     start, end = pc.min(table["started_at"]).as_py(), pc.max(table["finished_at"]).as_py()
     span = (end - start).total_seconds() if start is not None and end is not None else 0.0
     busy = pc.sum(table.filter(ok)["duration_s"]).as_py() or 0.0
-    manifest_uri = storage.join(output, "manifest.parquet")
-    report = report_uri(output)
+    manifest_uri = folder.manifest_file
+    report = folder.report_index
     complete = storage.exists(manifest_uri, options) and done >= total
     return {
         "output": output,
@@ -62,8 +66,8 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
         "images_per_hour": round(3600.0 * done / span, 1) if span > 0 else None,
         "seconds_per_image": round(busy / n_ok, 3) if n_ok else None,
         "manifest": manifest_uri if complete else None,
-        "parts": storage.join(output, "_manifest"),
-        "run_info": manifest.run_uri(output) if run is not None else None,
+        "parts": folder.manifest_dir,
+        "run_info": folder.run_json if run is not None else None,
         "run_exit_code": (run or {}).get("exit_code"),
         "report": report if storage.exists(report, options) else None,
     }

@@ -219,9 +219,11 @@ def remove(uri: str, storage_options: Mapping[str, Any] | None = None,
     retrying(f"remove {uri}", rm)
 
 
-def check_writable(root: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write and delete a probe file under ``root``; StorageError naming the root otherwise."""
-    probe = join(root, "_manifest", f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
+def check_writable(root: str, storage_options: Mapping[str, Any] | None = None,
+                   folder: str | None = None) -> None:
+    """Write and delete a probe file in ``folder`` (default: ``root`` itself), a folder under
+    ``root``; StorageError naming the root otherwise."""
+    probe = join(folder or root, f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
     try:
         write_bytes(probe, b"ok", storage_options)
         remove(probe, storage_options)

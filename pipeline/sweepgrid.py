@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline import storage
 from pipeline.grid import BACKGROUND, EMPTY, _ellipsize, _fit, _font, _load, remove_grids
 from pipeline.manifest import raw_content_uri
+from pipeline.runfolder import SWEEP_GRID_GLOB, RunFolder
 
 TEXT = (0, 0, 0)
-PAGE = "grid-sweep-{:03d}.png"
 # Pillow's built-in font has no Greek; DejaVu (most Linux images ship it) has.
 _UNICODE_FONT = "DejaVuSans.ttf"
 _ASCII = {"α": "alpha", "β": "beta", "∞": "inf"}
@@ -227,10 +227,10 @@ def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
                           [label(row_key, v, alpha) if row_key else "" for v in row_vals],
                           [label(col_key, v, alpha) if col_key else "" for v in col_vals],
                           grid, cell_size)
-            uri = storage.join(output, PAGE.format(len(uris) + 1))
+            uri = RunFolder(output).sweep_grid(len(uris) + 1)
             storage.write_bytes(uri, png, options, atomic=True)
             uris.append(uri)
-    remove_grids(output, options, "grid-sweep-*.png", keep=uris)
+    remove_grids(output, options, SWEEP_GRID_GLOB, keep=uris)
     return uris
 
 
@@ -238,4 +238,4 @@ def existing_pages(output: str, options: Mapping[str, Any]) -> list[str]:
     """The sweep pages an earlier run wrote in ``output``, in page order."""
     fs, path = storage.get_fs(output, options)
     return sorted(storage.to_uri(fs, p, output)
-                  for p in fs.glob(path.rstrip("/") + "/grid-sweep-*.png"))
+                  for p in fs.glob(path.rstrip("/") + "/" + SWEEP_GRID_GLOB))

@@ -1,6 +1,6 @@
 """Shard tars: a shard's finished outputs packed into one WebDataset tar.
 
-Layout of an output folder (beside ``_manifest``, see :mod:`pipeline.manifest`)::
+Layout of an output folder (beside ``_manifest``, see :mod:`pipeline.runfolder`)::
 
     {output}/_staging/...           loose outputs wait here until their shard is packed
     {output}/shards/NNNNN.tar       one per packed shard, written whole (never half a tar)
@@ -33,10 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from pipeline import storage
+from pipeline.runfolder import TAR_EXT, RunFolder
 
-SHARDS_DIR = "shards"
-STAGING_DIR = "_staging"  # loose outputs wait here until their shard is packed
-_TAR = ".tar"
 log = logging.getLogger(__name__)
 
 
@@ -59,18 +57,6 @@ class Sample:
             raise ValueError(f"sample {self.key}: ext 'json' is taken by the metadata member")
 
 
-def shard_uri(output: str, shard_id: int) -> str:
-    """``{output}/shards/NNNNN.tar``."""
-    if shard_id < 0:
-        raise ValueError(f"shard id {shard_id}: must be >= 0")
-    return storage.join(output, SHARDS_DIR, f"{shard_id:05d}{_TAR}")
-
-
-def staging_uri(output: str) -> str:
-    """``{output}/_staging``: where outputs wait until their shard is packed."""
-    return storage.join(output, STAGING_DIR)
-
-
 def member_uri(tar_uri: str, key: str, ext: str) -> str:
     """How a manifest row names a sample: ``{tar_uri}#{key}.{ext}``."""
     return f"{tar_uri}#{key}.{ext}"
@@ -80,7 +66,7 @@ def split_member_uri(uri: str) -> tuple[str, str] | None:
     """``(tar_uri, member name)`` of ``tar#member``; None for a URI without a ``#member``
     after ``.tar`` (a plain file, even one whose name holds a ``#``)."""
     tar, sep, member = uri.rpartition("#")
-    if not sep or not member or not tar.endswith(_TAR):
+    if not sep or not member or not tar.endswith(TAR_EXT):
         return None
     return tar, member
 
@@ -144,7 +130,7 @@ def pack_bytes(samples: Sequence[Sample], images: Sequence[bytes]) -> bytes:
 
 def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
                 options: Mapping[str, Any]) -> str:
-    """Pack the staged outputs of ``samples`` into ``shard_uri(output, shard_id)`` and
+    """Pack the staged outputs of ``samples`` into ``{output}/shards/NNNNN.tar`` and
     return that URI. The tar appears whole or not at all (storage's atomic write: temporary
     ``.tmp-*`` name and rename locally, one PUT on object stores); only then are the staged
     files removed, best effort (a failure is logged, not raised).
@@ -153,7 +139,7 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
     memory twice (images, then the tar)."""
     if not samples:
         raise ValueError(f"shard {shard_id}: no samples to pack (write no tar instead)")
-    uri = shard_uri(output, shard_id)
+    uri = RunFolder(output).shard_tar(shard_id)
     images = []
     for s in samples:
         try:

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import manifest
 from pipeline.items import WorkItem
+from pipeline.runfolder import RunFolder
 
 
 def item(n: int) -> WorkItem:
@@ -83,7 +84,7 @@ def test_job_columns_are_read_back_and_an_equal_manifest_is_not_rewritten(tmp_pa
 
 def test_json_and_clear_run(tmp_path):
     out = str(tmp_path)
-    manifest.write_json(manifest.run_uri(out), {"a": 1}, {})
+    manifest.write_json(RunFolder(out).run_json, {"a": 1}, {})
     assert json.loads((tmp_path / "run.json").read_text()) == {"a": 1}
     manifest.write_part(out, 0, [], {})
     (tmp_path / "starry").mkdir()

@@ -9,9 +9,10 @@ import pytest
 
 from conftest import sample
 from pipeline import storage
-from pipeline.items import (MAX_NAME_BYTES, RESERVED_STYLE_NAMES, Content, Plan, StyleRef,
-                            escape_undecodable, fit_name, make_items, output_uri)
+from pipeline.items import (MAX_NAME_BYTES, Content, Plan, StyleRef, escape_undecodable,
+                            fit_name, make_items, output_uri)
 from pipeline.jobconfig import job_from_mapping
+from pipeline.runfolder import RESERVED_STYLE_NAMES
 from pipeline.sources import SourceError, list_contents, list_styles
 
 STARRY = [StyleRef("starry", ("/s/starry.jpg",), (1.0,), ("t",))]

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline import webdataset as wd
+from pipeline.runfolder import RunFolder
 from stylize.common import TMP_PREFIX, short_hash
 
 SIZES = [(7, 5), (16, 9), (3, 11)]
@@ -58,7 +59,7 @@ def stage(output: str, metas=METAS, sizes=SIZES) -> tuple[list[wd.Sample], list[
     samples, images = [], []
     for n, (meta, size) in enumerate(zip(metas, sizes)):
         key = short_hash(output, str(n), n=20)
-        uri = storage.join(wd.staging_uri(output), f"{key}.png")
+        uri = storage.join(RunFolder(output).staging_dir, f"{key}.png")
         images.append(png(size, n))
         storage.write_bytes(uri, images[-1], {})
         samples.append(wd.Sample(key, "png", uri, meta))
@@ -106,7 +107,7 @@ def test_the_webdataset_package_reads_the_shard(tmp_path):
 def test_member_uris_round_trip_and_read_member(output):
     jpg = sample("coffee").read_bytes()
     key = short_hash("coffee", n=20)
-    staged = storage.join(wd.staging_uri(output), f"{key}.jpg")
+    staged = storage.join(RunFolder(output).staging_dir, f"{key}.jpg")
     storage.write_bytes(staged, jpg, {})
     tar = wd.write_shard(output, 12, [wd.Sample(key, "jpg", staged, {"label": 1})], {})
 
@@ -131,7 +132,7 @@ def test_members_of_two_shards_read_alternately_read_each_tar_once(output, monke
     tars = []
     for shard in (20, 21):
         key = short_hash("shard", str(shard), n=20)
-        staged = storage.join(wd.staging_uri(output), f"{key}.png")
+        staged = storage.join(RunFolder(output).staging_dir, f"{key}.png")
         storage.write_bytes(staged, png((4, 4), shard - 20), {})
         tars.append((wd.write_shard(output, shard, [wd.Sample(key, "png", staged, {})], {}),
                      key))
@@ -150,7 +151,7 @@ def test_an_unreadable_staged_file_leaves_no_tar_and_keeps_the_others(output):
     storage.remove(samples[1].source_uri, {})
     with pytest.raises(storage.StorageError, match=samples[1].key):
         wd.write_shard(output, 0, samples, {})
-    assert not storage.exists(wd.shard_uri(output, 0), {})
+    assert not storage.exists(RunFolder(output).shard_tar(0), {})
     assert storage.listdir(storage.join(output, "shards"), {}) == []
     assert [storage.exists(s.source_uri, {}) for s in samples] == [True, False, True]
 
@@ -158,7 +159,7 @@ def test_an_unreadable_staged_file_leaves_no_tar_and_keeps_the_others(output):
 def test_the_tar_appears_whole_by_renaming_a_recognisable_temporary(tmp_path, monkeypatch):
     out = str(tmp_path)
     samples, _ = stage(out)
-    final = wd.shard_uri(out, 1)
+    final = RunFolder(out).shard_tar(1)
     renames = []
     real_replace = os.replace
 
@@ -204,7 +205,7 @@ def test_a_staged_file_that_cannot_be_removed_is_logged_not_raised(tmp_path, mon
 
     monkeypatch.setattr(storage, "remove", remove)
     with caplog.at_level(logging.WARNING, logger="pipeline.webdataset"):
-        assert wd.write_shard(out, 0, samples, {}) == wd.shard_uri(out, 0)
+        assert wd.write_shard(out, 0, samples, {}) == RunFolder(out).shard_tar(0)
     assert [storage.exists(s.source_uri, {}) for s in samples] == [True, False, False]
     assert "not removed" in caplog.text and samples[0].source_uri in caplog.text
 
@@ -241,6 +242,6 @@ def test_keys_and_extensions_that_webdataset_would_misread_are_refused(tmp_path)
     with pytest.raises(ValueError, match="no samples"):
         wd.write_shard(str(tmp_path), 0, [], {})
     with pytest.raises(ValueError, match="must be >= 0"):
-        wd.shard_uri(str(tmp_path), -1)
-    assert wd.staging_uri("s3://b/out/") == "s3://b/out/_staging"
-    assert wd.shard_uri("s3://b/out", 7) == "s3://b/out/shards/00007.tar"
+        RunFolder(str(tmp_path)).shard_tar(-1)
+    assert RunFolder("s3://b/out/").staging_dir == "s3://b/out/_staging"
+    assert RunFolder("s3://b/out").shard_tar(7) == "s3://b/out/shards/00007.tar"

@@ -27,6 +27,7 @@ from pipeline.charts import bar_chart, log_ticks, nice_ticks
 from pipeline.driver import _report, run_job
 from pipeline.jobconfig import job_from_mapping
 from pipeline.losstrace import LossTrace, shorten
+from pipeline.runfolder import RunFolder
 from pipeline.status import print_status, summarize
 from stylize.cli import UsageError
 
@@ -227,7 +228,7 @@ def test_report_of_an_unfinished_run(run, tmp_path):
     part = tmp_path / "run" / "_manifest" / "part-00000.parquet"
     part.parent.mkdir(parents=True)
     part.write_bytes((out / "_manifest" / "part-00000.parquet").read_bytes())  # 4 items
-    manifest.write_json(manifest.job_uri(str(tmp_path / "run")), {"items_total": 8}, {})
+    manifest.write_json(RunFolder(str(tmp_path / "run")).job_json, {"items_total": 8}, {})
     report.write_report(str(tmp_path / "run"))
     index = (tmp_path / "run" / "report" / "index.html").read_text()
     assert Page(index).counts["left"] == 4 and Page(index).counts["done"] == 4
@@ -333,9 +334,9 @@ def synthetic_run(out: Path, n: int = 200_000, styles: int = 5, seed: int = 0) -
     table = pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in manifest.SCHEMA},
                      schema=manifest.SCHEMA)
     pq.write_table(table, out / "manifest.parquet")
-    manifest.write_json(manifest.job_uri(str(out)), {"items_total": n, "fingerprint": {
+    manifest.write_json(RunFolder(str(out)).job_json, {"items_total": n, "fingerprint": {
         "styles": {name: {"uris": [str(sample("starry_night"))]} for name in names}}}, {})
-    manifest.write_json(manifest.run_uri(str(out)), {
+    manifest.write_json(RunFolder(str(out)).run_json, {
         "config": {"input": "s3://photos/set", "stylize": {"preset": "fast", "size": 512}},
         "versions": {"python": "3.11"}, "weights_hash": "abc", "exit_code": 1,
         "cluster_resources": {"CPU": 64.0, "GPU": 8.0, "node:10.0.0.1": 1.0},
