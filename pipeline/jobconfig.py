@@ -313,11 +313,65 @@ def job_schema() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- loading
 
+MAX_JOB_BYTES = 1 << 20  # a job file is a page of settings; long lists go in a list file
+MAX_JOB_DEPTH = 32  # nesting levels of a job file (the deepest real key is 4 levels down)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML as a job file may be written: safe types only, no aliases (``*name``: a few
+    lines of them expand to gigabytes), at most MAX_JOB_DEPTH levels deep, and no key given
+    twice in one mapping (YAML would silently keep the last: a second ``stylize:`` block
+    would replace the first). Each refusal names the line."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a job file; write the value "
+                "out where it is used", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_JOB_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_JOB_DEPTH} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: the base class says so
+                    break
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first on line {first[key] + 1}); "
+                        f"YAML would keep only the last: remove one", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """A job file's (or a ``--set`` value's) YAML through StrictLoader."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_job(path: str, overrides: Sequence[str] = (), mode: str | None = None) -> JobConfig:
     """Read a YAML job, apply ``--set`` overrides and ``--mode``, validate."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read(MAX_JOB_BYTES + 1)
+        if len(data) > MAX_JOB_BYTES:
+            raise JobConfigError(
+                f"{path}: larger than {MAX_JOB_BYTES // 1024} KiB, too large for a job file; "
+                f"put a long list of inputs in a list file (input: list.csv)")
+        raw = parse_yaml(data.decode("utf-8"))
     except FileNotFoundError:
         raise JobConfigError(f"{path}: no such job file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -355,9 +409,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         if not sep or not key:
             raise JobConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stylize.size=256")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise JobConfigError(f"--set {item!r}: value is not valid YAML") from None
+            value = parse_yaml(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            why = _yaml_error(e).removeprefix("not valid YAML: ")
+            raise JobConfigError(f"--set {item!r}: value is not valid YAML ({why})") from None
         node = out
         parts = key.split(".")
         for p in parts[:-1]:

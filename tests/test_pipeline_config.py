@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pipeline.jobconfig import (JobConfigError, apply_overrides, job_from_mapping, load_job)
@@ -145,3 +147,66 @@ def test_dataset_keys_and_their_mistakes():
         job(sweep={"size": [64, 8]})
     with pytest.raises(JobConfigError, match="did you mean 'style_weight'"):
         job(sweep={"style_wieght": [1.0]})
+
+
+# ------------------------------------------------------------------ job files written to hurt
+
+def _job_file(tmp_path, text: str):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    # a second stylize: block would silently turn a 32 px trial into 512 px x 500 iterations
+    path = _job_file(tmp_path, "input: in\nstyles: [a.jpg]\noutput: out\n"
+                               "stylize: {size: 32}\nshard_size: 4\n"
+                               "stylize: {size: 512, iterations: 500}\n")
+    with pytest.raises(JobConfigError, match=r"line 6, column 1: key 'stylize' given twice "
+                                             r"\(first on line 4\)"):
+        load_job(path)
+    nested = _job_file(tmp_path, "input: in\nstyles: [a.jpg]\noutput: out\n"
+                                 "stylize:\n  size: 32\n  iterations: 5\n  size: 64\n")
+    with pytest.raises(JobConfigError, match=r"line 7, column 3: key 'size' given twice"):
+        load_job(nested)
+    with pytest.raises(JobConfigError, match="given twice"):
+        apply_overrides({}, ["stylize={size: 1, size: 2}"])
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    # nine levels of nine aliases each: 387 million strings if expanded
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = _job_file(tmp_path, "\n".join(["input: in", "styles: [a.jpg]", "output: out"]
+                                         + lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(JobConfigError, match=r"line 5, column \d+: aliases \(\*name\) are not "
+                                             r"allowed in a job file"):
+        load_job(path)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_huge_or_deep_job_file_is_refused_at_once(tmp_path):
+    path = _job_file(tmp_path, "input: in\nstyles: [a.jpg]\noutput: out\n"
+                               + "# padding\n" * 5_000_000)  # 50 MB
+    t0 = time.perf_counter()
+    with pytest.raises(JobConfigError, match=r"larger than 1024 KiB, too large for a job file; "
+                                             r"put a long list of inputs in a list file"):
+        load_job(path)
+    assert time.perf_counter() - t0 < 1.0
+    deep = _job_file(tmp_path, "input: in\nstyles: [a.jpg]\noutput: out\nx: "
+                               + "[" * 10_000 + "]" * 10_000 + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(JobConfigError, match=r"nested more than 32 levels deep"):
+        load_job(deep)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_command_exits_2_with_one_line_on_a_hostile_job_file(tmp_path, capsys):
+    from pipeline.cli import main
+
+    path = _job_file(tmp_path, "input: in\nstyles: [a.jpg]\noutput: out\n"
+                               "base: &b {size: 32}\nstylize: *b\n")
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "aliases (*name) are not allowed" in err[0], err
