@@ -232,6 +232,25 @@ def _entry(fs: fsspec.AbstractFileSystem, path: str, info: Mapping[str, Any], li
     return Skipped(uri, SPECIAL if storage.is_local(fs) else f"not a file (type {kind})")
 
 
+def _local_output_test(output: str) -> Callable[..., bool]:
+    """``inside(path, folder=False)``: whether a local path is the output folder or lies in
+    it once links are resolved (a file by its folder's real path, one realpath per folder)."""
+    real_output = os.path.realpath(output)
+    folders: dict[str, str] = {}
+
+    def real(folder: str) -> str:
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        return folders[folder]
+
+    def inside(path: str, folder: bool = False) -> bool:
+        if "://" in path:  # pkg:// and the like: not a path of this disk as written
+            return False
+        where = real(path if folder else os.path.dirname(path))
+        return where == real_output or where.startswith(real_output.rstrip("/") + "/")
+    return inside
+
+
 def _glob_root(pattern: str) -> tuple[str, int | None]:
     """The folder to scan for ``pattern`` and how deep (None: ``**``), as fsspec's glob."""
     head = _GLOB.split(pattern, 1)[0]
@@ -246,13 +265,18 @@ def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
     goes to ``skipped``."""
     fs, path = storage.get_fs(uri, options)
     exclude_path = storage.get_fs(exclude, options)[1].rstrip("/") if exclude else None
+    # On a local disk the output is also recognised through links: an output path that is a
+    # link into the input, or an input reached through a link, name one folder two ways.
+    in_output = _local_output_test(exclude) if exclude and storage.is_local(fs) else None
 
     def prune(p: str, name: str) -> str | None:
         if name.startswith("."):
             return HIDDEN
         if name == MANIFEST_DIR:
             return METADATA
-        return IN_OUTPUT if p.rstrip("/") == exclude_path else None
+        if p.rstrip("/") == exclude_path or (in_output and in_output(p, folder=True)):
+            return IN_OUTPUT
+        return None
 
     if _GLOB.search(path):
         root, depth = _glob_root(path)
@@ -291,7 +315,8 @@ def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
             continue
         rel = e.uri[len(root_uri):].lstrip("/") if root_uri else posixpath.basename(e.uri)
         reason = _hidden(rel)
-        if reason is None and exclude and (e.uri + "/").startswith(exclude + "/"):
+        if reason is None and exclude and ((e.uri + "/").startswith(exclude + "/")
+                                           or (in_output and in_output(e.uri))):
             reason = IN_OUTPUT
         if reason is None and exts is not None and posixpath.splitext(rel)[1].lower() not in exts:
             reason = NOT_EXTENSION

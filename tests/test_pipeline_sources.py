@@ -222,3 +222,26 @@ def test_messages_carry_no_credentials(tmp_path):
     with pytest.raises(SourceError) as e:
         list_styles(job(input="x", styles=["https://user:hunter22@127.0.0.1:9/s.jpg"]))
     assert "hunter22" not in str(e.value) and "https://127.0.0.1:9/s.jpg" in str(e.value)
+
+
+def test_output_inside_input_through_a_link_is_not_listed(tmp_path):
+    """Issue 18, case 4: the output folder named through a link (a link to a folder inside
+    the input), or the input named through a link to the folder that holds the output: the
+    run's own files are never read back as inputs."""
+    root = make_inputs(tmp_path / "in", {"a.jpg": "coffee"}, bad=False)
+    (root / "out" / "starry").mkdir(parents=True)
+    (root / "out" / "starry" / "a.png").write_bytes(b"x")
+    (root / "out" / "manifest.parquet").write_bytes(b"x")
+    # the output path is a link into the input
+    (tmp_path / "out-link").symlink_to(root / "out", target_is_directory=True)
+    listing = list_inputs(job(input=str(root), output=str(tmp_path / "out-link")))
+    assert [c.rel for c in listing.contents] == ["a.jpg"]
+    assert (str(root / "out"), IN_OUTPUT) in [(s.uri, s.reason) for s in listing.skipped]
+    # the input path is a link to the folder that holds the output
+    (tmp_path / "in-link").symlink_to(root, target_is_directory=True)
+    listing = list_inputs(job(input=str(tmp_path / "in-link"), output=str(root / "out")))
+    assert [c.rel for c in listing.contents] == ["a.jpg"]
+    # a glob through the link: the output's files are left out one by one
+    listing = list_inputs(job(input=str(tmp_path / "in-link" / "**" / "*.*"),
+                              output=str(root / "out")))
+    assert [c.rel for c in listing.contents] == ["a.jpg"]
