@@ -17,7 +17,7 @@ import ray
 
 from pipeline.errors import InfraError, reraise_if_interrupted
 from pipeline.items import StyleRef, WorkItem
-from pipeline.scheduler import (Action, Prepare, RunBatch, Scheduler, Start, Stop,
+from pipeline.scheduler import (Action, Prepare, Scheduler, Start, Stop,
                                 short_error)
 
 if TYPE_CHECKING:
