@@ -544,11 +544,16 @@ def _show_input(value: str | Iterable[str]) -> str:
 
 
 def _relative_to_common(entries: list[_Entry]) -> list[tuple[_Entry, str]]:
+    """Each entry with its name relative to the folder all share. Names are derived from the
+    URIs with their credentials removed (``user:password@``, signed-URL parameters): a list
+    that mixes hosts shares no folder, and its names would otherwise carry them into output
+    paths and the manifest."""
     if not entries:
         return []
-    common = _common_dir([e.uri for e in entries])
-    return [(e, e.uri[len(common):].lstrip("/") if common else posixpath.basename(e.uri))
-            for e in entries]
+    shown = [redact_uri(e.uri) if "://" in e.uri else e.uri for e in entries]
+    common = _common_dir(shown)
+    return [(e, u[len(common):].lstrip("/") if common else posixpath.basename(u))
+            for e, u in zip(entries, shown)]
 
 
 def _style_name(name: str, uri: str) -> str:

@@ -245,3 +245,32 @@ def test_output_inside_input_through_a_link_is_not_listed(tmp_path):
     listing = list_inputs(job(input=str(tmp_path / "in-link" / "**" / "*.*"),
                               output=str(root / "out")))
     assert [c.rel for c in listing.contents] == ["a.jpg"]
+
+
+def test_a_list_that_mixes_hosts_names_its_items_without_credentials(tmp_path):
+    """Issue 18, case 6: a list of URLs on two hosts shares no folder, so each item is named
+    from its URL; the password and a signed URL's token never reach those names (and so
+    neither the output paths nor the manifest's output_uri)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(sample("coffee").parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        listed = tmp_path / "list.csv"
+        listed.write_text(f"uri\nhttp://user:s3cret@127.0.0.1:{port}/coffee.jpg\n"
+                          f"http://user:s3cret@localhost:{port}/chelsea.jpg?token=abc123\n")
+        listing = list_inputs(job(input=str(listed), output=str(tmp_path / "out")))
+    finally:
+        server.shutdown()
+        server.server_close()
+    rels = sorted(c.rel for c in listing.contents)
+    assert len(rels) == 2 and not any("s3cret" in r or "abc123" in r or "@" in r for r in rels)
+    assert rels[0] == f"127.0.0.1:{port}/coffee.jpg"
