@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from stylize.canvas import resize_longest
+from stylize.canvas import resize_longest_tensor
 from stylize.config import StyleConfig, resolve_config
 from stylize.engine import Callback, Style, Stylizer
 from stylize.images import from_tensor, to_tensor
@@ -35,7 +35,7 @@ def stylize(content, styles, config: StyleConfig | None = None, *,
     engine = stylizer or Stylizer(config)
     styles = styles if isinstance(styles, (list, tuple)) else [styles]
     as_pil = isinstance(content, Image.Image)
-    c = resize_longest(_as_pixels(content), config.size)
+    c = resize_longest_tensor(_as_pixels(content), config.size)
     # A key of its own per call: the images may differ from the last call's.
     style = Style(f"api-{uuid.uuid4().hex}", tuple(_as_pixels(s) for s in styles),
                   tuple(style_weights) if style_weights else None)

@@ -62,7 +62,7 @@ def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
                          antialias=h < x.shape[-2])
 
 
-def resize_longest(img: torch.Tensor, side: int, min_short: int = 1) -> torch.Tensor:
+def resize_longest_tensor(img: torch.Tensor, side: int, min_short: int = 1) -> torch.Tensor:
     """(3, H, W) with its longest side ``side``; the shorter at least ``min_short`` (VGG pools
     4 times)."""
     h, w = img.shape[-2:]

@@ -21,14 +21,13 @@ import torch
 from PIL import Image
 
 from stylize import color
-from stylize.canvas import (crop, initial_noise, margin_pixels, pad, resize, resize_longest,
-                            scale_shape)
+from stylize.canvas import (crop, initial_noise, margin_pixels, pad, resize,
+                            resize_longest_tensor, scale_shape)
 from stylize.config import TAP_NAMES, StyleConfig, resolve_config
-from stylize.images import load_image, resize_bucket, to_tensor
-from stylize.images import resize_longest as resize_longest_image
+from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import GatysLoss, content_loss, gram, layer_weights, style_loss
 from stylize.model import ReadBytes, build_vgg
-from stylize.objective import Objective
+from stylize.objective import Objective, network
 from stylize.optim import Stopping, optimize
 from stylize.runtime import (amp_dtype, free_device_memory, memory_format, numerics,
                              resolve_device, resolve_precision)
@@ -153,17 +152,15 @@ class Stylizer:
         opts = self.options(options)
         if opts.bucket and not exact:
             return to_tensor(resize_bucket(img, opts.size))
-        return to_tensor(resize_longest_image(img, opts.size))
+        return to_tensor(resize_longest(img, opts.size))
 
     def features(self, pixels: torch.Tensor,
                  taps: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """``{layer: activation}`` of ``taps`` (default: the config's content and style
         layers), eager (the optimisation's steps run through ``self.objective``)."""
         taps = tuple(dict.fromkeys(taps or self.cfg.content_layers + self.cfg.style_layers))
-        pixels = pixels.to(self.device, memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=amp_dtype(self.precision),
-                            enabled=self.precision == "bf16"):
-            return self.model(pixels, taps)
+        return network(self.model, pixels.to(self.device), taps, self.objective.amp,
+                       self.memory_format)
 
     @torch.no_grad()
     def style_grams(self, style: Style, longest: int, content: torch.Tensor | None = None,
@@ -183,7 +180,7 @@ class Stylizer:
         out: dict[str, torch.Tensor] = {}
         with self.numerics():
             for img, w in zip(style.images, style.blend()):
-                img = resize_longest(img.float(), side, min_short=16).to(self.device)
+                img = resize_longest_tensor(img.float(), side, min_short=16).to(self.device)
                 if opts.preserve_colors == "histogram":
                     img = color.match_histogram(img, content.to(self.device))
                 elif opts.preserve_colors == "luminance":
@@ -357,12 +354,9 @@ class Stylizer:
         return resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()
 
 
-
-
 def _memory_key(shape: tuple[int, int], opts: StyleConfig) -> tuple:
     """What sets an image's memory at a shape: the layers it taps, its L-BFGS history."""
     return (*shape, opts.history_size, opts.content_layers + opts.style_layers)
-
 
 
 def _hook(callback: Callback | None, scale: int, scales: int, steps: int, margin: int = 0):

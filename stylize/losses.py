@@ -36,7 +36,7 @@ def _rows(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Features (B, C, H, W) as a matrix per image without a copy: (B, HW, C) rows of
     positions when they are channels-last in memory (True), else (B, C, HW) (False)."""
     b, c, h, w = features.shape
-    if features.dim() == 4 and c > 1 and h * w > 1 and features.is_contiguous(
+    if c > 1 and h * w > 1 and features.is_contiguous(
             memory_format=torch.channels_last):
         return features.permute(0, 2, 3, 1).reshape(b, h * w, c), True
     return features.reshape(b, c, h * w), False
@@ -73,11 +73,17 @@ def _gram_fp32(rows: torch.Tensor, channels_last: bool, split: bool) -> torch.Te
         return torch.bmm(parts.transpose(1, 2), parts).view(b, k, c, c).sum(1)
 
 
-def gram(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, C), F F^T / (C H W), accumulated in fp32."""
+def _gram(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(Gram (B, C, C) in fp32, the features as a matrix per image, whether its rows are
+    positions): what ``gram`` returns and ``GramLoss`` keeps for its gradient."""
     b, c, h, w = features.shape
     rows, channels_last = _rows(features)
-    return _gram_fp32(rows, channels_last, features.is_cuda) / (c * h * w)
+    return _gram_fp32(rows, channels_last, features.is_cuda) / (c * h * w), rows, channels_last
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C), F F^T / (C H W), accumulated in fp32."""
+    return _gram(features)[0]
 
 
 class GramLoss(torch.autograd.Function):
@@ -90,9 +96,8 @@ class GramLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = features.shape
-        rows, channels_last = _rows(features)
-        err = _gram_fp32(rows, channels_last, features.is_cuda) / (c * h * w) - target
+        g, rows, channels_last = _gram(features)
+        err = g - target
         ctx.save_for_backward(rows, err)
         ctx.meta = (features.shape, channels_last)
         return err.pow(2).mean(dim=(1, 2))

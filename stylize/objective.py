@@ -19,14 +19,20 @@ from stylize.losses import GatysLoss, gatys
 from stylize.runtime import compile_function
 
 
+def network(model, pixels: torch.Tensor, taps: Sequence[str], amp: torch.dtype | None,
+            layout: torch.memory_format) -> dict[str, torch.Tensor]:
+    """``{tap: activation}`` of pixels (B, 3, H, W): the network in memory ``layout``, under
+    autocast to ``amp`` (None: its own dtype)."""
+    with torch.autocast(pixels.device.type, dtype=amp, enabled=amp is not None):
+        return model(pixels.contiguous(memory_format=layout), tuple(taps))
+
+
 def evaluate(model, pixels: torch.Tensor, taps: tuple[str, ...],
              content_targets: dict, style_targets: dict, weights: torch.Tensor, use_tv: bool,
              amp: torch.dtype | None, layout: torch.memory_format) -> tuple[torch.Tensor, ...]:
-    """(total, content, style, tv), each (B,), of pixels (B, 3, H, W) in 0..255: the network
-    in memory ``layout`` under autocast to ``amp`` (None: its own dtype), the losses in fp32
-    (losses.gatys)."""
-    with torch.autocast(pixels.device.type, dtype=amp, enabled=amp is not None):
-        feats = model(pixels.contiguous(memory_format=layout), taps)
+    """(total, content, style, tv), each (B,), of pixels (B, 3, H, W) in 0..255: the
+    ``network`` features, the losses in fp32 (losses.gatys)."""
+    feats = network(model, pixels, taps, amp, layout)
     return gatys(feats, pixels, content_targets, style_targets, weights, use_tv)
 
 
