@@ -344,6 +344,8 @@ class StrictLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # <<: {...}: keys it brings
+                    continue  # are overridden by the mapping's own, as YAML means them
                 key = self.construct_object(key_node, deep=True)
                 try:
                     seen = key in first

@@ -171,6 +171,10 @@ def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
         load_job(nested)
     with pytest.raises(JobConfigError, match="given twice"):
         apply_overrides({}, ["stylize={size: 1, size: 2}"])
+    # a merge key brings keys the mapping's own override, as YAML means it: no duplicate
+    merged = _job_file(tmp_path, "input: in\nstyles: [a.jpg]\noutput: out\n"
+                                 "stylize:\n  size: 32\n  <<: {size: 64, iterations: 7}\n")
+    assert (load_job(merged).stylize.size, load_job(merged).stylize.iterations) == (32, 7)
 
 
 def test_an_alias_bomb_is_refused_at_once(tmp_path):
