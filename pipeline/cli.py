@@ -24,6 +24,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -34,12 +35,13 @@ import sys
 import tempfile
 import traceback
 from importlib import metadata
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from pipeline import errors, manifest
 from pipeline.errors import RESUME_HINT, InfraError, Interrupted, install_signal_handlers
 from pipeline.jobconfig import (MODES, JobConfigError, apply_overrides, job_from_mapping,
                                 job_schema, load_job)
+from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
 from pipeline.scheduler import WorkerStartError
@@ -107,8 +109,15 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, e.g. --set stylize.size=256 --set ray.num_workers=2")
     p.add_argument("--mode", choices=MODES, help="resume (default) or overwrite")
+    _takeover_flag(p)
     _json_flag(p)
     return p
+
+
+def _takeover_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--takeover", action="store_true",
+                   help="take the output folder from another driver that is gone (its lease "
+                        "is taken over by itself once its heartbeat is lease_timeout_s old)")
 
 
 def _grid_parser() -> argparse.ArgumentParser:
@@ -127,6 +136,7 @@ def _grid_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", help="number of Ray workers (default: auto)")
     p.add_argument("--format", default="png", help="output format: png jpeg webp tiff")
     p.add_argument("--mode", choices=MODES, default="resume")
+    _takeover_flag(p)
     p.add_argument("--sweep", action="append", default=[], metavar="OPTION=[V1,V2..]",
                    help="sweep an engine option, e.g. --sweep style_weight=[1e3,1e4] (repeat "
                         "for a second axis): the grid is laid out on the sweep's axes")
@@ -199,14 +209,44 @@ def _run_job(job, args: argparse.Namespace, ctx: _Context) -> int:
     ctx.secrets = secret_values(job.storage_options)
     log.debug("%s", version())
     log.debug("job: %s", json.dumps(job.to_dict(), sort_keys=True, default=str))
-    if args.json:  # the text summary is for people: stderr, or nowhere with -q
-        stream = io.StringIO() if args.quiet else sys.stderr
-    else:
-        stream = sys.stdout
-    result = run_job(job, stream=stream)
+    with results_only_on_stdout() as out:
+        if args.json:  # the text summary is for people: stderr, or nowhere with -q
+            stream = io.StringIO() if args.quiet else sys.stderr
+        else:
+            stream = out
+        result = run_job(job, stream=stream, takeover=args.takeover)
     if args.json:
         _print_json({"command": ctx.command, **run_json(result, job.storage_options)}, ctx)
     return result.exit_code
+
+
+@contextlib.contextmanager
+def results_only_on_stdout() -> Iterator[IO[str]]:
+    """While a job runs, stdout carries nothing but its results: whatever else would write
+    there (Ray's worker and raylet lines, a library's print, C code writing to descriptor 1)
+    goes to stderr. Yields the stream that reaches the real stdout."""
+    out = sys.stdout
+    out.flush()
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream in memory (tests): no descriptor
+        fd = None
+    saved = None
+    if fd == 1:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        out = open(saved, "w", encoding=sys.stdout.encoding, errors="backslashreplace",
+                   buffering=1, closefd=False)
+    before, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield out
+    finally:
+        sys.stdout = before
+        if saved is not None:
+            out.flush()
+            sys.stderr.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def run_json(result, options) -> dict[str, Any]:
@@ -356,11 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     except Interrupted as e:
         return fail(e.exit_code, f"{e}; finished items are kept{resume}", "interrupted")
+    except LeaseLost as e:
+        return fail(EXIT_INFRA, str(e))
     except (InfraError, StorageUnavailable) as e:
         if debug:
             raise
         return fail(EXIT_INFRA, f"{e}{resume} once it is back")
-    except (JobConfigError, SourceError, StorageError, WorkerStartError) as e:
+    except (JobConfigError, SourceError, StorageError, WorkerStartError, LeaseHeld) as e:
         if debug:
             raise
         return fail(EXIT_USAGE, str(e))

@@ -23,26 +23,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import grid as grids
-from pipeline import manifest, storage
+from pipeline import manifest, resume, storage
 from pipeline.errors import EXIT_FAILED, EXIT_OK, InfraError, install_signal_handlers
 from pipeline.inline import InlineExecutor
 from pipeline import webdataset as wds
 from pipeline.items import FORMAT_EXTENSIONS, Plan, make_items, make_shards
-from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
+from pipeline.jobconfig import JobConfig, JobConfigError
+from pipeline.lease import Lease
 from pipeline.progress import Progress
 from pipeline.scheduler import Scheduler, WorkerStartError
-from pipeline.redact import redact_text, redact_uri, secret_values
-from pipeline.runfolder import JOB_FILE, MIRROR_DIR, SHARDS_SHOWN, RunFolder, shard_of_tar
+from pipeline.redact import escape_controls, redact_text, redact_uri, secret_values
+from pipeline.runfolder import MIRROR_DIR, SHARDS_SHOWN, RunFolder
 from pipeline.sources import check_styles_load, list_inputs, list_styles
 from pipeline.storage import StorageError
 from pipeline.worker import StyleWorker, WorkerSpec
 
 SubmitHook = Callable[[str, dict, list], None]  # (call, worker info, items): a test hook
 log = logging.getLogger(__name__)
-
-
-class JobRefused(JobConfigError):
-    """The output folder holds a run made with another configuration."""
 
 
 @dataclass
@@ -54,28 +51,6 @@ class JobResult:
     grid_uris: list[str] = field(default_factory=list)
     computed: int = 0  # items processed by this invocation
     report_uri: str | None = None  # report/index.html, when written
-
-
-def fingerprint(job: JobConfig, styles) -> dict[str, Any]:
-    """What the outputs depend on; a rerun with a different fingerprint is refused."""
-    return {
-        "params_hash": job.params_hash,
-        "stylize": {k: v for k, v in job.stylize.to_dict().items() if k not in NON_OUTPUT_OPTIONS},
-        "output": {"format": job.output_format, "quality": job.output_quality,
-                   "bit_depth": job.output_bit_depth},
-        "styles": {s.name: {"uris": [redact_uri(u) for u in s.uris],
-                            "weights": list(s.weights)} for s in styles},
-        **_dataset_keys(job),
-    }
-
-
-def _dataset_keys(job: JobConfig) -> dict[str, Any]:
-    """The dataset keys that differ from their defaults (a run made before they existed has
-    the same fingerprint as one with the defaults)."""
-    keys = {"assign": job.assign if isinstance(job.assign, str) else job.assign.model_dump(),
-            "layout": job.layout, "container": job.container, "sweep": job.sweep}
-    defaults = {"assign": "all", "layout": "by_style", "container": "files", "sweep": None}
-    return {k: v for k, v in keys.items() if v != defaults[k]}
 
 
 def _plan(job: JobConfig, n_styles: int) -> Plan:
@@ -96,35 +71,6 @@ def _stage(job: JobConfig, items: list) -> list:
         stage = RunFolder(job.output).staging_dir
         items = [replace(i, output_uri=f"{stage}/{i.item_id}.{ext}") for i in items]
     return items
-
-
-def _diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b and k != "params_hash":
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
-def _check_previous(job: JobConfig, fp: dict[str, Any]) -> None:
-    """Resume the same job, refuse another one, or clear the folder for ``overwrite``."""
-    options = job.storage_options
-    old = manifest.read_json(RunFolder(job.output).job_json, options)
-    has_run = old is not None or manifest.part_ids(job.output, options)
-    if job.mode == "overwrite":
-        if has_run:
-            manifest.clear_run(job.output, options)
-            grids.remove_grids(job.output, options)
-        return
-    if has_run and (old or {}).get("fingerprint") != fp:
-        changes = _diff((old or {}).get("fingerprint", {}), fp) or [f"(no {JOB_FILE}: unknown run)"]
-        raise JobRefused(
-            f"output {job.output} holds a run made with another configuration "
-            f"({'; '.join(changes[:5])}{'; ...' if len(changes) > 5 else ''}); "
-            "use --mode overwrite to redo it, or another output folder")
 
 
 def _versions() -> dict[str, str]:
@@ -237,55 +183,56 @@ def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
     return max(1, min(n, shards)), options, max(1, int(cpus))
 
 
-def _previous_rows(job: JobConfig, ids: pa.Array) -> tuple[pa.Table, dict[str, int]]:
-    """Rows of earlier runs to keep, and the attempts of the items to try again (``ids``:
-    the job's item ids). Columnar throughout, no copy where nothing is left out: a resumed
-    million-item run stays within seconds and a few hundred MB."""
-    table = manifest.read_parts(job.output, job.storage_options)
-    mine = pc.is_in(table["item_id"], value_set=ids)
-    if not pc.all(mine).as_py():
-        table = table.filter(mine)
-    retry = {"none": (), "all": tuple(s for s in manifest.STATUSES if s != "ok"),
-             "transient": manifest.TRANSIENT_STATUSES}[job.retry_failed]
-    again = pc.is_in(table["status"], pa.array(retry, pa.string()))
-    if not pc.any(again).as_py():
-        return table, {}
-    redo = table.filter(again)
-    tries = dict(zip(redo["item_id"].to_pylist(), redo["attempt"].to_pylist()))
-    return table.filter(pc.invert(again)), tries
-
-
 def run_job(job: JobConfig, *, stream: IO[str] | None = None,
-            on_submit: SubmitHook | None = None, worker_class: type | None = None) -> JobResult:
+            on_submit: SubmitHook | None = None, worker_class: type | None = None,
+            takeover: bool = False) -> JobResult:
     """Run a job to the end. Raises JobConfigError/SourceError/StorageError (exit 2) for a
-    problem found up front, InfraError (exit 3) when storage or the cluster fails during the
-    run, Interrupted on SIGINT/SIGTERM; per-item failures are manifest rows (exit 1).
-    ``on_submit`` and ``worker_class`` (a stand-in for StyleWorker) are for tests and the
-    pipeline benchmark."""
+    problem found up front, LeaseHeld (exit 2) when another driver runs the output folder,
+    InfraError (exit 3) when storage or the cluster fails during the run, Interrupted on
+    SIGINT/SIGTERM; per-item failures are manifest rows (exit 1). ``takeover``: take the
+    folder's lease from a driver that is gone. ``on_submit`` and ``worker_class`` (a
+    stand-in for StyleWorker) are for tests and the pipeline benchmark."""
     stream = stream or sys.stdout
     job = job.replace(output=storage.canonical(job.output))
     storage.set_retry_budget(job.io_retry_s)
     t_start, started_at = time.monotonic(), manifest.now()
     options = job.storage_options
     listing = list_inputs(job)
-    contents = listing.contents
     for line in listing.report():
         log.warning("%s", line)
     styles = list_styles(job)
     check_styles_load(styles, options)
     storage.check_writable(job.output, options, RunFolder(job.output).manifest_dir)
     plan = _plan(job, len(styles))
-    fp = fingerprint(job, styles)
-    _check_previous(job, fp)
+    fp = resume.fingerprint(job, styles, listing.identity)
+    lease = Lease(job.output, options, timeout_s=job.lease_timeout_s, takeover=takeover)
+    lease.acquire()
+    try:
+        return _run_owned(job, listing, styles, plan, fp, lease, stream, on_submit,
+                          worker_class, (t_start, started_at))
+    finally:
+        lease.release()
+
+
+def _run_owned(job: JobConfig, listing, styles, plan: Plan, fp: dict[str, Any], lease: Lease,
+               stream: IO[str], on_submit: SubmitHook | None, worker_class: type | None,
+               started: tuple) -> JobResult:
+    """The run, once this driver holds the output folder's lease."""
+    t_start, started_at = started
+    options = job.storage_options
+    contents = listing.contents
+    damage = manifest.Damage(job.output, options, repair=True)
+    previous = resume.check_folder(job, fp, damage)
     manifest.remove_stale_temporaries(job.output, options)
     if job.container == "webdataset":
-        _remove_orphan_shards(job)
+        resume.remove_orphan_shards(job)
     items = _stage(job, make_items(contents, styles, job.output, job.output_format,
                                    job.params_hash, plan))
     manifest.write_json(RunFolder(job.output).job_json,
                         {"fingerprint": fp, "items_total": len(items)}, options)
     ids = pa.array([i.item_id for i in items], pa.string())
-    kept, tries = _previous_rows(job, ids)
+    kept, tries = resume.previous_rows(job, previous, ids)
+    del previous
     done = pc.is_in(ids, value_set=kept["item_id"]).to_pylist()
     del ids
     todo = [i for i, d in zip(items, done) if not d]
@@ -310,6 +257,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     extra = _ExtraColumns(job, listing, contents, items)
 
     def on_shard(shard_id: int, rows: list[dict]) -> None:
+        lease.check()  # another driver took the folder over: stop before writing
         if job.container == "webdataset":
             try:
                 rows = _pack(job, shard_id, rows, extra, secrets)
@@ -361,6 +309,10 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
             finally:
                 if started_ray:
                     ray.shutdown()
+                    # ray.shutdown puts back the default SIGTERM action (a silent exit)
+                    # though Python still names this package's handler: set them again, so
+                    # that a signal during the final writes is one line and no stray file
+                    install_signal_handlers()
     finally:
         progress.close()
     t_run = time.monotonic()
@@ -370,7 +322,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     try:
         return _finish(job, items, contents, styles, kept, new_tables, len(todo), workers,
                        cluster, stream, timings=(t_start, started_at, t_listed, t_run),
-                       extra=extra, cache_stats=cache_stats)
+                       extra=extra, cache_stats=cache_stats, damage=damage)
     except StorageError as e:
         raise InfraError(f"cannot write the run's final files: {e}; every finished item is "
                          "kept in its part") from None
@@ -430,20 +382,6 @@ class _ExtraColumns:
         return table
 
 
-def _remove_orphan_shards(job: JobConfig) -> None:
-    """Tars without a manifest part (a run that died between the two, or ``mode: overwrite``)
-    and staged outputs of a run that stopped: their items are done again, and a reader of
-    shards/*.tar must never see a sample twice."""
-    options = job.storage_options
-    parts = set(manifest.part_ids(job.output, options))
-    run_folder = RunFolder(job.output)
-    folder = run_folder.shards_dir
-    for name in storage.listdir(folder, options):
-        if shard_of_tar(name) not in parts:
-            storage.remove(storage.join(folder, name), options)
-    storage.remove(run_folder.staging_dir, options, recursive=True)
-
-
 def _pack(job: JobConfig, shard_id: int, rows: list[dict], extra: _ExtraColumns,
           secrets: Sequence[str]) -> list[dict]:
     """Pack the shard's ok outputs into {output}/shards/NNNNN.tar (their rows then name
@@ -465,14 +403,15 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
             new_tables: manifest.ShardTables, computed: int, workers: list[dict],
             cluster: Mapping[str, float], stream: IO[str], timings: tuple,
             extra: _ExtraColumns | None = None,
-            cache_stats: list[dict] | None = None) -> JobResult:
+            cache_stats: list[dict] | None = None,
+            damage: manifest.Damage | None = None) -> JobResult:
     """manifest.parquet, grid, run.json and the summary."""
     t_start, started_at, t_listed, t_run = timings
     options = job.storage_options
     # the parts' tables (cleaned when written), by shard id: in job order for a fresh run
     rows = pa.concat_tables([kept, *new_tables.tables()])
     table, _ = manifest.write_manifest(job.output, items, rows, options,
-                                       extra.add_to if extra else None)
+                                       extra.add_to if extra else None, damage)
     grid_uris: list[str] = []
     if job.grid.enabled and job.sweep:  # the sweep on its axes, a page per content x style
         from pipeline.sweepgrid import existing_pages, write_sweep_grids
@@ -494,7 +433,7 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
                                      pc.value_counts(table["status"]).flatten()])}
     exit_code = EXIT_OK if counts.get("ok", 0) == len(items) else EXIT_FAILED
     folder = RunFolder(job.output)
-    previous = manifest.read_json(folder.run_json, options) or {}
+    previous = manifest.read_json(folder.run_json, options, damage, "written again") or {}
     manifest.write_json(folder.run_json, {
         "config": job.to_dict(),
         "params_hash": job.params_hash,
@@ -525,25 +464,28 @@ def _finish(job: JobConfig, items, contents, styles, kept: pa.Table,
 
 def print_summary(result: JobResult, failures: list[dict], resumed: int,
                   stream: IO[str], where: str = "<style>/...") -> None:
-    """``failures``: the first (up to 21) failed rows."""
+    """``failures``: the first (up to 21) failed rows. Control characters of names from
+    data are escaped: every line printed is one line."""
+    def say(line: str) -> None:
+        print(escape_controls(line), file=stream)
+
     total = sum(result.counts.values())
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
-    print(f"stylize: {total} items: {by_status}"
-          f"{f' ({resumed} already done, nothing recomputed)' if resumed == total else ''}",
-          file=stream)
+    say(f"stylize: {total} items: {by_status}"
+          f"{f' ({resumed} already done, nothing recomputed)' if resumed == total else ''}")
     for r in failures[:20]:
-        print(f"  {r['status']:<15} {r['style']}: {r['error_message']}", file=stream)
+        say(f"  {r['status']:<15} {r['style']}: {r['error_message']}")
     n_failed = total - result.counts.get("ok", 0)
     if n_failed > 20:
-        print(f"  ... and {n_failed - 20} more (see the manifest)", file=stream)
+        say(f"  ... and {n_failed - 20} more (see the manifest)")
     out = result.output
-    print(f"images:   {out}/{where}", file=stream)
-    print(f"manifest: {result.manifest_uri}", file=stream)
+    say(f"images:   {out}/{where}")
+    say(f"manifest: {result.manifest_uri}")
     for uri in result.grid_uris:
-        print(f"grid:     {uri}", file=stream)
-    print(f"run info: {RunFolder(out).run_json}", file=stream)
+        say(f"grid:     {uri}")
+    say(f"run info: {RunFolder(out).run_json}")
     if result.report_uri:
-        print(f"report:   {result.report_uri}", file=stream)
+        say(f"report:   {result.report_uri}")
 
 
 def _report(job: JobConfig, table: pa.Table, changed: bool) -> str | None:

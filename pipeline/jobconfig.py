@@ -132,6 +132,9 @@ class JobConfig(BaseModel):
                                  "failed_crash), none, or all (failed_decode too)")
     io_retry_s: float = Field(150.0, ge=0, description="storage errors retried with backoff "
                                                        "this long, then failed_io")
+    lease_timeout_s: float = Field(120.0, ge=30, description=(
+        "another driver takes the output folder over once this driver's heartbeat (every "
+        "10 s) is this old; --takeover takes it at once"))
     output_format: Literal[OUTPUT_FORMATS] = "png"
     output_quality: int = Field(95, ge=1, le=100, description="jpeg and webp")
     output_bit_depth: Literal[BIT_DEPTHS] = Field(8, description="16: png and tiff only")

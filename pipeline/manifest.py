@@ -8,12 +8,19 @@ The driver is the only writer. Layout of an output folder (names: :mod:`pipeline
                                             read as a part, removed by the next run
     {output}/manifest.parquet               at the end: every item of the job, in job order
     {output}/run.json                       resolved config, versions, weights, cluster, timings
+
+Everything read back is checked (:class:`Damage`): a file that cannot be decoded or lacks the
+manifest's columns is moved aside to ``_quarantine/`` by a run (what it held is recomputed or
+rebuilt from the parts) and named by ``status`` and ``report``, which show the rest.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -24,7 +31,9 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.items import WorkItem
 from pipeline.runfolder import RunFolder, shard_of_part
-from pipeline.redact import redact_text, redact_uri, show_undecodable
+from pipeline.redact import escape_controls, redact_text, redact_uri, show_undecodable
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
             "failed_other")
@@ -127,10 +136,89 @@ def _to_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A file of a run folder that could not be read back: why, and where it went."""
+
+    uri: str
+    why: str
+    moved_to: str | None = None  # its quarantine URI, when a run moved it aside
+
+
+class DamagedFile(ValueError):
+    """A file of a run folder cannot be read back (raised where no :class:`Damage` collects)."""
+
+
+# What decoding bytes already in memory may raise (pyarrow raises OSError for a bad footer);
+# storage errors happen before, while reading, and are never taken for damage.
+_DECODE_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, KeyError, EOFError,
+                  UnicodeDecodeError)
+
+
+def _why(e: BaseException) -> str:
+    return escape_controls(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+
+
+class Damage:
+    """Collects the damaged files met while reading a run folder back. ``repair`` (a run,
+    which owns the folder): each is moved to ``_quarantine/STAMP/`` at once, never deleted,
+    and named in one warning line; without (status, report): only listed."""
+
+    def __init__(self, output: str, options: Mapping[str, Any], repair: bool = False):
+        self.folder = RunFolder(output)
+        self.options = options
+        self.repair = repair
+        self.found: list[Unreadable] = []
+        self._stamp = now().strftime("%Y%m%dT%H%M%SZ")
+        self._lock = threading.Lock()
+
+    def add(self, uri: str, why: str, then: str = "") -> None:
+        """``uri`` is damaged because ``why``; ``then``: what the run does about it."""
+        with self._lock:
+            if any(u.uri == uri for u in self.found):
+                return
+            moved = None
+            if self.repair and storage.exists(uri, self.options):
+                moved = self.folder.quarantined(uri, self._stamp)
+                storage.move(uri, moved, self.options)
+            self.found.append(Unreadable(uri, why, moved))
+        if self.repair:
+            rel = self.folder.relative
+            log.warning("%s is damaged (%s)%s%s", rel(uri), why,
+                        f": moved to {rel(moved)}" if moved else "", f"; {then}" if then else "")
+
+    def lines(self) -> list[str]:
+        """One line per damaged file, for status and report."""
+        return [f"{self.folder.relative(u.uri)}: {u.why}"
+                + (f" (moved to {self.folder.relative(u.moved_to)})" if u.moved_to else "")
+                for u in self.found]
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+
+def _damaged(damage: Damage | None, uri: str, why: str, then: str = "") -> None:
+    if damage is None:
+        raise DamagedFile(f"{uri}: cannot be read back ({why})")
+    damage.add(uri, why, then)
+
+
+_REQUIRED = tuple(f.name for f in SCHEMA if not f.nullable)
+_STATUS_SET = pa.array(STATUSES, pa.string())
+
+
 def _read_parquet(data: bytes) -> pa.Table:
+    """Manifest rows from Parquet bytes, checked: the required columns all present and
+    filled, known status values. ValueError or an Arrow error otherwise."""
     # ParquetFile rather than read_table: the dataset layer behind read_table costs ~3x more
     # per small file, which is most of a resume's time over thousands of parts
-    return _conform(pq.ParquetFile(io.BytesIO(data)).read())
+    table = _conform(pq.ParquetFile(io.BytesIO(data)).read())
+    empty = [n for n in _REQUIRED if table[n].null_count]
+    if empty:
+        raise ValueError(f"not a manifest: no values in {', '.join(empty)}")
+    if pc.any(pc.invert(pc.is_in(table["status"], value_set=_STATUS_SET))).as_py():
+        raise ValueError("not a manifest: unknown status values")
+    return table
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -148,21 +236,27 @@ def _conform(table: pa.Table) -> pa.Table:
 
 
 def _file_equals(uri: str, table: pa.Table, options: Mapping[str, Any],
-                 batch_rows: int = 1 << 16) -> bool:
+                 damage: Damage | None = None, batch_rows: int = 1 << 16) -> bool:
     """Whether the Parquet file ``uri`` holds exactly ``table`` (as read_manifest reads it),
-    compared batch by batch: a million-row manifest is never held twice."""
+    compared batch by batch: a million-row manifest is never held twice. A file that cannot
+    be decoded is damaged (and moved aside, when ``damage`` repairs)."""
     if not storage.exists(uri, options):
         return False
-    f = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri, options)))
-    if f.metadata.num_rows != table.num_rows:
-        return False
-    start = 0
-    for batch in f.iter_batches(batch_size=batch_rows):
-        old = _conform(pa.Table.from_batches([batch]))
-        if not old.equals(table.slice(start, old.num_rows)):
+    data = storage.read_bytes(uri, options)
+    try:
+        f = pq.ParquetFile(io.BytesIO(data))
+        if f.metadata.num_rows != table.num_rows:
             return False
-        start += old.num_rows
-    return start == table.num_rows
+        start = 0
+        for batch in f.iter_batches(batch_size=batch_rows):
+            old = _conform(pa.Table.from_batches([batch]))
+            if not old.equals(table.slice(start, old.num_rows)):
+                return False
+            start += old.num_rows
+        return start == table.num_rows
+    except _DECODE_ERRORS as e:
+        _damaged(damage, uri, _why(e), "written again from the parts")
+        return False
 
 
 def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
@@ -170,7 +264,12 @@ def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
     """Write the shard's part; returns the table written (the driver keeps it, columnar,
     rather than the row dicts: a million items fit in a few hundred MB)."""
     table = to_table(rows, secrets)
-    storage.write_bytes(RunFolder(output).part(shard), _to_parquet(table), options, atomic=True)
+    uri = RunFolder(output).part(shard)
+    try:  # created, never overwritten: a part id is never written by two drivers
+        storage.write_bytes(uri, _to_parquet(table), options, atomic=True, exclusive=True)
+    except FileExistsError:
+        raise storage.StorageError(f"{uri} exists: another driver wrote this part (two "
+                                   "drivers on one output folder)") from None
     return table
 
 
@@ -211,18 +310,24 @@ def part_ids(output: str, options: Mapping[str, Any]) -> list[int]:
 
 
 def remove_stale_temporaries(output: str, options: Mapping[str, Any]) -> int:
-    """Remove what crashed writes left in ``_manifest`` (the driver is its only writer, so
-    at the start of a run every temporary file there is stale). Returns how many."""
-    folder = RunFolder(output).manifest_dir
-    stale = [n for n in storage.listdir(folder, options) if n.startswith(storage.TMP_PREFIX)]
-    for name in stale:
-        storage.remove(storage.join(folder, name), options)
-    return len(stale)
+    """Remove what crashed or interrupted writes left in the run's own folders (the root,
+    ``_manifest``, ``report``, ``shards``): the driver holds the folder's lease and is their
+    only writer, so at the start of a run every temporary file there is stale. Returns how
+    many."""
+    n = 0
+    for folder in RunFolder(output).temporary_dirs:
+        for name in storage.listdir(folder, options):
+            if name.startswith(storage.TMP_PREFIX):
+                storage.remove(storage.join(folder, name), options)
+                n += 1
+    return n
 
 
-def read_parts(output: str, options: Mapping[str, Any], workers: int = 16) -> pa.Table:
+def read_parts(output: str, options: Mapping[str, Any], workers: int = 16,
+               damage: Damage | None = None) -> pa.Table:
     """Every finished shard's rows; for an item in several parts, the newest part wins.
-    Parts are read concurrently (object stores answer each GET with latency)."""
+    Parts are read concurrently (object stores answer each GET with latency). A part that
+    cannot be read back is left out and given to ``damage`` (DamagedFile without)."""
     from concurrent.futures import ThreadPoolExecutor
 
     ids = part_ids(output, options)
@@ -230,15 +335,24 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16) -> pa
         return SCHEMA.empty_table()
     folder = RunFolder(output)
 
+    def one(shard: int) -> pa.Table | None:
+        uri = folder.part(shard)
+        data = storage.read_bytes(uri, options)
+        try:
+            return _read_parquet(data)
+        except _DECODE_ERRORS as e:
+            _damaged(damage, uri, _why(e), "its items are computed again")
+            return None
+
     def read(group: Sequence[int]) -> pa.Table:  # a few parts as one block (less memory)
-        return pa.concat_tables([_read_parquet(storage.read_bytes(folder.part(i), options))
-                                 for i in group]).combine_chunks()
+        tables = [t for i in group if (t := one(i)) is not None]
+        return pa.concat_tables(tables).combine_chunks() if tables else SCHEMA.empty_table()
 
     size = max(1, min(ShardTables.MERGE, len(ids) // max(1, workers)))
     groups = [ids[i:i + size] for i in range(0, len(ids), size)]
     with ThreadPoolExecutor(max(1, min(workers, len(groups)))) as pool:
         tables = list(pool.map(read, groups))
-    table = pa.concat_tables(tables)  # ascending shard ids
+    table = pa.concat_tables(tables, promote_options="default")  # ascending shard ids
     if len(ids) == 1 or pc.count_distinct(table["item_id"]).as_py() == table.num_rows:
         return table
     # an item in several parts (a retried failure): keep its last row
@@ -246,17 +360,46 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16) -> pa
     return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
-def read_manifest(output: str, options: Mapping[str, Any]) -> pa.Table | None:
+def read_manifest(output: str, options: Mapping[str, Any],
+                  damage: Damage | None = None) -> pa.Table | None:
+    """``manifest.parquet``; None when there is none or it is damaged (given to ``damage``)."""
     uri = RunFolder(output).manifest_file
     if not storage.exists(uri, options):
         return None
-    return _read_parquet(storage.read_bytes(uri, options))
+    data = storage.read_bytes(uri, options)
+    try:
+        return _read_parquet(data)
+    except _DECODE_ERRORS as e:
+        _damaged(damage, uri, _why(e), "written again from the parts")
+        return None
+
+
+def manifest_intact(output: str, options: Mapping[str, Any], damage: Damage | None = None
+                    ) -> bool:
+    """Whether ``manifest.parquet`` exists and its footer reads as a manifest (ranged reads
+    of its end only: ``status`` of a million-item run stays quick)."""
+    uri = RunFolder(output).manifest_file
+    if not storage.exists(uri, options):
+        return False
+    fs, path = storage.get_fs(uri, options)
+    try:
+        with fs.open(path, "rb") as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+        missing = [n for n in _REQUIRED if n not in names]
+        if missing:
+            raise ValueError(f"not a manifest: no column {missing[0]}")
+        return True
+    except storage.StorageError:
+        raise
+    except _DECODE_ERRORS as e:
+        _damaged(damage, uri, _why(e), "written again from the parts")
+        return False
 
 
 def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
                    options: Mapping[str, Any],
-                   extend: Callable[[pa.Table], pa.Table] | None = None
-                   ) -> tuple[pa.Table, bool]:
+                   extend: Callable[[pa.Table], pa.Table] | None = None,
+                   damage: Damage | None = None) -> tuple[pa.Table, bool]:
     """``manifest.parquet``: the rows of ``items`` found in ``rows`` (one per item), in job
     order, with the columns ``extend`` adds (a sweep's keys, a list input's columns). Not
     rewritten when its rows are already exactly these: a resumed run that computed nothing
@@ -275,16 +418,27 @@ def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
     if extend is not None:
         table = extend(table)
     uri = RunFolder(output).manifest_file
-    if _file_equals(uri, table, options):
+    if _file_equals(uri, table, options, damage):
         return table, False
     storage.write_bytes(uri, _to_parquet(table), options, atomic=True)
     return table, True
 
 
-def read_json(uri: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
+def read_json(uri: str, options: Mapping[str, Any], damage: Damage | None = None,
+              then: str = "") -> dict[str, Any] | None:
+    """A JSON object file of the run; None when there is none or it is damaged (given to
+    ``damage``, with ``then``: what the caller does instead)."""
     if not storage.exists(uri, options):
         return None
-    return json.loads(storage.read_bytes(uri, options))
+    data = storage.read_bytes(uri, options)
+    try:
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+        return value
+    except _DECODE_ERRORS as e:
+        _damaged(damage, uri, _why(e), then)
+        return None
 
 
 def write_json(uri: str, data: Mapping[str, Any], options: Mapping[str, Any]) -> None:

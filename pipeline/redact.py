@@ -21,6 +21,8 @@ import re
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, unquote
 
+from stylize.common import escape_controls  # noqa: F401 - re-exported: lines shown to people
+
 MASK = "***"
 MIN_SECRET_LEN = 4  # shorter values would mask ordinary words and digits in messages
 MIN_PIECE_LEN = 8  # pieces of a compound secret ("Bearer X", "a=X;b=Y") masked on their own

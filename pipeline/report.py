@@ -103,6 +103,7 @@ class RunFacts:
     failed: int
     failures: list[dict]  # the first max_failures failed rows, a few fields each
     sweep_grids: list[str] = field(default_factory=list)  # grid-sweep-NNN.png in the output
+    unreadable: list[str] = field(default_factory=list)  # damaged files: "name: why"
     generated: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC"))
 
@@ -113,17 +114,20 @@ class RunFacts:
 
 # ------------------------------------------------------------------------------ the facts
 def _load(output: str, options: Mapping[str, Any], table: pa.Table | None
-          ) -> tuple[pa.Table, dict, dict]:
+          ) -> tuple[pa.Table, dict, dict, list[str]]:
+    """(the rows, job.json, run.json, the files that could not be read): a damaged file is
+    named and left where it is (a report only reads); what is intact is shown."""
+    damage = manifest.Damage(output, options)
     if table is None:
-        table = manifest.read_manifest(output, options)
+        table = manifest.read_manifest(output, options, damage)
         if table is None or table.num_rows == 0:
-            table = manifest.read_parts(output, options)
+            table = manifest.read_parts(output, options, damage=damage)
     folder = RunFolder(output)
-    job = manifest.read_json(folder.job_json, options) or {}
-    run = manifest.read_json(folder.run_json, options) or {}
-    if table.num_rows == 0 and not job:
+    job = manifest.read_json(folder.job_json, options, damage) or {}
+    run = manifest.read_json(folder.run_json, options, damage) or {}
+    if table.num_rows == 0 and not job and not damage:
         raise NoRunError.at(output)
-    return table, job, run
+    return table, job, run, damage.lines()
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[Any, int]:
@@ -260,7 +264,7 @@ def collect(output: str, options: Mapping[str, Any] | None = None,
     """The facts of the run folder ``output`` (``table``: its manifest, if already read)."""
     options = dict(options or {})
     output = storage.canonical(output)
-    table, job, run = _load(output, options, table)
+    table, job, run, unreadable = _load(output, options, table)
     styles = _style_stats(table, job)
     _sample(table, styles, settings)
     hists, unit, span, per_ok = _figures(table, settings)
@@ -269,7 +273,7 @@ def collect(output: str, options: Mapping[str, Any] | None = None,
         if (run.get("config") or {}).get("sweep") else []
     return RunFacts(output, run, job, _value_counts(table["status"]), table.num_rows,
                     job.get("items_total", table.num_rows), span, per_ok, hists, unit, styles,
-                    failed, failures, sweep)
+                    failed, failures, sweep, unreadable)
 
 
 # ------------------------------------------------------------------------------ thumbnails

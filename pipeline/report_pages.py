@@ -122,8 +122,12 @@ def _summary(f: RunFacts) -> str:
                ("per ok image", _duration(f.per_ok_s), "worker time: its share of its batch")]
     html_figures = "".join(f'<div class="figure" title="{_e(t)}"><b>{_e(v)}</b>'
                            f'<span>{_e(k)}</span></div>' for k, v, t in figures)
+    damaged = "".join(f"<li><code>{_e(line)}</code></li>" for line in f.unreadable)
+    note = (f'<div class="unreadable"><p>Could not be read (the rest is shown; the next run '
+            f'moves these to <code>_quarantine/</code> and redoes what they held):</p>'
+            f'<ul>{damaged}</ul></div>' if damaged else "")
     return (f'<section class="summary"><div class="cards">{html_cards}</div>'
-            f'<div class="figures">{html_figures}</div></section>')
+            f'<div class="figures">{html_figures}</div>{note}</section>')
 
 
 def _job(f: RunFacts) -> str:

@@ -11,6 +11,8 @@ folder of its own there is spelled here and nowhere else::
     {output}/shards/NNNNN.tar               container: webdataset (pipeline.webdataset)
     {output}/_staging/...                   outputs waiting for their shard's tar
     {output}/images/...                     layout: mirror, the input tree repeated
+    {output}/_lease.json                    who runs this folder now (pipeline.lease)
+    {output}/_quarantine/STAMP/...          files found damaged, moved aside (never deleted)
 
 Names only: no reading or writing, no pyarrow; the standard library and
 :mod:`pipeline.storage` (``join``) alone.
@@ -35,6 +37,8 @@ REPORT_INDEX = "index.html"
 SHARDS_DIR = "shards"
 TAR_EXT = ".tar"
 STAGING_DIR = "_staging"  # loose outputs wait here until their shard is packed
+LEASE_FILE = "_lease.json"  # one driver at a time (pipeline.lease)
+QUARANTINE_DIR = "_quarantine"  # damaged files, moved aside under the time they were found
 MIRROR_DIR = "images"  # layout: mirror; ImageFolder would take _manifest, report for classes
 GRID_PREFIX = "grid"
 GRID_EXT = ".png"
@@ -127,6 +131,30 @@ class RunFolder:
         if pages == 1:
             return [join(self.output, GRID_PAGE)]
         return [join(self.output, GRID_PAGE_N.format(n)) for n in range(1, pages + 1)]
+
+    @property
+    def lease(self) -> str:
+        """``_lease.json``: the owner of the folder while a run is on (pipeline.lease)."""
+        return join(self.output, LEASE_FILE)
+
+    @property
+    def quarantine_dir(self) -> str:
+        return join(self.output, QUARANTINE_DIR)
+
+    def relative(self, uri: str) -> str:
+        """``uri`` relative to the folder (as messages name a file of the run)."""
+        root = self.output.rstrip("/") + "/"
+        return uri[len(root):] if uri.startswith(root) else uri
+
+    def quarantined(self, uri: str, stamp: str) -> str:
+        """Where a damaged file of the folder is moved: ``_quarantine/STAMP/<its path>``."""
+        return join(self.output, QUARANTINE_DIR, stamp, self.relative(uri))
+
+    @property
+    def temporary_dirs(self) -> list[str]:
+        """The folders where this package's atomic writes leave temporaries when cut short
+        (the root, the manifest, the report, the shards)."""
+        return [self.output, self.manifest_dir, self.report_dir, self.shards_dir]
 
     def sweep_grid(self, page: int) -> str:
         """``grid-sweep-NNN.png``, ``page`` from 1."""

@@ -81,6 +81,9 @@ class Listing:
     # a list input's other columns (labels, captions...), typed as in the input; a content's
     # row is ``extras[content.row]``; None without such columns
     extras: Any = None
+    # what the input is, for the job's identity (a different input into the same output is
+    # refused): the input as given (credentials stripped) and a list file's content hash
+    identity: dict[str, Any] = field(default_factory=dict)
 
     def report(self, limit: int = 3) -> list[str]:
         """One line per reason: how many entries were skipped or cannot be read (their rows
@@ -344,14 +347,19 @@ def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return storage.retrying(f"check {fs.unstrip_protocol(path)}", lambda: fs.exists(path))
 
 
-def _read_list(uri: str, options: Mapping[str, Any]) -> tuple[list[str], Any]:
+def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | None = None
+               ) -> tuple[list[str], Any]:
     """URIs from a .txt (one per line, # comments), .csv, .parquet or .jsonl list, and the
     list's other columns as a pyarrow Table with one row per URI returned (None for .txt or
     a CSV without a header). Bytes that are not UTF-8 (Linux file names) are kept as
-    surrogate escapes, as ``os.fsdecode`` does."""
+    surrogate escapes, as ``os.fsdecode`` does. ``digest`` gets the file's sha256."""
+    import hashlib
+
     import pyarrow as pa
 
     data = storage.read_bytes(uri, options)
+    if digest is not None:
+        digest["list_sha256"] = hashlib.sha256(data).hexdigest()
     ext = posixpath.splitext(uri)[1].lower()
     table = None
     if ext in (".parquet", ".jsonl"):
@@ -470,10 +478,12 @@ def list_inputs(job: JobConfig) -> Listing:
     single = job.input if isinstance(job.input, str) else None
     skipped: list[Skipped] = []
     extras = None
+    identity: dict[str, Any] = {"input": redact_uri(storage.canonical(single)) if single else
+                                [redact_uri(storage.canonical(u)) for u in job.input]}
     try:
         if single and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
                 and not _GLOB.search(single):
-            uris, extras = _read_list(single, options)
+            uris, extras = _read_list(single, options, identity)
             uris = [storage.canonical(u) for u in uris]
             pairs = _relative_to_common(
                 _list_file_entries(uris, options, job.extensions, output, skipped))
@@ -497,7 +507,7 @@ def list_inputs(job: JobConfig) -> Listing:
         row = rows.get(entry.uri, -1)
         seen.setdefault(entry.uri, Content(entry.uri, rel, tag, entry.problem,
                                            styles[row] if styles and row >= 0 else None, row))
-    listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped, extras)
+    listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped, extras, identity)
     if not listing.contents:
         why = "; ".join(listing.report())
         raise SourceError(f"input {_show_input(job.input)}: no files found"

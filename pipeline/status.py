@@ -10,7 +10,8 @@ from typing import IO, Any, Mapping
 
 import pyarrow.compute as pc
 
-from pipeline import manifest, storage
+from pipeline import lease, manifest, storage
+from pipeline.redact import escape_controls
 from pipeline.runfolder import MANIFEST_DIR, MANIFEST_FILE, RunFolder
 
 FAILURES_SHOWN = 50  # failed rows listed by the summary (the manifest has them all)
@@ -33,13 +34,15 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
     options = dict(options or {})
     output = storage.canonical(output)
     folder = RunFolder(output)
-    table = manifest.read_parts(output, options)
+    damage = manifest.Damage(output, options)  # listed, not moved: status only reads
+    table = manifest.read_parts(output, options, damage=damage)
     if table.num_rows == 0:
-        table = manifest.read_manifest(output, options) or table
-    job = manifest.read_json(folder.job_json, options)
-    run = manifest.read_json(folder.run_json, options)
-    if table.num_rows == 0 and job is None:
+        table = manifest.read_manifest(output, options, damage) or table
+    job = manifest.read_json(folder.job_json, options, damage)
+    run = manifest.read_json(folder.run_json, options, damage)
+    if table.num_rows == 0 and job is None and not damage:
         raise NoRunError.at(output)
+    owner = lease.holder(output, options)
     done = table.num_rows
     total = (job or {}).get("items_total", done)
     counts = ({s: n for s, n in zip(*[c.to_pylist() for c in
@@ -53,7 +56,7 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
     busy = pc.sum(table.filter(ok)["duration_s"]).as_py() or 0.0
     manifest_uri = folder.manifest_file
     report = folder.report_index
-    complete = storage.exists(manifest_uri, options) and done >= total
+    complete = manifest.manifest_intact(output, options, damage) and done >= total
     return {
         "output": output,
         "total": total,
@@ -70,6 +73,11 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
         "run_info": folder.run_json if run is not None else None,
         "run_exit_code": (run or {}).get("exit_code"),
         "report": report if storage.exists(report, options) else None,
+        # files that could not be read back (the next run moves them to quarantine)
+        "unreadable": damage.lines(),
+        "running": None if owner is None else {
+            "host": owner.host, "pid": owner.pid, "started_at": owner.started_at,
+            "heartbeat_age_s": round(owner.age_s(), 1)},
     }
 
 
@@ -79,28 +87,35 @@ def to_json(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def print_status(info: Mapping[str, Any], stream: IO[str]) -> None:
-    print(f"run:       {info['output']}", file=stream)
-    print(f"items:     {info['done']} of {info['total']} done, {info['left']} left"
-          f"{'' if info['left'] else ' (finished)'}", file=stream)
+    """The summary for people; every value from data with its control characters escaped."""
+    def say(line: str) -> None:
+        print(escape_controls(line), file=stream)
+
+    say(f"run:       {info['output']}")
+    running = info.get("running")
+    if running:
+        say(f"running:   now, by {running['host']} pid {running['pid']} (since "
+            f"{running['started_at']}, heartbeat {running['heartbeat_age_s']:.0f} s ago)")
+    for line in info.get("unreadable") or ():
+        say(f"unreadable: {line}")
+    say(f"items:     {info['done']} of {info['total']} done, {info['left']} left"
+          f"{'' if info['left'] else ' (finished)'}")
     for status, n in info["counts"].items():
-        print(f"  {status:<15} {n}", file=stream)
+        say(f"  {status:<15} {n}")
     if info["images_per_hour"] is not None:
         per = info["seconds_per_image"]
-        print(f"throughput: {info['images_per_hour']:.1f} items/h over the run's span"
-              f"{f', {per:.2f} s of worker time per ok image' if per is not None else ''}",
-              file=stream)
+        say(f"throughput: {info['images_per_hour']:.1f} items/h over the run's span"
+              f"{f', {per:.2f} s of worker time per ok image' if per is not None else ''}")
     failures = info["failures"]
     if failures:
-        print(f"failures ({info['failed']}):", file=stream)
+        say(f"failures ({info['failed']}):")
         for r in failures:
-            print(f"  {r['status']:<15} {r['style']}: {r['error_message']}", file=stream)
+            say(f"  {r['status']:<15} {r['style']}: {r['error_message']}")
         if info["failed"] > len(failures):
-            print(f"  ... and {info['failed'] - len(failures)} more (see the manifest)",
-                  file=stream)
+            say(f"  ... and {info['failed'] - len(failures)} more (see the manifest)")
     if info["manifest"]:
-        print(f"manifest:  {info['manifest']}", file=stream)
+        say(f"manifest:  {info['manifest']}")
     if info.get("report"):
-        print(f"report:    {info['report']} (stylize report {info['output']} rewrites it)",
-              file=stream)
+        say(f"report:    {info['report']} (stylize report {info['output']} rewrites it)")
     else:
-        print(f"report:    none yet; stylize report {info['output']} writes it", file=stream)
+        say(f"report:    none yet; stylize report {info['output']} writes it")

@@ -172,12 +172,15 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> by
 
 
 def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None,
-                *, atomic: bool = False) -> None:
+                *, atomic: bool = False, exclusive: bool = False) -> None:
     """Write a whole file. ``atomic``: readers never see a partial file (temp name + rename
-    locally; object stores publish a PUT whole anyway)."""
+    locally; object stores publish a PUT whole anyway). ``exclusive``: FileExistsError when
+    the file exists (locally a hard link that cannot replace it; elsewhere checked first)."""
     fs, path = get_fs(uri, storage_options)
+    if exclusive and not is_local(fs) and retrying(f"check {uri}", lambda: fs.exists(path)):
+        raise FileExistsError(errno.EEXIST, "exists", uri)
     if is_local(fs) and atomic:
-        retrying(f"write {uri}", lambda: write_atomic(path, data))
+        retrying(f"write {uri}", lambda: write_atomic(path, data, exclusive))
     elif is_local(fs):
         def write() -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -186,6 +189,31 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
         retrying(f"write {uri}", write)
     else:
         retrying(f"write {uri}", lambda: fs.pipe_file(path, data))
+
+
+def read_tail(uri: str, n: int, storage_options: Mapping[str, Any] | None = None
+              ) -> tuple[int, bytes]:
+    """(size of the file, its last ``n`` bytes): one ranged read, not the whole file."""
+    fs, path = get_fs(uri, storage_options)
+
+    def tail() -> tuple[int, bytes]:
+        size = int(fs.size(path))
+        return size, (fs.cat_file(path, start=max(0, size - n), end=size) if size else b"")
+    return retrying(f"read {uri}", tail)
+
+
+def move(src: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Move a file within one filesystem (a rename locally; copy + delete on object stores)."""
+    fs, path = get_fs(src, storage_options)
+    _, target = get_fs(dst, storage_options)
+
+    def mv() -> None:
+        if is_local(fs):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(path, target)
+        else:
+            fs.mv(path, target)
+    retrying(f"move {src}", mv)
 
 
 def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:

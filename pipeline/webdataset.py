@@ -161,6 +161,21 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
     return uri
 
 
+def tar_damage(uri: str, options: Mapping[str, Any]) -> str | None:
+    """Why the shard tar ``uri`` is not whole (missing, cut short), or None. One ranged read
+    of its end: a tar written by :func:`pack_bytes` is a whole number of 512-byte blocks and
+    ends with (at least) two zero blocks, which a cut almost never leaves."""
+    try:
+        size, tail = storage.read_tail(uri, 2 * tarfile.BLOCKSIZE, options)
+    except FileNotFoundError:
+        return "missing"
+    if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE:
+        return f"cut short ({size} bytes, not whole 512-byte blocks)"
+    if tail.strip(b"\0"):
+        return f"cut short ({size} bytes, no end-of-archive blocks)"
+    return None
+
+
 TAR_CACHE_BYTES = 512 * 2**20  # tars kept whole in memory for read_member, least recent out
 _tars: "OrderedDict[str, dict[str, bytes]]" = OrderedDict()
 _tars_lock = threading.Lock()

@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Callable, Iterator, Sequence
 
-from stylize.common import EXIT_INFRA, EXIT_OK, EXIT_USAGE, one_line, write_atomic
+from stylize.common import EXIT_INFRA, EXIT_OK, EXIT_USAGE, escape_controls, one_line, write_atomic
 from stylize.config import (BIT_DEPTH_16_FORMATS, BIT_DEPTHS, PRESETS, ConfigError,
                             StyleConfig, resolve_config)
 
@@ -90,7 +90,13 @@ class _Format(logging.Formatter):
     """``stylize: message``; warnings and errors say so."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # the message on one line of its own whatever a name in it holds; a traceback (-v,
+        # --debug) keeps its lines
+        text = escape_controls(record.getMessage())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text = f"{text}\n{record.exc_text}"
         if record.levelno >= logging.WARNING:
             return f"stylize: {record.levelname.lower()}: {text}"
         return f"stylize: {text}"
@@ -120,7 +126,7 @@ def logging_to_stderr(level: int, packages: Sequence[str] = ("stylize",)) -> Ite
 def print_error(prog: str, message: str, kind: str = "error") -> None:
     """The one line a failed command leaves on stderr (not through logging: ``-q`` keeps
     it)."""
-    print(f"{prog}: {kind}: {message}", file=sys.stderr)
+    print(f"{prog}: {kind}: {escape_controls(message)}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- stylize image

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 import uuid
 from typing import Iterable
 
@@ -18,6 +19,23 @@ TMP_PREFIX = ".tmp-"  # temporary files of atomic writes: hidden, never taken fo
 def one_line(detail: object, limit: int = 500) -> str:
     """Any text (an exception's message, several lines) as one line of at most ``limit``."""
     return " ".join(str(detail).split())[:limit]
+
+
+# C0/C1 controls (newlines, ESC of terminal sequences, ...), line/paragraph separators and the
+# bidirectional overrides that make text display in another order than it is stored
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
+                       "\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``,
+    ``\\u202e``): a name taken from data can neither start a line of its own nor recolour,
+    move or reorder what a terminal shows."""
+    def esc(m: re.Match[str]) -> str:
+        c = m.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(
+            c, f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return _CONTROLS.sub(esc, text)
 
 
 def describe_error(e: BaseException, limit: int = 500) -> str:
@@ -43,9 +61,10 @@ def short_hash(*parts: str, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
     """Write a whole local file: a temporary name beside it, fsync, rename. A crash never
-    leaves a partial file under the final name; the temporary is removed on any failure."""
+    leaves a partial file under the final name; the temporary is removed on any failure.
+    ``exclusive``: FileExistsError if ``path`` exists (a hard link, never an overwrite)."""
     path = os.fspath(path)
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -57,7 +76,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -56,7 +56,7 @@ def _start_and_wait_for_a_part(job: Path, out: Path, env, tmp_path: Path, name: 
 
 def _final_files(out: Path) -> list[Path]:
     """Files under final names: every image the run wrote (not the run's own metadata)."""
-    meta = {out / "manifest.parquet", out / "run.json"}
+    meta = {out / "manifest.parquet", out / "run.json", out / "_lease.json"}
     return sorted(p for p in out.rglob("*") if p.is_file() and p not in meta
                   and p.relative_to(out).parts[0] not in ("_manifest", "report")
                   and not p.name.startswith("."))
