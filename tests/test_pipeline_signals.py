@@ -162,3 +162,62 @@ def test_driver_interrupted_mid_job_then_rerun(signum, code, tmp_path, ray_tmpdi
     assert code2 == 0, f"exit {code2}\n{stdout[-2000:]}\n{stderr2[-3000:]}"
     _check_complete(out, kept)
     assert not wait_processes_gone(tmpdir=ray_tmpdir, timeout=60)
+
+
+_SLOW_FINAL_WRITE = '''
+import os, time
+import stylize.common as common
+
+_write = common.write_atomic
+
+
+def write_atomic(path, data, exclusive=False):
+    """The real write, its fsync of manifest.parquet held up: the moment to signal."""
+    if not str(path).endswith("/manifest.parquet"):
+        return _write(path, data, exclusive)
+    fsync = os.fsync
+
+    def held(fd):
+        open(os.environ["STYLIZE_TEST_MARK"], "w").close()
+        time.sleep(120)
+        fsync(fd)
+    os.fsync = held
+    try:
+        return _write(path, data, exclusive)
+    finally:
+        os.fsync = fsync
+
+
+common.write_atomic = write_atomic
+'''
+
+
+def test_sigterm_during_the_final_manifest_write(tmp_path, ray_tmpdir):
+    """SIGTERM after Ray has shut down, while manifest.parquet is being written (a real
+    write, its fsync held up by a sitecustomize): exit 143 with one line, no temporary file
+    left, then the rerun completes without recomputing anything."""
+    job, out = _job(tmp_path)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_FINAL_WRITE)
+    mark = tmp_path / "writing"
+    env = subprocess_env(ray_tmpdir, STYLIZE_TEST_MARK=str(mark))
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    proc = start_process(stylize_command("run", str(job)), env, tmp_path, "run1")
+    deadline = time.monotonic() + 400
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mark.exists(), proc.log_err.read_text()[-3000:]
+    assert list(out.glob(".tmp-*manifest.parquet")), "the write is not under way"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == 143, proc.log_err.read_text()[-3000:]
+    stderr = proc.log_err.read_text(errors="replace")
+    assert no_traceback(stderr), stderr[-3000:]
+    assert "stylize run: interrupted: SIGTERM" in stderr, stderr[-3000:]
+    assert not list(out.rglob(".tmp-*")), list(out.rglob(".tmp-*"))
+    assert not (out / "manifest.parquet").exists()
+
+    code, stdout, stderr, _ = run_process(stylize_command("run", str(job)),
+                                          subprocess_env(ray_tmpdir), tmp_path, "run2", 300)
+    assert code == 0 and "nothing recomputed" in stdout, stderr[-3000:]
+    _check_complete(out, {})
