@@ -60,7 +60,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 from pipeline.items import Shard, StyleRef
-from pipeline.manifest import make_row, now
+from pipeline.rows import make_row, now
 from pipeline.runfolder import RunFolder
 
 DEFAULT_BATCH = 16
@@ -297,9 +297,7 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
     """The job run once (every item computed by stand-ins), then again (a resume)."""
     import io
 
-    import ray
-
-    from pipeline import manifest, storage
+    from pipeline import manifest, raypool, storage
     from pipeline.driver import run_job
     from pipeline.worker import WorkerSpec
 
@@ -311,11 +309,8 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
     out: dict[str, Any] = {}
     box: dict[str, float] = {}
     # This benchmark's own Ray instance: one logical CPU per stand-in (they use far less).
-    ray.init(address="local", num_cpus=args.workers, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False, object_store_memory=512 * 2**20)
-    try:
-        ray.util.register_serializer(WorkerSpec, serializer=_spec_state,
-                                     deserializer=_spec_from_state)
+    with raypool.local_instance(args.workers, [(WorkerSpec, _spec_state, _spec_from_state)],
+                                object_store_memory=512 * 2**20):
         peak_reset = _reset_peak_rss()
         out["driver_rss_before_mb"] = round(_status_mb("VmRSS"), 1)
         t0, cpu0 = time.monotonic(), _cpu_s()
@@ -324,8 +319,6 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
         wall, cpu = time.monotonic() - t0, _cpu_s() - cpu0
         out["driver_peak_rss_mb"] = round(_status_mb("VmHWM"), 1)
         out["peak_rss_reset"] = peak_reset
-    finally:
-        ray.shutdown()
     run = manifest.read_json(RunFolder(result.output).run_json, options)
     timings, infos = run["timings"], run["workers"]
     table = manifest.read_manifest(result.output, options)

@@ -38,18 +38,15 @@ from importlib import metadata
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from pipeline import errors, manifest
-from pipeline.errors import RESUME_HINT, InfraError, Interrupted, install_signal_handlers
-from pipeline.jobconfig import (MODES, JobConfigError, apply_overrides, job_from_mapping,
+from pipeline.errors import RESUME_HINT, Interrupted, install_signal_handlers
+from pipeline.jobconfig import (MODES, apply_overrides, job_from_mapping,
                                 job_schema, load_job)
-from pipeline.lease import LeaseHeld, LeaseLost
 from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
-from pipeline.scheduler import WorkerStartError
-from pipeline.sources import SourceError
 from pipeline.status import NoRunError, print_status, summarize, to_json
-from pipeline.storage import StorageError, StorageUnavailable, read_bytes, write_bytes
+from pipeline.storage import read_bytes, write_bytes
 from stylize.cli import Parser, UsageError, image_main, logging_to_stderr, print_error, verbosity
-from stylize.common import EXIT_INFRA, EXIT_OK, EXIT_USAGE, one_line
+from stylize.common import DISTRIBUTION, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError, one_line
 
 log = logging.getLogger("pipeline.cli")  # not __name__: "__main__" under python -m
 LOGGED = ("stylize", "pipeline")  # the packages whose lines -v/-q show or hide
@@ -57,7 +54,10 @@ LOGGED = ("stylize", "pipeline")  # the packages whose lines -v/-q show or hide
 USAGE = """usage: stylize COMMAND [options] ...
 
 commands:
-  run CONFIG.yaml [--set KEY=VALUE ...] [--mode resume|overwrite] [--json]
+  plan CONFIG.yaml [--set KEY=VALUE ...] [--workers N] [--calibrate] [--json]
+                  what a job would do and cost, before anything is spent
+  run CONFIG.yaml [--set KEY=VALUE ...] [--mode resume|overwrite] [--limit N]
+                  [--takeover] [--json]
                   run a job described in YAML (e.g. configs/demo.yaml)
   grid --contents URI... --styles URI... --output URL [--preset P --size N ...]
                   every content under every style, and a labelled contact sheet
@@ -76,7 +76,7 @@ options (before or after the command):
   -v, --verbose   debug lines and Ray's own warnings on stderr
   -q, --quiet     only warnings and errors on stderr (no progress)
   --debug         show Python tracebacks
-  --json          (run, grid, status) the summary as one JSON object on stdout
+  --json          (run, plan, grid, status) the summary as one JSON object on stdout
 
 exit codes: 0 all items ok, 1 some items failed, 2 usage or configuration error,
             3 infrastructure failure during the run (resumable), 130/143 interrupted"""
@@ -92,7 +92,7 @@ def version() -> str:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return "not installed"
-    return (f"stylize {v('stylize')} (ray {v('ray')}, torch {v('torch')}, "
+    return (f"stylize {v(DISTRIBUTION)} (ray {v('ray')}, torch {v('torch')}, "
             f"python {platform.python_version()})")
 
 
@@ -109,6 +109,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, e.g. --set stylize.size=256 --set ray.num_workers=2")
     p.add_argument("--mode", choices=MODES, help="resume (default) or overwrite")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="a trial: only N items, the same ones every time, into the same output "
+                        "(the full run later resumes them); also the job key limit")
     _takeover_flag(p)
     _json_flag(p)
     return p
@@ -144,6 +147,39 @@ def _grid_parser() -> argparse.ArgumentParser:
                    help="any other job key, e.g. --set stylize.style_weight=1e4")
     _json_flag(p)
     return p
+
+
+def _plan_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="stylize plan", description=(
+        "What a job would do and cost, without starting Ray or writing anything: contents, "
+        "styles, items, how many are done, image shapes, memory, an estimate of GPU-hours."))
+    p.add_argument("config", help="job file (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, as for stylize run")
+    p.add_argument("--limit", type=int, metavar="N", help="plan a trial of N items")
+    p.add_argument("--workers", type=int, default=1, help="workers (GPUs) for the wall time")
+    p.add_argument("--device", choices=("h200", "h100", "cpu"),
+                   help="whose measured costs (default: h200, or cpu for stylize.device: cpu)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="time a few iterations on this machine instead (loads VGG-19)")
+    _json_flag(p)
+    return p
+
+
+def _plan(args: argparse.Namespace, ctx: _Context) -> int:
+    from pipeline.plan import calibrate, make_plan, print_plan
+
+    limit = [f"limit={args.limit}"] if args.limit is not None else []
+    job = load_job(args.config, [*args.overrides, *limit])
+    ctx.secrets = secret_values(job.storage_options)
+    side = min(job.stylize.size, 256)
+    measured = (side, calibrate(job, side)[1]) if args.calibrate else None
+    plan = make_plan(job, workers=args.workers, device=args.device, calibrated_ms=measured)
+    if args.json:
+        _print_json(plan, ctx)
+    else:
+        print_plan(plan, sys.stdout)
+    return EXIT_OK
 
 
 def _status_parser() -> argparse.ArgumentParser:
@@ -195,7 +231,8 @@ def _grid_job(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, ctx: _Context) -> int:
-    job = load_job(args.config, args.overrides, args.mode)
+    limit = [f"limit={args.limit}"] if args.limit is not None else []
+    job = load_job(args.config, [*args.overrides, *limit], args.mode)
     return _run_job(job, args, ctx)
 
 
@@ -250,8 +287,10 @@ def results_only_on_stdout() -> Iterator[IO[str]]:
 
 
 def run_json(result, options) -> dict[str, Any]:
-    """The ``stylize run --json`` object, from the JobResult and the run.json just written
-    (its timings)."""
+    """The ``stylize run --json`` object, from the JobResult and the run.json just written:
+    ``images_per_hour`` and ``span_s`` are the run's throughput (manifest.throughput, the
+    figure status and the report show), ``wall_s`` and ``command_images_per_hour`` the last
+    stylize run that computed items (this one, unless it computed nothing)."""
     run_info = RunFolder(result.output).run_json
     run = manifest.read_json(run_info, options) or {}
     timings = run.get("timings") or {}
@@ -265,10 +304,13 @@ def run_json(result, options) -> dict[str, Any]:
         "computed": result.computed,
         "resumed": total - result.computed,
         "images_per_hour": timings.get("images_per_hour"),
+        "span_s": timings.get("span_s"),
         "wall_s": timings.get("wall_s"),
+        "command_images_per_hour": timings.get("command_images_per_hour"),
         "manifest": result.manifest_uri,
         "run_info": run_info,
         "grids": list(result.grid_uris),
+        "report": result.report_uri,
     }
 
 
@@ -295,13 +337,14 @@ def _print_json(obj: dict[str, Any], ctx: _Context) -> None:
     print(redact_text(json.dumps(obj, default=str), ctx.secrets), flush=True)
 
 
-_PARSERS = {"run": _run_parser, "grid": _grid_parser, "status": _status_parser,
+_PARSERS = {"run": _run_parser, "plan": _plan_parser, "grid": _grid_parser,
+            "status": _status_parser,
             "schema": _schema_parser}
 _HANDLERS: dict[str, Callable[[argparse.Namespace, _Context], int]] = {
-    "run": _run, "grid": _grid, "status": _status, "schema": _schema}
+    "run": _run, "plan": _plan, "grid": _grid, "status": _status, "schema": _schema}
 _COMMANDS = (*_PARSERS, "image")  # image: stylize.cli.image_main parses its own
 _DELEGATED = ("bench", "quality", "bench-pipeline", "report")  # parsers live with their code
-_JSON_COMMANDS = ("run", "grid", "status")
+_JSON_COMMANDS = ("run", "plan", "grid", "status")
 
 
 def _delegated(command: str) -> Callable[[list[str]], int]:
@@ -343,9 +386,8 @@ def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     return argv[:i], (argv[i] if i < len(argv) else None), argv[i + 1:]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    lead, command, rest = _split(argv)
+def _before_the_command(lead: list[str], command: str | None) -> int | None:
+    """``--version``, ``--help``, or a bad or missing command: the exit code; else None."""
     if any(a in ("-V", "--version") for a in lead):
         print(version())
         return EXIT_OK
@@ -360,6 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command is None:
             print(USAGE, file=sys.stderr)
         return EXIT_USAGE
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lead, command, rest = _split(argv)
+    done = _before_the_command(lead, command)
+    if done is not None or command is None:
+        return EXIT_USAGE if done is None else done
     rest = lead + rest  # -v/-q/--debug before the command count as the command's own
     debug = "--debug" in rest
     ctx = _Context(command, json_out="--json" in rest and command in _JSON_COMMANDS)
@@ -375,37 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
     try:
-        if command == "image":  # --content/--style/--output/--weights URLs through fsspec
-            return image_main(rest, read_bytes=read_bytes, write_bytes=_write_url)
-        if command in _DELEGATED:
-            opts, rest = Parser(prog=prog, add_help=False).parse_known_args(rest)
-            with logging_to_stderr(verbosity(opts), LOGGED):
-                return _delegated(command)(rest)
-        make_parser, run_command = _PARSERS[command], _HANDLERS[command]
-        args = make_parser().parse_args(rest)
-        level = verbosity(args)
-        if level > 0:  # every worker's lines, not "[repeated 3x across cluster]"
-            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        with logging_to_stderr(level, LOGGED):
-            if command in ("run", "grid"):
-                install_signal_handlers()
-            return run_command(args, ctx)
-    except UsageError as e:
-        return fail(EXIT_USAGE, str(e))
+        return _dispatch(command, rest, ctx)
     except SystemExit as e:  # --help of a subcommand
         return int(e.code or 0)
     except Interrupted as e:
         return fail(e.exit_code, f"{e}; finished items are kept{resume}", "interrupted")
-    except LeaseLost as e:
-        return fail(EXIT_INFRA, str(e))
-    except (InfraError, StorageUnavailable) as e:
-        if debug:
+    except StylizeError as e:  # every error of ours: its exit code, one line
+        if debug and not isinstance(e, UsageError):
             raise
-        return fail(EXIT_INFRA, f"{e}{resume} once it is back")
-    except (JobConfigError, SourceError, StorageError, WorkerStartError, LeaseHeld) as e:
-        if debug:
-            raise
-        return fail(EXIT_USAGE, str(e))
+        hint = f"{resume} once it is back" if e.resumable else ""
+        return fail(e.exit_code, f"{e}{hint}")
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line + a log
         if debug:
             raise
@@ -415,6 +445,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = _write_traceback(e, ctx.secrets)
         return fail(EXIT_INFRA, f"unexpected {type(e).__name__}: {one_line(e, 300)} "
                                 f"(traceback in {path}){resume}")
+
+
+def _dispatch(command: str, rest: list[str], ctx: _Context) -> int:
+    """Run ``command`` with its arguments ``rest``; errors go up to :func:`main`."""
+    if command == "image":  # --content/--style/--output/--weights URLs through fsspec
+        return image_main(rest, read_bytes=read_bytes, write_bytes=_write_url)
+    if command in _DELEGATED:
+        opts, rest = Parser(prog=f"stylize {command}", add_help=False).parse_known_args(rest)
+        with logging_to_stderr(verbosity(opts), LOGGED):
+            return _delegated(command)(rest)
+    make_parser, run_command = _PARSERS[command], _HANDLERS[command]
+    args = make_parser().parse_args(rest)
+    level = verbosity(args)
+    if level > 0:  # every worker's lines, not "[repeated 3x across cluster]"
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    with logging_to_stderr(level, LOGGED):
+        if command in ("run", "grid"):
+            install_signal_handlers()
+        return run_command(args, ctx)
 
 
 def _write_traceback(e: BaseException, secrets: Sequence[str]) -> str:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import signal
 
-from stylize.common import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE  # noqa: F401
+from stylize.common import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError  # noqa: F401
 RESUME_HINT = "run the same command to resume"
 
 
-class InfraError(RuntimeError):
+class InfraError(StylizeError, RuntimeError):
     """Infrastructure failed during the run (storage gone, cluster lost); exit 3."""
+
+    exit_code = EXIT_INFRA
+    resumable = True
 
 
 class Interrupted(BaseException):

@@ -10,13 +10,24 @@ band under each tile)::
 One page holds ``rows_per_page`` contents by ``cols_per_page`` styles; larger jobs get several
 pages (``grid-001.png`` ...), a single page is ``grid.png``. Run on Tübingen and the three
 paintings, it is the paper's Figure 2.
+
+A job whose items are not every content x style pair (``assign: {random: k}``, ``assign:
+column``, a ``limit`` trial) gets strips instead: a line per content, each of its assigned
+styles as a pair of tiles, the style's original then the result::
+
+    [photo1] [style 2] [ out ] [style 5] [ out ]
+    [photo2] [style 1] [ out ] [style 2] [ out ]
+
+so that no pair that was never assigned is drawn; "missing" marks an assigned pair without a
+result, a failure its status. A content with more than ``cols_per_page`` styles continues on
+the next line.
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -41,8 +52,13 @@ def _metrics(cell: int) -> tuple[int, int]:
 
 def page_size(rows: int, cols: int, cell: int) -> tuple[int, int]:
     """(width, height) of a page with ``rows`` contents and ``cols`` styles."""
+    return _canvas_size(rows + 1, cols + 1, cell)
+
+
+def _canvas_size(rows: int, cols: int, cell: int) -> tuple[int, int]:
+    """(width, height) of ``rows`` x ``cols`` tiles, headers included."""
     pad, label = _metrics(cell)
-    return pad + (cols + 1) * (cell + pad), pad + (rows + 1) * (cell + label + pad)
+    return pad + cols * (cell + pad), pad + rows * (cell + label + pad)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -77,10 +93,12 @@ def _ellipsize(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 
 class _Page:
+    """``rows`` x ``cols`` tiles, header row and column included."""
+
     def __init__(self, rows: int, cols: int, cell: int):
         self.cell = cell
         self.pad, self.label = _metrics(cell)
-        self.image = Image.new("RGB", page_size(rows, cols, cell), BACKGROUND)
+        self.image = Image.new("RGB", _canvas_size(rows, cols, cell), BACKGROUND)
         self.draw = ImageDraw.Draw(self.image)
         self.font = _font(self.label - self.pad)
 
@@ -120,41 +138,99 @@ def remove_grids(output: str, options: Mapping[str, Any], pattern: str = GRID_GL
             fs.rm(p)
 
 
+class _Originals:
+    """Style and content originals, read once and fitted to a tile."""
+
+    def __init__(self, cell: int, options: Mapping[str, Any]):
+        self.cell, self.options = cell, options
+        self._seen: dict[str, Image.Image | None] = {}
+
+    def __call__(self, uri: str) -> Image.Image | None:
+        if uri not in self._seen:
+            img = _load(uri, self.options)
+            self._seen[uri] = None if img is None else _fit(img, self.cell)
+        return self._seen[uri]
+
+
+def _result(row: Mapping[str, Any] | None, options: Mapping[str, Any]
+            ) -> tuple[Image.Image | None, str]:
+    """(the result's picture, the placeholder where there is none): its status for a failed
+    item, "unreadable" for an ok item whose file cannot be read, "missing" without a row."""
+    if row is None:
+        return None, "missing"
+    if row["status"] != "ok":
+        return None, row["status"]
+    out = _load(row["output_uri"], options)
+    return out, "" if out is not None else "unreadable"
+
+
 def write_grids(output: str, contents: Sequence[Content], styles: Sequence[StyleRef],
                 rows: Iterable[Mapping[str, Any]], cfg: GridConfig,
-                options: Mapping[str, Any]) -> list[str]:
-    """Compose and write the contact sheet(s) from manifest rows; returns their URIs."""
+                options: Mapping[str, Any],
+                assigned: Collection[tuple[str, str]] | None = None) -> list[str]:
+    """Compose and write the contact sheet(s) from manifest rows; returns their URIs.
+    ``assigned``: the job's (content URI as in the manifest, style name) pairs; None, or
+    every pair: the matrix, else strips of the assigned pairs alone."""
     by_pair = {(raw_content_uri(r), r["style"]): r for r in rows}
+    if assigned is not None and len(set(assigned)) < len(contents) * len(styles):
+        return _write_strips(output, contents, styles, by_pair, set(assigned), cfg, options)
     row_chunks = [contents[i:i + cfg.rows_per_page]
                   for i in range(0, len(contents), cfg.rows_per_page)]
     col_chunks = [styles[i:i + cfg.cols_per_page]
                   for i in range(0, len(styles), cfg.cols_per_page)]
-    originals: dict[str, Image.Image | None] = {}
-
-    def original(uri: str) -> Image.Image | None:
-        if uri not in originals:
-            img = _load(uri, options)
-            originals[uri] = None if img is None else _fit(img, cfg.cell_size)
-        return originals[uri]
-
+    original = _Originals(cfg.cell_size, options)
     remove_grids(output, options)
     uris = RunFolder(output).grid_pages(len(row_chunks) * len(col_chunks))
     n = 0
     for row_chunk in row_chunks:
         for col_chunk in col_chunks:
-            page = _Page(len(row_chunk), len(col_chunk), cfg.cell_size)
+            page = _Page(len(row_chunk) + 1, len(col_chunk) + 1, cfg.cell_size)
             for c, style in enumerate(col_chunk, start=1):
                 page.tile(0, c, original(style.uris[0]), style.name)
             for r, content in enumerate(row_chunk, start=1):
-                img = original(content.uri)
-                page.tile(r, 0, img, content.rel or posixpath.basename(content.uri),
-                          "" if img is not None else "unreadable")
+                _content_tile(page, r, content, original)
                 for c, style in enumerate(col_chunk, start=1):
-                    row = by_pair.get((redact_uri(content.uri), style.name))
-                    out = _load(row["output_uri"], options) if row and row["status"] == "ok" \
-                        else None
-                    page.tile(r, c, out, "", row["status"] if row and out is None else
-                              ("" if out is not None else "missing"))
+                    out, placeholder = _result(by_pair.get((redact_uri(content.uri),
+                                                            style.name)), options)
+                    page.tile(r, c, out, "", placeholder)
             storage.write_bytes(uris[n], page.png(), options, atomic=True)
             n += 1
+    return uris
+
+
+def _content_tile(page: _Page, r: int, content: Content, original: _Originals) -> None:
+    img = original(content.uri)
+    page.tile(r, 0, img, content.rel or posixpath.basename(content.uri),
+              "" if img is not None else "unreadable")
+
+
+def _write_strips(output: str, contents: Sequence[Content], styles: Sequence[StyleRef],
+                  by_pair: Mapping[tuple[str, str], Mapping[str, Any]],
+                  assigned: set[tuple[str, str]], cfg: GridConfig,
+                  options: Mapping[str, Any]) -> list[str]:
+    """A line per content of its assigned styles (style original, result), ``cols_per_page``
+    pairs a line at most, ``rows_per_page`` lines a page; contents with no pair are left out."""
+    lines: list[tuple[Content, bool, list[StyleRef]]] = []  # (content, its first line, styles)
+    for content in contents:
+        key = redact_uri(content.uri)
+        mine = [s for s in styles if (key, s.name) in assigned]
+        for i in range(0, len(mine), cfg.cols_per_page):
+            lines.append((content, i == 0, mine[i:i + cfg.cols_per_page]))
+    pages = [lines[i:i + cfg.rows_per_page]
+             for i in range(0, len(lines), cfg.rows_per_page)] or [[]]
+    original = _Originals(cfg.cell_size, options)
+    remove_grids(output, options)
+    uris = RunFolder(output).grid_pages(len(pages))
+    for uri, page_lines in zip(uris, pages):
+        pairs = max((len(line[2]) for line in page_lines), default=0)
+        page = _Page(max(1, len(page_lines)), 1 + 2 * pairs, cfg.cell_size)
+        for r, (content, first, line_styles) in enumerate(page_lines):
+            if first:
+                _content_tile(page, r, content, original)
+            for k, style in enumerate(line_styles):
+                page.tile(r, 1 + 2 * k, original(style.uris[0]), style.name)
+                out, placeholder = _result(by_pair.get((redact_uri(content.uri), style.name)),
+                                           options)
+                page.tile(r, 2 + 2 * k, out, "", placeholder)
+        storage.write_bytes(uri, page.png(), options, atomic=True)
     return uris

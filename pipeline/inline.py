@@ -54,7 +54,7 @@ class InlineExecutor:
             except Exception as e:  # noqa: BLE001 - reported like a worker that died starting
                 return policy.died(wid, short_error(e), time.monotonic())
             return policy.ready(wid, info, time.monotonic())
-        self.engine.deadline = policy.workers[wid].deadline
+        self.engine.deadline = policy.deadline_of(wid)
         try:
             if isinstance(action, Prepare):
                 result = self.engine.prepare(action.shard, self.styles, action.attempts,
@@ -63,9 +63,20 @@ class InlineExecutor:
                 assert isinstance(action, RunBatch)
                 result = self.engine.run_batch(list(action.item_ids))
         except CallTimeout:
-            return policy.tick(max(time.monotonic(), policy.workers[wid].deadline + 1e-3))
+            return policy.tick(max(time.monotonic(), policy.deadline_of(wid) + 1e-3))
         except Exception as e:  # noqa: BLE001 - the worker's own code raised
             return policy.raised(wid, short_error(e), time.monotonic())
         finally:
             self.engine.deadline = None
         return policy.returned(wid, result, time.monotonic())
+
+
+def run(shards: list, spec: WorkerSpec, styles: Mapping[str, StyleRef], on_shard: RowsCallback,
+        policy_args: Mapping, worker_class: type | None = None
+        ) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Every shard in this process: (the worker's info, its style target cache figures, no
+    cluster resources), as :func:`pipeline.raypool.run` returns them."""
+    policy = Scheduler(shards, num_workers=1, **policy_args)
+    executor = InlineExecutor(spec, styles, on_shard, worker_class or StyleWorker)
+    workers = executor.run(policy)
+    return workers, executor.cache_stats, {}

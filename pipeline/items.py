@@ -29,9 +29,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from pipeline import storage
 from pipeline.redact import show_undecodable
-from pipeline.runfolder import MIRROR_DIR, RESERVED_STYLE_NAMES
+from pipeline.runfolder import MIRROR_DIR, RESERVED_STYLE_NAMES, join
 from stylize.common import short_hash
 
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\:*?"<>|]')
@@ -151,7 +150,7 @@ def output_uri(output: str, style: str, rel: str, fmt: str, suffix: str = "") ->
     """``{output}/{style}/{rel without extension}{suffix}.{ext}``, every component sanitised
     and cut to MAX_NAME_BYTES (the extension and ``suffix`` included)."""
     tail = _output_tail(_stem_parts(rel), suffix, "." + FORMAT_EXTENSIONS[fmt])
-    return storage.join(output, sanitize_component(style), tail)
+    return join(output, sanitize_component(style), tail)
 
 
 def _name_key(path: str) -> str:
@@ -217,7 +216,7 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
     names = [s.name for s in styles]
     by_name = {s.name: i for i, s in enumerate(styles)}
     keys = [s.key for s in styles]  # a hash each: computed once, not per item
-    folder = [storage.join(output, sanitize_component(n)) for n in names]
+    folder = [join(output, sanitize_component(n)) for n in names]
     style_suffix = [f"__{sanitize_component(n)}" for n in names]
     labels = [point_label(p) for p in plan.points] if len(plan.points) > 1 else [""]
     mirror = plan.layout == "mirror"
@@ -242,16 +241,16 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
         else:
             chosen = draw(c.rel)
         targets = [(names[i], keys[i], folder[i], style_suffix[i]) for i in chosen] or \
-            [(c.style or "", "", storage.join(output, "_"), "")]
+            [(c.style or "", "", join(output, "_"), "")]
         tail = None if mirror else _output_tail(parts, clash, ext)
         for name, style_key, style_folder, style_tail in targets:
             for p, label in enumerate(labels):
                 if mirror:
                     suffix = clash + (style_tail if several else "") + \
                         (f"__{label}" if label else "")
-                    uri = storage.join(output, MIRROR_DIR, _output_tail(parts, suffix, ext))
+                    uri = join(output, MIRROR_DIR, _output_tail(parts, suffix, ext))
                 else:
-                    uri = storage.join(style_folder, *([label] if label else []), tail)
+                    uri = join(style_folder, *([label] if label else []), tail)
                 items.append(WorkItem(
                     item_id=_hash(c.uri, c.tag, style_key or name, plan.point_hashes[p]),
                     content_uri=c.uri,

@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       field_validator, model_validator)
 
 from pipeline.redact import redact_options, redact_uri
-from stylize.common import near_miss, short_hash
+from stylize.common import StylizeError, near_miss, short_hash
 from stylize.config import (BIT_DEPTHS, BOUNDS, NETWORK_OPTIONS, OUTPUT_FORMATS, TYPE_NOUNS,
                             ConfigError, StyleConfig, literal_values)
 
@@ -31,13 +31,22 @@ FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # Engine options that change neither pixels nor losses: left out of the params hash so that a
 # job can resume on another device or with another batch size.
 NON_OUTPUT_OPTIONS = ("device", "batch_size", "log_every")
+# Engine options added after runs were made, at the value that reproduces those runs: left out
+# of the params hash and the fingerprint at that value, so an earlier run folder resumes.
+LATER_OPTIONS = {"style_loss": "gram"}
+
+
+def output_options(cfg: StyleConfig) -> dict[str, Any]:
+    """The engine options an output depends on, as hashed and compared on resume."""
+    return {k: v for k, v in cfg.to_dict().items()
+            if k not in NON_OUTPUT_OPTIONS and LATER_OPTIONS.get(k, object()) != v}
 SCHEMA_FILE = "configs/job.schema.json"  # `stylize schema` output, named by the shipped configs
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
-class JobConfigError(ValueError):
+class JobConfigError(StylizeError, ValueError):
     """A bad job file or override; one line per problem (key path, what is wrong, allowed)."""
 
 
@@ -107,6 +116,15 @@ StylesInput = Union[Text, Annotated[list[Text], Field(min_length=1)],
                     Annotated[dict[str, StyleEntry], Field(min_length=1)]]
 
 
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions Pillow opens (``.jpg``, ``.png``, ``.webp``, ...), sorted."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(sorted(e for e, fmt in Image.registered_extensions().items()
+                        if fmt in Image.OPEN))
+
+
 class JobConfig(BaseModel):
     """One stylization job. ``styles`` and ``input`` are normalised on load: ``styles`` is a
     folder/glob string or a tuple of :class:`StyleSource`, ``input`` a string or a tuple."""
@@ -138,8 +156,17 @@ class JobConfig(BaseModel):
     output_format: Literal[OUTPUT_FORMATS] = "png"
     output_quality: int = Field(95, ge=1, le=100, description="jpeg and webp")
     output_bit_depth: Literal[BIT_DEPTHS] = Field(8, description="16: png and tiff only")
-    extensions: Annotated[list[Text], Field(min_length=1)] | None = Field(
-        None, description="e.g. [jpg, png]; null lists every non-hidden file")
+    extensions: Union[Literal["images", "all"], Annotated[list[Text], Field(min_length=1)],
+                      None] = Field("images", description=(
+        "which files of an input folder are inputs: images (the default: the extensions "
+        "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
+        "file), or a list, e.g. [jpg, png]"))
+    input_column: Text | None = Field(None, description=(
+        "the URI column of a .csv/.parquet/.jsonl list input (default: the first of uri, "
+        "url, path, content_uri); every other column travels to the manifest"))
+    limit: int | None = Field(None, ge=1, description=(
+        "a trial: only this many items, drawn the same way every time (the full run later "
+        "resumes them)"))
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the driver and every worker")
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -176,7 +203,9 @@ class JobConfig(BaseModel):
     @field_validator("extensions", mode="before")
     @classmethod
     def _one_extension(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        if value is None:
+            return "images"
+        return [value] if isinstance(value, str) and value not in ("images", "all") else value
 
     @field_validator("storage_options", mode="before")
     @classmethod
@@ -216,7 +245,8 @@ class JobConfig(BaseModel):
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "input", self.input if isinstance(self.input, str) else tuple(self.input))
         set_(self, "styles", _style_sources(self.styles))
-        set_(self, "extensions", None if self.extensions is None else
+        set_(self, "extensions", image_extensions() if self.extensions == "images" else
+             None if self.extensions == "all" else
              tuple("." + e.lower().lstrip(".") for e in self.extensions))
         set_(self, "grid", self.grid if isinstance(self.grid, GridConfig)
              else GridConfig(enabled=self.grid))
@@ -260,7 +290,8 @@ class JobConfig(BaseModel):
         d["styles"] = redact_uri(self.styles) if isinstance(self.styles, str) else [
             {"name": s.name, "uris": [redact_uri(u) for u in s.uris], "weights": list(s.weights)}
             for s in self.styles]
-        d["extensions"] = None if self.extensions is None else list(self.extensions)
+        d["extensions"] = ("all" if self.extensions is None else "images"
+                           if self.extensions == image_extensions() else list(self.extensions))
         d["storage_options"] = redact_options(self.storage_options)
         return d
 
@@ -274,7 +305,7 @@ class JobConfig(BaseModel):
         return [self._params_hash(self.point_options(p)) for p in self.sweep_points()]
 
     def _params_hash(self, cfg: StyleConfig) -> str:
-        params = {k: v for k, v in cfg.to_dict().items() if k not in NON_OUTPUT_OPTIONS}
+        params = output_options(cfg)
         params["output"] = [self.output_format, self.output_quality, self.output_bit_depth]
         return stable_hash(params)
 

@@ -31,7 +31,7 @@ from pipeline import storage
 from pipeline.errors import InfraError
 from pipeline.redact import escape_controls
 from pipeline.runfolder import LEASE_FILE, RunFolder
-from stylize.common import EXIT_USAGE
+from stylize.common import StylizeError
 
 HEARTBEAT_S = 10.0  # how often the owner renews the lease
 DEFAULT_TIMEOUT_S = 120.0  # a heartbeat older than this: the owner is gone (lease_timeout_s)
@@ -39,14 +39,14 @@ SETTLE_S = 0.5  # between writing a new lease and reading it back (two takers at
 log = logging.getLogger(__name__)
 
 
-class LeaseHeld(Exception):
+class LeaseHeld(StylizeError):
     """Another driver owns the run folder (exit 2: nothing was done)."""
-
-    exit_code = EXIT_USAGE
 
 
 class LeaseLost(InfraError):
     """This driver's lease was taken over while it ran (exit 3: its parts are kept)."""
+
+    resumable = False  # the other driver goes on
 
 
 def _now() -> datetime:

@@ -21,7 +21,6 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
@@ -30,15 +29,12 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.items import WorkItem
+from pipeline.rows import COLUMNS, STATUSES, TRANSIENT_STATUSES, make_row, now  # noqa: F401
 from pipeline.runfolder import RunFolder, shard_of_part
+from stylize.common import StylizeError
 from pipeline.redact import escape_controls, redact_text, redact_uri, show_undecodable
 
 log = logging.getLogger(__name__)
-
-STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
-            "failed_other")
-# Failures that may not happen again: a resume retries them (job key retry_failed: transient).
-TRANSIENT_STATUSES = ("failed_io", "failed_timeout", "failed_crash")
 
 SCHEMA = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),
@@ -68,32 +64,9 @@ SCHEMA = pa.schema([
     # null where no trace could be kept (failures, parts of older runs).
     pa.field("loss_trace", pa.list_(pa.float32())),
 ])
-COLUMNS = tuple(SCHEMA.names)
+if tuple(SCHEMA.names) != COLUMNS:  # pragma: no cover - a column added in one place only
+    raise ImportError("pipeline.manifest.SCHEMA and pipeline.rows.Row name other columns")
 _TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker")
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def make_row(item: WorkItem, status: str, *, shard: int, attempt: int,
-             params_hash: str | None = None, error_message: str | None = None,
-             started_at: datetime | None = None, finished_at: datetime | None = None,
-             **values: Any) -> dict[str, Any]:
-    """A manifest row for ``item``; ``values`` fill the measurement columns; ``params_hash``
-    defaults to the item's (its sweep point's)."""
-    if status not in STATUSES:
-        raise ValueError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
-    unknown = set(values) - set(COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown manifest columns: {sorted(unknown)}")
-    row = {c: None for c in COLUMNS}
-    row.update(values)
-    row.update(item_id=item.item_id, content_uri=item.content_uri, style=item.style,
-               output_uri=item.output_uri, status=status, error_message=error_message,
-               attempt=attempt, started_at=started_at, finished_at=finished_at or now(),
-               params_hash=params_hash or item.params_hash, shard=shard)
-    return row
 
 
 def clean_row(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, Any]:
@@ -145,7 +118,7 @@ class Unreadable:
     moved_to: str | None = None  # its quarantine URI, when a run moved it aside
 
 
-class DamagedFile(ValueError):
+class DamagedFile(StylizeError, ValueError):
     """A file of a run folder cannot be read back (raised where no :class:`Damage` collects)."""
 
 
@@ -452,3 +425,35 @@ def clear_run(output: str, options: Mapping[str, Any]) -> None:
     storage.remove(folder.manifest_dir, options, recursive=True)
     for uri in (folder.manifest_file, folder.run_json):
         storage.remove(uri, options)
+
+
+# The run's throughput, defined here once: finish (run.json, the summary), the command's
+# --json, status and the report all show this figure, under this label.
+THROUGHPUT_LABEL = "ok images/h, first start to last finish"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """ok images per hour of wall time from the first item started to the last one finished,
+    over every row of a manifest (all statuses: time spent on failures is wall time too)."""
+
+    ok: int
+    span_s: float | None  # first started_at to last finished_at; None without timestamps
+    images_per_hour: float | None  # ok / span, to 0.1; None when the span is not positive
+
+
+def throughput(table: pa.Table) -> Throughput:
+    """The run's :class:`Throughput` from its manifest rows (or its parts' rows). A row
+    without started_at (a timeout, a crash: the scheduler wrote it) still ends the span; the
+    span starts at the first finished_at when no row has a start."""
+    if table.num_rows == 0:
+        return Throughput(0, None, None)
+    ok = pc.sum(pc.cast(pc.equal(table["status"], "ok"), pa.int64())).as_py() or 0
+    start, end = pc.min(table["started_at"]).as_py(), pc.max(table["finished_at"]).as_py()
+    if start is None:
+        start = pc.min(table["finished_at"]).as_py()
+    if start is None or end is None:
+        return Throughput(ok, None, None)
+    span = (end - start).total_seconds()
+    rate = round(3600.0 * ok / span, 1) if span > 0 else None
+    return Throughput(ok, round(span, 3), rate)

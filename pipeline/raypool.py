@@ -1,4 +1,6 @@
-"""The Ray layer of the scheduler: starts actors, submits calls, waits, kills. No decisions.
+"""The Ray executor: joins or starts Ray (:func:`run`), then carries out the scheduler's
+actions on actors: starts them, submits calls, waits, kills. No decisions. The only module of
+the pipeline that imports ``ray`` (besides the Ray Data stage).
 
 Every decision (what to send where, what a death or a timeout means) is the policy's
 (:mod:`pipeline.scheduler`); this module turns its actions into actor calls and Ray's answers
@@ -8,16 +10,19 @@ gone) end the run with :class:`~pipeline.errors.InfraError` (exit 3, resumable).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import ray
 
-from pipeline.errors import InfraError, reraise_if_interrupted
-from pipeline.items import StyleRef, WorkItem
-from pipeline.scheduler import (Action, Prepare, Scheduler, Start, Stop,
+from pipeline.errors import InfraError, install_signal_handlers, reraise_if_interrupted
+from pipeline.items import Shard, StyleRef, WorkItem
+from pipeline.jobconfig import JobConfig, JobConfigError
+from pipeline.scheduler import (Action, Prepare, Scheduler, Start, Stop, WorkerStartError,
                                 short_error)
 
 if TYPE_CHECKING:
@@ -161,9 +166,8 @@ class RayExecutor:
     def _hook(self, policy: Scheduler, call: str, wid: int, ids: list[str]) -> None:
         if self.on_submit is None:  # tests use it to kill a worker mid-shard
             return
-        w = policy.workers[wid]
-        by_id = {i.item_id: i for i in w.task.shard.items}
-        self.on_submit(call, dict(w.info or {}), [by_id[i] for i in ids])
+        info, by_id = policy.call_of(wid)
+        self.on_submit(call, info, [by_id[i] for i in ids])
 
 
 def _kill(actor: Any) -> None:
@@ -183,3 +187,151 @@ def describe_resources() -> str:
     fmt = lambda r: ", ".join(f"{k} {r.get(k, 0):g}" if k != "memory" else  # noqa: E731
                               f"memory {r.get(k, 0) / 2**30:.1f} GiB" for k in keys)
     return f"the cluster has {fmt(total)} ({fmt(free)} free)"
+
+
+# ------------------------------------------------------------------------- joining Ray
+
+def _init_ray(job: JobConfig) -> bool:
+    """Connect to (or start) Ray; True if this call started it (and must shut it down).
+
+    ``address: null`` always starts a private local instance (``address="local"``), even with
+    a cluster on the machine or ``RAY_ADDRESS`` set; any other address must answer within
+    CONNECT_TIMEOUT_S or the job stops with a configuration error naming it."""
+    if ray.is_initialized():
+        return False
+    # Ray's own warnings (token auth, /dev/shm size ...) only with -v (this logger at DEBUG)
+    common = dict(include_dashboard=False, logging_level=logging.WARNING
+                  if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
+    if job.ray.address is None:
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
+        return True
+    address = job.ray.address
+    _check_reachable(os.environ.get("RAY_ADDRESS") or address if address == "auto" else address)
+    _use_saved_token()
+    try:
+        ray.init(address=address, **common)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+        raise JobConfigError(f"ray.address {job.ray.address!r}: cannot join the cluster: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+    return True
+
+
+CONNECT_TIMEOUT_S = 20.0
+
+
+def _use_saved_token() -> None:
+    """Ray 2.60 clusters require the token that ``ray start`` saved; ``ray.init`` loads it
+    by itself only for ``address=None``, not for an explicit address (RAY_ADDRESS included)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import \
+            maybe_enable_token_auth_if_token_available
+    except ImportError:  # another Ray version: it handles tokens its own way
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP connection to HOST:PORT of the address (``ray.init`` would retry for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto":
+        return  # ray.init finds the local cluster or fails at once
+    target = urlsplit(address if "://" in address else f"ray://{address}")
+    if not target.hostname or not target.port:
+        return
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection((target.hostname, target.port), timeout=5):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise JobConfigError(
+                    f"ray.address {address!r}: nothing answers at {target.hostname}:"
+                    f"{target.port} ({e.strerror or e}) after {CONNECT_TIMEOUT_S:g} s; start "
+                    "the cluster first, or use ray.address: null for a local run") from None
+            time.sleep(1.0)
+
+
+def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
+    """(number of workers, actor resource options, torch threads per worker).
+
+    GPU workers when the cluster has GPUs. A joined cluster without any: with
+    ``stylize.device: auto``, CPU workers (said on stderr); with ``device: cuda``, GPU workers
+    anyway, for an autoscaler to bring GPU nodes (the job says every 30 s what it waits for,
+    and stops after ``ray.startup_timeout_s``)."""
+    res = ray.cluster_resources()
+    cpus = job.ray.cpus_per_worker
+    gpus = job.ray.gpus_per_worker if job.stylize.device != "cpu" else 0
+    wait_for_gpus = job.ray.address is not None and job.stylize.device.startswith("cuda")
+    if gpus > 0 and (res.get("GPU", 0) > 0 or wait_for_gpus):
+        options = {"num_gpus": gpus, "num_cpus": cpus}
+        auto = max(1, int(res.get("GPU", 0) // gpus))
+        if res.get("GPU", 0) == 0:
+            log.info("no GPU in the cluster yet; asking for GPU workers of %s (stylize.device: "
+                     "%s); waiting up to ray.startup_timeout_s=%g s for the autoscaler",
+                     options, job.ray.address and job.stylize.device, job.ray.startup_timeout_s)
+    else:
+        options = {"num_gpus": 0, "num_cpus": cpus}
+        auto = int(res.get("CPU", 1) // cpus)
+        if gpus > 0 and job.ray.address is not None:
+            log.warning("no GPU in the cluster (CPU %g, GPU 0): running CPU workers; set "
+                        "stylize.device: cuda to wait for GPU nodes instead", res.get("CPU", 0))
+    n = auto if job.ray.num_workers == "auto" else int(job.ray.num_workers)
+    if job.ray.address is None and n > auto:  # an embedded instance never grows
+        log.warning("ray.num_workers=%d but this machine fits %d workers of %s; using %d",
+                    n, max(auto, 1), options, max(auto, 1))
+        n = auto
+    return max(1, min(n, shards)), options, max(1, int(cpus))
+
+
+def run(job: JobConfig, shards: list[Shard], spec_for: Callable[[int], "WorkerSpec"],
+        styles: Mapping[str, StyleRef], on_shard: RowsCallback, policy_args: Mapping[str, Any],
+        on_submit: SubmitHook | None = None, worker_class: type | None = None
+        ) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Every shard on Ray actors: (the info of every worker that was ready, their style
+    target cache figures, the cluster's resources). A private instance started here is shut
+    down at the end, whatever happens. ``spec_for(threads)``: the workers' spec."""
+    started_ray = _init_ray(job)
+    install_signal_handlers()  # ray.init put in a SIGTERM handler of its own
+    try:
+        cluster = dict(ray.cluster_resources())
+        n, actor_options, threads = _actors(job, len(shards))
+        policy = Scheduler(shards, num_workers=n, **policy_args,
+                           describe=lambda: f"each asking for {actor_options}; "
+                                            f"{describe_resources()}")
+        executor = RayExecutor(spec_for(threads), styles, actor_options, on_shard, on_submit,
+                               worker_class=worker_class)
+        try:
+            try:
+                workers = executor.run(policy)
+            finally:
+                cache_stats = executor.cache_stats
+        except WorkerStartError as e:
+            if policy.infos:  # workers ran, then none could be had: the cluster
+                raise InfraError(f"lost every worker: {e}") from None
+            raise
+        return workers, cache_stats, cluster
+    finally:
+        if started_ray:
+            ray.shutdown()
+            # ray.shutdown puts back the default SIGTERM action (a silent exit) though
+            # Python still names this package's handler: set them again, so that a signal
+            # during the final writes is one line and leaves no stray file
+            install_signal_handlers()
+
+
+@contextlib.contextmanager
+def local_instance(num_cpus: int, serializers: Sequence[tuple[type, Callable, Callable]] = (),
+                   **options: Any) -> Iterator[None]:
+    """A private local Ray instance for a benchmark (quiet, no dashboard, workers' lines not
+    forwarded), with custom ``(class, serializer, deserializer)``s; shut down at the end."""
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False, **options)
+    try:
+        for cls, serializer, deserializer in serializers:
+            ray.util.register_serializer(cls, serializer=serializer, deserializer=deserializer)
+        yield
+    finally:
+        ray.shutdown()

@@ -9,9 +9,11 @@ manifest (or the parts of an unfinished run) + run.json + _manifest/job.json
   -> ``report_pages.render``: HTML pages with inline SVG charts, one stylesheet
   -> written through fsspec; files of an earlier report that are not used any more removed.
 
-Every link is relative and stays inside ``report/``, so the folder works from a local disk and
-from static hosting of a bucket alike; no script, nothing fetched at view time. A run of a
-million items gives the same few pages and at most a few thousand thumbnails. Layout::
+Every link is relative and stays inside the run folder (pages and thumbnails in ``report/``;
+``../``: the full-size outputs of the gallery, the contact sheets), so the report works from a
+local disk and from static hosting of a bucket alike, shared with the outputs; no script,
+nothing fetched at view time. A run of a million items gives the same few pages and at most a
+few thousand thumbnails. Layout::
 
     report/index.html          counts, job, styles, failures, figures, loss curves
     report/style-N-P.html      page P of style N's gallery
@@ -22,14 +24,14 @@ million items gives the same few pages and at most a few thousand thumbnails. La
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.resources
 import io
 import math
 import os
 import sys
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,78 +40,13 @@ import pyarrow.compute as pc
 from PIL import Image, features
 
 from pipeline import manifest, storage
-from pipeline.runfolder import REPORT_INDEX, RunFolder, is_sweep_grid
+from pipeline.reportfacts import ReportSettings, RunFacts, StyleStats
+from pipeline.runfolder import GRID_GLOB, REPORT_INDEX, RunFolder, is_sweep_grid
 from pipeline.status import NoRunError
 from pipeline.webdataset import read_member, split_member_uri
 from stylize.common import short_hash
 
 THUMB_EXT, THUMB_FORMAT = ("webp", "WEBP") if features.check("webp") else ("jpg", "JPEG")
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """How much of a run the report shows (every bound here keeps a huge run's report small)."""
-
-    thumb_size: int = 256  # longest side of a thumbnail, pixels
-    per_page: int = 48  # gallery tiles per page
-    gallery_per_style: int = 96  # items with a thumbnail per style (fewer with many styles)
-    gallery_total: int = 1200  # thumbnails of results over all styles
-    min_per_style: int = 8
-    max_styles: int = 60  # styles with a gallery; the table lists up to max_table_styles
-    max_table_styles: int = 1000
-    preview: int = 7  # results next to each style on the index page
-    index_styles: int = 24  # styles with a preview strip on the index page
-    curves_per_style: int = 8
-    curve_charts: int = 12  # styles with loss curves on the index page
-    index_failures: int = 20  # failures on the index page
-    failures_per_page: int = 100
-    max_failures: int = 2000  # failures listed on their pages; the manifest has them all
-    bins: int = 30
-    threads: int = 16  # thumbnails read and written at once (object stores: latency)
-
-
-@dataclass
-class StyleStats:
-    """One style's figures and, for a style with a gallery, its sampled ok rows."""
-
-    name: str
-    index: int  # in name order: its pages are style-{index}-{page}.html
-    items: int
-    ok: int
-    loss_median: float | None
-    iterations_mean: float | None
-    seconds_mean: float | None
-    uri: str | None  # the style image (the first of a blend)
-    thumb: str | None = None
-    rows: list[dict] | None = None  # manifest rows plus thumb_result, thumb_content
-    pages: int = 0
-
-
-@dataclass
-class RunFacts:
-    """Everything the pages show, computed once from the run's files."""
-
-    output: str
-    run: dict  # run.json ({} for a run that has not finished)
-    job: dict  # _manifest/job.json
-    counts: dict[str, int]  # by status
-    done: int
-    total: int
-    span_s: float  # first start to last finish
-    per_ok_s: float | None  # mean worker time of an ok item
-    histograms: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (edges, heights)
-    throughput_unit: str  # of the throughput histogram's edges: s, min or h
-    styles: list[StyleStats]
-    failed: int
-    failures: list[dict]  # the first max_failures failed rows, a few fields each
-    sweep_grids: list[str] = field(default_factory=list)  # grid-sweep-NNN.png in the output
-    unreadable: list[str] = field(default_factory=list)  # damaged files: "name: why"
-    generated: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC"))
-
-    @property
-    def images_per_hour(self) -> float | None:
-        return 3600.0 * self.done / self.span_s if self.span_s > 0 else None
 
 
 # ------------------------------------------------------------------------------ the facts
@@ -155,17 +92,25 @@ def _style_stats(table: pa.Table, job: Mapping) -> list[StyleStats]:
     is_ok = pc.equal(table["status"], "ok")
     t = pa.table({"style": table["style"], "ok": pc.cast(is_ok, pa.int64()),
                   "loss": pc.if_else(is_ok, table["total_loss"], None),
+                  "content": pc.if_else(is_ok, table["content_loss"], None),
+                  "style_": pc.if_else(is_ok, table["style_loss"], None),
                   "iterations": pc.cast(table["iterations"], pa.float64()),
                   "seconds": table["duration_s"]})
     g = t.group_by("style").aggregate([("ok", "count"), ("ok", "sum"),
                                        ("loss", "approximate_median"),
+                                       ("content", "approximate_median"),
+                                       ("style_", "approximate_median"),
                                        ("iterations", "mean"), ("seconds", "mean")])
     uris = {k: (v.get("uris") or [None])[0]
             for k, v in (job.get("fingerprint", {}).get("styles") or {}).items()}
-    out = [StyleStats(n, 0, c, s or 0, m, it, sec, uris.get(n)) for n, c, s, m, it, sec in zip(
-        g["style"].to_pylist(), g["ok_count"].to_pylist(), g["ok_sum"].to_pylist(),
-        g["loss_approximate_median"].to_pylist(), g["iterations_mean"].to_pylist(),
-        g["seconds_mean"].to_pylist())]
+    out = [StyleStats(n, 0, c, s or 0, m, it, sec, uris.get(n), content_loss_median=cm,
+                      style_loss_median=sm)
+           for n, c, s, m, cm, sm, it, sec in zip(
+               g["style"].to_pylist(), g["ok_count"].to_pylist(), g["ok_sum"].to_pylist(),
+               g["loss_approximate_median"].to_pylist(),
+               g["content_approximate_median"].to_pylist(),
+               g["style__approximate_median"].to_pylist(), g["iterations_mean"].to_pylist(),
+               g["seconds_mean"].to_pylist())]
     out.sort(key=lambda s: s.name)
     for i, s in enumerate(out):
         s.index = i
@@ -173,10 +118,21 @@ def _style_stats(table: pa.Table, job: Mapping) -> list[StyleStats]:
 
 
 _SAMPLE_FIELDS = ["item_id", "content_uri", "content_uri_bytes", "output_uri", "total_loss",
-                  "iterations", "duration_s", "width", "height", "loss_trace"]
+                  "content_loss", "style_loss", "iterations", "duration_s", "width", "height",
+                  "loss_trace"]
 
 
-def _sample(table: pa.Table, styles: list[StyleStats], settings: ReportSettings) -> None:
+def output_link(output: str, uri: str | None) -> str | None:
+    """The link from ``report/`` to the output file ``uri`` (``../<its path in the run
+    folder>``, percent-encoded); None for a member of a shard tar or a file elsewhere."""
+    root = output.rstrip("/") + "/"
+    if not uri or not uri.startswith(root) or split_member_uri(uri) is not None:
+        return None
+    return "../" + urllib.parse.quote(uri[len(root):], safe="/")
+
+
+def _sample(table: pa.Table, styles: list[StyleStats], settings: ReportSettings,
+            output: str) -> None:
     """Pick each gallery style's items: ok rows ranked by a seeded permutation of the
     contents, so that a grid job shows the same contents under every style."""
     shown = styles[:settings.max_styles]
@@ -195,6 +151,8 @@ def _sample(table: pa.Table, styles: list[StyleStats], settings: ReportSettings)
         where = np.flatnonzero((codes == code_of[s.name]) & ok)
         pick = where[np.argsort(rank[where], kind="stable")[:per_style]]
         s.rows = table.select(_SAMPLE_FIELDS).take(pa.array(pick, pa.int64())).to_pylist()
+        for r in s.rows:
+            r["href_result"] = output_link(output, r["output_uri"])
         s.pages = max(1, math.ceil(len(s.rows) / settings.per_page))
 
 
@@ -220,8 +178,8 @@ def histogram(values: np.ndarray, bins: int, integer: bool = False
 
 
 def _figures(table: pa.Table, settings: ReportSettings
-             ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, float, float | None]:
-    """(histograms, the throughput's time unit, the run's span in s, mean s per ok item)."""
+             ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, float | None]:
+    """(histograms, the throughput's time unit, mean s per ok item)."""
     ok = table.select(["total_loss", "iterations", "duration_s"]).filter(
         pc.equal(table["status"], "ok"))  # never the loss traces: a few columns of numbers
     loss = _floats(ok["total_loss"])
@@ -241,7 +199,7 @@ def _figures(table: pa.Table, settings: ReportSettings
         hists["throughput"] = (edges, counts / ((edges[1] - edges[0]) * scale / 3600.0))
     else:
         hists["throughput"] = (np.array([0.0, 1.0]), np.array([0]))
-    return hists, unit, span, (float(seconds.mean()) if len(seconds) else None)
+    return hists, unit, (float(seconds.mean()) if len(seconds) else None)
 
 
 _FAILURE_FIELDS = ["item_id", "content_uri", "style", "status", "error_message", "attempt",
@@ -266,14 +224,18 @@ def collect(output: str, options: Mapping[str, Any] | None = None,
     output = storage.canonical(output)
     table, job, run, unreadable = _load(output, options, table)
     styles = _style_stats(table, job)
-    _sample(table, styles, settings)
-    hists, unit, span, per_ok = _figures(table, settings)
+    _sample(table, styles, settings, output)
+    hists, unit, per_ok = _figures(table, settings)
     failed, failures = _failures(table, settings)
-    sweep = sorted(n for n in storage.listdir(output, options) if is_sweep_grid(n)) \
+    names = sorted(storage.listdir(output, options))
+    sweep = [n for n in names if is_sweep_grid(n)] \
         if (run.get("config") or {}).get("sweep") else []
+    grids = [n for n in names if fnmatch.fnmatchcase(n, GRID_GLOB) and not is_sweep_grid(n)]
+    rate = manifest.throughput(table)
     return RunFacts(output, run, job, _value_counts(table["status"]), table.num_rows,
-                    job.get("items_total", table.num_rows), span, per_ok, hists, unit, styles,
-                    failed, failures, sweep, unreadable)
+                    job.get("items_total", table.num_rows), rate.span_s, per_ok, hists, unit,
+                    styles, failed, failures, sweep, unreadable,
+                    images_per_hour=rate.images_per_hour, grids=grids)
 
 
 # ------------------------------------------------------------------------------ thumbnails

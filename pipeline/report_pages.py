@@ -1,8 +1,10 @@
 """The report's pages: :class:`report.RunFacts` in, HTML out (``render``); no I/O.
 
-Every value from the run (file names, style names, messages) is escaped; every link is a
-relative file name inside ``report/``. Charts are inline SVG (charts.py). The only behaviour is
-CSS: hovering or focusing a gallery tile shows its content in full.
+Every value from the run (file names, style names, messages) is escaped; every link is
+relative: a page or thumbnail inside ``report/``, or ``../``: a full-size output, a contact
+sheet of the run folder. Charts are inline SVG (charts.py). The only behaviour is CSS, no
+script: hovering or focusing a gallery tile shows its content in full; clicking it opens
+(``:target``) a panel of its content, style and result side by side.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import posixpath
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.charts import bar_chart, line_chart, sci
-from pipeline.report import ReportSettings, RunFacts, StyleStats
+from pipeline.reportfacts import ReportSettings, RunFacts, StyleStats
+from pipeline.manifest import THROUGHPUT_LABEL
 from pipeline.runfolder import REPORT_INDEX, RUN_FILE, SWEEP_GRID_SHOWN
 
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#7f7f7f",
@@ -29,7 +32,8 @@ def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, s
                 f'report made {facts.generated}')
     title = f"stylize report: {_name(facts.output)}"
     files = {REPORT_INDEX: _page(title, subtitle, "".join([
-        _summary(facts), _job(facts), _sweep(facts), _styles(facts.styles, made, settings),
+        _summary(facts), _job(facts), _grids(facts), _sweep(facts),
+        _styles(facts.styles, made, settings, _loss_meaning(facts.run)),
         _failures(facts, settings), _figures(facts), _all_curves(facts.styles, settings)]))}
     if facts.failed > settings.index_failures:
         pages = _pages(len(facts.failures), settings.failures_per_page)
@@ -38,8 +42,9 @@ def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, s
                                                 _failure_page(facts, p, pages, settings))
     for s in facts.styles:
         for p in range(1, s.pages + 1 if s.rows is not None else 1):
-            files[f"style-{s.index}-{p}.html"] = _page(f"{title}: {s.name}", subtitle,
-                                                       _gallery(s, p, made, settings))
+            files[f"style-{s.index}-{p}.html"] = _page(
+                f"{title}: {s.name}", subtitle,
+                _gallery(s, p, made, settings, _loss_meaning(facts.run)))
     return files
 
 
@@ -66,6 +71,11 @@ def _duration(s: float | None) -> str:
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
+def _rate(v: float | None) -> str:
+    """An images/h figure as every view prints it (one decimal)."""
+    return "–" if v is None else f"{v:,.1f}"
+
+
 def _name(uri: str) -> str:
     return posixpath.basename(uri.rstrip("/")) or uri
 
@@ -81,7 +91,8 @@ def _page(title: str, subtitle: str, body: str) -> str:
             f"</head><body><header class=\"top\"><div class=\"wrap\"><h1>{_e(title)}</h1>"
             f"<p class=\"sub\">{subtitle}</p></div></header><main class=\"wrap\">{body}</main>"
             "<footer class=\"wrap\">Made by <code>stylize report</code> from the run's manifest "
-            f"and {RUN_FILE}; pictures are downscaled copies.</footer></body></html>\n")
+            f"and {RUN_FILE}; pictures are downscaled copies (<i>full size</i> opens an output "
+            "itself).</footer></body></html>\n")
 
 
 def _pager(pages: int, current: int, href: Callable[[int], str]) -> str:
@@ -113,15 +124,22 @@ def _summary(f: RunFacts) -> str:
         f'<div class="card {"ok" if key == "ok" else "bad" if key.startswith("failed") else ""}"'
         f' data-count="{_e(key)}"><b>{n:,}</b><span>{_e(label)}</span></div>'
         for label, n, key in cards)
-    rate = f.images_per_hour
-    figures = [("throughput", f"{rate:,.0f} images/h" if rate else "–",
-                "items finished per hour, first start to last finish"),
-               ("span", _duration(f.span_s if f.done else None), "first start to last finish"),
-               ("wall time", _duration((f.run.get("timings") or {}).get("wall_s")),
-                "of the last stylize run, listing included"),
-               ("per ok image", _duration(f.per_ok_s), "worker time: its share of its batch")]
-    html_figures = "".join(f'<div class="figure" title="{_e(t)}"><b>{_e(v)}</b>'
-                           f'<span>{_e(k)}</span></div>' for k, v, t in figures)
+    timings = f.run.get("timings") or {}
+    command_rate = timings.get("command_images_per_hour")
+    # (key, the value, what it shows, the number itself): every key a figure of run.json
+    figures = [
+        ("images_per_hour", _rate(f.images_per_hour), THROUGHPUT_LABEL, f.images_per_hour),
+        ("span_s", _duration(f.span_s if f.done else None), "first start to last finish",
+         f.span_s),
+        ("wall_s", _duration(timings.get("wall_s")),
+         "wall time of the last stylize run, listing included"
+         + (f" ({_rate(command_rate)} ok images/h)" if command_rate is not None else ""),
+         timings.get("wall_s")),
+        ("per_ok_s", _duration(f.per_ok_s), "worker time per ok image (its share of its "
+         "batch)", f.per_ok_s)]
+    html_figures = "".join(
+        f'<div class="figure" data-figure="{k}" data-value="{"" if n is None else n}">'
+        f'<b>{_e(v)}</b><span>{_e(label)}</span></div>' for k, v, label, n in figures)
     damaged = "".join(f"<li><code>{_e(line)}</code></li>" for line in f.unreadable)
     note = (f'<div class="unreadable"><p>Could not be read (the rest is shown; the next run '
             f'moves these to <code>_quarantine/</code> and redoes what they held):</p>'
@@ -139,6 +157,7 @@ def _job(f: RunFacts) -> str:
         shown = inp if isinstance(inp, str) else ", ".join(inp[:5]) + (
             f" … ({len(inp)} in all)" if len(inp) > 5 else "")
         rows.append(("input", f"<code>{_e(shown)}</code>"))
+    rows += _dataset(cfg)
     rows.append(("output", f"<code>{_e(f.output)}</code>"))
     names = [s.name for s in f.styles]
     rows.append(("styles", f"{len(names)}: " + _e(", ".join(names[:12])) +
@@ -165,6 +184,38 @@ def _job(f: RunFacts) -> str:
     return f'<section class="job"><h2>Job</h2><table class="kv">{body}</table></section>'
 
 
+def _dataset(cfg: Mapping) -> list[tuple[str, str]]:
+    """The job's dataset settings (run.json's config): which files, which pairs, where the
+    results go."""
+    rows = []
+    ext = cfg.get("extensions")
+    if ext is not None:
+        rows.append(("extensions", _e("every file" if ext == "all" else
+                                      "the image files Pillow reads" if ext == "images" else
+                                      ", ".join(ext))))
+    for key in ("input_column", "limit"):
+        if cfg.get(key) is not None:
+            rows.append((key.replace("_", " "), _e(cfg[key])))
+    assign = cfg.get("assign")
+    if isinstance(assign, Mapping):
+        rows.append(("assign", _e(f"{assign.get('random')} random styles per content "
+                                  f"(seed {assign.get('seed')})")))
+    elif assign is not None:
+        rows.append(("assign", _e({"all": "every content under every style",
+                                   "column": "each content's style from its list's style "
+                                             "column"}.get(assign, assign))))
+    if cfg.get("layout"):
+        rows.append(("layout", _e(cfg["layout"])))
+    if cfg.get("container"):
+        rows.append(("container", _e(cfg["container"])))
+    sweep = cfg.get("sweep")
+    if sweep:
+        rows.append(("sweep", " ".join(f'<span class="chip">{_e(k)}: '
+                                       f'{_e(", ".join(map(str, v)))}</span>'
+                                       for k, v in sweep.items())))
+    return rows
+
+
 def _options_diff(engine: Mapping) -> str:
     """The engine options that differ from the preset's values."""
     from stylize.config import ConfigError, resolve_config
@@ -178,6 +229,21 @@ def _options_diff(engine: Mapping) -> str:
         return ' <span class="muted">(no option changed)</span>'
     return " + " + " ".join(f'<span class="chip">{_e(k)}: {_e(v)}</span>'
                             for k, v in sorted(diff.items()))
+
+
+def _grids(f: RunFacts, links: int = 40) -> str:
+    """The run's contact sheets (the job key ``grid``): the first page shown, every page
+    linked (up to ``links``)."""
+    if not f.grids:
+        return ""
+    first = f.grids[0]
+    pages = " ".join(f'<a href="../{_e(n)}">{_e(n)}</a>' for n in f.grids[:links])
+    more = (f' <span class="muted">and {len(f.grids) - links:,} more in the output '
+            f'folder</span>' if len(f.grids) > links else "")
+    return (f'<section id="grid"><h2>Contact sheet <small>{len(f.grids):,} '
+            f'page{"s" * (len(f.grids) != 1)}</small></h2><p class="muted">Click a page to '
+            f'open it in full size.</p><p>{pages}{more}</p><a href="../{_e(first)}"><img class="sheet" '
+            f'src="../{_e(first)}" alt="{_e(first)}"></a></section>')
 
 
 def _sweep(f: RunFacts, shown: int = 4) -> str:
@@ -209,29 +275,90 @@ def _cluster(run: Mapping) -> str:
     return _e(", ".join(p for p in parts if p) + f"; workers: {who}")
 
 
+def _loss_meaning(run: Mapping) -> str:
+    """What the content and style losses measure, in one line each (from the engine options
+    the run was made with)."""
+    from stylize.config import CONTENT_LAYERS_GATYS
+
+    engine = (run.get("config") or {}).get("stylize") or {}
+    layers = ", ".join(engine.get("content_layers") or CONTENT_LAYERS_GATYS)
+    style = {"mean_std": "its features' means and deviations are",
+             "wasserstein2": "its feature distributions are (Wasserstein-2)"}.get(
+        engine.get("style_loss"), "its Gram matrices are")
+    return (f'<p class="muted meaning"><b>content loss</b>: how far the result\'s '
+            f'{_e(layers)} features are from the photo\'s; <b>style loss</b>: how far '
+            f'{_e(style)} from the painting\'s. Lower is closer; the total weighs them '
+            f'(and total variation) by the job\'s weights.</p>')
+
+
 def _tile(row: Mapping, made: Made) -> str:
+    """A result with its content in the corner; a click opens its panel (:func:`_panel`)."""
     meta = (f"loss {_num(row.get('total_loss'))} · {row.get('iterations') or 0} it · "
             f"{_duration(row.get('duration_s'))}")
     name, content = _name(row["content_uri"]), row.get("thumb_content")
+    item = _e(row["item_id"])
     inset = (f'{_img(made, content, "content", f"content: {name}")}'
              f'<span class="flag">content</span>' if content in made else "")
-    return (f'<figure class="tile" tabindex="0" title="{_e(row["content_uri"])}">'
-            f'<div class="pics">{_img(made, row.get("thumb_result"), "result", f"result: {name}")}'
-            f'{inset}</div><figcaption><span class="name">{_e(name)}</span>'
-            f'<span class="meta">{_e(meta)}</span></figcaption></figure>')
+    full = (f' · <a class="full" href="{_e(row["href_result"])}">full size</a>'
+            if row.get("href_result") else "")
+    return (f'<figure class="tile" id="t-{item}" title="{_e(row["content_uri"])}">'
+            f'<a class="pics" href="#v-{item}" aria-label="{_e(name)}: content, style and '
+            f'result side by side">'
+            f'{_img(made, row.get("thumb_result"), "result", f"result: {name}")}{inset}</a>'
+            f'<figcaption><span class="name">{_e(name)}</span>'
+            f'<span class="meta">{_e(meta)}{full}</span></figcaption></figure>')
+
+
+def _panel(row: Mapping, s: StyleStats, made: Made) -> str:
+    """Content, style and result side by side, shown while the URL's fragment names it
+    (``:target``); the result links to the full-size output."""
+    name, item = _name(row["content_uri"]), _e(row["item_id"])
+    result = _img(made, row.get("thumb_result"), "side", f"result: {name}")
+    href = row.get("href_result")
+    if href:
+        result = f'<a href="{_e(href)}">{result}</a>'
+    losses = (f"loss {_num(row.get('total_loss'))}: content {_num(row.get('content_loss'))}, "
+              f"style {_num(row.get('style_loss'))} · {row.get('iterations') or 0} it")
+    cells = [(_img(made, row.get("thumb_content"), "side", f"content: {name}"),
+              f"content: {_e(name)}"),
+             (_img(made, s.thumb, "side", f"style: {s.name}"), f"style: {_e(s.name)}"),
+             (result, "result" + (f' · <a href="{_e(href)}">full size</a>' if href else
+                                  ' <span class="muted">(in its shard tar)</span>'))]
+    figures = "".join(f"<figure>{pic}<figcaption>{cap}</figcaption></figure>"
+                      for pic, cap in cells)
+    return (f'<div class="panel" id="v-{item}" role="dialog" aria-label="{_e(name)}">'
+            f'<a class="shade" href="#t-{item}" aria-label="close"></a><div class="box">'
+            f'<div class="box-head"><span><b>{_e(name)}</b> under <b>{_e(s.name)}</b> · '
+            f'<span class="muted">{_e(losses)}</span></span>'
+            f'<a class="close" href="#t-{item}">close ×</a></div>'
+            f'<div class="three">{figures}</div>'
+            f'<p class="muted path">{_e(row["content_uri"])}</p></div></div>')
+
+
+def _tiles(rows: Sequence[Mapping], s: StyleStats, made: Made) -> tuple[str, str]:
+    """(the tiles, their panels) of ``rows``."""
+    return ("".join(_tile(r, made) for r in rows),
+            "".join(_panel(r, s, made) for r in rows))
 
 
 def _style_line(s: StyleStats) -> str:
-    return (f"{s.ok:,} ok of {s.items:,} · median loss {_num(s.loss_median)} · "
+    return (f"{s.ok:,} ok of {s.items:,} · median loss {_num(s.loss_median)} (content "
+            f"{_num(s.content_loss_median)}, style {_num(s.style_loss_median)}) · "
             f"{_num(s.iterations_mean)} it · {_duration(s.seconds_mean)}/item")
 
 
-def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings) -> str:
-    cards = []
+HINT = ("Each tile is a result with its content in the corner: hover or focus it to see the "
+        "content in full, click it for content, style and result side by side.")
+
+
+def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings,
+            meaning: str) -> str:
+    cards, panels = [], []
     for s in styles[:settings.index_styles]:
         if s.rows is None:
             continue
-        tiles = "".join(_tile(r, made) for r in s.rows[:settings.preview])
+        tiles, more = _tiles(s.rows[:settings.preview], s, made)
+        panels.append(more)
         cards.append(
             f'<article class="style" id="style-{s.index}"><div class="style-head">'
             f'{_img(made, s.thumb, "style-img", s.name)}'
@@ -245,17 +372,18 @@ def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings) -> s
                 else _e(s.name))
         rows.append(f"<tr><td>{link}</td><td class=n>{s.items:,}</td><td class=n>{s.ok:,}</td>"
                     f"<td class=n>{s.items - s.ok:,}</td><td class=n>{_num(s.loss_median)}</td>"
+                    f"<td class=n>{_num(s.content_loss_median)}</td>"
+                    f"<td class=n>{_num(s.style_loss_median)}</td>"
                     f"<td class=n>{_num(s.iterations_mean)}</td>"
                     f"<td class=n>{_duration(s.seconds_mean)}</td></tr>")
     more = (f'<p class="muted">… and {len(styles) - settings.max_table_styles:,} more styles '
             f'(see the manifest)</p>' if len(styles) > settings.max_table_styles else "")
     table = ('<table class="grid-table"><thead><tr><th>style</th><th>items</th><th>ok</th>'
-             '<th>failed</th><th>median loss</th><th>mean iterations</th><th>mean time</th>'
-             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>{more}')
-    hint = ('<p class="muted">Each tile is a result with its content in the corner; hover or '
-            'focus a tile to see the content in full.</p>')
-    return (f'<section><h2>Styles <small>{len(styles):,}</small></h2>{hint}{"".join(cards)}'
-            f'{table}</section>')
+             '<th>failed</th><th>median loss</th><th>median content loss</th>'
+             '<th>median style loss</th><th>mean iterations</th><th>mean time</th>'
+             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>{meaning}{more}')
+    return (f'<section><h2>Styles <small>{len(styles):,}</small></h2>'
+            f'<p class="muted">{HINT}</p>{"".join(cards)}{table}{"".join(panels)}</section>')
 
 
 def _figures(f: RunFacts) -> str:
@@ -346,14 +474,16 @@ def _failure_page(f: RunFacts, page: int, pages: int, settings: ReportSettings) 
 
 
 # ------------------------------------------------------------------------------ galleries
-def _gallery(s: StyleStats, page: int, made: Made, settings: ReportSettings) -> str:
+def _gallery(s: StyleStats, page: int, made: Made, settings: ReportSettings,
+             meaning: str) -> str:
     rows = (s.rows or [])[(page - 1) * settings.per_page:page * settings.per_page]
     pager = _pager(s.pages, page, lambda p: f"style-{s.index}-{p}.html")
     curves = _curves(s, settings) if page == 1 else ""
+    tiles, panels = _tiles(rows, s, made)
     return (f'<p><a href="{REPORT_INDEX}#style-{s.index}">‹ back to the report</a></p>'
             f'<section><div class="style-head">{_img(made, s.thumb, "style-img", s.name)}'
             f'<div><h2>{_e(s.name)}</h2><p>{_style_line(s)}</p><p class="muted">'
             f'{len(s.rows or []):,} of its ok items (a reproducible sample), page {page} of '
-            f'{s.pages}. Hover or focus a tile to see its content.</p></div></div>{pager}'
-            f'<div class="gallery">{"".join(_tile(r, made) for r in rows)}</div>{pager}'
-            f'{f"<div class=charts>{curves}</div>" if curves else ""}</section>')
+            f'{s.pages}. {HINT}</p></div></div>{pager}'
+            f'<div class="gallery">{tiles}</div>{pager}{meaning}'
+            f'{f"<div class=charts>{curves}</div>" if curves else ""}{panels}</section>')

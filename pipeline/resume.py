@@ -14,7 +14,6 @@ again; the job always finishes.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
 import pyarrow as pa
@@ -22,10 +21,10 @@ import pyarrow.compute as pc
 
 from pipeline import grid as grids
 from pipeline import manifest, storage
-from pipeline import webdataset as wds
-from pipeline.jobconfig import NON_OUTPUT_OPTIONS, JobConfig, JobConfigError
+from pipeline.containers import Container
+from pipeline.jobconfig import JobConfig, JobConfigError, output_options
 from pipeline.redact import redact_uri
-from pipeline.runfolder import JOB_FILE, RunFolder, shard_of_tar
+from pipeline.runfolder import JOB_FILE, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def fingerprint(job: JobConfig, styles, inputs: Mapping[str, Any] | None = None
     ``inputs``: the listing's identity (the input as given, a list file's hash)."""
     return {
         "params_hash": job.params_hash,
-        "stylize": {k: v for k, v in job.stylize.to_dict().items() if k not in NON_OUTPUT_OPTIONS},
+        "stylize": output_options(job.stylize),
         "output": {"format": job.output_format, "quality": job.output_quality,
                    "bit_depth": job.output_bit_depth},
         "styles": {s.name: {"uris": [redact_uri(u) for u in s.uris],
@@ -77,10 +76,12 @@ def _refuse(job: JobConfig, changes: list[str]) -> JobRefused:
         "use --mode overwrite to redo it, or another output folder")
 
 
-def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage) -> pa.Table:
+def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage,
+                 container: Container) -> pa.Table:
     """Resume the same job, refuse another one (JobRefused), or clear the folder for
-    ``overwrite``. Returns the rows of the folder's intact parts (the newest row per item);
-    damaged files are moved aside through ``damage``."""
+    ``overwrite``. Returns the rows of the folder's intact parts (the newest row per item)
+    whose outputs the container still holds whole; damaged files are moved aside through
+    ``damage``."""
     options = job.storage_options
     folder = RunFolder(job.output)
     if job.mode == "overwrite":
@@ -90,9 +91,7 @@ def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage) ->
         return manifest.SCHEMA.empty_table()
     old = manifest.read_json(folder.job_json, options, damage,
                              "the job is checked against its parts instead")
-    rows = manifest.read_parts(job.output, options, damage=damage)
-    if job.container == "webdataset":
-        rows = _check_tars(job, rows, damage)
+    rows = container.check(manifest.read_parts(job.output, options, damage=damage), damage)
     if old is not None:
         before = dict(old.get("fingerprint") or {})
         if "inputs" not in before:  # made before the input was part of the identity
@@ -111,29 +110,6 @@ def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage) ->
     return rows
 
 
-def _check_tars(job: JobConfig, rows: pa.Table, damage: manifest.Damage) -> pa.Table:
-    """``container: webdataset``: the tar of every part that has ok rows must be whole; a
-    tar that is not (and its part) goes to quarantine, and its items are computed again."""
-    options = job.storage_options
-    folder = RunFolder(job.output)
-    shards = sorted(pc.unique(rows.filter(pc.equal(rows["status"], "ok"))["shard"]).to_pylist())
-    if not shards:
-        return rows
-    with ThreadPoolExecutor(min(16, len(shards))) as pool:
-        why = list(pool.map(lambda s: wds.tar_damage(folder.shard_tar(s), options), shards))
-    bad = [(s, w) for s, w in zip(shards, why) if w]
-    for shard, w in bad:
-        tar = folder.shard_tar(shard)
-        if w != "missing":
-            damage.add(tar, w, "its items are computed again")
-        damage.add(folder.part(shard), f"its tar {folder.relative(tar)} is {w}",
-                   "its items are computed again")
-    if not bad:
-        return rows
-    return rows.filter(pc.invert(pc.is_in(rows["shard"], pa.array([s for s, _ in bad],
-                                                                   pa.int32()))))
-
-
 def previous_rows(job: JobConfig, table: pa.Table, ids: pa.Array
                   ) -> tuple[pa.Table, dict[str, int]]:
     """Of the parts' rows ``table``: those to keep, and the attempts of the items to try
@@ -150,17 +126,3 @@ def previous_rows(job: JobConfig, table: pa.Table, ids: pa.Array
     redo = table.filter(again)
     tries = dict(zip(redo["item_id"].to_pylist(), redo["attempt"].to_pylist()))
     return table.filter(pc.invert(again)), tries
-
-
-def remove_orphan_shards(job: JobConfig) -> None:
-    """Tars without a manifest part (a run that died between the two, or ``mode: overwrite``)
-    and staged outputs of a run that stopped: their items are done again, and a reader of
-    shards/*.tar must never see a sample twice."""
-    options = job.storage_options
-    parts = set(manifest.part_ids(job.output, options))
-    run_folder = RunFolder(job.output)
-    folder = run_folder.shards_dir
-    for name in storage.listdir(folder, options):
-        if shard_of_tar(name) not in parts:
-            storage.remove(storage.join(folder, name), options)
-    storage.remove(run_folder.staging_dir, options, recursive=True)

@@ -14,8 +14,8 @@ folder of its own there is spelled here and nowhere else::
     {output}/_lease.json                    who runs this folder now (pipeline.lease)
     {output}/_quarantine/STAMP/...          files found damaged, moved aside (never deleted)
 
-Names only: no reading or writing, no pyarrow; the standard library and
-:mod:`pipeline.storage` (``join``) alone.
+Names only: no reading or writing, no fsspec, no pyarrow: the standard library alone
+(:func:`join` is the URI join that :mod:`pipeline.storage` uses too).
 """
 
 from __future__ import annotations
@@ -24,7 +24,16 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from pipeline.storage import join
+
+def join(root: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (also for local paths: the pipeline only runs on POSIX)."""
+    out = root.rstrip("/")
+    for p in parts:
+        p = p.strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
 
 MANIFEST_DIR = "_manifest"  # job.json and the parts
 PART_NAME = "part-{:05d}.parquet"

@@ -27,15 +27,16 @@ Strikes only grow and batches only shrink, so every shard ends.
 from __future__ import annotations
 
 from collections import deque
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.items import Shard, WorkItem
-from pipeline.manifest import make_row, now
-from stylize.common import one_line
+from pipeline.rows import make_row, now
+from stylize.common import StylizeError, one_line
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(StylizeError, RuntimeError):
     """No worker could be started; the message says what was asked and what was there."""
 
 
@@ -99,7 +100,9 @@ class Scheduler:
 
     def __init__(self, shards: Sequence[Shard], *, num_workers: int, max_attempts: int,
                  item_timeout_s: float, startup_timeout_s: float,
-                 tries: Mapping[str, int] | None = None, describe: Callable[[], str] = str):
+                 tries: Mapping[str, int] | None = None, describe: Callable[[], str] = str,
+                 clock: Callable[[], datetime] = now):
+        self.clock = clock  # the wall clock of failure rows' finished_at (handed in)
         self.shards = {s.shard_id: s for s in shards}
         self.num_workers = max(1, num_workers)
         self.max_attempts, self.item_timeout_s = max_attempts, item_timeout_s
@@ -128,6 +131,16 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         busy = [w.deadline for w in self.workers.values() if w.call != "idle"]
         return min(busy) if busy else None
+
+    def deadline_of(self, wid: int) -> float:
+        """When the call in flight on worker ``wid`` is past its time (monotonic seconds)."""
+        return self.workers[wid].deadline
+
+    def call_of(self, wid: int) -> tuple[dict, dict[str, WorkItem]]:
+        """(worker ``wid``'s info, the items of its current shard by id): for executors'
+        hooks."""
+        w = self.workers[wid]
+        return dict(w.info or {}), ({i.item_id: i for i in w.task.shard.items} if w.task else {})
 
     def waiting_for_workers(self) -> int:
         """Workers asked for but not ready yet."""
@@ -275,7 +288,7 @@ class Scheduler:
         worker = (w.info or {}).get("worker")
         rows = [make_row(by_id[i], status, shard=w.task.shard.shard_id,
                          attempt=self.tries.get(i, 1), error_message=f"{by_id[i].content_uri}: {message}", worker=worker,
-                         finished_at=now()) for i in item_ids if i in by_id]
+                         finished_at=self.clock()) for i in item_ids if i in by_id]
         self._record(w.task.shard.shard_id, rows)
 
     def _record(self, shard_id: int, rows: list[dict]) -> None:

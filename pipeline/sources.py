@@ -41,9 +41,10 @@ from fsspec.utils import glob_translate
 
 from pipeline import storage
 from pipeline.items import Content, StyleRef, reserved_style_name, sanitize_component
-from pipeline.jobconfig import JobConfig, StyleSource
+from pipeline.jobconfig import JobConfig, StyleSource, image_extensions
 from pipeline.redact import redact_text, redact_uri, show_undecodable
 from pipeline.runfolder import MANIFEST_DIR, RESERVED_STYLE_NAMES
+from stylize.common import StylizeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet", ".jsonl")
@@ -56,11 +57,12 @@ HIDDEN = "hidden: the name starts with '.'"
 METADATA = f"a {MANIFEST_DIR} folder (run metadata)"
 IN_OUTPUT = "inside the output folder"
 NOT_EXTENSION = "extension not in `extensions`"
+NOT_IMAGE = "not an image file by its extension; extensions: all takes every file"
 SPECIAL = "not a regular file (a FIFO, socket or device)"
 VANISHED = "disappeared while being listed"
 
 
-class SourceError(ValueError):
+class SourceError(StylizeError, ValueError):
     """Inputs or styles that cannot be listed or loaded; found before any work starts."""
 
 
@@ -262,7 +264,7 @@ def _glob_root(pattern: str) -> tuple[str, int | None]:
     return root, depth
 
 
-def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
+def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,  # noqa: C901 - to split (issue 19)
             exclude: str | None, skipped: list[Skipped]) -> list[tuple[_Entry, str]]:
     """``(entry, relative path)`` for a folder, a glob or a single file; what is left out
     goes to ``skipped``."""
@@ -321,8 +323,10 @@ def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,
         if reason is None and exclude and ((e.uri + "/").startswith(exclude + "/")
                                            or (in_output and in_output(e.uri))):
             reason = IN_OUTPUT
-        if reason is None and exts is not None and posixpath.splitext(rel)[1].lower() not in exts:
-            reason = NOT_EXTENSION
+        ext = posixpath.splitext(rel)[1].lower()
+        if reason is None and exts is not None and ext not in exts:
+            images = exts == image_extensions()  # the default: a name without any extension
+            reason = None if images and not ext else NOT_IMAGE if images else NOT_EXTENSION
         if reason:
             skipped.append(Skipped(e.uri, reason))
         else:
@@ -347,8 +351,33 @@ def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return storage.retrying(f"check {fs.unstrip_protocol(path)}", lambda: fs.exists(path))
 
 
-def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | None = None
-               ) -> tuple[list[str], Any]:
+_PATH_LIKE = re.compile(r"[/\\]|://|\.[A-Za-z0-9]{2,5}$")
+
+
+def _is_header(row: list[str]) -> bool:
+    """A CSV's first row is a header unless one of its cells looks like a path or URI."""
+    return not any(_PATH_LIKE.search(c.strip()) for c in row)
+
+
+def _uri_column(uri: str, names: list[str], chosen: str | None) -> str:
+    """The column of a list's URIs: ``input_column``, else the first of URI_COLUMNS; a
+    SourceError naming the header and the key otherwise."""
+    if chosen is not None:
+        if chosen in names:
+            return chosen
+        raise SourceError(f"{_show(uri)}: input_column {chosen!r} is not a column; the columns "
+                          f"are {', '.join(names) or '(none)'}")
+    lower = {c.strip().lower(): c for c in names}
+    for n in URI_COLUMNS:
+        if n in lower:
+            return lower[n]
+    raise SourceError(f"{_show(uri)}: no URI column among {', '.join(names) or '(none)'}; name "
+                      f"it with input_column: (e.g. input_column: {names[0] if names else 'uri'}"
+                      f"), or call it {' or '.join(URI_COLUMNS)}")
+
+
+def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | None = None,
+               column: str | None = None) -> tuple[list[str], Any]:
     """URIs from a .txt (one per line, # comments), .csv, .parquet or .jsonl list, and the
     list's other columns as a pyarrow Table with one row per URI returned (None for .txt or
     a CSV without a header). Bytes that are not UTF-8 (Linux file names) are kept as
@@ -368,7 +397,8 @@ def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | No
         text = data.decode("utf-8-sig", "surrogateescape")
         reader = (r for r in csv.reader(io.StringIO(text)) if r)
         first = next(reader, None)
-        if first and any(c.strip().lower() in URI_COLUMNS for c in first):
+        if first and (column is not None or _is_header(first)
+                      or any(c.strip().lower() in URI_COLUMNS for c in first)):
             try:  # typed columns (labels stay ints), as pyarrow reads them
                 table = _read_table(uri, ext, data)
             except SourceError:  # not UTF-8: the plain reader, strings throughout
@@ -378,10 +408,7 @@ def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | No
         else:
             rows = [first, *reader] if first else []
     if table is not None:
-        names = [n for n in URI_COLUMNS if n in [c.strip().lower() for c in table.column_names]]
-        if not names:
-            raise SourceError(f"{uri}: no column named {' or '.join(URI_COLUMNS)}")
-        col = next(c for c in table.column_names if c.strip().lower() == names[0])
+        col = _uri_column(uri, list(table.column_names), column)
         values = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
                   for v in table.column(col).to_pylist()]
         table = table.drop_columns([col])
@@ -480,10 +507,15 @@ def list_inputs(job: JobConfig) -> Listing:
     extras = None
     identity: dict[str, Any] = {"input": redact_uri(storage.canonical(single)) if single else
                                 [redact_uri(storage.canonical(u)) for u in job.input]}
+    is_list = bool(single) and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
+        and not _GLOB.search(single)
+    if job.input_column is not None and not (is_list and not single.lower().endswith(".txt")):
+        raise SourceError(f"input_column: {job.input_column!r} has no effect: input "
+                          f"{_show_input(job.input)} is not a .csv, .parquet or .jsonl list")
     try:
         if single and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
                 and not _GLOB.search(single):
-            uris, extras = _read_list(single, options, identity)
+            uris, extras = _read_list(single, options, identity, job.input_column)
             uris = [storage.canonical(u) for u in uris]
             pairs = _relative_to_common(
                 _list_file_entries(uris, options, job.extensions, output, skipped))
@@ -518,7 +550,7 @@ def list_inputs(job: JobConfig) -> Listing:
 def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, list, Any]:
     """(uri -> row of ``table``, the `style` column for ``assign: column``, the columns that
     travel to the manifest). SourceError for a column named like a manifest column."""
-    from pipeline.manifest import COLUMNS
+    from pipeline.rows import COLUMNS
 
     if job.assign == "column" and (table is None or "style" not in table.column_names):
         raise SourceError(f"input {_show_input(job.input)}: assign: column needs a list input "

@@ -30,7 +30,8 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
               max_failures: int = FAILURES_SHOWN) -> dict[str, Any]:
     """Counts by status, the first failures, throughput and what is left, as plain
     JSON-able values (``failures``: the first ``max_failures`` failed rows, a few fields
-    each; ``failed``: how many there are)."""
+    each; ``failed``: how many there are; ``images_per_hour``: :func:`manifest.throughput`,
+    the figure run.json and the report show)."""
     options = dict(options or {})
     output = storage.canonical(output)
     folder = RunFolder(output)
@@ -51,8 +52,8 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
     ok = pc.equal(table["status"], "ok")
     n_ok = counts.get("ok", 0)
     failed = table.filter(pc.invert(ok)).select(list(_FAILURE_FIELDS))
-    start, end = pc.min(table["started_at"]).as_py(), pc.max(table["finished_at"]).as_py()
-    span = (end - start).total_seconds() if start is not None and end is not None else 0.0
+    rate = manifest.throughput(table)
+    timings = (run or {}).get("timings") or {}
     busy = pc.sum(table.filter(ok)["duration_s"]).as_py() or 0.0
     manifest_uri = folder.manifest_file
     report = folder.report_index
@@ -66,7 +67,12 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
         "counts": dict(sorted(counts.items())),
         "failed": done - n_ok,
         "failures": failed.slice(0, max_failures).to_pylist(),
-        "images_per_hour": round(3600.0 * done / span, 1) if span > 0 else None,
+        # the run's throughput (manifest.THROUGHPUT_LABEL), as run.json and the report
+        "images_per_hour": rate.images_per_hour,
+        "span_s": rate.span_s,
+        # the last stylize run that computed items: its wall time, listing included
+        "wall_s": timings.get("wall_s"),
+        "command_images_per_hour": timings.get("command_images_per_hour"),
         "seconds_per_image": round(busy / n_ok, 3) if n_ok else None,
         "manifest": manifest_uri if complete else None,
         "parts": folder.manifest_dir,
@@ -86,6 +92,23 @@ def to_json(info: Mapping[str, Any]) -> dict[str, Any]:
     return {"command": "status", "exit_code": 0, **info}
 
 
+def throughput_lines(figures: Mapping[str, Any]) -> list[str]:
+    """The run's throughput and the last command's wall time in words, from run.json's
+    timings or a status summary (the same keys)."""
+    lines = []
+    if figures.get("images_per_hour") is not None:
+        per = figures.get("seconds_per_image")
+        lines.append(f"throughput: {figures['images_per_hour']:,.1f} "
+                     f"{manifest.THROUGHPUT_LABEL}"
+                     f"{f'; {per:.2f} s of worker time per ok image' if per else ''}")
+    if figures.get("wall_s") is not None:
+        rate = figures.get("command_images_per_hour")
+        lines.append(f"command:    {figures['wall_s']:,.1f} s wall, listing included"
+                     f"{f'; {rate:,.1f} ok images/h' if rate is not None else ''} (the last "
+                     "stylize run that computed items)")
+    return lines
+
+
 def print_status(info: Mapping[str, Any], stream: IO[str]) -> None:
     """The summary for people; every value from data with its control characters escaped."""
     def say(line: str) -> None:
@@ -102,10 +125,8 @@ def print_status(info: Mapping[str, Any], stream: IO[str]) -> None:
           f"{'' if info['left'] else ' (finished)'}")
     for status, n in info["counts"].items():
         say(f"  {status:<15} {n}")
-    if info["images_per_hour"] is not None:
-        per = info["seconds_per_image"]
-        say(f"throughput: {info['images_per_hour']:.1f} items/h over the run's span"
-              f"{f', {per:.2f} s of worker time per ok image' if per is not None else ''}")
+    for line in throughput_lines(info):
+        say(line)
     failures = info["failures"]
     if failures:
         say(f"failures ({info['failed']}):")

@@ -26,7 +26,9 @@ from typing import Any, Callable, Mapping, TypeVar
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from stylize.common import TMP_PREFIX, one_line, write_atomic
+
+from pipeline.runfolder import join  # noqa: F401 - the URI join, storage.join to its users
+from stylize.common import EXIT_INFRA, TMP_PREFIX, StylizeError, one_line, write_atomic
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_delay,
                       wait_random_exponential)
 
@@ -45,12 +47,15 @@ _retry_s = DEFAULT_RETRY_S
 T = TypeVar("T")
 
 
-class StorageError(OSError):
+class StorageError(StylizeError, OSError):
     """A path that cannot be read, listed or written; the message names it."""
 
 
 class StorageUnavailable(StorageError):
-    """Storage kept failing with transient errors for the whole retry budget."""
+    """Storage kept failing with transient errors for the whole retry budget (exit 3)."""
+
+    exit_code = EXIT_INFRA
+    resumable = True
 
 
 def set_retry_budget(seconds: float) -> None:
@@ -154,16 +159,6 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str = "") -> str:
     if is_local(fs):
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
-
-
-def join(root: str, *parts: str) -> str:
-    """Join URI parts with ``/`` (also for local paths: the pipeline only runs on POSIX)."""
-    out = root.rstrip("/")
-    for p in parts:
-        p = p.strip("/")
-        if p:
-            out = f"{out}/{p}"
-    return out
 
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:

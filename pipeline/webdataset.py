@@ -48,8 +48,9 @@ class Sample:
     meta: Mapping[str, Any]  # written as {key}.json
 
     def __post_init__(self) -> None:
-        for what, value in (("key", self.key), ("ext", self.ext)):
-            if not value or any(c in value for c in "./#\\") or not value.isprintable():
+        for what, value in (("key", self.key.replace("/", "")), ("ext", self.ext)):
+            if not value or any(c in value for c in "./#\\") or not value.isprintable() \
+                    or self.key.startswith("/") or "//" in self.key:
                 raise ValueError(f"sample {what} {value!r}: must be non-empty, printable and "
                                  f"without '.', '/', '\\' or '#' (WebDataset splits member "
                                  f"names at the first dot); pass the item id as key")

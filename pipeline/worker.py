@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pipeline import storage
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.losstrace import LossTrace
-from pipeline.manifest import make_row, now
+from pipeline.rows import make_row, now
 from stylize.common import describe_error, one_line
 from stylize.config import StyleConfig
 

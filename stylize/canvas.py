@@ -31,13 +31,14 @@ def initial_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
 def start_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
     """The initial noise of a (h, w) picture as its pixels see it: drawn at the first of the
     ``scales`` with the ``margin`` around it, margin cropped. (3, h0, w0)."""
-    h0, w0 = scale_shape(h, w, cfg.scales[0])
+    h0, w0 = scale_shape(h, w, cfg.schedule[0][0])
     m = margin_pixels(cfg.margin, h0, w0)
     return crop(initial_noise(cfg, h0 + 2 * m, w0 + 2 * m), m)
 
 
 def scale_shape(h: int, w: int, scale: float) -> tuple[int, int]:
-    """(h, w) of an image at one of the coarse-to-fine ``scales``."""
+    """(h, w) of an image at one of the coarse-to-fine scales: a fraction of its size
+    (``StyleConfig.schedule``)."""
     return max(16, round(h * scale)), max(16, round(w * scale))
 
 

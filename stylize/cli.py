@@ -22,9 +22,10 @@ import os
 import sys
 from typing import Callable, Iterator, Sequence
 
-from stylize.common import EXIT_INFRA, EXIT_OK, EXIT_USAGE, escape_controls, one_line, write_atomic
-from stylize.config import (BIT_DEPTH_16_FORMATS, BIT_DEPTHS, PRESETS, ConfigError,
-                            StyleConfig, resolve_config)
+from stylize.common import (EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError, escape_controls,
+                            one_line, write_atomic)
+from stylize.config import (BIT_DEPTH_16_FORMATS, BIT_DEPTHS, PRESETS, STYLE_LOSSES,
+                            ConfigError, StyleConfig, resolve_config)
 
 log = logging.getLogger("stylize.cli")  # not __name__: "__main__" under python -m
 
@@ -34,12 +35,14 @@ WriteBytes = Callable[[str, bytes], None]  # a whole file, atomically: never hal
 
 # ------------------------------------------------------------------ shared by every command
 
-class UsageError(Exception):
+class UsageError(StylizeError):
     """A bad command line, option or input, found before any work: one line, exit code 2."""
 
 
-class OutputError(OSError):
+class OutputError(StylizeError, OSError):
     """The output (or a snapshot) could not be written, after the work: exit code 3."""
+
+    exit_code = EXIT_INFRA
 
 
 class Parser(argparse.ArgumentParser):
@@ -136,7 +139,10 @@ _HELP = {
     "iterations": "optimizer steps per scale",
     "init": "noise | content | PATH of an init image",
     "weights": "caffe | torchvision | PATH or URL of a state dict",
-    "scales": "coarse-to-fine fractions, e.g. 0.5,1.0",
+    "scales": "coarse to fine: fractions of --size, e.g. 0.5,1.0 (each --iterations), or "
+              "SIDE:ITERATIONS pairs, e.g. 256:400,512:150 (the last side is the size)",
+    "style_loss": f"{' | '.join(STYLE_LOSSES)}: Gram matrices (the paper), Gaussian "
+                  "2-Wasserstein distance, or per-channel mean and std",
     "style_scale": "style image size relative to the content's",
     "preserve_colors": "none | luminance | histogram",
     "device": "auto | cpu | cuda | mps",
@@ -319,14 +325,16 @@ class _Progress:
         from tqdm import tqdm
 
         self.every, self.output, self.fmt, self.files = args.save_every, args.output, fmt, files
-        self.bar = tqdm(total=cfg.iterations * len(cfg.scales), unit="step",
+        steps = [n for _, n in cfg.schedule]
+        self.before = [sum(steps[:i]) for i in range(len(steps))]  # steps of earlier scales
+        self.bar = tqdm(total=sum(steps), unit="step",
                         disable=not log.isEnabledFor(logging.INFO), dynamic_ncols=True,
                         file=sys.stderr)
         self.done = 0
         self.saved = 0
 
     def __call__(self, info) -> None:
-        pos = info.scale * info.steps + info.step
+        pos = self.before[info.scale] + info.step
         self.bar.update(pos - self.done)
         self.done = pos
         self.bar.set_postfix(loss=f"{info.losses[0]:.4g}", scale=f"{info.scale + 1}/{info.scales}")

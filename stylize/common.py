@@ -13,7 +13,18 @@ from typing import Iterable
 
 # The exit codes of the ``stylize`` command (pipeline/errors.py says when each applies).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+DISTRIBUTION = "gatys-stylize"  # on PyPI; the packages are stylize and pipeline
 TMP_PREFIX = ".tmp-"  # temporary files of atomic writes: hidden, never taken for outputs
+
+
+class StylizeError(Exception):
+    """The base of every error the ``stylize`` command reports in one line: its exit code
+    (2: usage or configuration, found before work; 3: infrastructure, resumable) and whether
+    its line ends with how to resume. The engine and the pipeline raise; the command shell
+    prints (one ``except``)."""
+
+    exit_code: int = EXIT_USAGE
+    resumable: bool = False  # "run the same command to resume once it is back"
 
 
 def one_line(detail: object, limit: int = 500) -> str:

@@ -13,13 +13,14 @@ optimisation uses (everything else: layers, weights, iterations, init, scales, .
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
-from stylize.common import near_miss
+from stylize.common import StylizeError, near_miss
 
 CONTENT_LAYERS_GATYS = ("relu4_2",)
 STYLE_LAYERS_GATYS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -45,6 +46,10 @@ POOLINGS = ("max", "avg")
 PADDINGS = ("zeros", "reflect", "replicate")  # of conv1_1, the layer that sees the pixels
 PREPROCESSINGS = ("caffe", "torchvision")
 PRESERVE_COLORS = ("none", "luminance", "histogram")
+# What a style layer's loss compares (stylize/losses.py; docs/engine.md, "Style losses"): the
+# Gram matrices (the paper's), the Gaussians of the features (squared 2-Wasserstein distance of
+# their means and covariances), or the per-channel means and standard deviations.
+STYLE_LOSSES = ("gram", "wasserstein2", "mean_std")
 # The initial noise's amplitude spectrum, 1/f^exponent: white is flat (the paper's), natural
 # falls like a photograph's (1/f), smooth twice as fast (1/f^2).
 NOISE_SPECTRA = {"white": 0.0, "natural": 1.0, "smooth": 2.0}
@@ -78,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(StylizeError, ValueError):
     """A bad option value. The message names the option and the allowed values."""
 
 
@@ -91,8 +96,26 @@ def _words(value: Any) -> Any:
     return value
 
 
+def _scale_words(value: Any) -> Any:
+    """``scales`` from a string: ``"0.5,1.0"`` (fractions), ``"256:400,512:150"`` (side:iterations
+    pairs) or a JSON list (``"[[256, 400], [512, 150]]"``); a number as a list of one."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # reported as not a list
+    words = _words(value)
+    if isinstance(words, list) and any(isinstance(w, str) and ":" in w for w in words):
+        return [w.split(":") if isinstance(w, str) else w for w in words]
+    return words
+
+
 Layers = Annotated[tuple[Literal[TAP_NAMES], ...], BeforeValidator(_words), Field(min_length=1)]
 Floats = Annotated[tuple[float, ...], BeforeValidator(_words)]
+# fractions of `size`, each with `iterations`; or (longest side in pixels, iterations) pairs
+Scales = Annotated[tuple[float, ...] | tuple[tuple[int, int], ...], BeforeValidator(_scale_words)]
+SCALES_FORMS = ("increasing fractions in (0, 1] ending in 1.0 (0.5,1.0), or [side, iterations] "
+                "pairs, sides in pixels increasing, the last the size (256:400,512:150)")
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -147,7 +170,8 @@ class StyleConfig(BaseModel):
         "torch.compile the network (falls back to eager if it fails)"))
     # -- each image's optimisation
     size: int = Field(512, ge=16, description="longest side of the output, pixels")
-    iterations: Positive = Field(500, description="function/gradient evaluations per scale")
+    iterations: Positive = Field(500, description=(
+        "function/gradient evaluations per scale (scales given as pairs carry their own)"))
     content_layers: Layers = CONTENT_LAYERS_GATYS
     content_layer_weights: Optional[Floats] = Field(None, description="null: equal")
     style_layers: Layers = STYLE_LAYERS_GATYS
@@ -157,6 +181,9 @@ class StyleConfig(BaseModel):
     style_weight: NonNegative = Field(1e3, description=(
         "beta; alpha/beta = 1e-3 as in the paper's Fig. 2"))
     tv_weight: NonNegative = 0.0
+    style_loss: Literal[STYLE_LOSSES] = Field("gram", description=(
+        "what a style layer compares: gram (the paper), wasserstein2 (feature means and "
+        "covariances), mean_std (per-channel mean and std)"))
     init: str = Field("noise", min_length=1, description="noise | content | path of an image")
     # The paper starts from white noise; white noise of std 0.1 * 255 was still half there
     # after 300-500 L-BFGS steps, as fine colour speckle. Smooth noise of std 0.03 * 255 ends
@@ -176,8 +203,10 @@ class StyleConfig(BaseModel):
     style_scale: float = Field(1.0, gt=0, description=(
         "style image longest side relative to the content's"))
     preserve_colors: Literal[PRESERVE_COLORS] = "none"
-    scales: Floats = Field((1.0,), description=(
-        "coarse-to-fine fractions of size, increasing, the last 1.0"))
+    scales: Scales = Field((1.0,), description=(
+        "coarse to fine: fractions of size, increasing, the last 1.0, each run for "
+        "`iterations`; or [longest side in pixels, iterations] pairs, sides increasing, the "
+        "last the size (which it sets when size is not given)"))
     early_stopping: bool = False
     tolerance: NonNegative = Field(1e-3, description=(
         "relative loss change over `window` steps that counts as converged"))
@@ -198,23 +227,49 @@ class StyleConfig(BaseModel):
             return data
         given = {k: v for k, v in data.items() if v is not None}
         preset = given.get("preset", "gatys2016")
+        if "size" not in given:  # pairs of (side, iterations): the last side is the size
+            last = _last_side(given.get("scales"))
+            if last is not None:
+                given["size"] = last
         return {**PRESETS.get(preset, {}), **given} if isinstance(preset, str) else given
 
-    @field_validator("scales")
+    @field_validator("scales", mode="wrap")
     @classmethod
-    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not v or any(not 0 < s <= 1 for s in v) or v[-1] != 1.0 or list(v) != sorted(v):
+    def _scales(cls, value: Any, handler: Any) -> tuple:
+        try:
+            v = handler(value)
+        except ValidationError:
+            raise ValueError(f"{SCALES_FORMS}; got {_scale_words(value)!r}") from None
+        if v and isinstance(v[0], tuple):
+            sides = [side for side, _ in v]
+            if any(side < 16 for side in sides) or any(n < 1 for _, n in v):
+                raise ValueError(f"[side, iterations] pairs need sides >= 16 pixels and "
+                                 f"iterations >= 1, got {[list(p) for p in v]}")
+            if any(b <= a for a, b in zip(sides, sides[1:])):
+                raise ValueError(f"[side, iterations] pairs need increasing sides, coarse to "
+                                 f"fine, got sides {sides}")
+        elif not v or any(not 0 < s <= 1 for s in v) or v[-1] != 1.0 or list(v) != sorted(v):
             raise ValueError(f"increasing fractions in (0, 1] ending in 1.0, got {list(v)}")
         return v
 
     @model_validator(mode="after")
-    def _layer_weights(self) -> "StyleConfig":
+    def _across_options(self) -> "StyleConfig":
         for name, layers in (("content_layer_weights", self.content_layers),
                              ("style_layer_weights", self.style_layers)):
             w = getattr(self, name)
             if w is not None and len(w) != len(layers):
                 raise ValueError(f"{name}: {len(w)} weights for {len(layers)} layers")
+        if isinstance(self.scales[0], tuple) and self.scales[-1][0] != self.size:
+            raise ValueError(f"scales: the last side ({self.scales[-1][0]}) is the output's, "
+                             f"but size is {self.size}; make them equal, or leave size out")
         return self
+
+    @property
+    def schedule(self) -> tuple[tuple[float, int], ...]:
+        """(fraction of ``size``, iterations) of each scale, coarse to fine."""
+        if isinstance(self.scales[0], tuple):
+            return tuple((side / self.size, n) for side, n in self.scales)
+        return tuple((s, self.iterations) for s in self.scales)
 
     def replace(self, **changes: Any) -> "StyleConfig":
         """A copy with some options changed, validated; an option changed to None takes the
@@ -234,6 +289,17 @@ class StyleConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _last_side(scales: Any) -> Any:
+    """The last side of ``scales`` given as [side, iterations] pairs (None: another form)."""
+    words = _scale_words(scales)
+    if (isinstance(words, (list, tuple)) and words
+            and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in words)):
+        last = words[-1][0]
+        if isinstance(last, int) or (isinstance(last, str) and last.strip().isdigit()):
+            return last
+    return None
 
 
 def option_names() -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 ``Stylizer(cfg)`` owns a device, a frozen VGG-19 built from ``cfg.network``, the objective
 (network and loss as one function, compiled with ``compile``) and a bounded (LRU by bytes)
-cache of style Gram targets keyed by (style key, size); ``stylize_batch`` solves one problem
+cache of style targets keyed by (style key, size, style loss); ``stylize_batch`` solves one problem
 per content image, with ``cfg`` or with per-call ``options`` that share its network (another
 iteration count, seed, layer set, weights...: no reload), in device-sized chunks halved on
 out-of-memory.
@@ -25,13 +25,13 @@ from stylize.canvas import (crop, initial_noise, margin_pixels, pad, resize,
                             resize_longest_tensor, scale_shape)
 from stylize.config import TAP_NAMES, StyleConfig, resolve_config
 from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
-from stylize.losses import GatysLoss, content_loss, gram, layer_weights, style_loss
+from stylize.losses import STYLE_KINDS, GatysLoss, content_loss, layer_weights
 from stylize.model import ReadBytes, build_vgg
 from stylize.objective import Objective, network
 from stylize.optim import Stopping, optimize
 from stylize.runtime import (amp_dtype, free_device_memory, memory_format, numerics,
                              resolve_device, resolve_precision)
-from stylize.targets import DEFAULT_CPU_CACHE_BYTES, TargetCache
+from stylize.targets import DEFAULT_CPU_CACHE_BYTES, Target, TargetCache
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +71,7 @@ class StepInfo:
     scale: int  # 0-based index into cfg.scales
     scales: int
     step: int  # evaluations done at this scale
-    steps: int
+    steps: int  # evaluations of this scale (cfg.schedule)
     losses: tuple[float, ...]  # total loss per image
     active: int  # images still optimising
     pixels: torch.Tensor  # (B, 3, h, w) current images, 0..255, on the device; do not modify
@@ -113,6 +113,8 @@ class Stylizer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.objective = Objective(self.model, amp_dtype(self.precision), self.memory_format,
                                    cfg.compile)
+        # the dtype of the Gaussian style losses' matrix part (losses.py): MPS has no float64
+        self.stats_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         if target_cache_bytes is None:
             target_cache_bytes = (torch.cuda.get_device_properties(self.device).total_memory // 10
                                   if self.device.type == "cuda" else DEFAULT_CPU_CACHE_BYTES)
@@ -163,21 +165,26 @@ class Stylizer:
                        self.memory_format)
 
     @torch.no_grad()
-    def style_grams(self, style: Style, longest: int, content: torch.Tensor | None = None,
-                    options: StyleConfig | None = None) -> dict[str, torch.Tensor]:
-        """Blended Gram targets {layer: (C, C)} of a style for a content of this longest side.
+    def style_targets(self, style: Style, longest: int, content: torch.Tensor | None = None,
+                      options: StyleConfig | None = None) -> dict[str, Target]:
+        """Blended style targets {layer: tuple} of a style for a content of this longest side:
+        what the options' ``style_loss`` compares with (gram: (Gram (C, C),); see
+        losses.STYLE_KINDS), without a batch dimension.
 
-        Cached (LRU, ``self.targets``) by (key, style side) unless they depend on the content
+        Blended styles average their statistics (Gram matrices; or means and second moments,
+        the moments of the pooled features) before the target is made from them. Cached (LRU,
+        ``self.targets``) by (key, style side, style loss) unless they depend on the content
         (colour preservation); layers missing from a cached entry are added to it.
         """
         opts = self.options(options)
+        kind = STYLE_KINDS[opts.style_loss]
         side = max(16, round(longest * opts.style_scale))
-        key = (style.key, side)
+        key = (style.key, side, opts.style_loss)
         if content is None:
             cached = self.targets.get(key, opts.style_layers)
             if cached is not None:
                 return cached
-        out: dict[str, torch.Tensor] = {}
+        stats: dict[str, tuple] = {}
         with self.numerics():
             for img, w in zip(style.images, style.blend()):
                 img = resize_longest_tensor(img.float(), side, min_short=16).to(self.device)
@@ -188,7 +195,11 @@ class Stylizer:
                     img = color.match_luminance(color.luminance(img), grey)
                 feats = self.features(img.unsqueeze(0), opts.style_layers)
                 for layer in opts.style_layers:
-                    out[layer] = out.get(layer, 0) + w * gram(feats[layer])[0]
+                    mine = kind.statistics(feats[layer])  # each (1, ...)
+                    stats[layer] = tuple(a + w * x for a, x in
+                                         zip(stats.get(layer, (0,) * len(mine)), mine))
+        out = {layer: tuple(t[0] for t in kind.target(s, self.device, self.stats_dtype))
+               for layer, s in stats.items()}
         if content is None:
             return self.targets.put(key, out)
         return out
@@ -208,7 +219,8 @@ class Stylizer:
 
         Splits into device-sized chunks; on out-of-memory a chunk is halved and retried. A
         single image that does not fit raises ``torch.OutOfMemoryError``. ``iterations``
-        overrides the options' for this call; ``init`` gives start images (default: ``init``).
+        overrides the options' for this call, at every scale (those of ``scales`` pairs too);
+        ``init`` gives start images (default: ``init``).
         """
         opts = self.options(options)
         if len(contents) != len(styles):
@@ -259,11 +271,12 @@ class Stylizer:
         torch.cuda.reset_peak_memory_stats(self.device)
         x = torch.zeros(1, 3, *shape, device=self.device, requires_grad=True)
         feats = self.features(x, opts.content_layers + opts.style_layers)
+        kind = STYLE_KINDS[opts.style_loss]
         losses = [content_loss(feats[k], torch.zeros_like(feats[k], dtype=torch.float32))
                   for k in opts.content_layers]
-        losses += [style_loss(feats[k], feats[k].new_zeros(1, feats[k].shape[1],
-                                                            feats[k].shape[1], dtype=torch.float32))
-                   for k in opts.style_layers]
+        for k in opts.style_layers:  # against its own statistics: a target of the right kind
+            own = kind.target(kind.statistics(feats[k].detach()), self.device, self.stats_dtype)
+            losses.append(kind.loss(feats[k], *own))
         sum(losses).sum().backward()
         per_image = torch.cuda.max_memory_allocated(self.device) - before
         hist = 2 * opts.history_size * 3 * shape[0] * shape[1] * 4  # L-BFGS (s, y) pairs
@@ -278,13 +291,14 @@ class Stylizer:
 
     def _optimize_chunk(self, contents, styles, callback, init, iterations,
                         cfg: StyleConfig) -> list[ItemResult]:
-        iterations = iterations or cfg.iterations
+        schedule = cfg.schedule if not iterations else tuple(
+            (scale, iterations) for scale, _ in cfg.schedule)
         full = torch.stack([c.float() for c in contents]).to(self.device)  # (B, 3, H, W)
         grey = cfg.preserve_colors == "luminance"
         target = color.luminance(full) if grey else full
         x = None if init is None else torch.stack([i.float() for i in init]).to(self.device)
         used = torch.zeros(len(contents), dtype=torch.long, device=self.device)
-        for si, scale in enumerate(cfg.scales):
+        for si, (scale, steps) in enumerate(schedule):
             h, w = scale_shape(*full.shape[-2:], scale)
             m = margin_pixels(cfg.margin, h, w)
             content = pad(resize(target, h, w), m)  # (B, 3, h + 2m, w + 2m)
@@ -292,9 +306,9 @@ class Stylizer:
                  else pad(resize(x, h, w), m))
             loss = self.loss_for(content, styles, longest=max(h, w), options=cfg)
             taps = cfg.content_layers + cfg.style_layers
-            hook = _hook(callback, si, len(cfg.scales), iterations, m)
+            hook = _hook(callback, si, len(schedule), steps, m)
             out = optimize(
-                x, self._objective(loss, taps), iterations, cfg.optimizer,
+                x, self._objective(loss, taps), steps, cfg.optimizer,
                 cfg.effective_lr, cfg.history_size,
                 Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every,
                 narrow=lambda rows, loss=loss: self._objective(loss.select(rows), taps))
@@ -322,15 +336,16 @@ class Stylizer:
         cfg = self.options(options)
         per_image = cfg.preserve_colors != "none"
         longest = longest or max(content.shape[-2:])
-        grams = [self.style_grams(s, longest, content[i] if per_image else None, cfg)
-                 for i, s in enumerate(styles)]
+        targets = [self.style_targets(s, longest, content[i] if per_image else None, cfg)
+                   for i, s in enumerate(styles)]
         cfeats = self.features(content, cfg.content_layers)
         return GatysLoss(
             {k: cfeats[k].float() for k in cfg.content_layers},
-            {k: torch.stack([g[k] for g in grams]) for k in cfg.style_layers},
+            {k: tuple(torch.stack(parts) for parts in zip(*(t[k] for t in targets)))
+             for k in cfg.style_layers},
             layer_weights(cfg.content_layers, cfg.content_layer_weights),
             layer_weights(cfg.style_layers, cfg.style_layer_weights),
-            cfg.content_weight, cfg.style_weight, cfg.tv_weight)
+            cfg.content_weight, cfg.style_weight, cfg.tv_weight, cfg.style_loss)
 
     @torch.no_grad()
     def evaluate(self, pixels: Sequence[torch.Tensor], contents: Sequence[torch.Tensor],
@@ -355,8 +370,9 @@ class Stylizer:
 
 
 def _memory_key(shape: tuple[int, int], opts: StyleConfig) -> tuple:
-    """What sets an image's memory at a shape: the layers it taps, its L-BFGS history."""
-    return (*shape, opts.history_size, opts.content_layers + opts.style_layers)
+    """What sets an image's memory at a shape: the layers it taps, its L-BFGS history, its
+    style loss."""
+    return (*shape, opts.history_size, opts.content_layers + opts.style_layers, opts.style_loss)
 
 
 def _hook(callback: Callback | None, scale: int, scales: int, steps: int, margin: int = 0):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stylize.common import one_line
+from stylize.common import StylizeError, one_line
 
 if TYPE_CHECKING:  # torch loads on first use: the pipeline's driver decodes with Pillow only
     import torch
@@ -55,7 +55,7 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-class ImageError(ValueError):
+class ImageError(StylizeError, ValueError):
     """An image that cannot be read or written; the one-line message names the file."""
 
 

@@ -1,4 +1,5 @@
-"""The Gatys loss, per image: content (feature MSE), style (Gram MSE), total variation.
+"""The Gatys loss, per image: content (feature MSE), style (Gram MSE by default; or the
+Gaussian losses ``wasserstein2`` and ``mean_std``, see ``STYLE_KINDS``), total variation.
 
 Every loss returns one value per image, shape (B,), so a batch is B independent problems:
 the gradient of their sum w.r.t. image i is the gradient of loss i alone.
@@ -18,6 +19,9 @@ The Gram loss has a gradient of one matrix product (``GramLoss``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -81,6 +85,17 @@ def _gram(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
     return _gram_fp32(rows, channels_last, features.is_cuda) / (c * h * w), rows, channels_last
 
 
+def _times_rows(d: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...],
+                channels_last: bool) -> torch.Tensor:
+    """D F for a symmetric D (B, C, C) and features F (B, C, H, W) kept as ``rows`` (see
+    ``_rows``): the gradient of a Gram-like product, in the features' layout."""
+    b, c, h, w = shape
+    with torch.autocast(rows.device.type, enabled=False):
+        if channels_last:  # (B, HW, C) @ (B, C, C): channels-last, as the features were
+            return torch.bmm(rows, d).view(b, h, w, c).permute(0, 3, 1, 2)
+        return torch.bmm(d, rows).view(b, c, h, w)  # (B, C, C) @ (B, C, HW): contiguous
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C), F F^T / (C H W), accumulated in fp32."""
     return _gram(features)[0]
@@ -108,17 +123,165 @@ class GramLoss(torch.autograd.Function):
         (b, c, h, w), channels_last = ctx.meta
         scale = _wide(grad_out) * (2.0 / (c ** 3 * h * w))  # (B,)
         d = ((err + err.transpose(1, 2)) * scale[:, None, None]).to(rows.dtype)  # (B, C, C)
-        with torch.autocast(rows.device.type, enabled=False):
-            if channels_last:  # (B, HW, C) @ (B, C, C): channels-last, as the features were
-                grad = torch.bmm(rows, d).view(b, h, w, c).permute(0, 3, 1, 2)
-            else:  # (B, C, C) @ (B, C, HW): contiguous
-                grad = torch.bmm(d, rows).view(b, c, h, w)
-        return grad, None
+        return _times_rows(d, rows, (b, c, h, w), channels_last), None
 
 
 def style_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B,) mean squared Gram error of features (B, C, H, W) against targets (B, C, C)."""
     return GramLoss.apply(features, target)
+
+
+# -- the Gaussian style losses: wasserstein2 and mean_std
+#
+# Both compare the features of a layer as a Gaussian: mean mu and covariance S over positions
+# (mean_std: the diagonal of S only). wasserstein2 is the squared 2-Wasserstein distance
+#   W2^2 = |mu - mu_t|^2 + tr(S + S_t - 2 (S_t^1/2 S S_t^1/2)^1/2),
+# mean_std the same distance between Gaussians of diagonal covariance,
+#   |mu - mu_t|^2 + |sigma - sigma_t|^2.
+# Normalisation: both are multiplied by ||E[x x^T]_t||_F / C^4, the Frobenius norm of the
+# style's second moment (C x its Gram matrix) over C^4, so that one style_weight gives a style
+# term the size of the Gram term. Why: the Gram loss is ||E[x x^T] - E[x x^T]_t||_F^2 / C^4;
+# a small change d of a second moment's square root M^1/2 changes M by M^1/2 d + d M^1/2, so
+# the Gram loss is quadratic in d like W2^2, with a factor of the size of M's eigenvalues
+# (up to the top one, which dominates for ReLU features: their mean is large). ||M_t||_F is
+# close to that top eigenvalue, and it is the factor the measurements chose: on the bundled
+# samples at 128 px (noise, content and other-painting starts, relu1_1..relu5_1) the Gram loss
+# was 0.4-1.0x the wasserstein2 loss and 0.5-1.9x the mean_std loss, layer by layer.
+# Numerics: the statistics are accumulated in fp32 (from bf16 features too); wasserstein2's
+# matrix part runs in its target's dtype (float64 where the device has it: fp32 would round
+# the small eigenvalues of a product of covariances away, and TF32 more so). Both sides'
+# variances get EPS_RELATIVE x the style's mean squared activation added, which keeps the loss
+# 0 at the target and bounds the square root's gradient, whose eigenvalues would otherwise reach
+# 0 (dead channels; a deep layer with fewer positions than channels, at small sizes).
+EPS_RELATIVE = 1e-3
+
+
+def _wide_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class SecondMoment(torch.autograd.Function):
+    """E[x x^T] over the positions of features (B, C, H, W): (B, C, C) in fp32 (C x the Gram
+    matrix, split on a GPU as it is). Backward like ``GramLoss``'s: one product, in the
+    features' dtype and layout."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+        rows, channels_last = _rows(features)
+        ctx.save_for_backward(rows)
+        ctx.meta = (features.shape, channels_last)
+        n = features.shape[2] * features.shape[3]
+        return _gram_fp32(rows, channels_last, features.is_cuda) / n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        shape, channels_last = ctx.meta
+        d = ((grad + grad.transpose(1, 2)) / (shape[2] * shape[3])).to(rows.dtype)  # (B, C, C)
+        return _times_rows(d, rows, shape, channels_last)
+
+
+def moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (B, C), E[x x^T] (B, C, C)) of features (B, C, H, W) over positions, accumulated
+    in fp32, returned in float64 on the CPU: what a style image gives the Gaussian targets (the
+    moments of a blend of styles are the weighted mean of theirs)."""
+    mean = features.mean(dim=(2, 3), dtype=_wide_dtype(features))
+    return mean.to("cpu", torch.float64), SecondMoment.apply(features).to("cpu", torch.float64)
+
+
+def _eps_and_scale(m2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The variance regularisation and the loss scale of a style's second moment (B, C, C):
+    each (B,)."""
+    c = m2.shape[-1]
+    eps = EPS_RELATIVE * m2.diagonal(dim1=1, dim2=2).mean(1) + 1e-12
+    return eps, torch.linalg.matrix_norm(m2) / c ** 4
+
+
+def wasserstein2_target(stats: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(mean (B, C), covariance S_t + eps I (B, C, C), its square root (B, C, C), eps (B,),
+    scale (B,)) from moments, in ``dtype`` on ``device``: the square root computed once, by
+    an eigendecomposition in float64."""
+    mean, m2 = (t.double() for t in stats)
+    eps, scale = _eps_and_scale(m2)
+    eye = torch.eye(m2.shape[-1], dtype=m2.dtype, device=m2.device)
+    cov = m2 - mean[:, :, None] * mean[:, None, :] + eps[:, None, None] * eye
+    cov = (cov + cov.transpose(1, 2)) / 2
+    lam, vec = torch.linalg.eigh(cov)
+    root = (vec * lam.clamp_min(0).sqrt()[:, None, :]) @ vec.transpose(1, 2)
+    return tuple(t.to(device, dtype) for t in (mean, cov, root, eps, scale))
+
+
+def wasserstein2_loss(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
+                      root: torch.Tensor, eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(B,) scaled squared 2-Wasserstein distance between the Gaussian of features
+    (B, C, H, W) and a target (``wasserstein2_target``). tr((R S R)^1/2) is the sum of the
+    square roots of the eigenvalues of R S R (symmetric): autograd's gradient of eigenvalues
+    alone needs no eigenvalue gaps, so repeated ones (a rank-deficient S) are safe."""
+    c = features.shape[1]
+    dt = cov.dtype
+    with torch.autocast(features.device.type, enabled=False):
+        mu = features.mean(dim=(2, 3), dtype=_wide_dtype(features)).to(dt)  # (B, C)
+        eye = torch.eye(c, dtype=dt, device=features.device)
+        s = (SecondMoment.apply(features).to(dt) - mu[:, :, None] * mu[:, None, :]
+             + eps[:, None, None] * eye)  # (B, C, C) covariance, regularised as the target's
+        p = root @ s @ root  # (B, C, C), >= eps^2 I
+        lam = torch.linalg.eigvalsh((p + p.transpose(1, 2)) / 2)  # (B, C)
+        lam = torch.maximum(lam, eps[:, None] ** 2)  # rounding below the bound: no 1/sqrt(0)
+        d2 = ((mu - mean).pow(2).sum(1) + s.diagonal(dim1=1, dim2=2).sum(1)
+              + cov.diagonal(dim1=1, dim2=2).sum(1) - 2 * lam.sqrt().sum(1))  # (B,)
+        return (scale * d2.clamp_min(0)).to(_wide_dtype(features))
+
+
+def mean_std_target(stats: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(mean (B, C), std (B, C), eps (B,), scale (B,)) from moments, in ``dtype`` on
+    ``device``; the variances regularised by eps as the features' are."""
+    mean, m2 = (t.double() for t in stats)
+    eps, scale = _eps_and_scale(m2)
+    var = (m2.diagonal(dim1=1, dim2=2) - mean.pow(2)).clamp_min(0)
+    std = (var + eps[:, None]).sqrt()
+    return tuple(t.to(device, dtype) for t in (mean, std, eps, scale))
+
+
+def mean_std_loss(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(B,) scaled squared differences of the per-channel means and standard deviations of
+    features (B, C, H, W) and a target (``mean_std_target``)."""
+    dt = std.dtype
+    with torch.autocast(features.device.type, enabled=False):
+        var, mu = torch.var_mean(_wide(features), dim=(2, 3), correction=0)  # (B, C) each
+        sd = (var.to(dt) + eps[:, None]).sqrt()
+        d2 = (mu.to(dt) - mean).pow(2).sum(1) + (sd - std).pow(2).sum(1)  # (B,)
+        return (scale * d2).to(_wide_dtype(features))
+
+
+@dataclass(frozen=True)
+class StyleKind:
+    """One ``style_loss``: what a style image contributes per layer (``statistics`` of its
+    features (B, C, H, W), averaged over blended style images), the target made from that once
+    per style (``target(stats, device, dtype)``, a tuple of tensors with a batch dimension), and
+    the loss of features against it (``loss(features, *target)`` -> (B,))."""
+
+    statistics: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    target: Callable[..., tuple[torch.Tensor, ...]]
+    loss: Callable[..., torch.Tensor]
+
+
+def _gram_statistics(features: torch.Tensor) -> tuple[torch.Tensor]:
+    return (gram(features),)
+
+
+def _gram_target(stats: tuple[torch.Tensor], device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor]:
+    return stats  # fp32 on the device, as gram() made it
+
+
+STYLE_KINDS = {  # keyed by config.STYLE_LOSSES
+    "gram": StyleKind(_gram_statistics, _gram_target, style_loss),
+    "wasserstein2": StyleKind(moments, wasserstein2_target, wasserstein2_loss),
+    "mean_std": StyleKind(moments, mean_std_target, mean_std_loss),
+}
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -134,16 +297,20 @@ def total_variation(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def gatys(features: dict[str, torch.Tensor], pixels: torch.Tensor,
-          content_targets: dict[str, torch.Tensor], style_targets: dict[str, torch.Tensor],
-          weights: torch.Tensor, use_tv: bool) -> tuple[torch.Tensor, ...]:
+          content_targets: dict[str, torch.Tensor],
+          style_targets: dict[str, tuple[torch.Tensor, ...]], weights: torch.Tensor,
+          use_tv: bool, style_kind: str = "gram") -> tuple[torch.Tensor, ...]:
     """(total, content, style, tv), each (B,): the whole loss as one pure function of tensors
     (what a compiled objective traces). ``weights`` (fp32): the content layers' weights,
     then the style layers', then alpha, beta and the TV weight, in the targets' order; held as
-    a tensor so that another weight (a sweep) does not build another compiled graph."""
+    a tensor so that another weight (a sweep) does not build another compiled graph. Each
+    style target is the tuple that ``STYLE_KINDS[style_kind].loss`` takes after the features
+    (for ``gram``: the Gram matrices (B, C, C))."""
     nc, ns = len(content_targets), len(style_targets)
+    layer_style = STYLE_KINDS[style_kind].loss  # a setting, fixed per compiled graph
     content = sum(weights[i] * content_loss(features[k], t)
                   for i, (k, t) in enumerate(content_targets.items()))
-    style = sum(weights[nc + i] * style_loss(features[k], t)
+    style = sum(weights[nc + i] * layer_style(features[k], *t)
                 for i, (k, t) in enumerate(style_targets.items()))
     zero = pixels.new_zeros(pixels.shape[0], dtype=torch.float32)
     content = zero + content  # (B,) also without content layers
@@ -157,30 +324,35 @@ def gatys(features: dict[str, torch.Tensor], pixels: torch.Tensor,
 class GatysLoss(nn.Module):
     """alpha * sum_l w_l content_l + beta * sum_l w_l style_l + tv * TV, per image.
 
-    Holds the targets of one batch: content activations (B, C, H, W) and style Grams
-    (B, C, C), as buffers. ``forward(features, pixels)`` returns (total, content, style, tv),
+    Holds the targets of one batch: content activations (B, C, H, W) and, per style layer,
+    the tuple of tensors its ``style_kind`` compares with (gram: the Gram matrices (B, C, C);
+    see ``STYLE_KINDS``). ``forward(features, pixels)`` returns (total, content, style, tv),
     each (B,); the content and style parts are weighted by their layer weights but not by
     alpha/beta. ``terms()`` gives the same loss as tensors for ``gatys`` (the compiled path).
     """
 
     def __init__(self, content_targets: dict[str, torch.Tensor],
-                 style_grams: dict[str, torch.Tensor],
+                 style_targets: dict[str, tuple[torch.Tensor, ...]],
                  content_layer_weights: dict[str, float], style_layer_weights: dict[str, float],
-                 content_weight: float, style_weight: float, tv_weight: float):
+                 content_weight: float, style_weight: float, tv_weight: float,
+                 style_kind: str = "gram"):
         super().__init__()
         self.content_targets = {k: v.float() for k, v in content_targets.items()}
-        self.style_targets = {k: v.float() for k, v in style_grams.items()}
+        self.style_targets = {k: tuple(v) for k, v in style_targets.items()}
+        self.style_kind = style_kind
         self.cw, self.sw = dict(content_layer_weights), dict(style_layer_weights)
         self.alpha, self.beta, self.tv_weight = content_weight, style_weight, tv_weight
-        device = next(iter({**self.content_targets, **self.style_targets}.values()),
-                      torch.zeros(0)).device
+        first = [*self.content_targets.values(), *(t[0] for t in self.style_targets.values())]
+        device = first[0].device if first else torch.device("cpu")
         self.weights = torch.tensor(
             [self.cw[k] for k in self.content_targets] + [self.sw[k] for k in self.style_targets]
             + [content_weight, style_weight, tv_weight], dtype=torch.float32, device=device)
 
-    def terms(self) -> tuple[dict, dict, torch.Tensor, bool]:
-        """(content targets, style targets, weights, use_tv): ``gatys``'s arguments."""
-        return self.content_targets, self.style_targets, self.weights, bool(self.tv_weight)
+    def terms(self) -> tuple[dict, dict, torch.Tensor, bool, str]:
+        """(content targets, style targets, weights, use_tv, style kind): ``gatys``'s
+        arguments."""
+        return (self.content_targets, self.style_targets, self.weights, bool(self.tv_weight),
+                self.style_kind)
 
     def forward(self, features: dict[str, torch.Tensor], pixels: torch.Tensor):
         return gatys(features, pixels, *self.terms())
@@ -188,8 +360,9 @@ class GatysLoss(nn.Module):
     def select(self, rows: torch.Tensor) -> "GatysLoss":
         """The same loss for a subset of the batch: ``rows`` (K,) indexes the images."""
         return GatysLoss({k: t[rows] for k, t in self.content_targets.items()},
-                         {k: t[rows] for k, t in self.style_targets.items()},
-                         self.cw, self.sw, self.alpha, self.beta, self.tv_weight)
+                         {k: tuple(x[rows] for x in t) for k, t in self.style_targets.items()},
+                         self.cw, self.sw, self.alpha, self.beta, self.tv_weight,
+                         self.style_kind)
 
 
 def layer_weights(layers: tuple[str, ...], weights: tuple[float, ...] | None) -> dict[str, float]:

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from stylize.common import StylizeError
 from stylize.config import CONV_NAMES, LAYER_NAMES, TAP_NAMES  # noqa: F401 (the names)
 
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
@@ -27,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ReadBytes = Callable[[str], bytes]
 
 
-class WeightsError(RuntimeError):
+class WeightsError(StylizeError, RuntimeError):
     """Weights could not be had. The message names the source and what to do instead."""
 
 

@@ -29,11 +29,12 @@ def network(model, pixels: torch.Tensor, taps: Sequence[str], amp: torch.dtype |
 
 def evaluate(model, pixels: torch.Tensor, taps: tuple[str, ...],
              content_targets: dict, style_targets: dict, weights: torch.Tensor, use_tv: bool,
-             amp: torch.dtype | None, layout: torch.memory_format) -> tuple[torch.Tensor, ...]:
+             style_kind: str, amp: torch.dtype | None,
+             layout: torch.memory_format) -> tuple[torch.Tensor, ...]:
     """(total, content, style, tv), each (B,), of pixels (B, 3, H, W) in 0..255: the
     ``network`` features, the losses in fp32 (losses.gatys)."""
     feats = network(model, pixels, taps, amp, layout)
-    return gatys(feats, pixels, content_targets, style_targets, weights, use_tv)
+    return gatys(feats, pixels, content_targets, style_targets, weights, use_tv, style_kind)
 
 
 class Objective:
@@ -42,8 +43,8 @@ class Objective:
 
     The batch dimension of every input is marked dynamic: one graph serves every batch of 2
     or more images (images that stop early leave the batch), one more serves a batch of 1.
-    Each image shape (height, width) and tap set builds its own; the layer weights, alpha,
-    beta and the TV weight are a tensor input, so a sweep over them builds none.
+    Each image shape (height, width), tap set and style loss builds its own; the layer
+    weights, alpha, beta and the TV weight are a tensor input, so a sweep over them builds none.
     """
 
     def __init__(self, model: torch.nn.Module, amp: torch.dtype | None,
@@ -58,13 +59,13 @@ class Objective:
 
     def __call__(self, pixels: torch.Tensor, loss: GatysLoss,
                  taps: Sequence[str]) -> tuple[torch.Tensor, ...]:
-        content, style, weights, use_tv = loss.terms()
-        args = (self.model, pixels, tuple(taps), content, style, weights, use_tv, self.amp,
-                self.layout)
+        content, style, weights, use_tv, kind = loss.terms()
+        args = (self.model, pixels, tuple(taps), content, style, weights, use_tv, kind,
+                self.amp, self.layout)
         if self._compiled is None or not torch.is_grad_enabled():
             return evaluate(*args)
         if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
-            for t in (pixels, *content.values(), *style.values()):
+            for t in (pixels, *content.values(), *(x for t in style.values() for x in t)):
                 torch._dynamo.mark_dynamic(t, 0)
         try:
             return self._compiled(*args)

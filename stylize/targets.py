@@ -1,5 +1,10 @@
-"""The style-target cache: Gram targets per (style key, size), least recently used dropped
-first once they pass a byte limit."""
+"""The style-target cache: style targets per (style key, size, style loss), least recently used
+dropped first once they pass a byte limit.
+
+An entry maps each style layer to the tuple of tensors its style loss compares with
+(losses.STYLE_KINDS): the Gram matrix for ``gram``; mean, covariance, its square root and two
+scalars for ``wasserstein2``; mean, standard deviation and two scalars for ``mean_std``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ import torch
 
 DEFAULT_CPU_CACHE_BYTES = 1 << 30  # style targets kept on a CPU (a GPU: a tenth of its memory)
 
+Target = tuple[torch.Tensor, ...]  # one layer's, what its style loss takes after the features
+
 
 class TargetCache:
-    """Style Gram targets, least recently used dropped first once they pass ``limit`` bytes.
+    """Style targets, least recently used dropped first once they pass ``limit`` bytes.
 
     ``computed`` counts the targets computed (per style key), ``hits``/``misses`` the lookups:
     with a style per shard, a style's targets are computed once per worker and size.
@@ -23,9 +30,10 @@ class TargetCache:
         self.nbytes = 0
         self.hits = self.misses = 0
         self.computed: dict[str, int] = {}
-        self._entries: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._entries: OrderedDict[tuple, dict[str, Target]] = OrderedDict()
 
-    def get(self, key: tuple, layers: Sequence[str]) -> dict[str, torch.Tensor] | None:
+    def get(self, key: tuple, layers: Sequence[str]) -> dict[str, Target] | None:
+        """The entry of ``key`` = (style key, side, style loss) if it has every layer."""
         entry = self._entries.get(key)
         if entry is None or any(layer not in entry for layer in layers):
             self.misses += 1
@@ -34,10 +42,10 @@ class TargetCache:
         self.hits += 1
         return entry
 
-    def put(self, key: tuple, grams: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def put(self, key: tuple, targets: dict[str, Target]) -> dict[str, Target]:
         old = self._entries.pop(key, {})
         self.nbytes -= _nbytes(old)
-        entry = {**old, **grams}
+        entry = {**old, **targets}
         self._entries[key] = entry
         self.nbytes += _nbytes(entry)
         self.computed[key[0]] = self.computed.get(key[0], 0) + 1
@@ -60,5 +68,5 @@ class TargetCache:
                 "max_computed_per_style": max(self.computed.values(), default=0)}
 
 
-def _nbytes(grams: dict[str, torch.Tensor]) -> int:
-    return sum(g.numel() * g.element_size() for g in grams.values())
+def _nbytes(targets: dict[str, Target]) -> int:
+    return sum(t.numel() * t.element_size() for parts in targets.values() for t in parts)

@@ -49,6 +49,28 @@ def gram_distance(model, image: torch.Tensor, style: torch.Tensor) -> float:
     return sum(per_layer) / len(per_layer)
 
 
+def w2_distance(model, image: torch.Tensor, style: torch.Tensor) -> float:
+    """Squared 2-Wasserstein distance between the Gaussians of the features of image and style
+    (means, covariances), in float64, averaged over GRAM_LAYERS; per layer divided by the
+    style's mean squared activation times the channels, so every layer counts alike. The
+    test's own formula (eigendecompositions), not the engine's loss."""
+    def sqrtm(a):
+        lam, vec = torch.linalg.eigh((a + a.T) / 2)
+        return vec @ torch.diag(lam.clamp_min(0).sqrt()) @ vec.T
+
+    with torch.no_grad():
+        fi = model(image[None].float())
+        fs = model(style[None].float())
+    per_layer = []
+    for k in GRAM_LAYERS:
+        x, y = (f[0].flatten(1).double() for f in (fi[k], fs[k]))  # (C, HW)
+        sx, sy = torch.cov(x, correction=0), torch.cov(y, correction=0)
+        root = sqrtm(sy)
+        d2 = (x.mean(1) - y.mean(1)).pow(2).sum() + (sx + sy - 2 * sqrtm(root @ sx @ root)).trace()
+        per_layer.append((d2 / y.pow(2).mean(1).sum()).item())
+    return sum(per_layer) / len(per_layer)
+
+
 def per_image_features(stylizer) -> None:
     """Make ``stylizer`` run its network one image at a time (same maths, batch-invariant).
 

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.cli import main
 from stylize.cli import main as engine_only_main
+from stylize.config import STYLE_LOSSES
 from stylize.images import decode_image
 from stylize.model import load_caffe_state
 
@@ -51,6 +52,25 @@ def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
     assert decode_image(out.read_bytes()).size == (40, 30)
     snapshots = sorted(p.name for p in tmp_path.glob("blend_*.png"))
     assert snapshots == ["blend_00002.png", "blend_00004.png", "blend_00006.png"]
+
+
+def test_style_loss_and_a_scale_schedule(tmp_path, capsys):
+    out = tmp_path / "w2.png"
+    rc, stdout, err = run(capsys, "--content", CONTENT, "--style", STYLE, "-o", str(out),
+                          "--style-loss", "wasserstein2", "--scales", "20:2,40:3",
+                          "--save-every", "1", *FAST)
+    assert rc == 0, err
+    assert decode_image(out.read_bytes()).size == (40, 30)
+    assert "5 iterations" in stdout  # 2 at 20 px, then 3 at 40 px (not --iterations 3 each)
+    snapshots = sorted(p.name for p in tmp_path.glob("w2_*.png"))
+    assert snapshots == [f"w2_{i:05d}.png" for i in range(1, 6)]
+
+
+def test_help_lists_the_style_losses(capsys):
+    assert main(["image", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--style-loss LOSS {' | '.join(STYLE_LOSSES)}:" in text
+    assert "SIDE:ITERATIONS pairs" in text
 
 
 def test_weights_from_an_fsspec_url(tmp_path, capsys):
@@ -117,6 +137,11 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     ("negative", ["--style-weight", "-1"], "--style-weight: must be >= 0"),
     ("layer", ["--style-layers", "relu9_1"], "--style-layers: unknown layer 'relu9_1'"),
     ("scales", ["--scales", "1.0,0.5"], "--scales: increasing fractions"),
+    ("pairs", ["--scales", "40:2,20:3"], "--scales: [side, iterations] pairs need increasing"),
+    ("lastside", ["--scales", "20:2,30:3"], "--scales: the last side (30) is the output's, but "
+     "size is 40"),
+    ("styleloss", ["--style-loss", "sliced"],
+     "--style-loss: 'sliced' is not allowed; allowed: gram, wasserstein2, mean_std"),
     ("device", ["--device", "cuda"], "--device: cuda is not available"),
     ("weights", ["--weights", "{tmp}/none.pth"], "none.pth"),
     ("format", ["-o", "{tmp}/out.gif"], "--output: "),

@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from stylize import config
-from stylize.config import (OPTIMIZERS, POOLINGS, PRESERVE_COLORS, PRESETS, ConfigError,
-                            StyleConfig, config_from_mapping, resolve_config)
+from stylize.config import (OPTIMIZERS, POOLINGS, PRESERVE_COLORS, PRESETS, STYLE_LOSSES,
+                            ConfigError, StyleConfig, config_from_mapping, resolve_config)
 from stylize.losses import layer_weights
 from stylize.model import TAP_NAMES
 
@@ -24,6 +24,13 @@ def test_every_preset_resolves(name):
     assert cfg.preset == name
     for option, value in PRESETS[name].items():
         assert getattr(cfg, option) == value, option
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_keeps_the_papers_gram_loss_and_one_scale(name):
+    cfg = resolve_config(name)
+    assert cfg.style_loss == "gram" and cfg.scales == (1.0,)
+    assert cfg.schedule == ((1.0, cfg.iterations),)
 
 
 def test_default_preset_is_gatys2016():
@@ -131,6 +138,7 @@ def test_config_is_frozen():
     ("device", "tpu", config.DEVICES),
     ("style_layers", ("relu9_1",), TAP_NAMES),
     ("content_layers", ("fc7",), TAP_NAMES),
+    ("style_loss", "sliced", STYLE_LOSSES),
 ])
 def test_bad_choice_names_the_option_and_lists_the_allowed_values(option, value, allowed):
     with pytest.raises(ConfigError) as err:
@@ -172,6 +180,54 @@ def test_negative_weights_are_refused(option):
 def test_bad_scales(scales):
     with pytest.raises(ConfigError, match="--scales"):
         resolve_config(scales=scales)
+
+
+@pytest.mark.parametrize("value", [
+    ((256, 400), (512, 150)), [[256, 400], [512, 150]], "256:400,512:150", "256:400 512:150",
+    "[[256, 400], [512, 150]]", [["256", "400"], [512.0, 150]]])
+def test_scales_as_side_and_iterations_pairs(value):
+    cfg = resolve_config(scales=value)
+    assert cfg.scales == ((256, 400), (512, 150))
+    assert cfg.size == 512  # the default, and the last side
+    assert cfg.schedule == ((0.5, 400), (1.0, 150))
+    assert config_from_mapping(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["scales"] == [[256, 400], [512, 150]]
+
+
+def test_pairs_set_the_size_when_it_is_not_given():
+    cfg = resolve_config("fast", scales="128:50,256:20")
+    assert cfg.size == 256 and cfg.schedule == ((0.5, 50), (1.0, 20))
+    assert config_from_mapping({"scales": [[100, 3], [300, 4]]}).size == 300
+    assert resolve_config(scales="128:50,256:20", size=256).size == 256
+    with pytest.raises(ConfigError, match=r"^--scales: the last side \(256\) .* size is 512"):
+        resolve_config(scales="128:50,256:20", size=512)
+    with pytest.raises(ConfigError, match="--scales: the last side"):
+        resolve_config(size=512).replace(scales=((128, 5), (256, 5)))
+
+
+def test_fractions_keep_their_form_and_meaning():
+    cfg = resolve_config(scales="0.25,0.5,1", iterations=7, size=64)
+    assert cfg.scales == (0.25, 0.5, 1.0) and cfg.size == 64
+    assert cfg.schedule == ((0.25, 7), (0.5, 7), (1.0, 7))
+    assert cfg.to_dict()["scales"] == [0.25, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("value, message", [
+    ([[512, 1], [256, 2]], "increasing sides"),
+    ([[256, 1], [256, 2]], "increasing sides"),
+    ([[8, 1], [512, 2]], "sides >= 16 pixels and iterations >= 1"),
+    ([[256, 0], [512, 2]], "sides >= 16 pixels and iterations >= 1"),
+    ([[256, 4], 1.0], "or [side, iterations] pairs"),
+    ([[256, 4, 2]], "or [side, iterations] pairs"),
+    ([[256.5, 4]], "or [side, iterations] pairs"),
+    ("256:x,512:2", "or [side, iterations] pairs"),
+    ("[[256, 4]", "or [side, iterations] pairs"),
+])
+def test_bad_scale_pairs_are_one_line_naming_scales(value, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_config(scales=value)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("--scales: ") and message in text
 
 
 @pytest.mark.parametrize("option, value", [

@@ -13,8 +13,9 @@ from PIL import Image
 
 from engine_helpers import (  # noqa: F401 (fixtures)
     GRAM_LAYERS, engines, gram_distance, per_image_features, reuse_caffe_weights, sample,
-    sample_exact, sample_path)
-from stylize.config import resolve_config
+    sample_exact, sample_path, w2_distance)
+from stylize.canvas import start_noise
+from stylize.config import STYLE_LOSSES, resolve_config
 from stylize.api import stylize
 from stylize.engine import ItemResult, StepInfo, Style, Stylizer
 from stylize.common import write_atomic
@@ -90,6 +91,68 @@ def test_output_moves_to_the_style_in_a_fixed_feature_space(engines):
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.parametrize("init", ["noise", "content"])
+def test_wasserstein2_moves_the_output_to_the_style_in_w2(engines, init):
+    """With style_loss wasserstein2 the output's W2 distance to the style (the test's own
+    formula, a network the engine does not use) falls from the start's."""
+    st = engines(init=init, iterations=30, size=48, style_loss="wasserstein2")
+    content = sample("tubingen", 48)  # 48 x 36
+    style = sample("starry_night", 48)
+    rec = Recorder()
+    (result,) = st.stylize_batch([content], [Style("starry48", (style,))], rec)
+    assert result.total_loss < 0.5 * rec.steps[0].losses[0]
+    judge, _ = build_vgg("caffe", GRAM_LAYERS, "max")
+    start = start_noise(st.cfg, *content.shape[-2:]) if init == "noise" else content
+    before = w2_distance(judge, start, style)
+    after = w2_distance(judge, result.image, style)
+    assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+def test_every_style_loss_lowers_its_loss_and_reports_it(engines, starry, kind):
+    st = engines(init="content", iterations=10, size=32, style_loss=kind)
+    rec = Recorder()
+    (result,) = st.stylize_batch([sample_exact("tubingen", H, W)], [starry], rec)
+    assert result.style_loss > 0 and result.total_loss < rec.steps[0].losses[0]
+    assert result.total_loss == pytest.approx(
+        st.cfg.content_weight * result.content_loss + st.cfg.style_weight * result.style_loss,
+        rel=1e-4)
+
+
+def test_style_targets_are_cached_per_style_loss(engines, starry):
+    st = engines(size=32)
+    before = dict(st.targets.computed)
+    gram = st.style_targets(starry, 32)
+    w2 = st.style_targets(starry, 32, options=st.cfg.replace(style_loss="wasserstein2"))
+    again = st.style_targets(starry, 32, options=st.cfg.replace(style_loss="wasserstein2"))
+    assert again is w2 and gram is not w2
+    assert st.targets.computed["starry"] - before.get("starry", 0) <= 2
+    c = gram["relu1_1"][0].shape[0]
+    mean, cov, root, eps, scale = w2["relu1_1"]
+    assert mean.shape == (c,) and cov.shape == root.shape == (c, c) and eps.shape == ()
+    torch.testing.assert_close(root @ root, cov, rtol=1e-9, atol=1e-9 * cov.abs().max().item())
+    m2 = cov - eps * torch.eye(c, dtype=cov.dtype) + torch.outer(mean, mean)
+    # the Gram matrix is the second moment over C, in fp32
+    torch.testing.assert_close(m2.float() / c, gram["relu1_1"][0], rtol=1e-4, atol=1e-4)
+
+
+def test_blended_gaussian_targets_are_the_pooled_features_moments(engines):
+    """A blend of a style with itself is that style; the blend of two is the moments of their
+    features pooled (weighted), not the mean of their covariances."""
+    a, b = sample("starry_night", 48), sample("the_scream", 48)
+    st = engines(size=32, style_loss="mean_std")
+    one = st.style_targets(Style("a", (a,)), 32)
+    twice = st.style_targets(Style("a+a", (a, a), (1.0, 3.0)), 32)
+    just_b = st.style_targets(Style("b", (b,)), 32)
+    both = st.style_targets(Style("a+b", (a, b)), 32)
+    for layer in GRAM_LAYERS:
+        torch.testing.assert_close(twice[layer], one[layer])
+        (ma, sa, *_), (mb, sb, *_), (m, s, *_) = one[layer], just_b[layer], both[layer]
+        torch.testing.assert_close(m, (ma + mb) / 2)
+        second = ((sa.pow(2) + ma.pow(2)) + (sb.pow(2) + mb.pow(2))) / 2  # E[x^2] + eps
+        torch.testing.assert_close(s.pow(2), second - m.pow(2), rtol=1e-6, atol=1e-6)
+
+
 # -------------------------------------------------------------------- batch independence
 
 def _alone_and_batched(st: Stylizer):
@@ -107,10 +170,11 @@ def _assert_same(alone: list[ItemResult], batched: list[ItemResult]) -> None:
         assert b.total_loss == pytest.approx(a.total_loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
-def test_batch_of_three_equals_each_alone(optimizer):
+@pytest.mark.parametrize("optimizer, kind", [("lbfgs", "gram"), ("adam", "gram"),
+                                             ("lbfgs", "wasserstein2")])
+def test_batch_of_three_equals_each_alone(optimizer, kind):
     st = Stylizer(resolve_config(device="cpu", optimizer=optimizer, init="content",
-                                 iterations=10, size=32))
+                                 iterations=10, size=32, style_loss=kind))
     alone, batched = _alone_and_batched(st)
     assert all(r.iterations == 10 for r in batched)
     _assert_same(alone, batched)
@@ -187,15 +251,41 @@ def test_multiscale_returns_full_size_and_counts_every_scale(engines):
     assert fine_start != pytest.approx(rec1.steps[0].losses[0], rel=1e-3)
 
 
+def test_a_scale_schedule_runs_each_scale_for_its_own_iterations(engines):
+    """scales as (longest side, iterations) pairs: 24 px for 3 steps, then 48 px for 5."""
+    st = engines(init="content", size=48, scales=((24, 3), (48, 5)), log_every=1)
+    assert st.cfg.schedule == ((0.5, 3), (1.0, 5))
+    rec = Recorder()
+    content = sample_exact("tubingen", 32, 48)
+    scream = Style("scream", (sample("the_scream", 96),))
+    (result,) = st.stylize_batch([content], [scream], rec)
+    assert result.image.shape == (3, 32, 48)
+    assert result.iterations == 8
+    by_scale = {}
+    for s in rec.steps:
+        by_scale.setdefault(s.scale, []).append((s.step, s.steps, tuple(s.pixels.shape), s.scales))
+    assert [max(v) for v in by_scale.values()] == [(3, 3, (1, 3, 16, 24), 2),
+                                                   (5, 5, (1, 3, 32, 48), 2)]
+    # the same as the fractions 0.5, 1.0 when the iterations are equal; an override of the
+    # call's iterations applies to every scale
+    pairs = engines(init="content", size=48, scales="24:4,48:4")
+    fractions = engines(init="content", size=48, scales=(0.5, 1.0), iterations=4)
+    (a,) = pairs.stylize_batch([content], [scream])
+    (b,) = fractions.stylize_batch([content], [scream])
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
+    (c,) = st.stylize_batch([content], [scream], iterations=2)
+    assert c.iterations == 4
+
+
 def test_style_scale_changes_the_targets(engines, starry):
     half = engines(style_scale=0.5)
     full = engines()
-    grams_half = half.style_grams(starry, 64)
+    grams_half = half.style_targets(starry, 64)
     # The style is seen at half the content's size: the same as a content of half the size.
-    for layer, g in full.style_grams(starry, 32).items():
-        torch.testing.assert_close(grams_half[layer], g)
-    assert not torch.allclose(grams_half["relu3_1"], full.style_grams(starry, 64)["relu3_1"],
-                              rtol=1e-2)
+    for layer, (g,) in full.style_targets(starry, 32).items():
+        torch.testing.assert_close(grams_half[layer][0], g)
+    assert not torch.allclose(grams_half["relu3_1"][0],
+                              full.style_targets(starry, 64)["relu3_1"][0], rtol=1e-2)
 
 
 def test_init_from_an_image_path(engines, tmp_path):
@@ -228,13 +318,14 @@ def test_noise_init_is_seeded_and_scaled(engines):
 def test_blend_weights(engines):
     a, b = sample("starry_night", 48), sample("the_scream", 48)
     st = engines(init="content", iterations=3, size=32)
-    first_only = st.style_grams(Style("a-only", (a,)), 32)
-    weighted = st.style_grams(Style("a+0b", (a, b), (1.0, 0.0)), 32)
-    equal = st.style_grams(Style("a+b", (a, b), (2.0, 2.0)), 32)
-    just_b = st.style_grams(Style("b", (b,)), 32)
+    first_only = st.style_targets(Style("a-only", (a,)), 32)
+    weighted = st.style_targets(Style("a+0b", (a, b), (1.0, 0.0)), 32)
+    equal = st.style_targets(Style("a+b", (a, b), (2.0, 2.0)), 32)
+    just_b = st.style_targets(Style("b", (b,)), 32)
     for layer in GRAM_LAYERS:
         torch.testing.assert_close(weighted[layer], first_only[layer])
-        torch.testing.assert_close(equal[layer], (first_only[layer] + just_b[layer]) / 2)
+        torch.testing.assert_close(equal[layer][0],
+                                   (first_only[layer][0] + just_b[layer][0]) / 2)
 
     content = sample_exact("tubingen", H, W)
     (r_weighted,) = st.stylize_batch([content], [Style("a,b 1:0", (a, b), (1.0, 0.0))])

@@ -52,14 +52,14 @@ def test_style_targets_are_an_lru_bounded_by_bytes():
     a = Style("a", (sample("starry_night", 48),))
     b = Style("b", (sample("the_scream", 48),))
     for style in (a, a, b, a):
-        st.style_grams(style, 32)
+        st.style_targets(style, 32)
     stats = st.targets.stats()
     assert stats["styles_cached"] == 1  # b was dropped for a
     assert stats["hits"] == 1 and stats["misses"] == 3
     assert st.targets.computed == {"a": 2, "b": 1}
     roomy = Stylizer(resolve_config(**BASE))
     for style in (a, a, b, a):
-        roomy.style_grams(style, 32)
+        roomy.style_targets(style, 32)
     assert roomy.targets.computed == {"a": 1, "b": 1} and roomy.targets.stats()["hits"] == 2
     assert 0 < roomy.targets.nbytes <= roomy.targets.limit
 

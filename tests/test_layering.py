@@ -92,10 +92,91 @@ def test_the_run_folder_names_are_spelled_in_runfolder_alone():
     assert not found, "run folder names spelled outside pipeline/runfolder.py:\n" + "\n".join(found)
 
 
-def test_runfolder_imports_storage_and_the_standard_library_alone():
+def test_runfolder_imports_the_standard_library_alone():
     tree = ast.parse(next(p for p in PIPELINE if p.stem == "runfolder").read_text(encoding="utf-8"))
     modules = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                for a in node.names}
     modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names} == \
-        {"pipeline.storage"}
+    assert {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names} == set()
+
+
+# ----------------------------------------------------------- the pipeline's own layers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function (full dotted names)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for a in node.names}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = {f"{pkg}.{p.stem}": p for pkg in ("pipeline", "stylize")
+            for p in (ROOT / pkg).glob("*.py") if p.stem != "__init__"}
+    return {m: {i for i in _module_imports(p) if i in mods and i != m} for m, p in mods.items()}
+
+
+def test_only_the_ray_executor_imports_ray():
+    users = sorted(p.stem for p in PIPELINE if any(
+        m == "ray" or m.startswith("ray.") for m in _module_imports(p)))
+    assert users == ["raydata", "raypool"] or users == ["raypool"], users
+
+
+@pytest.mark.parametrize("module", ["pipeline.scheduler", "pipeline.rows", "pipeline.items",
+                                    "pipeline.jobconfig", "pipeline.runfolder"])
+def test_policy_rows_items_and_job_model_load_no_storage_table_or_cluster_library(module):
+    code = (f"import sys, {module}; "
+            "print(sorted(m for m in ('fsspec', 'pyarrow', 'ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", f"{module} loads {out}"
+
+
+VIEWS = ("report", "report_pages", "charts", "status", "grid", "sweepgrid")
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_views_read_a_run_folder_never_the_driver(view):
+    imports = _graph()[f"pipeline.{view}"]
+    assert not imports & {"pipeline.driver", "pipeline.finish", "pipeline.raypool",
+                          "pipeline.inline", "pipeline.resume"}, imports
+
+
+def test_no_import_circle():
+    graph = _graph()
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                circles.append(" -> ".join(path[path.index(n):] + [n]) if n in path else n)
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not circles, "\n".join(circles)
+
+
+def test_the_engine_never_imports_the_pipeline():
+    graph = _graph()
+    assert not [(m, i) for m, deps in graph.items() if m.startswith("stylize.")
+                for i in deps if i.startswith("pipeline.")]
+
+
+def test_architecture_doc_names_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = sorted(m for m in _graph() if f"`{m.split('.')[1]}`" not in doc
+                     and f"{m.replace('.', '/')}.py" not in doc)
+    assert not missing, f"docs/architecture.md does not name: {missing}"

@@ -1,12 +1,14 @@
 """The loss and the objective: the Gram loss's one-product gradient against autograd's, its
-split reduction against one product, layouts and dtypes kept, and the compiled objective (network
-and loss as one function) against the eager one, loss and gradient."""
+split reduction against one product, layouts and dtypes kept; each style loss (gram,
+wasserstein2, mean_std) against its formula, its gradient (gradcheck), zero at its target,
+batch-independent; and the compiled objective (network and loss as one function) against the
+eager one, loss and gradient, for each style loss."""
 
 import pytest
 import torch
 
 from stylize import losses
-from stylize.config import resolve_config
+from stylize.config import STYLE_LOSSES, resolve_config
 from stylize.engine import Style, Stylizer
 from stylize.images import decode_image, to_tensor
 from stylize import bench
@@ -80,16 +82,155 @@ def test_bf16_features_keep_dtype_and_accumulate_in_fp32():
     assert ((g.double() - g_ref).norm() / g_ref.norm()) < 1e-2
 
 
+# ------------------------------------------------------------------- every style loss
+
+CPU = torch.device("cpu")
+
+
+def _style_target(kind, style_features, dtype=torch.float64):
+    spec = losses.STYLE_KINDS[kind]
+    return spec.target(spec.statistics(style_features.detach()), CPU, dtype)
+
+
+def _sqrtm(a):
+    """Symmetric PSD square root, float64 (the test's own, independent of the engine's)."""
+    lam, vec = torch.linalg.eigh((a + a.mT) / 2)
+    return vec @ torch.diag_embed(lam.clamp_min(0).sqrt()) @ vec.mT
+
+
+def reference_style_loss(kind, f, g):
+    """The loss of features f against style features g, (B, C, H, W) each, from the formulas
+    (docs/engine.md, "Style losses"), in float64, one image at a time."""
+    out = []
+    for x, y in zip(f.double(), g.double()):
+        c = x.shape[0]
+        x, y = x.reshape(c, -1), y.reshape(c, -1)
+        if kind == "gram":
+            gx, gy = x @ x.T / x.numel(), y @ y.T / y.numel()
+            out.append((gx - gy).pow(2).mean())
+            continue
+        m2 = y @ y.T / y.shape[1]
+        eps = losses.EPS_RELATIVE * m2.diagonal().mean() + 1e-12
+        scale = m2.norm() / c ** 4
+        mx, my = x.mean(1), y.mean(1)
+        sx = torch.cov(x, correction=0) + eps * torch.eye(c, dtype=x.dtype)
+        sy = torch.cov(y, correction=0) + eps * torch.eye(c, dtype=x.dtype)
+        if kind == "mean_std":
+            d2 = (mx - my).pow(2).sum() + (sx.diagonal().sqrt() - sy.diagonal().sqrt()).pow(2).sum()
+        else:
+            root = _sqrtm(sy)
+            d2 = (mx - my).pow(2).sum() + (sx + sy - 2 * _sqrtm(root @ sx @ root)).trace()
+        out.append(scale * d2)
+    return torch.stack(out)
+
+
+def test_style_kinds_are_the_configs_choices():
+    assert tuple(losses.STYLE_KINDS) == STYLE_LOSSES
+
+
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_style_loss_is_its_formula_and_its_gradient_is_right(kind, layout):
+    f = _features(layout, shape=(3, 6, 5, 4))
+    g = _features(torch.contiguous_format, shape=(3, 6, 7, 5), seed=5)  # another size: fine
+    target = _style_target(kind, g)
+    loss = losses.STYLE_KINDS[kind].loss
+    ours = loss(f, *target)
+    assert ours.shape == (3,) and ours.dtype == torch.float64
+    torch.testing.assert_close(ours, reference_style_loss(kind, f.detach(), g), rtol=1e-9, atol=0)
+    assert torch.autograd.gradcheck(lambda x: loss(x, *target), (f,))
+    (grad,) = torch.autograd.grad(ours.sum(), f)
+    assert grad.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+def test_style_loss_is_zero_at_its_target_and_positive_away(kind):
+    g = _features(torch.contiguous_format, shape=(2, 8, 6, 5), seed=3)
+    target = _style_target(kind, g)
+    loss = losses.STYLE_KINDS[kind].loss
+    away = loss(_features(torch.contiguous_format, shape=(2, 8, 6, 5), seed=4).detach(), *target)
+    assert (away > 0).all()
+    at = loss(g.detach(), *target)
+    assert (at.abs() < 1e-9 * away).all()
+    # the same positions in another order, and the same features in fp32 (the engine's
+    # statistics): still at the target, to rounding
+    shuffled = g.detach().flip(-1).transpose(-1, -2).contiguous()
+    assert (loss(shuffled, *target).abs() < 1e-9 * away).all()
+    target32 = _style_target(kind, g.float())
+    at32 = loss(g.detach().float(), *target32)
+    assert at32.dtype == torch.float32 and (at32.abs() < 1e-4 * away).all()
+
+
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+def test_style_loss_of_a_batch_is_each_image_alone(kind):
+    f = _features(torch.channels_last, shape=(3, 8, 6, 5))
+    g = _features(torch.contiguous_format, shape=(3, 8, 6, 5), seed=7)
+    target = _style_target(kind, g)
+    loss = losses.STYLE_KINDS[kind].loss
+    batch = loss(f, *target)
+    (g_batch,) = torch.autograd.grad(batch.sum(), f)
+    for i in range(3):
+        fi = f.detach()[i:i + 1].clone().requires_grad_(True)
+        alone = loss(fi, *(t[i:i + 1] for t in target))
+        (g_alone,) = torch.autograd.grad(alone.sum(), fi)
+        torch.testing.assert_close(alone, batch[i:i + 1], rtol=1e-12, atol=0)
+        torch.testing.assert_close(g_alone, g_batch[i:i + 1], rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["wasserstein2", "mean_std"])
+def test_gaussian_losses_are_finite_on_degenerate_features(kind):
+    """More channels than positions (a deep layer at a small size), a dead channel, a constant
+    image: covariances of low rank, zero variances. The loss and its gradient stay finite."""
+    g = _features(torch.contiguous_format, shape=(2, 16, 2, 2), seed=1).detach()
+    g[:, 3] = 0  # a channel dead in the style
+    f = _features(torch.contiguous_format, shape=(2, 16, 2, 2), dtype=torch.float32)
+    with torch.no_grad():
+        f[0] = 1.0  # one image constant: every variance 0
+        f[1, 5] = 0
+    for dtype in (torch.float64, torch.float32):
+        target = _style_target(kind, g.float(), dtype)
+        loss = losses.STYLE_KINDS[kind].loss(f, *target)
+        (grad,) = torch.autograd.grad(loss.sum(), f)
+        assert torch.isfinite(loss).all() and (loss > 0).all()
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["wasserstein2", "mean_std"])
+def test_gaussian_losses_of_bf16_features_keep_dtype_and_layout(kind):
+    f64 = _features(torch.channels_last, torch.float64, shape=(2, 16, 12, 10))
+    f = f64.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    f.requires_grad_(True)
+    g = _features(torch.contiguous_format, torch.float32, shape=(2, 16, 9, 9), seed=2)
+    target = _style_target(kind, g)
+    loss = losses.STYLE_KINDS[kind].loss(f, *target)
+    assert loss.dtype == torch.float32
+    (grad,) = torch.autograd.grad(loss.sum(), f)
+    assert grad.dtype == torch.bfloat16 and grad.is_contiguous(memory_format=torch.channels_last)
+    ref_f = f.detach().double().requires_grad_(True)
+    ref = losses.STYLE_KINDS[kind].loss(ref_f, *target)
+    (g_ref,) = torch.autograd.grad(ref.sum(), ref_f)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+    assert ((grad.double() - g_ref).norm() / g_ref.norm()) < 1e-2
+
+
+def test_gram_statistics_and_target_are_the_gram_matrix():
+    f = _features(torch.contiguous_format, torch.float32)
+    (t,) = _style_target("gram", f, torch.float64)
+    assert t.dtype == torch.float32  # the Gram loss's targets stay fp32, as before
+    torch.testing.assert_close(t, losses.gram(f.detach()), rtol=0, atol=0)
+
+
 def _engine_inputs(n=2, size=32):
     contents = [bench.square(r, size) for r in bench.sample_bytes(n)]
     style = Style("starry", (to_tensor(decode_image(bench.sample_bytes(6)[-1])),))
     return contents, style
 
 
-def test_compiled_objective_equals_eager_loss_and_gradient():
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+def test_compiled_objective_equals_eager_loss_and_gradient(kind):
     pytest.importorskip("torch._inductor")
     contents, style = _engine_inputs(3)
-    cfg = resolve_config(size=32, device="cpu", compile=True, tv_weight=1e-3)
+    cfg = resolve_config(size=32, device="cpu", compile=True, tv_weight=1e-3, style_loss=kind)
     engine = Stylizer(cfg)
     content = torch.stack(contents)
     loss = engine.loss_for(content, [style] * 3)

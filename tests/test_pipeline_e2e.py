@@ -26,7 +26,8 @@ def job(tmp_path_factory):
     config = {"input": str(root / "photos"),
               "styles": [str(sample("starry_night")), str(sample("shipwreck"))],
               "output": str(root / "out"), "stylize": TINY, "shard_size": 2,
-              "ray": {"num_workers": 2}, "grid": {"cell_size": 48}}
+              "ray": {"num_workers": 2}, "grid": {"cell_size": 48},
+              "extensions": "all"}  # notes.txt too: a non-image as a failed row
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, root / "out"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from conftest import sample
-from pipeline.grid import page_size, write_grids
+from pipeline.grid import EMPTY, page_size, write_grids
 from pipeline.items import Content, StyleRef
 from pipeline.jobconfig import GridConfig
 
@@ -56,3 +56,65 @@ def test_large_grids_are_paginated(tmp_path):
     sizes = [Image.open(u).size for u in uris]
     assert sizes == [page_size(2, 2, 32), page_size(2, 1, 32), page_size(1, 2, 32),
                      page_size(1, 1, 32)]
+
+
+def _tiles(img: Image.Image, rows: int, cols: int, cell: int) -> list[list[str]]:
+    """Each tile as "blank" (white, caption band included), "grey" (a placeholder) or
+    "image"."""
+    pad, label = max(4, cell // 32), max(12, cell // 14) + max(4, cell // 32)
+    out = []
+    for r in range(rows):
+        line = []
+        for c in range(cols):
+            x, y = pad + c * (cell + pad), pad + r * (cell + label + pad)
+            box = img.crop((x, y, x + cell, y + cell + label))
+            line.append("blank" if box.getextrema() == ((255, 255), (255, 255), (255, 255))
+                        else "grey" if img.getpixel((x + 2, y + 2)) == EMPTY else "image")
+        out.append(line)
+    return out
+
+
+def test_a_job_of_assigned_pairs_draws_strips_of_those_alone(tmp_path):
+    """assign: {random: k} / column: a line per content of its assigned styles (original,
+    result); pairs never assigned are not drawn; "missing" only for an assigned pair
+    without a row."""
+    contents, styles, rows = _setup(tmp_path, 3, 3)
+    c0, c1, c2 = (c.uri for c in contents)
+    # content 0: s0 and s2; content 1: s1 (failed_oom); content 2: s2, whose row is gone
+    assigned = {(c0, "s0"), (c0, "s2"), (c1, "s1"), (c2, "s2")}
+    rows = [r for r in rows if (r["content_uri"], r["style"]) in assigned - {(c2, "s2")}]
+    rows.append({**rows[-1], "content_uri": c1, "style": "s1", "status": "failed_oom"})
+    uris = write_grids(str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {},
+                       assigned=assigned)
+    assert uris == [str(tmp_path / "grid.png")]
+    img = Image.open(uris[0]).convert("RGB")
+    # 3 lines; the widest holds 2 pairs: content + 2 x (style, result)
+    assert img.size == page_size(2, 4, 64)
+    assert _tiles(img, 3, 5, 64) == [
+        ["image"] * 5,  # content 0 | s0 | result | s2 | result
+        ["image", "image", "grey", "blank", "blank"],  # s1 failed; nothing after it
+        ["image", "image", "grey", "blank", "blank"],  # s2: assigned, no row: missing
+    ]
+
+
+def test_assigned_pairs_covering_every_pair_keep_the_matrix(tmp_path):
+    contents, styles, rows = _setup(tmp_path, 2, 2)
+    assigned = {(c.uri, s.name) for c in contents for s in styles}
+    (uri,) = write_grids(str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {},
+                         assigned=assigned)
+    assert Image.open(uri).size == page_size(2, 2, 64)
+
+
+def test_strips_of_many_styles_wrap_and_paginate(tmp_path):
+    contents, styles, rows = _setup(tmp_path, 3, 3)
+    assigned = {(contents[0].uri, s.name) for s in styles} | {(contents[2].uri, "s1")}
+    cfg = GridConfig(cell_size=32, rows_per_page=2, cols_per_page=2)
+    uris = write_grids(str(tmp_path), contents, styles, rows, cfg, {}, assigned=assigned)
+    # content 0: s0 s1 | s2 (two lines), content 2: s1; content 1 has no pair: left out
+    assert [u.rsplit("/", 1)[1] for u in uris] == ["grid-001.png", "grid-002.png"]
+    assert [Image.open(u).size for u in uris] == [page_size(1, 4, 32), page_size(0, 2, 32)]
+    # (content 0, s1) is the failed_oom row of _setup; the continued line has no content
+    assert _tiles(Image.open(uris[0]).convert("RGB"), 2, 5, 32) == [
+        ["image", "image", "image", "image", "grey"],
+        ["blank", "image", "image", "blank", "blank"]]
+    assert _tiles(Image.open(uris[1]).convert("RGB"), 1, 3, 32) == [["image"] * 3]

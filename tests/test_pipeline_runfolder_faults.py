@@ -256,7 +256,7 @@ def test_control_characters_in_names_never_make_lines(tmp_path, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "ok.jpg").write_bytes(sample("chelsea").read_bytes())
-    forged = "x.jpg\nstylize: 4 items: 4 ok\x1b[2K\u202e"
+    forged = "x\nstylize: 4 items: 4 ok\x1b[2K\u202e.jpg"
     (inp / forged).write_bytes(b"not an image")
     job, out = _job(tmp_path, input=str(inp))
     code, stdout, stderr = _run(job, capsys)

@@ -26,9 +26,15 @@ def test_folder_is_recursive_keeps_spaces_and_skips_hidden(tmp_path):
     (root / ".DS_Store").write_bytes(b"x")
     (root / ".cache").mkdir()
     (root / ".cache" / "x.jpg").write_bytes(b"x")
-    contents = list_contents(job(input=str(root)))
+    contents = list_contents(job(input=str(root), extensions="all"))
     assert [c.rel for c in contents] == ["a.jpg", "empty.jpg", "notes.txt", "sub dir/my cat.jpg",
                                          "truncated.jpg"]
+    # by default only image files: notes.txt is skipped (with its reason), not an input
+    listing = list_inputs(job(input=str(root)))
+    assert [c.rel for c in listing.contents] == ["a.jpg", "empty.jpg", "sub dir/my cat.jpg",
+                                                 "truncated.jpg"]
+    assert any(s.uri.endswith("notes.txt") and "not an image" in s.reason
+               for s in listing.skipped)
     assert contents[0].uri == str(root / "a.jpg") and contents[0].tag
     only = list_contents(job(input=str(root), extensions=["jpg"]))
     assert "notes.txt" not in [c.rel for c in only]

@@ -9,6 +9,7 @@ import html
 import io
 import logging
 import re
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,7 +25,8 @@ from PIL import Image
 from conftest import TINY, make_inputs, sample
 from pipeline import manifest, report
 from pipeline.charts import bar_chart, log_ticks, nice_ticks
-from pipeline.driver import _report, run_job
+from pipeline.driver import run_job
+from pipeline.finish import write_report
 from pipeline.jobconfig import job_from_mapping
 from pipeline.losstrace import LossTrace, shorten
 from pipeline.runfolder import RunFolder
@@ -64,6 +66,7 @@ class Page(HTMLParser):
     def __init__(self, text: str):
         super().__init__()
         self.refs: list[tuple[str, str]] = []  # (tag, src/href)
+        self.ids: set[str] = set()
         self.counts: dict[str, int] = {}
         self.failures: dict[str, str] = {}  # item id -> the row's text
         self._count: str | None = None
@@ -72,6 +75,8 @@ class Page(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
         for key in ("src", "href"):
             if a.get(key) is not None:
                 self.refs.append((tag, a[key]))
@@ -118,21 +123,28 @@ def test_the_run_writes_the_report(run):
             assert max(img.size) <= report.ReportSettings().thumb_size and img.size[0] > 0
 
 
-def test_every_image_and_link_resolves_inside_the_report(run):
+def test_every_image_and_link_resolves_inside_the_run_folder(run):
+    """Relative links only: pages and thumbnails inside report/, full-size outputs (and
+    contact sheets) one level up; every #fragment names an element of its page."""
     out, _, _ = run
-    root = (out / "report").resolve()
-    seen_img = 0
-    for name, page in pages(out).items():
+    root, run_folder = (out / "report").resolve(), out.resolve()
+    all_pages = pages(out)
+    seen_img = outside = 0
+    for name, page in all_pages.items():
         assert page.refs, name
         for tag, ref in page.refs:
             assert "://" not in ref and not ref.startswith("/"), (name, ref)  # relative only
-            path = ref.split("#", 1)[0]
+            path, _, fragment = ref.partition("#")
+            if fragment:
+                assert fragment in (all_pages[path] if path else page).ids, (name, ref)
             if not path:
                 continue
-            target = (root / path).resolve()
-            assert target.is_relative_to(root) and target.is_file(), (name, tag, ref)
+            target = (root / urllib.parse.unquote(path)).resolve()
+            assert target.is_relative_to(run_folder) and target.is_file(), (name, tag, ref)
+            outside += not target.is_relative_to(root)
             seen_img += tag == "img"
     assert seen_img >= 6 + 6 + 3  # results and their contents on the index and style pages
+    assert outside >= 2 * 6  # each ok result's full size, from the index and its gallery
 
 
 def test_counts_equal_the_manifests(run):
@@ -164,6 +176,80 @@ def test_galleries_show_every_ok_item_with_its_content(run):
             name = f"r-{report.short_hash(r['item_id'])}.{report.THUMB_EXT}"
             assert f'src="thumbs/{name}"' in page and f'src="thumbs/{name}"' in index
         assert f'<a href="style-{i}-1.html">{style}</a>' in index
+
+
+def test_tiles_link_the_full_size_output_and_open_content_style_result(run):
+    """Each tile: a "full size" link to its output file, and a click (#v-ITEM, no script)
+    opens its panel: content, style and result thumbnails side by side, the result linked
+    to the output; closing goes back to the tile."""
+    out, table, _ = run
+    for i, style in enumerate(sorted(STYLES)):
+        text = (out / "report" / f"style-{i}-1.html").read_text()
+        style_thumb = f"s-{report.short_hash(style)}.{report.THUMB_EXT}"
+        ok = table.filter(pc.and_(pc.equal(table["style"], style),
+                                  pc.equal(table["status"], "ok")))
+        for r in ok.to_pylist():
+            item, output = r["item_id"], Path(r["output_uri"])
+            href = "../" + urllib.parse.quote(str(output.relative_to(out)))
+            tile = re.search(rf'<figure class="tile" id="t-{item}".*?</figure>', text).group(0)
+            assert f'href="#v-{item}"' in tile and f'<a class="full" href="{href}">' in tile
+            panel = re.search(rf'<div class="panel" id="v-{item}".*?<p class="muted path">',
+                              text).group(0)
+            thumbs = re.findall(r'<img class="side" src="thumbs/([^"]+)"', panel)
+            assert thumbs == [f"c-{report.short_hash(r['content_uri'])}.{report.THUMB_EXT}",
+                              style_thumb, f"r-{report.short_hash(item)}.{report.THUMB_EXT}"]
+            assert f'<a href="{href}"><img class="side"' in panel  # the result: full size
+            assert f'href="#t-{item}"' in panel
+            assert (out / "report" / urllib.parse.unquote(href)).resolve() == output.resolve()
+    for p in (out / "report").glob("*.html"):
+        assert "<script" not in p.read_text().lower(), p.name
+
+
+def test_a_webdataset_runs_gallery_shows_thumbnails_without_links_into_tars(tmp_path):
+    out, table, _ = real_run(tmp_path, container="webdataset", shard_size=8)
+    assert all("#" in r["output_uri"] for r in table.to_pylist() if r["status"] == "ok")
+    text = (out / "report" / "style-0-1.html").read_text()
+    assert text.count('<figure class="tile"') == 3 and text.count('class="panel"') == 3
+    assert 'class="full"' not in text and "(in its shard tar)" in text
+    assert text.count('<img class="result"') == 3  # the thumbnails, read from the tars
+    for tag, ref in Page(text).refs:
+        assert ".tar" not in ref, ref
+
+
+def test_output_links_are_relative_and_leave_shard_tars_alone():
+    assert report.output_link("s3://b/run", "s3://b/run/starry/a b#1.png") == \
+        "../starry/a%20b%231.png"
+    assert report.output_link("/o", "/o/shards/00003.tar#k0001.png") is None
+    assert report.output_link("/o", "/elsewhere/x.png") is None
+
+
+def test_styles_show_median_content_and_style_losses_with_their_meaning(run):
+    from pipeline.report_pages import _num
+
+    out, table, _ = run
+    index = (out / "report" / "index.html").read_text()
+    for style in STYLES:
+        ok = table.filter(pc.and_(pc.equal(table["style"], style),
+                                  pc.equal(table["status"], "ok")))
+        cells = [_num(float(np.median(ok[c].to_numpy()))) for c in
+                 ("total_loss", "content_loss", "style_loss")]
+        row = re.search(rf'>{style}</a></td>(.*?)</tr>', index).group(1)
+        assert re.findall(r"<td class=n>([^<]*)</td>", row)[3:6] == cells, style
+    assert "median content loss" in index and "median style loss" in index
+    assert ("<b>content loss</b>: how far the result's relu4_2 features are from the "
+            "photo's; <b>style loss</b>: how far its Gram matrices are from the painting's"
+            ) in index
+
+
+def test_the_job_section_lists_the_dataset_settings(run):
+    out, _, _ = run
+    index = (out / "report" / "index.html").read_text()
+    job = re.search(r'<section class="job">.*?</section>', index).group(0)
+    for key, shown in (("input", html.escape(str(out.parent / "in"))),
+                       ("extensions", "the image files Pillow reads"),
+                       ("assign", "every content under every style"),
+                       ("layout", "by_style"), ("container", "files")):
+        assert re.search(rf"<th>{key}</th><td>[^<]*(<code>)?{re.escape(shown)}", job), key
 
 
 def test_loss_traces_are_kept_and_drawn(run):
@@ -262,7 +348,7 @@ def test_report_command_on_a_folder_without_a_run(tmp_path):
 def test_job_key_report_false_writes_none(tmp_path):
     job = job_from_mapping({"input": str(tmp_path), "output": str(tmp_path / "out"),
                             "styles": [str(sample("starry_night"))], "report": False})
-    assert _report(job, manifest.SCHEMA.empty_table(), changed=True) is None
+    assert write_report(job, manifest.SCHEMA.empty_table(), changed=True) is None
     assert not (tmp_path / "out" / "report").exists()
 
 
@@ -275,7 +361,7 @@ def test_a_failing_report_never_fails_the_job(tmp_path, monkeypatch, caplog):
                             "styles": [str(sample("starry_night"))], "ray": {"address": "inline"},
                             "storage_options": {"secret": "hunter2"}})
     with caplog.at_level(logging.WARNING, logger="pipeline.driver"):
-        assert _report(job, manifest.SCHEMA.empty_table(), changed=True) is None
+        assert write_report(job, manifest.SCHEMA.empty_table(), changed=True) is None
     (record,) = caplog.records
     text = record.getMessage()
     assert record.levelno == logging.WARNING and "\n" not in text

@@ -5,13 +5,15 @@ browser is downloaded). Skipped, saying why, only where either cannot be had.
 
 Each page loads with no console error and no failed request, every image has pixels, the
 counts shown are the manifest's, the failures table names the failed item with its message,
-hovering a tile shows its content, and screenshots (not blank) are written next to the run.
+hovering a tile shows its content, clicking it shows content, style and result side by side,
+and screenshots (not blank) are written next to the run.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,35 @@ def test_hovering_a_tile_shows_its_content(run, browser):
     page.wait_for_timeout(400)
     page.screenshot(path=shots / "style-0.png", full_page=True)
     not_blank(shots / "style-0.png")
+    assert problems == []
+    page.close()
+
+
+def test_clicking_a_tile_shows_content_style_and_result_side_by_side(run, browser):
+    """No script: the tile's link names its panel (#v-ITEM), which CSS shows (:target);
+    the close link goes back to the tile and hides it."""
+    out, _, shots = run
+    page, problems = open_page(browser, out / "report" / "style-0-1.html")
+    tile = page.locator("figure.tile").first
+    item = tile.get_attribute("id")[len("t-"):]
+    panel = page.locator(f"#v-{item}")
+    assert not panel.is_visible()
+    tile.locator("a.pics").click()
+    assert panel.is_visible()
+    boxes = [panel.locator(".three figure").nth(k).bounding_box() for k in range(3)]
+    assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"]  # side by side, in one row
+    assert abs(boxes[0]["y"] - boxes[2]["y"]) < 2
+    captions = panel.locator(".three figcaption").all_inner_texts()
+    assert [c.split(":")[0].split(" ")[0] for c in captions] == ["content", "style", "result"]
+    shown = panel.locator("img").evaluate_all(
+        "els => els.map(e => e.complete && e.naturalWidth > 0)")
+    assert shown == [True, True, True]
+    page.screenshot(path=shots / "panel.png")
+    not_blank(shots / "panel.png")
+    full = panel.locator(".three figure").nth(2).locator("a").first.get_attribute("href")
+    assert (out / "report" / urllib.parse.unquote(full)).resolve().is_file()
+    panel.locator("a.close").click()
+    assert not panel.is_visible()
     assert problems == []
     page.close()
 
