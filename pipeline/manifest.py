@@ -309,13 +309,7 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16,
     folder = RunFolder(output)
 
     def one(shard: int) -> pa.Table | None:
-        uri = folder.part(shard)
-        data = storage.read_bytes(uri, options)
-        try:
-            return _read_parquet(data)
-        except _DECODE_ERRORS as e:
-            _damaged(damage, uri, _why(e), "its items are computed again")
-            return None
+        return _read_checked(folder.part(shard), options, damage, "its items are computed again")
 
     def read(group: Sequence[int]) -> pa.Table:  # a few parts as one block (less memory)
         tables = [t for i in group if (t := one(i)) is not None]
@@ -339,11 +333,18 @@ def read_manifest(output: str, options: Mapping[str, Any],
     uri = RunFolder(output).manifest_file
     if not storage.exists(uri, options):
         return None
+    return _read_checked(uri, options, damage, "written again from the parts")
+
+
+def _read_checked(uri: str, options: Mapping[str, Any], damage: Damage | None,
+                  then: str) -> pa.Table | None:
+    """Manifest rows of the Parquet file ``uri``; None when it is damaged (given to
+    ``damage`` with ``then``). Storage errors are raised: they are not damage."""
     data = storage.read_bytes(uri, options)
     try:
         return _read_parquet(data)
     except _DECODE_ERRORS as e:
-        _damaged(damage, uri, _why(e), "written again from the parts")
+        _damaged(damage, uri, _why(e), then)
         return None
 
 

@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Throughput: start from the content, stop each image once its loss improves by less
     # than 2% over 20 steps. On 8 images at 64 px that happened after 279-347 steps (mean
-    # 315) at 1.11x the loss of all 500 (README, "Presets").
+    # 315) at 1.11x the loss of all 500 (docs/engine.md, "Presets").
     "fast": dict(
         iterations=500, init="content", early_stopping=True, tolerance=2e-2, window=20,
         pooling="max",
@@ -142,7 +142,7 @@ NETWORK_OPTIONS = tuple(NetworkOptions.model_fields)  # the options that build t
 class StyleConfig(BaseModel):
     """Everything the engine needs to stylize one image. Defaults are the ``gatys2016`` preset.
 
-    Loss normalisation (see README, "Losses"): content loss is the mean squared error of the
+    Loss normalisation (see docs/engine.md, "Losses"): content loss is the mean squared error of the
     features; a Gram matrix is F F^T / (C H W); the style loss of a layer is the mean squared
     error of the Gram matrices. ``style_weight / content_weight`` is then the paper's beta/alpha.
     """
@@ -187,7 +187,7 @@ class StyleConfig(BaseModel):
     init: str = Field("noise", min_length=1, description="noise | content | path of an image")
     # The paper starts from white noise; white noise of std 0.1 * 255 was still half there
     # after 300-500 L-BFGS steps, as fine colour speckle. Smooth noise of std 0.03 * 255 ends
-    # at the same loss without it (README, "Picture quality"); white, 0.1 is the old start.
+    # at the same loss without it (docs/engine.md, "Picture quality"); white, 0.1 is the old start.
     noise_scale: NonNegative = Field(0.03, description=(
         "std of the initial noise around mid-grey, as a fraction of 255"))
     noise_spectrum: Literal[tuple(NOISE_SPECTRA)] = Field("smooth", description=(
@@ -196,7 +196,7 @@ class StyleConfig(BaseModel):
     lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description=(
         "null: 1.0 for lbfgs, 10.0 (pixel units) for adam"))
     # L-BFGS pairs kept per image. The paper does not say; 20 reaches the same losses as 100
-    # at 128 px / 200 steps (README, "Losses") and reads 5x less memory per step.
+    # at 128 px / 200 steps (docs/engine.md, "Losses") and reads 5x less memory per step.
     history_size: Positive = Field(20, description="L-BFGS pairs kept per image")
     margin: float = Field(0.0, ge=0, le=0.25, description=(
         "optimised around the picture, then cropped: fraction of the longest side"))

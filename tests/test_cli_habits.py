@@ -11,6 +11,7 @@ from importlib import metadata
 import pytest
 
 from conftest import TINY, cli_main, sample, write_job
+from stylize.common import DISTRIBUTION
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -42,7 +43,7 @@ def first_run(job):
 
 def test_version_and_V():
     code, out, _ = run("--version")
-    assert code == 0 and out.startswith(f"stylize {metadata.version('stylize')} (ray ")
+    assert code == 0 and out.startswith(f"stylize {metadata.version(DISTRIBUTION)} (ray ")
     assert run("-V") == (0, out, "")
 
 
@@ -91,7 +92,7 @@ def test_verbose_shows_the_resolved_job(job, first_run):
     code, _, err = run("run", "-v", str(job[0]))
     assert code == 1
     assert "stylize: job: {" not in plain and "stylize: job: {" in err
-    assert f"stylize: stylize {metadata.version('stylize')}" in err
+    assert f"stylize: stylize {metadata.version(DISTRIBUTION)}" in err
     assert run("run", "-q", "-v", str(job[0]))[0] == 2
 
 

@@ -52,7 +52,7 @@ def test_gatys2016_is_the_paper():
 
 
 def test_gatys2016_starts_from_smooth_noise():
-    """The one departure from the paper (README, "Picture quality"): smooth, not white, noise."""
+    """The one departure from the paper (docs/engine.md, "Picture quality"): smooth, not white, noise."""
     cfg = resolve_config("gatys2016")
     assert (cfg.noise_spectrum, cfg.noise_scale) == ("smooth", 0.03)
     assert (cfg.padding, cfg.margin) == ("zeros", 0.0)  # VGG's own padding, nothing cropped

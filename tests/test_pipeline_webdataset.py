@@ -228,10 +228,11 @@ def test_meta_is_strict_json_whatever_the_column_types():
 
 
 def test_keys_and_extensions_that_webdataset_would_misread_are_refused(tmp_path):
-    for key, ext in (("a.b", "png"), ("a/b", "png"), ("", "png"), ("k", ".png"),
+    for key, ext in (("a.b", "png"), ("/a", "png"), ("a//b", "png"), ("", "png"), ("k", ".png"),
                      ("k", "tar.gz"), ("k#1", "png")):
         with pytest.raises(ValueError, match="without '.'"):
             wd.Sample(key, ext, "unused", {})
+    wd.Sample("cat/img_1", "png", "unused", {})  # a folder in the key: layout mirror
     with pytest.raises(ValueError, match="'json' is taken"):
         wd.Sample("k", "json", "unused", {})
     twice = [wd.Sample("k", "png", "unused", {})] * 2
