@@ -37,7 +37,7 @@ class Container:
         self.job = job
         self.folder = RunFolder(job.output)
         self.options = job.storage_options
-
+        self.keys: dict[str, str] = {}  # item id -> its sample key, where not the id
     @property
     def where(self) -> str:
         """Where the images are, as the summary names it (under the output folder)."""
@@ -125,7 +125,7 @@ class WebDataset(Container):
         if not ok:
             return rows
         tar = self.folder.shard_tar(shard_id)
-        keys = getattr(self, "keys", {})
+        keys = self.keys
         key = {r["item_id"]: keys.get(r["item_id"], r["item_id"]) for r in ok}
 
         def meta(r: dict) -> dict:

@@ -109,9 +109,7 @@ def load(s: RunState) -> None:
     previous = resume.check_folder(job, s.fingerprint, s.damage, s.container)
     manifest.remove_stale_temporaries(job.output, options)
     s.container.clean()
-    s.items = s.container.stage(make_items(s.listing.contents, s.styles, job.output,
-                                           job.output_format, job.params_hash,
-                                           _assignment(job, len(s.styles))))
+    s.items = s.container.stage(job_items(s))
     manifest.write_json(RunFolder(job.output).job_json,
                         {"fingerprint": s.fingerprint, "items_total": len(s.items)}, options)
     if job.limit is not None and job.limit < len(s.items):
@@ -134,9 +132,19 @@ def load(s: RunState) -> None:
                  job.retry_failed)
 
 
-def trial(items: list[WorkItem], n: int) -> list[WorkItem]:
+def job_items(s: RunState) -> list[WorkItem]:
+    """Every work item of the job (content x style x sweep point), in job order."""
+    job = s.job
+    return make_items(s.listing.contents, s.styles, job.output, job.output_format,
+                      job.params_hash, _assignment(job, len(s.styles)))
+
+
+def trial(items: list[WorkItem], n: int | None) -> list[WorkItem]:
     """``n`` of the job's items, the same ones every time (the smallest item ids: a stable,
-    even draw over contents and styles, as ids are hashes), in job order."""
+    even draw over contents and styles, as ids are hashes), in job order; all without
+    ``n`` or with ``n`` at least their number."""
+    if n is None or n >= len(items):
+        return items
     chosen = set(sorted(i.item_id for i in items)[:n])
     return [i for i in items if i.item_id in chosen]
 

@@ -111,15 +111,11 @@ def make_plan(job: JobConfig, workers: int = 1, device: str | None = None,
               calibrated_ms: tuple[int, float] | None = None) -> dict[str, Any]:
     """The plan as plain JSON-able values (see the module docstring)."""
     from pipeline import driver
-    from pipeline.items import make_items
 
     state = driver.plan(job, probe=False)
     job = state.job
     cfg = job.stylize
-    items = make_items(state.listing.contents, state.styles, job.output, job.output_format,
-                       job.params_hash, driver._assignment(job, len(state.styles)))
-    if job.limit is not None and job.limit < len(items):
-        items = driver.trial(items, job.limit)
+    items = driver.trial(driver.job_items(state), job.limit)
     # what the output already holds (read only: damaged files are named, not moved)
     damage = manifest.Damage(job.output, job.storage_options)
     rows = manifest.read_parts(job.output, job.storage_options, damage=damage)
@@ -144,7 +140,7 @@ def make_plan(job: JobConfig, workers: int = 1, device: str | None = None,
     table = COSTS_MS.get(kind, COSTS_MS["h200"])
     if calibrated_ms is not None:
         table = {calibrated_ms[0]: calibrated_ms[1]}
-    item_ms, iterations = 0.0, 0
+    item_ms = 0.0
     for (w, h), n in shapes.items():
         per = sum(it * _ms_per_iteration(table, w * h * f * f) for f, it in cfg.schedule)
         item_ms += per * n / seen
@@ -190,12 +186,7 @@ def _would_refuse(state) -> str | None:
                              manifest.Damage(state.job.output, {}))
     if not old or state.job.mode == "overwrite":
         return None
-    before = dict(old.get("fingerprint") or {})
-    fp = dict(state.fingerprint)
-    if "inputs" not in before:
-        fp.pop("inputs", None)
-    changes = resume._diff(before, fp)
-    return "; ".join(changes[:5]) if changes else None
+    return "; ".join(resume.changed(old, state.fingerprint)[:5]) or None
 
 
 def _hours(h: float) -> str:

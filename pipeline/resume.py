@@ -69,6 +69,17 @@ def _diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
+def changed(old_job: Mapping[str, Any], fp: Mapping[str, Any]) -> list[str]:
+    """How the fingerprint ``fp`` differs from the one in ``old_job`` (job.json), one line
+    per key; [] for the same job. A run made before the input was part of the identity is
+    compared without it."""
+    before = dict(old_job.get("fingerprint") or {})
+    now = {k: v for k, v in fp.items() if k != "inputs" or "inputs" in before}
+    if before == now:
+        return []
+    return _diff(before, now) or [f"({JOB_FILE}: unknown run)"]
+
+
 def _refuse(job: JobConfig, changes: list[str]) -> JobRefused:
     return JobRefused(
         f"output {job.output} holds a run made with another configuration "
@@ -93,12 +104,9 @@ def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage,
                              "the job is checked against its parts instead")
     rows = container.check(manifest.read_parts(job.output, options, damage=damage), damage)
     if old is not None:
-        before = dict(old.get("fingerprint") or {})
-        if "inputs" not in before:  # made before the input was part of the identity
-            before.pop("inputs", None)
-            fp = {k: v for k, v in fp.items() if k != "inputs"}
-        if before != fp:
-            raise _refuse(job, _diff(before, fp) or [f"({JOB_FILE}: unknown run)"])
+        changes = changed(old, fp)
+        if changes:
+            raise _refuse(job, changes)
     elif rows.num_rows and any(u.uri == folder.job_json for u in damage.found):
         # job.json is gone to quarantine: the parts' engine settings must be this job's
         made = set(pc.unique(rows["params_hash"]).to_pylist()) - set(job.point_hashes())
