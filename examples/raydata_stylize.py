@@ -28,31 +28,46 @@ SAMPLE_STYLES = ("starry_night", "the_scream")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", help="files or folders that read_binary_files "
-                   "reads (default: the bundled photos)")
-    p.add_argument("--styles", help="a folder, glob or one image, as a job's styles: "
-                   "(default: two bundled paintings)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        help="files or folders that read_binary_files reads (default: the bundled photos)",
+    )
+    p.add_argument(
+        "--styles",
+        help="a folder, glob or one image, as a job's styles: (default: two bundled paintings)",
+    )
     p.add_argument("--output", default="outputs/raydata", help="folder or URL to write to")
     p.add_argument("--format", choices=("parquet", "webdataset"), default="parquet")
     p.add_argument("--size", type=int, default=64, help="longest side of the outputs")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--preset", default="fast")
-    p.add_argument("--random", type=int, metavar="K",
-                   help="K styles drawn per photo (assign: random) instead of every style")
+    p.add_argument(
+        "--random",
+        type=int,
+        metavar="K",
+        help="K styles drawn per photo (assign: random) instead of every style",
+    )
     p.add_argument("--seed", type=int, default=0, help="of the draw (assign.seed)")
     p.add_argument("--actors", type=int, default=1, help="stylizing actors (VGG-19 each)")
     p.add_argument("--gpus", type=float, default=0, help="GPUs per actor (0: CPU)")
     p.add_argument("--batch-size", type=int, default=4, help="rows per call of the stage")
-    p.add_argument("--address", default="local",
-                   help="local: a private Ray instance; auto or host:port: a cluster")
+    p.add_argument(
+        "--address",
+        default="local",
+        help="local: a private Ray instance; auto or host:port: a cluster",
+    )
     return p.parse_args(argv)
 
 
 def stage_keys(args: argparse.Namespace) -> dict[str, Any]:
     """The job keys of the stage: what a job file would say under these names."""
     styles: Any = args.styles or {s: str(SAMPLES / f"{s}.jpg") for s in SAMPLE_STYLES}
-    keys: dict[str, Any] = {"styles": styles, "output_format": "png", "stylize": {
-        "preset": args.preset, "size": args.size, "iterations": args.iterations}}
+    keys: dict[str, Any] = {
+        "styles": styles,
+        "output_format": "png",
+        "stylize": {"preset": args.preset, "size": args.size, "iterations": args.iterations},
+    }
     if args.random:
         keys["assign"] = {"random": args.random, "seed": args.seed}
     return keys
@@ -64,8 +79,11 @@ def to_sample(row: dict[str, Any]) -> dict[str, Any]:
 
     stem = posixpath.splitext(posixpath.basename(row["path"]))[0]
     meta = {k: v for k, v in row.items() if k not in ("stylized", "path")}
-    return {"__key__": f"{stem}__{row['style']}", "png": row["stylized"],
-            "json": json.dumps({"path": row["path"], **meta})}
+    return {
+        "__key__": f"{stem}__{row['style']}",
+        "png": row["stylized"],
+        "json": json.dumps({"path": row["path"], **meta}),
+    }
 
 
 def run(args: argparse.Namespace):
@@ -80,9 +98,13 @@ def run(args: argparse.Namespace):
         ray.init(address=args.address, include_dashboard=False, logging_level="ERROR")
     inputs = args.input or [str(SAMPLES / f"{p}.jpg") for p in SAMPLE_PHOTOS]
     ds = ray.data.read_binary_files(inputs, include_paths=True)
-    ds = ds.map_batches(StylizeBatch, fn_constructor_kwargs=keys, batch_size=args.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=args.actors),
-                        num_gpus=args.gpus)
+    ds = ds.map_batches(
+        StylizeBatch,
+        fn_constructor_kwargs=keys,
+        batch_size=args.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=args.actors),
+        num_gpus=args.gpus,
+    )
     ds = ds.materialize()  # stylized once; the writes and the summary read the result
     if args.format == "parquet":
         ds.write_parquet(args.output)
@@ -99,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rows = run(args)
     for r in rows:
-        print(f"{r['status']:14} {r['style']:14} {r['path']}"
-              + (f"  ({r['error_message']})" if r["error_message"] else ""))
+        print(
+            f"{r['status']:14} {r['style']:14} {r['path']}"
+            + (f"  ({r['error_message']})" if r["error_message"] else "")
+        )
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows) - failed} ok, {failed} failed; written to {args.output} ({args.format})")
     return 1 if failed else 0

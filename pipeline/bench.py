@@ -113,12 +113,23 @@ class StandInWorker:
         self._shard, self._attempts = -1, {}
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "worker": self.label, "device": "stand-in",
-                "weights_hash": "stand-in", "torch_loaded": "torch" in sys.modules,
-                "rss_mb": round(_status_mb("VmRSS"), 1), "ready_at": time.time()}
+        return {
+            "pid": os.getpid(),
+            "worker": self.label,
+            "device": "stand-in",
+            "weights_hash": "stand-in",
+            "torch_loaded": "torch" in sys.modules,
+            "rss_mb": round(_status_mb("VmRSS"), 1),
+            "ready_at": time.time(),
+        }
 
-    def prepare(self, shard: Shard, styles: Mapping[str, StyleRef], attempts: Mapping[str, int],
-                isolate: frozenset[str] = frozenset()) -> tuple[list[dict], list[list[str]]]:
+    def prepare(
+        self,
+        shard: Shard,
+        styles: Mapping[str, StyleRef],
+        attempts: Mapping[str, int],
+        isolate: frozenset[str] = frozenset(),
+    ) -> tuple[list[dict], list[list[str]]]:
         """No decoding: batches of ``max_batch`` item ids in shard order, suspects alone."""
         self._shard, self._attempts = shard.shard_id, attempts
         self._items = {i.item_id: i for i in shard.items}
@@ -140,15 +151,30 @@ class StandInWorker:
         started = now()
         if self.work_s:
             time.sleep(self.work_s)
-        return [make_row(self._items.pop(i), "ok", params_hash=self.params_hash,
-                         shard=self._shard, attempt=self._attempts.get(i, 1),
-                         started_at=started, worker=self.label, width=64, height=48,
-                         iterations=1, content_loss=0.0, style_loss=0.0, tv_loss=0.0,
-                         total_loss=0.0, duration_s=self.work_s / len(item_ids))
-                for i in item_ids]
+        return [
+            make_row(
+                self._items.pop(i),
+                "ok",
+                params_hash=self.params_hash,
+                shard=self._shard,
+                attempt=self._attempts.get(i, 1),
+                started_at=started,
+                worker=self.label,
+                width=64,
+                height=48,
+                iterations=1,
+                content_loss=0.0,
+                style_loss=0.0,
+                tv_loss=0.0,
+                total_loss=0.0,
+                duration_s=self.work_s / len(item_ids),
+            )
+            for i in item_ids
+        ]
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def _names(contents: int, per_dir: int = 1000) -> Iterator[str]:
     for n in range(contents):
@@ -161,14 +187,25 @@ def _style_png(k: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     w = h = 4
-    raw = b"".join(b"\0" + b"".join(bytes(((40 * k + 40 * x) % 256, 90, (200 - 30 * y) % 256))
-                                    for x in range(w)) for y in range(h))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    raw = b"".join(
+        b"\0"
+        + b"".join(bytes(((40 * k + 40 * x) % 256, 90, (200 - 30 * y) % 256)) for x in range(w))
+        for y in range(h)
+    )
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def make_local_inputs(root: str, contents: int, styles: int) -> tuple[str, dict[str, str]]:
@@ -197,15 +234,14 @@ def make_local_inputs(root: str, contents: int, styles: int) -> tuple[str, dict[
     return inp, {f"style_{k}": os.path.join(style_dir, f"style_{k}.png") for k in range(styles)}
 
 
-def make_s3_inputs(fs: Any, bucket: str, contents: int, styles: int
-                   ) -> tuple[str, dict[str, str]]:
+def make_s3_inputs(fs: Any, bucket: str, contents: int, styles: int) -> tuple[str, dict[str, str]]:
     """The same names as empty objects under ``s3://bucket/input/`` (``contents`` 0: there
     already), the styles beside them."""
     if contents:
         fs.mkdir(bucket)
     keys = [f"{bucket}/input/{rel}" for rel in _names(contents)]
     for i in range(0, len(keys), 1000):  # s3fs sends each batch's PUTs concurrently
-        fs.pipe(dict.fromkeys(keys[i:i + 1000], b""))
+        fs.pipe(dict.fromkeys(keys[i : i + 1000], b""))
     out = {}
     for k in range(styles):
         fs.pipe_file(f"{bucket}/styles/style_{k}.png", _style_png(k))
@@ -214,6 +250,7 @@ def make_s3_inputs(fs: Any, bucket: str, contents: int, styles: int
 
 
 # ------------------------------------------------------------------------- measuring
+
 
 def _reset_peak_rss() -> bool:
     """Reset this process's peak RSS (Linux ``clear_refs`` 5); False where that is refused
@@ -238,8 +275,10 @@ def _timed(box: dict[str, float]) -> Iterator[None]:
     import importlib
 
     patched = []
-    for module_name, name, key in (("pipeline.manifest", "write_manifest", "manifest_file_s"),
-                                   ("pipeline.report", "write_report", "report_s")):
+    for module_name, name, key in (
+        ("pipeline.manifest", "write_manifest", "manifest_file_s"),
+        ("pipeline.report", "write_report", "report_s"),
+    ):
         try:
             module = importlib.import_module(module_name)
             original = getattr(module, name)
@@ -278,22 +317,42 @@ def _sustained(finished: Sequence[Any], all_ready: float | None = None) -> float
     return round((b - a) / max(ts[b] - ts[a], 1e-6), 1)
 
 
-def _job(inp: str, styles: Mapping[str, str], output: str, args: argparse.Namespace,
-         options: Mapping[str, Any] | None = None):
+def _job(
+    inp: str,
+    styles: Mapping[str, str],
+    output: str,
+    args: argparse.Namespace,
+    options: Mapping[str, Any] | None = None,
+):
     from pipeline.jobconfig import job_from_mapping
 
-    return job_from_mapping({
-        "input": inp, "styles": dict(styles), "output": output,
-        "extensions": ["jpg"], "shard_size": args.shard_size,
-        "stylize": {"device": "cpu", "batch_size": args.batch},
-        "ray": {"num_workers": args.workers, "cpus_per_worker": 1, "gpus_per_worker": 0,
-                "startup_timeout_s": 900},
-        "storage_options": dict(options or {}),
-    })
+    return job_from_mapping(
+        {
+            "input": inp,
+            "styles": dict(styles),
+            "output": output,
+            "extensions": ["jpg"],
+            "shard_size": args.shard_size,
+            "stylize": {"device": "cpu", "batch_size": args.batch},
+            "ray": {
+                "num_workers": args.workers,
+                "cpus_per_worker": 1,
+                "gpus_per_worker": 0,
+                "startup_timeout_s": 900,
+            },
+            "storage_options": dict(options or {}),
+        }
+    )
 
 
-def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.Namespace,
-              options: Mapping[str, Any] | None = None, log=print) -> dict[str, Any]:
+def run_phase(
+    inp: str,
+    styles: Mapping[str, str],
+    output: str,
+    args: argparse.Namespace,
+    options: Mapping[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
     """The job run once (every item computed by stand-ins), then again (a resume)."""
     import io
 
@@ -309,8 +368,9 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
     out: dict[str, Any] = {}
     box: dict[str, float] = {}
     # This benchmark's own Ray instance: one logical CPU per stand-in (they use far less).
-    with raypool.local_instance(args.workers, [(WorkerSpec, _spec_state, _spec_from_state)],
-                                object_store_memory=512 * 2**20):
+    with raypool.local_instance(
+        args.workers, [(WorkerSpec, _spec_state, _spec_from_state)], object_store_memory=512 * 2**20
+    ):
         peak_reset = _reset_peak_rss()
         out["driver_rss_before_mb"] = round(_status_mb("VmRSS"), 1)
         t0, cpu0 = time.monotonic(), _cpu_s()
@@ -324,21 +384,28 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
     table = manifest.read_manifest(result.output, options)
     n = table.num_rows
     out.update(
-        items=n, computed=result.computed, exit_code=result.exit_code,
+        items=n,
+        computed=result.computed,
+        exit_code=result.exit_code,
         ok=result.counts.get("ok", 0),
         unique_item_ids=len(set(table["item_id"].to_pylist())),
         workers=len({w["pid"] for w in infos}),
         torch_in_actors=any(w.get("torch_loaded") for w in infos),
         torch_in_driver="torch" in sys.modules,
         actor_rss_mb=round(statistics.median(w.get("rss_mb", 0) for w in infos), 1)
-        if infos else None,
-        items_per_s=_sustained(table["finished_at"].to_pylist(),
-                               max((w.get("ready_at", 0.0) for w in infos), default=None)),
+        if infos
+        else None,
+        items_per_s=_sustained(
+            table["finished_at"].to_pylist(),
+            max((w.get("ready_at", 0.0) for w in infos), default=None),
+        ),
         run_items_per_s=round(result.computed / max(timings["run_s"], 1e-9), 1),
         driver_cpu_s=round(cpu, 1),
-        list_s=timings["list_s"], run_s=timings["run_s"],
-        manifest_write_s=round(wall - timings["list_s"] - timings["run_s"]
-                               - box.get("report_s", 0.0), 2),
+        list_s=timings["list_s"],
+        run_s=timings["run_s"],
+        manifest_write_s=round(
+            wall - timings["list_s"] - timings["run_s"] - box.get("report_s", 0.0), 2
+        ),
         manifest_file_s=round(box.get("manifest_file_s", float("nan")), 2),
         report_s=round(box.get("report_s", 0.0), 2),
         parts=len(manifest.part_ids(result.output, options)),
@@ -346,11 +413,15 @@ def run_phase(inp: str, styles: Mapping[str, str], output: str, args: argparse.N
     )
     del table
     if out["torch_in_actors"]:
-        log("bench: WARNING: torch was imported in the stand-in actors (by the modules that "
-            "unpickling a WorkItem imports): their memory and start-up include it")
-    log(f"bench: {n} items, {out['workers']} stand-ins: {out['items_per_s']} items/s "
+        log(
+            "bench: WARNING: torch was imported in the stand-in actors (by the modules that "
+            "unpickling a WorkItem imports): their memory and start-up include it"
+        )
+    log(
+        f"bench: {n} items, {out['workers']} stand-ins: {out['items_per_s']} items/s "
         f"sustained, driver peak {out['driver_peak_rss_mb']} MB, final manifest "
-        f"{out['manifest_write_s']} s")
+        f"{out['manifest_write_s']} s"
+    )
     # the rerun: nothing left to compute (no Ray is started for it)
     mtime = _mtime(result.output, options)
     _reset_peak_rss()
@@ -405,9 +476,13 @@ def _moto_server(bucket: str, contents: int) -> Iterator[tuple[str, bool]]:
     """moto's ThreadedMotoServer on 127.0.0.1 in a child process, with ``bucket`` holding
     the ``contents`` empty input objects if moto's store could be filled directly: (endpoint
     URL, whether it was)."""
-    proc = subprocess.Popen([sys.executable, "-c", _MOTO, bucket, str(contents)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOTO, bucket, str(contents)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline().split()
         if not line:
@@ -425,10 +500,26 @@ def _moto_server(bucket: str, contents: int) -> Iterator[tuple[str, bool]]:
 def _s3_in_child(args: argparse.Namespace) -> dict[str, Any]:
     """The S3 run in a fresh process: its driver's memory is its own, not what the
     million-item run left in this one."""
-    cmd = [sys.executable, "-m", "pipeline.bench", "--phase", "s3", "--json",
-           "--s3-items", str(args.s3_items), "--workers", str(args.workers),
-           "--shard-size", str(args.shard_size), "--batch", str(args.batch),
-           "--styles", str(args.styles), "--work-ms", str(args.work_ms)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.bench",
+        "--phase",
+        "s3",
+        "--json",
+        "--s3-items",
+        str(args.s3_items),
+        "--workers",
+        str(args.workers),
+        "--shard-size",
+        str(args.shard_size),
+        "--batch",
+        str(args.batch),
+        "--styles",
+        str(args.styles),
+        "--work-ms",
+        str(args.work_ms),
+    ]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # its stderr is ours
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -442,13 +533,19 @@ def _s3_phase(args: argparse.Namespace, log) -> dict[str, Any]:
     contents = -(-args.s3_items // args.styles)
     t0 = time.monotonic()
     with _moto_server("bench", contents) as (endpoint, filled):
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-                   "client_kwargs": {"region_name": "eu-west-1"}}
+        options = {
+            "endpoint_url": endpoint,
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "eu-west-1"},
+        }
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
         inp, styles = make_s3_inputs(fs, "bench", 0 if filled else contents, args.styles)
         setup = round(time.monotonic() - t0, 2)
-        log(f"bench: {contents} empty objects x {args.styles} styles on moto at {endpoint} "
-            f"({setup} s)")
+        log(
+            f"bench: {contents} empty objects x {args.styles} styles on moto at {endpoint} "
+            f"({setup} s)"
+        )
         out = run_phase(inp, styles, "s3://bench/output", args, options, log=log)
         out["setup_s"] = setup
         return out
@@ -456,43 +553,74 @@ def _s3_phase(args: argparse.Namespace, log) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- main
 
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stylize bench-pipeline",
         description="The driver at dataset scale: the real driver, scheduler, Ray actors and "
-                    "manifest code over N synthetic items with stand-in workers (no torch, no "
-                    "image work), then a resume of the finished run; the same on S3 (moto) at "
-                    "a smaller N. Prints JSON.")
-    p.add_argument("--items", type=int, default=1_000_000,
-                   help="items on local disk, contents x styles (default 1,000,000)")
+        "manifest code over N synthetic items with stand-in workers (no torch, no "
+        "image work), then a resume of the finished run; the same on S3 (moto) at "
+        "a smaller N. Prints JSON.",
+    )
+    p.add_argument(
+        "--items",
+        type=int,
+        default=1_000_000,
+        help="items on local disk, contents x styles (default 1,000,000)",
+    )
     p.add_argument("--workers", type=int, default=32, help="stand-in actors (default 32)")
-    p.add_argument("--shard-size", type=int, default=256,
-                   help="items per shard, i.e. per manifest part (default 256)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                   help=f"items per run_batch call (stylize.batch_size; default "
-                        f"{DEFAULT_BATCH})")
-    p.add_argument("--styles", type=int, default=2,
-                   help="styles per content (default 2, as Stylized-ImageNet)")
-    p.add_argument("--s3-items", type=int, default=20_000,
-                   help="items of the run on S3 (moto); 0 skips it (default 20,000)")
-    p.add_argument("--work-ms", type=float, default=0.0,
-                   help="simulated device time per run_batch call, ms (default 0: the "
-                        "scheduling throughput alone)")
-    p.add_argument("--workdir", help="folder for the local inputs and outputs, kept (default: "
-                                     "a temporary folder, removed at the end)")
-    p.add_argument("--json", action="store_true",
-                   help="the JSON on one line (default: indented)")
-    p.add_argument("--phase", choices=("all", "s3"), default="all",
-                   help=argparse.SUPPRESS)  # s3: that run alone (in a process of its own)
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=256,
+        help="items per shard, i.e. per manifest part (default 256)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"items per run_batch call (stylize.batch_size; default {DEFAULT_BATCH})",
+    )
+    p.add_argument(
+        "--styles", type=int, default=2, help="styles per content (default 2, as Stylized-ImageNet)"
+    )
+    p.add_argument(
+        "--s3-items",
+        type=int,
+        default=20_000,
+        help="items of the run on S3 (moto); 0 skips it (default 20,000)",
+    )
+    p.add_argument(
+        "--work-ms",
+        type=float,
+        default=0.0,
+        help="simulated device time per run_batch call, ms (default 0: the "
+        "scheduling throughput alone)",
+    )
+    p.add_argument(
+        "--workdir",
+        help="folder for the local inputs and outputs, kept (default: "
+        "a temporary folder, removed at the end)",
+    )
+    p.add_argument("--json", action="store_true", help="the JSON on one line (default: indented)")
+    p.add_argument(
+        "--phase", choices=("all", "s3"), default="all", help=argparse.SUPPRESS
+    )  # s3: that run alone (in a process of its own)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if min(args.items, args.workers, args.shard_size, args.styles, args.batch) < 1 \
-            or args.s3_items < 0 or args.work_ms < 0:
-        print("stylize bench-pipeline: --items, --workers, --shard-size, --styles and --batch "
-              "must be >= 1, --s3-items and --work-ms >= 0", file=sys.stderr)
+    if (
+        min(args.items, args.workers, args.shard_size, args.styles, args.batch) < 1
+        or args.s3_items < 0
+        or args.work_ms < 0
+    ):
+        print(
+            "stylize bench-pipeline: --items, --workers, --shard-size, --styles and --batch "
+            "must be >= 1, --s3-items and --work-ms >= 0",
+            file=sys.stderr,
+        )
         return 2
 
     def log(text: str) -> None:
@@ -504,17 +632,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(_s3_phase(args, log)), flush=True)
         return 0
     result: dict[str, Any] = {"items": args.items, "workers": args.workers}
-    result.update(workers_requested=args.workers, shard_size=args.shard_size, batch=args.batch,
-                  styles=args.styles, work_ms=args.work_ms, cpus=os.cpu_count())
+    result.update(
+        workers_requested=args.workers,
+        shard_size=args.shard_size,
+        batch=args.batch,
+        styles=args.styles,
+        work_ms=args.work_ms,
+        cpus=os.cpu_count(),
+    )
     with _workdir(args.workdir) as root:
         contents = -(-args.items // args.styles)
         t0 = time.monotonic()
         inp, styles = make_local_inputs(os.path.join(root, "local"), contents, args.styles)
         result["setup_s"] = round(time.monotonic() - t0, 2)
-        log(f"bench: {contents} empty files x {args.styles} styles under {inp} "
-            f"({result['setup_s']} s)")
-        result.update(run_phase(inp, styles, os.path.join(root, "local", "output"), args,
-                                log=log))
+        log(
+            f"bench: {contents} empty files x {args.styles} styles under {inp} "
+            f"({result['setup_s']} s)"
+        )
+        result.update(run_phase(inp, styles, os.path.join(root, "local", "output"), args, log=log))
         if args.s3_items > 0:
             result["s3"] = _s3_in_child(args)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2), flush=True)

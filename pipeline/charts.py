@@ -41,7 +41,7 @@ def sci(v: float, digits: int = 3) -> str:
 
 def fmt_log(t: float) -> str:
     """The label of ``10**t`` (losses span decades: scientific from 1e3)."""
-    v = 10 ** t
+    v = 10**t
     return sci(v) if v >= 1e3 or v < 1e-2 else fmt(v)
 
 
@@ -63,18 +63,21 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     decades = range(math.floor(lo) - 1, math.ceil(hi) + 1)
 
     def times(mantissas: Sequence[float]) -> list[float]:
-        return [t for t in (math.log10(m) + k for k in decades for m in mantissas)
-                if lo - 1e-9 <= t <= hi + 1e-9]
+        return [
+            t
+            for t in (math.log10(m) + k for k in decades for m in mantissas)
+            if lo - 1e-9 <= t <= hi + 1e-9
+        ]
 
     whole = times((1,))
     if len(whole) >= 3:
-        return whole[::math.ceil(len(whole) / 7)]
+        return whole[:: math.ceil(len(whole) / 7)]
     for ticks in (times((1, 2, 5)), times((1, 3))):
         if 3 <= len(ticks) <= 5:
             return ticks
     if len(whole) == 2:
         return whole
-    ticks = [math.log10(v) for v in nice_ticks(10 ** lo, 10 ** hi, 4) if v > 0]
+    ticks = [math.log10(v) for v in nice_ticks(10**lo, 10**hi, 4) if v > 0]
     return ticks if len(ticks) >= 2 else times(range(1, 10))
 
 
@@ -91,25 +94,40 @@ class _Frame:
     def y(self, v: float) -> float:
         return TOP + self.ph - (v - self.y0) / ((self.y1 - self.y0) or 1) * self.ph
 
-    def axes(self, xticks: Sequence[float], yticks: Sequence[float], xlabel: str, ylabel: str,
-             xfmt=fmt, yfmt=fmt) -> str:
+    def axes(
+        self,
+        xticks: Sequence[float],
+        yticks: Sequence[float],
+        xlabel: str,
+        ylabel: str,
+        xfmt=fmt,
+        yfmt=fmt,
+    ) -> str:
         out = []
         for t in yticks:
             y = self.y(t)
-            out.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" '
-                       f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
-                       f'text-anchor="end">{_e(yfmt(t))}</text>')
+            out.append(
+                f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" '
+                f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
+                f'text-anchor="end">{_e(yfmt(t))}</text>'
+            )
         base = TOP + self.ph
         for t in xticks:
             x = self.x(t)
-            out.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{base}" '
-                       f'y2="{base + 4}"/><text class="tick" x="{x:.1f}" y="{base + 16}" '
-                       f'text-anchor="middle">{_e(xfmt(t))}</text>')
+            out.append(
+                f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{base}" '
+                f'y2="{base + 4}"/><text class="tick" x="{x:.1f}" y="{base + 16}" '
+                f'text-anchor="middle">{_e(xfmt(t))}</text>'
+            )
         out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{base}" y2="{base}"/>')
-        out.append(f'<text class="label" x="{LEFT + self.pw / 2:.1f}" y="{H - 6}" '
-                   f'text-anchor="middle">{_e(xlabel)}</text>')
-        out.append(f'<text class="label" transform="translate(13 {TOP + self.ph / 2:.1f}) '
-                   f'rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>')
+        out.append(
+            f'<text class="label" x="{LEFT + self.pw / 2:.1f}" y="{H - 6}" '
+            f'text-anchor="middle">{_e(xlabel)}</text>'
+        )
+        out.append(
+            f'<text class="label" transform="translate(13 {TOP + self.ph / 2:.1f}) '
+            f'rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>'
+        )
         return "".join(out)
 
 
@@ -118,12 +136,21 @@ def _e(text: str) -> str:
 
 
 def _svg(body: str, label: str) -> str:
-    return (f'<svg class="plot" viewBox="0 0 {W} {H}" role="img" aria-label="{_e(label)}" '
-            f'xmlns="http://www.w3.org/2000/svg">{body}</svg>')
+    return (
+        f'<svg class="plot" viewBox="0 0 {W} {H}" role="img" aria-label="{_e(label)}" '
+        f'xmlns="http://www.w3.org/2000/svg">{body}</svg>'
+    )
 
 
-def bar_chart(edges: np.ndarray, heights: np.ndarray, xlabel: str, ylabel: str,
-              log_x: bool = False, fill: str = "#0072b2", integer: bool = False) -> str:
+def bar_chart(
+    edges: np.ndarray,
+    heights: np.ndarray,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    fill: str = "#0072b2",
+    integer: bool = False,
+) -> str:
     """Bars over the bins ``edges`` (n + 1 values) with ``heights`` (n values); ``log_x``:
     the edges are log10 values, labelled as powers of ten; ``integer``: whole x ticks."""
     heights = np.asarray(heights, dtype=float)
@@ -132,8 +159,11 @@ def bar_chart(edges: np.ndarray, heights: np.ndarray, xlabel: str, ylabel: str,
     frame = _Frame(float(edges[0]), float(edges[-1]), 0.0, max(top, yticks[-1]) * 1.04)
     xfmt = fmt_log if log_x else fmt
     xticks = log_ticks(frame.x0, frame.x1) if log_x else nice_ticks(frame.x0, frame.x1, 5)
-    xticks = [t for t in xticks if frame.x0 - 1e-9 <= t <= frame.x1 + 1e-9
-              and (not integer or abs(t - round(t)) < 1e-9)]
+    xticks = [
+        t
+        for t in xticks
+        if frame.x0 - 1e-9 <= t <= frame.x1 + 1e-9 and (not integer or abs(t - round(t)) < 1e-9)
+    ]
     bars = []
     for lo, hi, n in zip(edges[:-1], edges[1:], heights):
         if n <= 0:
@@ -141,18 +171,26 @@ def bar_chart(edges: np.ndarray, heights: np.ndarray, xlabel: str, ylabel: str,
         x0, x1 = frame.x(float(lo)), frame.x(float(hi))
         y = frame.y(float(n))
         tip = f"{xfmt(float(lo))} to {xfmt(float(hi))}: {fmt(float(n))}"
-        bars.append(f'<rect x="{x0 + 0.5:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 1, 1):.1f}" '
-                    f'height="{TOP + frame.ph - y:.1f}" fill="{fill}"><title>{_e(tip)}</title>'
-                    f'</rect>')
+        bars.append(
+            f'<rect x="{x0 + 0.5:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 1, 1):.1f}" '
+            f'height="{TOP + frame.ph - y:.1f}" fill="{fill}"><title>{_e(tip)}</title>'
+            f"</rect>"
+        )
     if not bars:
-        bars.append(f'<text class="empty" x="{W / 2}" y="{H / 2}" text-anchor="middle">'
-                    f'no data</text>')
-    return _svg(frame.axes(xticks, yticks, xlabel, ylabel, xfmt) + "".join(bars),
-                f"{ylabel} by {xlabel}")
+        bars.append(
+            f'<text class="empty" x="{W / 2}" y="{H / 2}" text-anchor="middle">no data</text>'
+        )
+    return _svg(
+        frame.axes(xticks, yticks, xlabel, ylabel, xfmt) + "".join(bars), f"{ylabel} by {xlabel}"
+    )
 
 
-def line_chart(series: Sequence[tuple[Sequence[float], Sequence[float], str, str]],
-               xlabel: str, ylabel: str, log_y: bool = False) -> str:
+def line_chart(
+    series: Sequence[tuple[Sequence[float], Sequence[float], str, str]],
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+) -> str:
     """Lines ``(xs, ys, label, colour)``; ``log_y``: ys are log10 values."""
     xs = [v for s in series for v in s[0]]
     ys = [v for s in series for v in s[1]]
@@ -166,9 +204,19 @@ def line_chart(series: Sequence[tuple[Sequence[float], Sequence[float], str, str
     for sx, sy, label, colour in series:
         points = " ".join(f"{frame.x(a):.1f},{frame.y(b):.1f}" for a, b in zip(sx, sy))
         last = fmt_log(sy[-1]) if log_y else fmt(sy[-1])
-        lines.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
-                     f'stroke-width="1.8" stroke-linejoin="round"><title>{_e(label)}: '
-                     f'{_e(last)} at the end</title></polyline>')
-    return _svg(frame.axes(nice_ticks(frame.x0, frame.x1, 5), yticks, xlabel, ylabel,
-                           yfmt=fmt_log if log_y else fmt) + "".join(lines),
-                f"{ylabel} by {xlabel}")
+        lines.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" '
+            f'stroke-width="1.8" stroke-linejoin="round"><title>{_e(label)}: '
+            f"{_e(last)} at the end</title></polyline>"
+        )
+    return _svg(
+        frame.axes(
+            nice_ticks(frame.x0, frame.x1, 5),
+            yticks,
+            xlabel,
+            ylabel,
+            yfmt=fmt_log if log_y else fmt,
+        )
+        + "".join(lines),
+        f"{ylabel} by {xlabel}",
+    )

@@ -39,8 +39,7 @@ from typing import IO, Any, Callable, Iterator, Sequence
 
 from pipeline import errors, manifest
 from pipeline.errors import RESUME_HINT, Interrupted, install_signal_handlers
-from pipeline.jobconfig import (MODES, apply_overrides, job_from_mapping,
-                                job_schema, load_job)
+from pipeline.jobconfig import MODES, apply_overrides, job_from_mapping, job_schema, load_job
 from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
 from pipeline.status import NoRunError, print_status, summarize, to_json
@@ -87,47 +86,74 @@ _OUTPUT_FLAG = re.compile(r"^(-v+|--verbose|-q|--quiet|--debug)$")
 def version() -> str:
     """``stylize 0.1.0 (ray ..., torch ..., python ...)``: read from the installed
     distributions' metadata, without importing them."""
+
     def v(name: str) -> str:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return "not installed"
-    return (f"stylize {v(DISTRIBUTION)} (ray {v('ray')}, torch {v('torch')}, "
-            f"python {platform.python_version()})")
+
+    return (
+        f"stylize {v(DISTRIBUTION)} (ray {v('ray')}, torch {v('torch')}, "
+        f"python {platform.python_version()})"
+    )
 
 
 # ---------------------------------------------------------------------------------- parsers
 
+
 def _json_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true",
-                   help="the summary as one JSON object on stdout (the text goes to stderr)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="the summary as one JSON object on stdout (the text goes to stderr)",
+    )
 
 
 def _run_parser() -> argparse.ArgumentParser:
     p = Parser(prog="stylize run", description="Run a stylization job described in YAML.")
     p.add_argument("config", help="job file (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key, e.g. --set stylize.size=256 --set ray.num_workers=2")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. --set stylize.size=256 --set ray.num_workers=2",
+    )
     p.add_argument("--mode", choices=MODES, help="resume (default) or overwrite")
-    p.add_argument("--limit", type=int, metavar="N",
-                   help="a trial: only N items, the same ones every time, into the same output "
-                        "(the full run later resumes them); also the job key limit")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="a trial: only N items, the same ones every time, into the same output "
+        "(the full run later resumes them); also the job key limit",
+    )
     _takeover_flag(p)
     _json_flag(p)
     return p
 
 
 def _takeover_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--takeover", action="store_true",
-                   help="take the output folder from another driver that is gone (its lease "
-                        "is taken over by itself once its heartbeat is lease_timeout_s old)")
+    p.add_argument(
+        "--takeover",
+        action="store_true",
+        help="take the output folder from another driver that is gone (its lease "
+        "is taken over by itself once its heartbeat is lease_timeout_s old)",
+    )
 
 
 def _grid_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="stylize grid",
-               description="Stylize every content under every style; write a contact sheet.")
-    p.add_argument("--contents", nargs="+", required=True,
-                   help="content images, or one folder / glob / .txt list")
+    p = Parser(
+        prog="stylize grid",
+        description="Stylize every content under every style; write a contact sheet.",
+    )
+    p.add_argument(
+        "--contents",
+        nargs="+",
+        required=True,
+        help="content images, or one folder / glob / .txt list",
+    )
     p.add_argument("--styles", nargs="+", required=True, help="style images, or one folder")
     p.add_argument("--output", required=True, help="output folder (path or URL)")
     p.add_argument("--preset", help="engine preset (gatys2016, neural-style, fast)")
@@ -140,28 +166,55 @@ def _grid_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="png", help="output format: png jpeg webp tiff")
     p.add_argument("--mode", choices=MODES, default="resume")
     _takeover_flag(p)
-    p.add_argument("--sweep", action="append", default=[], metavar="OPTION=[V1,V2..]",
-                   help="sweep an engine option, e.g. --sweep style_weight=[1e3,1e4] (repeat "
-                        "for a second axis): the grid is laid out on the sweep's axes")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other job key, e.g. --set stylize.style_weight=1e4")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="OPTION=[V1,V2..]",
+        help="sweep an engine option, e.g. --sweep style_weight=[1e3,1e4] (repeat "
+        "for a second axis): the grid is laid out on the sweep's axes",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other job key, e.g. --set stylize.style_weight=1e4",
+    )
     _json_flag(p)
     return p
 
 
 def _plan_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="stylize plan", description=(
-        "What a job would do and cost, without starting Ray or writing anything: contents, "
-        "styles, items, how many are done, image shapes, memory, an estimate of GPU-hours."))
+    p = Parser(
+        prog="stylize plan",
+        description=(
+            "What a job would do and cost, without starting Ray or writing anything: contents, "
+            "styles, items, how many are done, image shapes, memory, an estimate of GPU-hours."
+        ),
+    )
     p.add_argument("config", help="job file (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key, as for stylize run")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, as for stylize run",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="plan a trial of N items")
     p.add_argument("--workers", type=int, default=1, help="workers (GPUs) for the wall time")
-    p.add_argument("--device", choices=("h200", "h100", "cpu"),
-                   help="whose measured costs (default: h200, or cpu for stylize.device: cpu)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="time a few iterations on this machine instead (loads VGG-19)")
+    p.add_argument(
+        "--device",
+        choices=("h200", "h100", "cpu"),
+        help="whose measured costs (default: h200, or cpu for stylize.device: cpu)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="time a few iterations on this machine instead (loads VGG-19)",
+    )
     _json_flag(p)
     return p
 
@@ -185,19 +238,29 @@ def _plan(args: argparse.Namespace, ctx: _Context) -> int:
 def _status_parser() -> argparse.ArgumentParser:
     p = Parser(prog="stylize status", description="Summarise a run folder from its manifests.")
     p.add_argument("output", help="the job's output folder (path or URL)")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000",
+    )
     _json_flag(p)
     return p
 
 
 def _schema_parser() -> argparse.ArgumentParser:
-    return Parser(prog="stylize schema", description=(
-        "Print the JSON Schema of a job file (configs/job.schema.json is this output; the "
-        "shipped configs name it in their first line, for editors)."))
+    return Parser(
+        prog="stylize schema",
+        description=(
+            "Print the JSON Schema of a job file (configs/job.schema.json is this output; the "
+            "shipped configs name it in their first line, for editors)."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------- commands
+
 
 class _Context:
     """What error messages need to know of a command: its name, the secrets to mask (found
@@ -221,8 +284,11 @@ def _grid_job(args: argparse.Namespace):
         "stylize": stylize,
         "mode": args.mode,
         "output_format": args.format,
-        "grid": {"cell_size": args.cell_size, "rows_per_page": args.rows_per_page,
-                 "cols_per_page": args.cols_per_page},
+        "grid": {
+            "cell_size": args.cell_size,
+            "rows_per_page": args.rows_per_page,
+            "cols_per_page": args.cols_per_page,
+        },
     }
     if args.workers is not None:
         raw["ray"] = {"num_workers": args.workers}
@@ -272,8 +338,14 @@ def results_only_on_stdout() -> Iterator[IO[str]]:
     if fd == 1:
         saved = os.dup(1)
         os.dup2(2, 1)
-        out = open(saved, "w", encoding=sys.stdout.encoding, errors="backslashreplace",
-                   buffering=1, closefd=False)
+        out = open(
+            saved,
+            "w",
+            encoding=sys.stdout.encoding,
+            errors="backslashreplace",
+            buffering=1,
+            closefd=False,
+        )
     before, sys.stdout = sys.stdout, sys.stderr
     try:
         yield out
@@ -337,11 +409,20 @@ def _print_json(obj: dict[str, Any], ctx: _Context) -> None:
     print(redact_text(json.dumps(obj, default=str), ctx.secrets), flush=True)
 
 
-_PARSERS = {"run": _run_parser, "plan": _plan_parser, "grid": _grid_parser,
-            "status": _status_parser,
-            "schema": _schema_parser}
+_PARSERS = {
+    "run": _run_parser,
+    "plan": _plan_parser,
+    "grid": _grid_parser,
+    "status": _status_parser,
+    "schema": _schema_parser,
+}
 _HANDLERS: dict[str, Callable[[argparse.Namespace, _Context], int]] = {
-    "run": _run, "plan": _plan, "grid": _grid, "status": _status, "schema": _schema}
+    "run": _run,
+    "plan": _plan,
+    "grid": _grid,
+    "status": _status,
+    "schema": _schema,
+}
 _COMMANDS = (*_PARSERS, "image")  # image: stylize.cli.image_main parses its own
 _DELEGATED = ("bench", "quality", "bench-pipeline", "report")  # parsers live with their code
 _JSON_COMMANDS = ("run", "plan", "grid", "status")
@@ -350,14 +431,18 @@ _JSON_COMMANDS = ("run", "plan", "grid", "status")
 def _delegated(command: str) -> Callable[[list[str]], int]:
     if command == "bench":
         from stylize.bench import main as bench_main
+
         return bench_main
     if command == "quality":
         from stylize.quality import main as quality_main
+
         return quality_main
     if command == "report":
         from pipeline.report import main as report_main
+
         return report_main
     from pipeline.bench import main as bench_pipeline_main
+
     return bench_pipeline_main
 
 
@@ -383,7 +468,7 @@ def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         i += 1
-    return argv[:i], (argv[i] if i < len(argv) else None), argv[i + 1:]
+    return argv[:i], (argv[i] if i < len(argv) else None), argv[i + 1 :]
 
 
 def _before_the_command(lead: list[str], command: str | None) -> int | None:
@@ -396,8 +481,13 @@ def _before_the_command(lead: list[str], command: str | None) -> int | None:
         return EXIT_OK
     bad = [a for a in lead if not _OUTPUT_FLAG.match(a)]
     if command is None or bad or command not in _COMMANDS + _DELEGATED:
-        what = (f"unknown option {bad[0]!r}" if bad else "no command given" if command is None
-                else f"unknown command {command!r}; one of {', '.join(_COMMANDS + _DELEGATED)}")
+        what = (
+            f"unknown option {bad[0]!r}"
+            if bad
+            else "no command given"
+            if command is None
+            else f"unknown command {command!r}; one of {', '.join(_COMMANDS + _DELEGATED)}"
+        )
         print_error("stylize", f"{what} (stylize --help)")
         if command is None:
             print(USAGE, file=sys.stderr)
@@ -440,11 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         if errors.received is not None:  # a signal that C code wrapped in another exception
-            return fail(128 + errors.received, f"finished items are kept{resume}",
-                        "interrupted")
+            return fail(128 + errors.received, f"finished items are kept{resume}", "interrupted")
         path = _write_traceback(e, ctx.secrets)
-        return fail(EXIT_INFRA, f"unexpected {type(e).__name__}: {one_line(e, 300)} "
-                                f"(traceback in {path}){resume}")
+        return fail(
+            EXIT_INFRA,
+            f"unexpected {type(e).__name__}: {one_line(e, 300)} (traceback in {path}){resume}",
+        )
 
 
 def _dispatch(command: str, rest: list[str], ctx: _Context) -> int:

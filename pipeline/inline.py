@@ -22,8 +22,13 @@ RowsCallback = Callable[[int, list[dict]], None]
 class InlineExecutor:
     """Carries out a :class:`Scheduler`'s actions by calling a :class:`StyleWorker`."""
 
-    def __init__(self, spec: WorkerSpec, styles: Mapping[str, StyleRef], on_shard: RowsCallback,
-                 make_worker: Callable[[WorkerSpec], StyleWorker] = StyleWorker):
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        styles: Mapping[str, StyleRef],
+        on_shard: RowsCallback,
+        make_worker: Callable[[WorkerSpec], StyleWorker] = StyleWorker,
+    ):
         self.spec, self.styles, self.on_shard = spec, dict(styles), on_shard
         self.make_worker = make_worker
         self.engine: StyleWorker | None = None  # kept across restarts: VGG-19 loads once
@@ -57,8 +62,9 @@ class InlineExecutor:
         self.engine.deadline = policy.deadline_of(wid)
         try:
             if isinstance(action, Prepare):
-                result = self.engine.prepare(action.shard, self.styles, action.attempts,
-                                             action.isolate)
+                result = self.engine.prepare(
+                    action.shard, self.styles, action.attempts, action.isolate
+                )
             else:
                 assert isinstance(action, RunBatch)
                 result = self.engine.run_batch(list(action.item_ids))
@@ -71,9 +77,14 @@ class InlineExecutor:
         return policy.returned(wid, result, time.monotonic())
 
 
-def run(shards: list, spec: WorkerSpec, styles: Mapping[str, StyleRef], on_shard: RowsCallback,
-        policy_args: Mapping, worker_class: type | None = None
-        ) -> tuple[list[dict], list[dict], dict[str, float]]:
+def run(
+    shards: list,
+    spec: WorkerSpec,
+    styles: Mapping[str, StyleRef],
+    on_shard: RowsCallback,
+    policy_args: Mapping,
+    worker_class: type | None = None,
+) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Every shard in this process: (the worker's info, its style target cache figures, no
     cluster resources), as :func:`pipeline.raypool.run` returns them."""
     policy = Scheduler(shards, num_workers=1, **policy_args)

@@ -190,15 +190,23 @@ class StyleDraw:
 
 def point_label(point: Mapping[str, Any]) -> str:
     """A point of a sweep as a path component: ``style_weight=1000,style_layers=relu1_1+..``."""
+
     def show(v: Any) -> str:
         if isinstance(v, (list, tuple)):
             return "+".join(map(show, v))
         return f"{v:g}" if isinstance(v, float) else json.dumps(v) if v is None else str(v)
+
     return sanitize_component(",".join(f"{k}={show(v)}" for k, v in point.items()))
 
 
-def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: str,
-               fmt: str, params_hash: str, plan: Plan | None = None) -> list[WorkItem]:
+def make_items(
+    contents: Sequence[Content],
+    styles: Sequence[StyleRef],
+    output: str,
+    fmt: str,
+    params_hash: str,
+    plan: Plan | None = None,
+) -> list[WorkItem]:
     """The job's items: for each content its styles (``plan.assign``), for each of those
     every point of the sweep; content-major, so that a shard holds a content under several
     styles (same size: one batch). Output names that would collide, e.g. ``a.jpg`` and
@@ -221,13 +229,17 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
     labels = [point_label(p) for p in plan.points] if len(plan.points) > 1 else [""]
     mirror = plan.layout == "mirror"
     draw = StyleDraw(names, *plan.assign) if isinstance(plan.assign, tuple) else None
-    several = (plan.assign == "all" and len(styles) > 1) or \
-        (isinstance(plan.assign, tuple) and plan.assign[0] > 1)
+    several = (plan.assign == "all" and len(styles) > 1) or (
+        isinstance(plan.assign, tuple) and plan.assign[0] > 1
+    )
     items = []
     for c, parts in zip(contents, stems):
         key = _name_key("/".join(parts))
-        clash = f"-{_hash(c.uri, n=8)}" if counts[key] > 1 or \
-            _name_key("/".join(parts) + ext) in folders else ""
+        clash = (
+            f"-{_hash(c.uri, n=8)}"
+            if counts[key] > 1 or _name_key("/".join(parts) + ext) in folders
+            else ""
+        )
         problem = c.problem
         if plan.assign == "all":
             chosen = range(len(styles))
@@ -235,35 +247,47 @@ def make_items(contents: Sequence[Content], styles: Sequence[StyleRef], output: 
             if c.style in by_name:
                 chosen = [by_name[c.style]]
             else:  # a row naming no style of the set: a failed row, never a silent skip
-                chosen, problem = [], problem or (
-                    f"its style column names {c.style!r}, not one of the job's styles"
-                    if c.style else "its style column is empty")
+                chosen, problem = (
+                    [],
+                    problem
+                    or (
+                        f"its style column names {c.style!r}, not one of the job's styles"
+                        if c.style
+                        else "its style column is empty"
+                    ),
+                )
         else:
             chosen = draw(c.rel)
-        targets = [(names[i], keys[i], folder[i], style_suffix[i]) for i in chosen] or \
-            [(c.style or "", "", join(output, "_"), "")]
+        targets = [(names[i], keys[i], folder[i], style_suffix[i]) for i in chosen] or [
+            (c.style or "", "", join(output, "_"), "")
+        ]
         tail = None if mirror else _output_tail(parts, clash, ext)
         for name, style_key, style_folder, style_tail in targets:
             for p, label in enumerate(labels):
                 if mirror:
-                    suffix = clash + (style_tail if several else "") + \
-                        (f"__{label}" if label else "")
+                    suffix = (
+                        clash + (style_tail if several else "") + (f"__{label}" if label else "")
+                    )
                     uri = join(output, MIRROR_DIR, _output_tail(parts, suffix, ext))
                 else:
                     uri = join(style_folder, *([label] if label else []), tail)
-                items.append(WorkItem(
-                    item_id=_hash(c.uri, c.tag, style_key or name, plan.point_hashes[p]),
-                    content_uri=c.uri,
-                    style=name,
-                    output_uri=uri,
-                    index=len(items),
-                    problem=problem,
-                    point=p,
-                    params_hash=plan.point_hashes[p],
-                ))
+                items.append(
+                    WorkItem(
+                        item_id=_hash(c.uri, c.tag, style_key or name, plan.point_hashes[p]),
+                        content_uri=c.uri,
+                        style=name,
+                        output_uri=uri,
+                        index=len(items),
+                        problem=problem,
+                        point=p,
+                        params_hash=plan.point_hashes[p],
+                    )
+                )
     return items
 
 
 def make_shards(items: Sequence[WorkItem], shard_size: int, first_id: int = 0) -> list[Shard]:
-    return [Shard(first_id + n, tuple(items[i:i + shard_size]))
-            for n, i in enumerate(range(0, len(items), shard_size))]
+    return [
+        Shard(first_id + n, tuple(items[i : i + shard_size]))
+        for n, i in enumerate(range(0, len(items), shard_size))
+    ]

@@ -17,13 +17,28 @@ import re
 from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import StylizeError, near_miss, short_hash
-from stylize.config import (BIT_DEPTHS, BOUNDS, NETWORK_OPTIONS, OUTPUT_FORMATS, TYPE_NOUNS,
-                            ConfigError, StyleConfig, literal_values)
+from stylize.config import (
+    BIT_DEPTHS,
+    BOUNDS,
+    NETWORK_OPTIONS,
+    OUTPUT_FORMATS,
+    TYPE_NOUNS,
+    ConfigError,
+    StyleConfig,
+    literal_values,
+)
 
 MODES = ("resume", "overwrite")
 RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
@@ -38,8 +53,13 @@ LATER_OPTIONS = {"style_loss": "gram"}
 
 def output_options(cfg: StyleConfig) -> dict[str, Any]:
     """The engine options an output depends on, as hashed and compared on resume."""
-    return {k: v for k, v in cfg.to_dict().items()
-            if k not in NON_OUTPUT_OPTIONS and LATER_OPTIONS.get(k, object()) != v}
+    return {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in NON_OUTPUT_OPTIONS and LATER_OPTIONS.get(k, object()) != v
+    }
+
+
 SCHEMA_FILE = "configs/job.schema.json"  # `stylize schema` output, named by the shipped configs
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -54,15 +74,23 @@ class RayConfig(BaseModel):
     """Where the actors run."""
 
     model_config = _FROZEN
-    address: Text | None = Field(None, description=(
-        "null: a private local Ray (always, even with RAY_ADDRESS set); auto: the machine's "
-        "cluster; ray://host:port or host:port: that cluster; inline: this process, no Ray"))
+    address: Text | None = Field(
+        None,
+        description=(
+            "null: a private local Ray (always, even with RAY_ADDRESS set); auto: the machine's "
+            "cluster; ray://host:port or host:port: that cluster; inline: this process, no Ray"
+        ),
+    )
     num_workers: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
-        "auto", description="auto: one per GPU, or one per cpus_per_worker CPUs")
+        "auto", description="auto: one per GPU, or one per cpus_per_worker CPUs"
+    )
     gpus_per_worker: float = Field(1.0, ge=0, description="0 on a CPU-only cluster")
     cpus_per_worker: float = Field(1.0, gt=0, description="also a CPU worker's torch threads")
-    startup_timeout_s: float = Field(900.0, gt=0, description=(
-        "a worker not ready by then counts as failed; with none ready, the job stops"))
+    startup_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description=("a worker not ready by then counts as failed; with none ready, the job stops"),
+    )
 
 
 class GridConfig(BaseModel):
@@ -112,8 +140,11 @@ class StyleSource:
 
 
 StyleEntry = Union[Text, BlendPart, Annotated[list[Union[Text, BlendPart]], Field(min_length=1)]]
-StylesInput = Union[Text, Annotated[list[Text], Field(min_length=1)],
-                    Annotated[dict[str, StyleEntry], Field(min_length=1)]]
+StylesInput = Union[
+    Text,
+    Annotated[list[Text], Field(min_length=1)],
+    Annotated[dict[str, StyleEntry], Field(min_length=1)],
+]
 
 
 def image_extensions() -> tuple[str, ...]:
@@ -121,72 +152,124 @@ def image_extensions() -> tuple[str, ...]:
     from PIL import Image
 
     Image.init()
-    return tuple(sorted(e for e, fmt in Image.registered_extensions().items()
-                        if fmt in Image.OPEN))
+    return tuple(sorted(e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
 
 
 class JobConfig(BaseModel):
     """One stylization job. ``styles`` and ``input`` are normalised on load: ``styles`` is a
     folder/glob string or a tuple of :class:`StyleSource`, ``input`` a string or a tuple."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", title="stylize job",
-                              arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", title="stylize job", arbitrary_types_allowed=True
+    )
     input: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(
-        description="folder (recursive), glob, .txt/.csv/.parquet list of URIs, or a list")
-    styles: StylesInput = Field(description=(
-        "a folder or glob, a list of images, or a mapping name -> URI | {uri, weight} | a "
-        "list of those to blend"))
+        description="folder (recursive), glob, .txt/.csv/.parquet list of URIs, or a list"
+    )
+    styles: StylesInput = Field(
+        description=(
+            "a folder or glob, a list of images, or a mapping name -> URI | {uri, weight} | a "
+            "list of those to blend"
+        )
+    )
     output: Text = Field(description="output folder, path or URL")
-    stylize: StyleConfig = Field(default_factory=StyleConfig,
-                                 description="engine options (preset + overrides)")
-    shard_size: int = Field(16, ge=1, description="work items per shard: unit of retry and "
-                                                  "of manifest parts")
+    stylize: StyleConfig = Field(
+        default_factory=StyleConfig, description="engine options (preset + overrides)"
+    )
+    shard_size: int = Field(
+        16, ge=1, description="work items per shard: unit of retry and of manifest parts"
+    )
     mode: Literal[MODES] = "resume"
-    max_attempts: int = Field(3, ge=1, description="tries before a crash-looping item is "
-                                                   "isolated")
+    max_attempts: int = Field(3, ge=1, description="tries before a crash-looping item is isolated")
     item_timeout_s: float = Field(1800.0, gt=0, description="per item; past it: failed_timeout")
     retry_failed: Literal[RETRY_FAILED] = Field(
-        "transient", description="on resume, try again: transient (failed_io, failed_timeout, "
-                                 "failed_crash), none, or all (failed_decode too)")
-    io_retry_s: float = Field(150.0, ge=0, description="storage errors retried with backoff "
-                                                       "this long, then failed_io")
-    lease_timeout_s: float = Field(120.0, ge=30, description=(
-        "another driver takes the output folder over once this driver's heartbeat (every "
-        "10 s) is this old; --takeover takes it at once"))
+        "transient",
+        description="on resume, try again: transient (failed_io, failed_timeout, "
+        "failed_crash), none, or all (failed_decode too)",
+    )
+    io_retry_s: float = Field(
+        150.0, ge=0, description="storage errors retried with backoff this long, then failed_io"
+    )
+    lease_timeout_s: float = Field(
+        120.0,
+        ge=30,
+        description=(
+            "another driver takes the output folder over once this driver's heartbeat (every "
+            "10 s) is this old; --takeover takes it at once"
+        ),
+    )
     output_format: Literal[OUTPUT_FORMATS] = "png"
     output_quality: int = Field(95, ge=1, le=100, description="jpeg and webp")
     output_bit_depth: Literal[BIT_DEPTHS] = Field(8, description="16: png and tiff only")
-    extensions: Union[Literal["images", "all"], Annotated[list[Text], Field(min_length=1)],
-                      None] = Field("images", description=(
-        "which files of an input folder are inputs: images (the default: the extensions "
-        "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
-        "file), or a list, e.g. [jpg, png]"))
-    input_column: Text | None = Field(None, description=(
-        "the URI column of a .csv/.parquet/.jsonl list input (default: the first of uri, "
-        "url, path, content_uri); every other column travels to the manifest"))
-    limit: int | None = Field(None, ge=1, description=(
-        "a trial: only this many items, drawn the same way every time (the full run later "
-        "resumes them)"))
+    extensions: Union[
+        Literal["images", "all"], Annotated[list[Text], Field(min_length=1)], None
+    ] = Field(
+        "images",
+        description=(
+            "which files of an input folder are inputs: images (the default: the extensions "
+            "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
+            "file), or a list, e.g. [jpg, png]"
+        ),
+    )
+    input_column: Text | None = Field(
+        None,
+        description=(
+            "the URI column of a .csv/.parquet/.jsonl list input (default: the first of uri, "
+            "url, path, content_uri); every other column travels to the manifest"
+        ),
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "a trial: only this many items, drawn the same way every time (the full run later "
+            "resumes them)"
+        ),
+    )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options for the driver and every worker")
+        default_factory=dict, description="fsspec options for the driver and every worker"
+    )
     ray: RayConfig = Field(default_factory=RayConfig)
     grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
-    report: bool = Field(True, description="write the HTML report {output}/report/index.html "
-                                           "at the end (also: stylize report OUTPUT)")
-    assign: Union[Literal[ASSIGN_MODES], RandomAssign] = Field("all", description=(
-        "all: every content x every style; {random: k, seed: 0}: k styles per content, "
-        "drawn reproducibly; column: a list input's `style` column names each row's style"))
-    layout: Literal[LAYOUTS] = Field("by_style", description=(
-        "by_style: {output}/{style}/{relative path}; mirror: {output}/images/{relative path} "
-        "(the input tree, for ImageFolder; several styles per content: {stem}__{style}.{ext})"))
-    container: Literal[CONTAINERS] = Field("files", description=(
-        "files: one image file per item; webdataset: one tar per shard, "
-        "{output}/shards/NNNNN.tar, each sample {key}.{ext} + {key}.json"))
-    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(None, description=(
-        "per-image engine options to sweep, e.g. {style_weight: [1e2, 1e3]}: one item per "
-        "(content, style, point)"))
-    target_cache_mb: float | None = Field(None, gt=0, description=(
-        "style targets kept per worker (LRU); null: a tenth of the GPU's memory, 1 GiB on a CPU"))
+    report: bool = Field(
+        True,
+        description="write the HTML report {output}/report/index.html "
+        "at the end (also: stylize report OUTPUT)",
+    )
+    assign: Union[Literal[ASSIGN_MODES], RandomAssign] = Field(
+        "all",
+        description=(
+            "all: every content x every style; {random: k, seed: 0}: k styles per content, "
+            "drawn reproducibly; column: a list input's `style` column names each row's style"
+        ),
+    )
+    layout: Literal[LAYOUTS] = Field(
+        "by_style",
+        description=(
+            "by_style: {output}/{style}/{relative path}; mirror: {output}/images/{relative path} "
+            "(the input tree, for ImageFolder; several styles per content: {stem}__{style}.{ext})"
+        ),
+    )
+    container: Literal[CONTAINERS] = Field(
+        "files",
+        description=(
+            "files: one image file per item; webdataset: one tar per shard, "
+            "{output}/shards/NNNNN.tar, each sample {key}.{ext} + {key}.json"
+        ),
+    )
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
+        None,
+        description=(
+            "per-image engine options to sweep, e.g. {style_weight: [1e2, 1e3]}: one item per "
+            "(content, style, point)"
+        ),
+    )
+    target_cache_mb: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "style targets kept per worker (LRU); null: a tenth of the GPU's memory, 1 GiB on a CPU"
+        ),
+    )
 
     # ------------------------------------------------------------------- normalisation
     @field_validator("stylize", mode="before")
@@ -197,8 +280,11 @@ class JobConfig(BaseModel):
     @field_validator("output_format", mode="before")
     @classmethod
     def _format_alias(cls, value: Any) -> Any:
-        return FORMAT_ALIASES.get(str(value).lower(), str(value).lower()) \
-            if isinstance(value, str) else value
+        return (
+            FORMAT_ALIASES.get(str(value).lower(), str(value).lower())
+            if isinstance(value, str)
+            else value
+        )
 
     @field_validator("extensions", mode="before")
     @classmethod
@@ -229,27 +315,40 @@ class JobConfig(BaseModel):
             return None
         for key in value:
             if key in NETWORK_OPTIONS or key == "preset":
-                raise ValueError(f"{key}: builds the network, which a sweep cannot change; "
-                                 f"sweep per-image options only")
+                raise ValueError(
+                    f"{key}: builds the network, which a sweep cannot change; "
+                    f"sweep per-image options only"
+                )
             if key not in StyleConfig.model_fields:
                 near = near_miss(key, StyleConfig.model_fields)
-                raise ValueError(f"{key}: not an engine option"
-                                 f"{f'; did you mean {near!r}?' if near else ''}")
+                raise ValueError(
+                    f"{key}: not an engine option{f'; did you mean {near!r}?' if near else ''}"
+                )
         return value
 
     @model_validator(mode="after")
     def _normalise(self) -> "JobConfig":
         if self.output_bit_depth == 16 and self.output_format not in ("png", "tiff"):
-            raise ValueError(f"output_bit_depth: 16 is only for png and tiff, not "
-                             f"{self.output_format}")
+            raise ValueError(
+                f"output_bit_depth: 16 is only for png and tiff, not {self.output_format}"
+            )
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "input", self.input if isinstance(self.input, str) else tuple(self.input))
         set_(self, "styles", _style_sources(self.styles))
-        set_(self, "extensions", image_extensions() if self.extensions == "images" else
-             None if self.extensions == "all" else
-             tuple("." + e.lower().lstrip(".") for e in self.extensions))
-        set_(self, "grid", self.grid if isinstance(self.grid, GridConfig)
-             else GridConfig(enabled=self.grid))
+        set_(
+            self,
+            "extensions",
+            image_extensions()
+            if self.extensions == "images"
+            else None
+            if self.extensions == "all"
+            else tuple("." + e.lower().lstrip(".") for e in self.extensions),
+        )
+        set_(
+            self,
+            "grid",
+            self.grid if isinstance(self.grid, GridConfig) else GridConfig(enabled=self.grid),
+        )
         _check_memory_urls(self)
         typed: dict[str, dict[str, Any]] = {}  # key -> {repr of a value as given: as typed}
         for point in self.sweep_points():  # every point must be valid options
@@ -261,8 +360,9 @@ class JobConfig(BaseModel):
                 v = getattr(cfg, key)
                 typed.setdefault(key, {})[repr(value)] = list(v) if isinstance(v, tuple) else v
         if self.sweep:  # the values as the engine reads them ('1e3' from --sweep: 1000.0)
-            set_(self, "sweep", {k: [typed[k][repr(v)] for v in vs]
-                                 for k, vs in self.sweep.items()})
+            set_(
+                self, "sweep", {k: [typed[k][repr(v)] for v in vs] for k, vs in self.sweep.items()}
+            )
         return self
 
     def sweep_points(self) -> list[dict[str, Any]]:
@@ -280,18 +380,36 @@ class JobConfig(BaseModel):
     # -------------------------------------------------------------------------- views
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able form for run.json: credentials masked."""
-        d = self.model_dump(mode="json", exclude={"styles", "input", "stylize", "grid"},
-                            warnings=False)
+        d = self.model_dump(
+            mode="json", exclude={"styles", "input", "stylize", "grid"}, warnings=False
+        )
         d["stylize"] = self.stylize.to_dict()
         d["grid"] = self.grid.model_dump()
-        d["input"] = ([redact_uri(u) for u in self.input] if isinstance(self.input, tuple)
-                      else redact_uri(self.input))
+        d["input"] = (
+            [redact_uri(u) for u in self.input]
+            if isinstance(self.input, tuple)
+            else redact_uri(self.input)
+        )
         d["output"] = redact_uri(self.output)
-        d["styles"] = redact_uri(self.styles) if isinstance(self.styles, str) else [
-            {"name": s.name, "uris": [redact_uri(u) for u in s.uris], "weights": list(s.weights)}
-            for s in self.styles]
-        d["extensions"] = ("all" if self.extensions is None else "images"
-                           if self.extensions == image_extensions() else list(self.extensions))
+        d["styles"] = (
+            redact_uri(self.styles)
+            if isinstance(self.styles, str)
+            else [
+                {
+                    "name": s.name,
+                    "uris": [redact_uri(u) for u in s.uris],
+                    "weights": list(s.weights),
+                }
+                for s in self.styles
+            ]
+        )
+        d["extensions"] = (
+            "all"
+            if self.extensions is None
+            else "images"
+            if self.extensions == image_extensions()
+            else list(self.extensions)
+        )
         d["storage_options"] = redact_options(self.storage_options)
         return d
 
@@ -323,8 +441,9 @@ def _style_sources(value: Any) -> str | tuple[StyleSource, ...]:
     for name, entry in value.items():
         parts = entry if isinstance(entry, list) else [entry]
         parts = [p if isinstance(p, BlendPart) else BlendPart(uri=p) for p in parts]
-        out.append(StyleSource(str(name), tuple(p.uri for p in parts),
-                               tuple(p.weight for p in parts)))
+        out.append(
+            StyleSource(str(name), tuple(p.uri for p in parts), tuple(p.weight for p in parts))
+        )
     return tuple(out)
 
 
@@ -332,8 +451,10 @@ def _check_memory_urls(job: JobConfig) -> None:
     uris = [job.output, *([job.input] if isinstance(job.input, str) else job.input)]
     uris += [job.styles] if isinstance(job.styles, str) else [u for s in job.styles for u in s.uris]
     if job.ray.address != "inline" and any(u.startswith("memory://") for u in uris):
-        raise ValueError("memory:// lives in one process and Ray workers cannot see it; set "
-                         "ray.address: inline, or use a folder or s3:// URL")
+        raise ValueError(
+            "memory:// lives in one process and Ray workers cannot see it; set "
+            "ray.address: inline, or use a folder or s3:// URL"
+        )
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -362,14 +483,21 @@ class StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a job file; write the value "
-                "out where it is used", self.peek_event().start_mark)
+                None,
+                None,
+                "aliases (*name) are not allowed in a job file; write the value "
+                "out where it is used",
+                self.peek_event().start_mark,
+            )
         self._depth += 1
         try:
             if self._depth > MAX_JOB_DEPTH:
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested more than {MAX_JOB_DEPTH} levels deep",
-                    self.peek_event().start_mark)
+                    None,
+                    None,
+                    f"nested more than {MAX_JOB_DEPTH} levels deep",
+                    self.peek_event().start_mark,
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -387,8 +515,12 @@ class StrictLoader(yaml.SafeLoader):
                     break
                 if seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} given twice (first on line {first[key] + 1}); "
-                        f"YAML would keep only the last: remove one", key_node.start_mark)
+                        None,
+                        None,
+                        f"key {key!r} given twice (first on line {first[key] + 1}); "
+                        f"YAML would keep only the last: remove one",
+                        key_node.start_mark,
+                    )
                 first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
@@ -406,7 +538,8 @@ def load_job(path: str, overrides: Sequence[str] = (), mode: str | None = None) 
         if len(data) > MAX_JOB_BYTES:
             raise JobConfigError(
                 f"{path}: larger than {MAX_JOB_BYTES // 1024} KiB, too large for a job file; "
-                f"put a long list of inputs in a list file (input: list.csv)")
+                f"put a long list of inputs in a list file (input: list.csv)"
+            )
         raw = parse_yaml(data.decode("utf-8"))
     except FileNotFoundError:
         raise JobConfigError(f"{path}: no such job file") from None
@@ -425,8 +558,7 @@ def load_job(path: str, overrides: Sequence[str] = (), mode: str | None = None) 
         return job_from_mapping(raw)
     except JobConfigError as e:
         n = str(e).count("\n") + 1
-        raise JobConfigError(f"{path}: {e}" if n == 1 else f"{path}: {n} problems:\n{e}") \
-            from None
+        raise JobConfigError(f"{path}: {e}" if n == 1 else f"{path}: {n} problems:\n{e}") from None
 
 
 def _yaml_error(e: yaml.YAMLError) -> str:
@@ -477,11 +609,25 @@ def job_from_mapping(raw: Mapping[str, Any]) -> JobConfig:
 # ----------------------------------------------------------------------------- messages
 # pydantic names union members in error locations ("int", "literal['auto']", "list[...]"):
 # not keys of the file, so they are dropped from the path shown to the user.
-_TYPE_TAG = re.compile(r"^(int|float|str|bool|none|constrained-\w+|[a-z-]+\[.*\]|"
-                       r"BlendPart|GridConfig|RayConfig)$")
-_TYPE_ERRORS = {"int_parsing", "int_type", "float_parsing", "float_type", "bool_parsing",
-                "bool_type", "string_type", "list_type", "tuple_type", "dict_type",
-                "model_type", "model_attributes_type", "literal_error"}
+_TYPE_TAG = re.compile(
+    r"^(int|float|str|bool|none|constrained-\w+|[a-z-]+\[.*\]|"
+    r"BlendPart|GridConfig|RayConfig)$"
+)
+_TYPE_ERRORS = {
+    "int_parsing",
+    "int_type",
+    "float_parsing",
+    "float_type",
+    "bool_parsing",
+    "bool_type",
+    "string_type",
+    "list_type",
+    "tuple_type",
+    "dict_type",
+    "model_type",
+    "model_attributes_type",
+    "literal_error",
+}
 
 
 def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]:
@@ -498,16 +644,19 @@ def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]
         specific = [e for e in errs if e["type"] not in _TYPE_ERRORS]
         if specific:  # a union whose matching branch said what is wrong: only that
             errs = specific
-        elif any(p.startswith(f"{path}.") for p in by_path if p != path) or \
-                (not path and len(by_path) > 1):
+        elif any(p.startswith(f"{path}.") for p in by_path if p != path) or (
+            not path and len(by_path) > 1
+        ):
             continue  # the value matched another branch, which reports deeper down
         got = errs[0].get("input")
         if errs[0]["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)):
             got = None
         where = f"{path}: " if path else ""
         if got is not None and all(e["type"] == "literal_error" for e in errs):
-            lines.append(f"{where}{got!r} is not allowed; allowed: "
-                         f"{', '.join(literal_values(e) for e in errs)}")
+            lines.append(
+                f"{where}{got!r} is not allowed; allowed: "
+                f"{', '.join(literal_values(e) for e in errs)}"
+            )
             continue
         lines.append(f"{where}{_what(errs)}{f', got {got!r}' if got is not None else ''}")
     return lines
@@ -516,8 +665,10 @@ def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]
 def _what(errs: list[dict]) -> str:
     """What is wrong, from the errors of one key (several for a union)."""
     if all(e["type"] in TYPE_NOUNS or e["type"] == "literal_error" for e in errs):
-        nouns = [literal_values(e) if e["type"] == "literal_error" else TYPE_NOUNS[e["type"]]
-                 for e in errs]
+        nouns = [
+            literal_values(e) if e["type"] == "literal_error" else TYPE_NOUNS[e["type"]]
+            for e in errs
+        ]
         return "expected " + " or ".join(dict.fromkeys(nouns))
     texts = []
     for err in errs:
@@ -532,7 +683,7 @@ def _what(errs: list[dict]) -> str:
             texts.append(f"must be {BOUNDS[kind]} {next(iter(ctx.values()), '')}")
         else:
             msg = err["msg"]
-            texts.append(msg[len("Value error, "):] if msg.startswith("Value error, ") else msg)
+            texts.append(msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg)
     return " or ".join(dict.fromkeys(texts))
 
 
@@ -560,8 +711,9 @@ def _keys_at(model: Any, parts: list[str]) -> list[str] | None:
 
 def _model_in(annotation: Any) -> Any:
     """The first pydantic model or dataclass inside ``annotation`` (through unions)."""
-    if isinstance(annotation, type) and (issubclass(annotation, BaseModel)
-                                         or hasattr(annotation, "model_fields")):
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or hasattr(annotation, "model_fields")
+    ):
         return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
         found = _model_in(arg)

@@ -73,8 +73,14 @@ class Owner:
         """None for a lease that cannot be read (cut short, hand-edited): treated as gone."""
         try:
             d = json.loads(data)
-            return cls(str(d["id"]), str(d["host"]), int(d["pid"]), str(d["started_at"]),
-                       str(d["heartbeat_at"]), str(d.get("command", "")))
+            return cls(
+                str(d["id"]),
+                str(d["host"]),
+                int(d["pid"]),
+                str(d["started_at"]),
+                str(d["heartbeat_at"]),
+                str(d.get("command", "")),
+            )
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -99,24 +105,33 @@ class Owner:
         return False
 
     def describe(self) -> str:
-        return escape_controls(f"{self.host} pid {self.pid}, running since {self.started_at}, "
-                               f"last heartbeat {self.age_s():.0f} s ago")
+        return escape_controls(
+            f"{self.host} pid {self.pid}, running since {self.started_at}, "
+            f"last heartbeat {self.age_s():.0f} s ago"
+        )
 
 
 class Lease:
     """The lease of one run folder, taken by :meth:`acquire`, renewed by a heartbeat thread
     until :meth:`release`. Use as a context manager."""
 
-    def __init__(self, output: str, options: Mapping[str, Any], *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, takeover: bool = False,
-                 command: str = "stylize run"):
+    def __init__(
+        self,
+        output: str,
+        options: Mapping[str, Any],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        takeover: bool = False,
+        command: str = "stylize run",
+    ):
         self.uri = RunFolder(output).lease
         self.output = output
         self.options = options
         self.timeout_s = timeout_s
         self.takeover = takeover
-        self.me = Owner(uuid.uuid4().hex, socket.gethostname(), os.getpid(), _iso(_now()),
-                        _iso(_now()), command)
+        self.me = Owner(
+            uuid.uuid4().hex, socket.gethostname(), os.getpid(), _iso(_now()), _iso(_now()), command
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: Owner | None = None
@@ -128,7 +143,8 @@ class Lease:
             return None
         try:
             return Owner.parse(storage.read_bytes(self.uri, self.options)) or Owner(
-                "?", "?", -1, "?", "?")
+                "?", "?", -1, "?", "?"
+            )
         except FileNotFoundError:  # released between the two calls
             return None
 
@@ -145,20 +161,32 @@ class Lease:
                     f"output {self.output} is being run by another driver ({held.describe()}); "
                     f"wait for it to finish, or, if it is gone, rerun with --takeover (taken "
                     f"over by itself once its heartbeat is {self.timeout_s:g} s old: "
-                    "lease_timeout_s)")
-            log.warning("taking over %s from %s (%s)", LEASE_FILE, held.describe(),
-                        "--takeover" if not stale else
-                        "its process is gone" if held.gone_here() else "heartbeat too old")
+                    "lease_timeout_s)"
+                )
+            log.warning(
+                "taking over %s from %s (%s)",
+                LEASE_FILE,
+                held.describe(),
+                "--takeover"
+                if not stale
+                else "its process is gone"
+                if held.gone_here()
+                else "heartbeat too old",
+            )
         try:
             self._write(exclusive=held is None)
         except FileExistsError:  # another driver created it a moment ago
-            raise LeaseHeld(f"output {self.output} was just taken by another driver "
-                            f"({(self.read() or self.me).describe()})") from None
+            raise LeaseHeld(
+                f"output {self.output} was just taken by another driver "
+                f"({(self.read() or self.me).describe()})"
+            ) from None
         time.sleep(SETTLE_S if not storage.is_local(storage.get_fs(self.uri)[0]) else 0)
         now = self.read()
         if now is None or now.id != self.me.id:  # two takers wrote at once: the last one won
-            raise LeaseHeld(f"output {self.output} was just taken by another driver "
-                            f"({now.describe() if now else 'unknown'})")
+            raise LeaseHeld(
+                f"output {self.output} was just taken by another driver "
+                f"({now.describe() if now else 'unknown'})"
+            )
         self._thread = threading.Thread(target=self._beat, name="stylize-lease", daemon=True)
         self._thread.start()
         return self
@@ -174,8 +202,9 @@ class Lease:
             if held is not None and held.id == self.me.id:
                 storage.remove(self.uri, self.options)
         except storage.StorageError as e:  # storage gone: the lease goes stale by itself
-            log.warning("could not remove %s (%s); it goes stale after %g s", LEASE_FILE,
-                        e, self.timeout_s)
+            log.warning(
+                "could not remove %s (%s); it goes stale after %g s", LEASE_FILE, e, self.timeout_s
+            )
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -202,8 +231,10 @@ class Lease:
         held = self._lost or self.read()
         if held is not None and held.id not in (self.me.id, "?"):
             self._lost = held
-            raise LeaseLost(f"another driver took over output {self.output} "
-                            f"({held.describe()}); this one stops, every part it wrote is kept")
+            raise LeaseLost(
+                f"another driver took over output {self.output} "
+                f"({held.describe()}); this one stops, every part it wrote is kept"
+            )
 
 
 def holder(output: str, options: Mapping[str, Any]) -> Owner | None:

@@ -35,7 +35,8 @@ class LossTrace:
         chunk = self._chunks[-1]
         chunk["values"].append(step.losses)
         chunk["complete"] = step.scale == step.scales - 1 and (
-            step.step >= step.steps or step.active == 0)
+            step.step >= step.steps or step.active == 0
+        )
 
     def traces(self) -> list[list[float] | None]:
         """One trace per image of the batch, in batch order (all None if unattributable)."""
@@ -43,8 +44,7 @@ class LossTrace:
         offset = 0
         for i, chunk in enumerate(self._chunks):
             after = self._chunks[i + 1] if i + 1 < len(self._chunks) else None
-            if after is not None and not chunk["complete"] \
-                    and after["size"] == chunk["size"] // 2:
+            if after is not None and not chunk["complete"] and after["size"] == chunk["size"] // 2:
                 continue  # ran out of memory: restarted at half the size
             if offset + chunk["size"] > self.n:
                 return [None] * self.n

@@ -36,34 +36,36 @@ from pipeline.redact import escape_controls, redact_text, redact_uri, show_undec
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("content_uri", pa.string(), nullable=False),  # credentials stripped
-    pa.field("style", pa.string(), nullable=False),
-    pa.field("output_uri", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),  # one of STATUSES
-    pa.field("error_message", pa.string()),  # null when ok
-    pa.field("attempt", pa.int32(), nullable=False),  # 1 = first try
-    pa.field("width", pa.int32()),  # of the output, pixels
-    pa.field("height", pa.int32()),
-    pa.field("iterations", pa.int32()),
-    pa.field("content_loss", pa.float64()),
-    pa.field("style_loss", pa.float64()),
-    pa.field("tv_loss", pa.float64()),
-    pa.field("total_loss", pa.float64()),
-    pa.field("duration_s", pa.float64()),  # this item's share of its batch's time
-    pa.field("started_at", pa.timestamp("us", tz="UTC")),
-    pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("worker", pa.string()),  # node/actor/device
-    pa.field("params_hash", pa.string(), nullable=False),
-    pa.field("shard", pa.int32(), nullable=False),
-    # The content's URI as bytes, only where it is not valid UTF-8 (a Linux file name with
-    # bytes like \xff): content_uri then shows those bytes as \xNN escapes.
-    pa.field("content_uri_bytes", pa.binary()),
-    # Total loss at the engine's progress steps, at most a few dozen values (losstrace.py);
-    # null where no trace could be kept (failures, parts of older runs).
-    pa.field("loss_trace", pa.list_(pa.float32())),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("content_uri", pa.string(), nullable=False),  # credentials stripped
+        pa.field("style", pa.string(), nullable=False),
+        pa.field("output_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # one of STATUSES
+        pa.field("error_message", pa.string()),  # null when ok
+        pa.field("attempt", pa.int32(), nullable=False),  # 1 = first try
+        pa.field("width", pa.int32()),  # of the output, pixels
+        pa.field("height", pa.int32()),
+        pa.field("iterations", pa.int32()),
+        pa.field("content_loss", pa.float64()),
+        pa.field("style_loss", pa.float64()),
+        pa.field("tv_loss", pa.float64()),
+        pa.field("total_loss", pa.float64()),
+        pa.field("duration_s", pa.float64()),  # this item's share of its batch's time
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("worker", pa.string()),  # node/actor/device
+        pa.field("params_hash", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        # The content's URI as bytes, only where it is not valid UTF-8 (a Linux file name with
+        # bytes like \xff): content_uri then shows those bytes as \xNN escapes.
+        pa.field("content_uri_bytes", pa.binary()),
+        # Total loss at the engine's progress steps, at most a few dozen values (losstrace.py);
+        # null where no trace could be kept (failures, parts of older runs).
+        pa.field("loss_trace", pa.list_(pa.float32())),
+    ]
+)
 if tuple(SCHEMA.names) != COLUMNS:  # pragma: no cover - a column added in one place only
     raise ImportError("pipeline.manifest.SCHEMA and pipeline.rows.Row name other columns")
 _TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker")
@@ -78,8 +80,9 @@ def clean_row(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, 
     for key in _TEXT_COLUMNS:
         value = out.get(key)
         if isinstance(value, str):
-            out[key] = show_undecodable(redact_text(value, secrets) if key == "error_message"
-                                        else redact_uri(value))
+            out[key] = show_undecodable(
+                redact_text(value, secrets) if key == "error_message" else redact_uri(value)
+            )
     return out
 
 
@@ -124,8 +127,15 @@ class DamagedFile(StylizeError, ValueError):
 
 # What decoding bytes already in memory may raise (pyarrow raises OSError for a bad footer);
 # storage errors happen before, while reading, and are never taken for damage.
-_DECODE_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, KeyError, EOFError,
-                  UnicodeDecodeError)
+_DECODE_ERRORS = (
+    pa.ArrowException,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    EOFError,
+    UnicodeDecodeError,
+)
 
 
 def _why(e: BaseException) -> str:
@@ -157,14 +167,21 @@ class Damage:
             self.found.append(Unreadable(uri, why, moved))
         if self.repair:
             rel = self.folder.relative
-            log.warning("%s is damaged (%s)%s%s", rel(uri), why,
-                        f": moved to {rel(moved)}" if moved else "", f"; {then}" if then else "")
+            log.warning(
+                "%s is damaged (%s)%s%s",
+                rel(uri),
+                why,
+                f": moved to {rel(moved)}" if moved else "",
+                f"; {then}" if then else "",
+            )
 
     def lines(self) -> list[str]:
         """One line per damaged file, for status and report."""
-        return [f"{self.folder.relative(u.uri)}: {u.why}"
-                + (f" (moved to {self.folder.relative(u.moved_to)})" if u.moved_to else "")
-                for u in self.found]
+        return [
+            f"{self.folder.relative(u.uri)}: {u.why}"
+            + (f" (moved to {self.folder.relative(u.moved_to)})" if u.moved_to else "")
+            for u in self.found
+        ]
 
     def __bool__(self) -> bool:
         return bool(self.found)
@@ -205,11 +222,17 @@ def _conform(table: pa.Table) -> pa.Table:
     extra = [n for n in table.column_names if n not in SCHEMA.names]
     return pa.Table.from_arrays(
         [*table.select(SCHEMA.names).cast(SCHEMA).columns, *table.select(extra).columns],
-        schema=pa.schema([*SCHEMA, *(table.schema.field(n) for n in extra)]))
+        schema=pa.schema([*SCHEMA, *(table.schema.field(n) for n in extra)]),
+    )
 
 
-def _file_equals(uri: str, table: pa.Table, options: Mapping[str, Any],
-                 damage: Damage | None = None, batch_rows: int = 1 << 16) -> bool:
+def _file_equals(
+    uri: str,
+    table: pa.Table,
+    options: Mapping[str, Any],
+    damage: Damage | None = None,
+    batch_rows: int = 1 << 16,
+) -> bool:
     """Whether the Parquet file ``uri`` holds exactly ``table`` (as read_manifest reads it),
     compared batch by batch: a million-row manifest is never held twice. A file that cannot
     be decoded is damaged (and moved aside, when ``damage`` repairs)."""
@@ -232,8 +255,13 @@ def _file_equals(uri: str, table: pa.Table, options: Mapping[str, Any],
         return False
 
 
-def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
-               options: Mapping[str, Any], secrets: Sequence[str] = ()) -> pa.Table:
+def write_part(
+    output: str,
+    shard: int,
+    rows: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any],
+    secrets: Sequence[str] = (),
+) -> pa.Table:
     """Write the shard's part; returns the table written (the driver keeps it, columnar,
     rather than the row dicts: a million items fit in a few hundred MB)."""
     table = to_table(rows, secrets)
@@ -241,8 +269,9 @@ def write_part(output: str, shard: int, rows: Sequence[Mapping[str, Any]],
     try:  # created, never overwritten: a part id is never written by two drivers
         storage.write_bytes(uri, _to_parquet(table), options, atomic=True, exclusive=True)
     except FileExistsError:
-        raise storage.StorageError(f"{uri} exists: another driver wrote this part (two "
-                                   "drivers on one output folder)") from None
+        raise storage.StorageError(
+            f"{uri} exists: another driver wrote this part (two drivers on one output folder)"
+        ) from None
     return table
 
 
@@ -296,8 +325,9 @@ def remove_stale_temporaries(output: str, options: Mapping[str, Any]) -> int:
     return n
 
 
-def read_parts(output: str, options: Mapping[str, Any], workers: int = 16,
-               damage: Damage | None = None) -> pa.Table:
+def read_parts(
+    output: str, options: Mapping[str, Any], workers: int = 16, damage: Damage | None = None
+) -> pa.Table:
     """Every finished shard's rows; for an item in several parts, the newest part wins.
     Parts are read concurrently (object stores answer each GET with latency). A part that
     cannot be read back is left out and given to ``damage`` (DamagedFile without)."""
@@ -316,7 +346,7 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16,
         return pa.concat_tables(tables).combine_chunks() if tables else SCHEMA.empty_table()
 
     size = max(1, min(ShardTables.MERGE, len(ids) // max(1, workers)))
-    groups = [ids[i:i + size] for i in range(0, len(ids), size)]
+    groups = [ids[i : i + size] for i in range(0, len(ids), size)]
     with ThreadPoolExecutor(max(1, min(workers, len(groups)))) as pool:
         tables = list(pool.map(read, groups))
     table = pa.concat_tables(tables, promote_options="default")  # ascending shard ids
@@ -327,8 +357,9 @@ def read_parts(output: str, options: Mapping[str, Any], workers: int = 16,
     return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
-def read_manifest(output: str, options: Mapping[str, Any],
-                  damage: Damage | None = None) -> pa.Table | None:
+def read_manifest(
+    output: str, options: Mapping[str, Any], damage: Damage | None = None
+) -> pa.Table | None:
     """``manifest.parquet``; None when there is none or it is damaged (given to ``damage``)."""
     uri = RunFolder(output).manifest_file
     if not storage.exists(uri, options):
@@ -336,8 +367,9 @@ def read_manifest(output: str, options: Mapping[str, Any],
     return _read_checked(uri, options, damage, "written again from the parts")
 
 
-def _read_checked(uri: str, options: Mapping[str, Any], damage: Damage | None,
-                  then: str) -> pa.Table | None:
+def _read_checked(
+    uri: str, options: Mapping[str, Any], damage: Damage | None, then: str
+) -> pa.Table | None:
     """Manifest rows of the Parquet file ``uri``; None when it is damaged (given to
     ``damage`` with ``then``). Storage errors are raised: they are not damage."""
     data = storage.read_bytes(uri, options)
@@ -348,8 +380,7 @@ def _read_checked(uri: str, options: Mapping[str, Any], damage: Damage | None,
         return None
 
 
-def manifest_intact(output: str, options: Mapping[str, Any], damage: Damage | None = None
-                    ) -> bool:
+def manifest_intact(output: str, options: Mapping[str, Any], damage: Damage | None = None) -> bool:
     """Whether ``manifest.parquet`` exists and its footer reads as a manifest (ranged reads
     of its end only: ``status`` of a million-item run stays quick)."""
     uri = RunFolder(output).manifest_file
@@ -370,21 +401,31 @@ def manifest_intact(output: str, options: Mapping[str, Any], damage: Damage | No
         return False
 
 
-def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
-                   options: Mapping[str, Any],
-                   extend: Callable[[pa.Table], pa.Table] | None = None,
-                   damage: Damage | None = None) -> tuple[pa.Table, bool]:
+def write_manifest(
+    output: str,
+    items: Sequence[WorkItem],
+    rows: pa.Table,
+    options: Mapping[str, Any],
+    extend: Callable[[pa.Table], pa.Table] | None = None,
+    damage: Damage | None = None,
+) -> tuple[pa.Table, bool]:
     """``manifest.parquet``: the rows of ``items`` found in ``rows`` (one per item), in job
     order, with the columns ``extend`` adds (a sweep's keys, a list input's columns). Not
     rewritten when its rows are already exactly these: a resumed run that computed nothing
     leaves the file untouched. Returns the table and whether the file was written."""
     # vectorised (a million items: seconds in Python, a fraction of a second here): each
     # row's item position, null for rows of no item (sorted last, then cut off)
-    where = pc.index_in(rows["item_id"], value_set=pa.array([i.item_id for i in items],
-                                                               pa.string()))
+    where = pc.index_in(
+        rows["item_id"], value_set=pa.array([i.item_id for i in items], pa.string())
+    )
     position = pc.take(pa.array([i.index for i in items], pa.int64()), where)
-    if position.null_count == 0 and pc.all(pc.greater_equal(
-            position.slice(1), position.slice(0, max(0, len(position) - 1)))).as_py() is not False:
+    if (
+        position.null_count == 0
+        and pc.all(
+            pc.greater_equal(position.slice(1), position.slice(0, max(0, len(position) - 1)))
+        ).as_py()
+        is not False
+    ):
         table = rows  # already in job order (a fresh run's parts): no copy
     else:
         order = pc.sort_indices(pc.fill_null(position, 2**63 - 1))  # stable
@@ -398,8 +439,9 @@ def write_manifest(output: str, items: Sequence[WorkItem], rows: pa.Table,
     return table, True
 
 
-def read_json(uri: str, options: Mapping[str, Any], damage: Damage | None = None,
-              then: str = "") -> dict[str, Any] | None:
+def read_json(
+    uri: str, options: Mapping[str, Any], damage: Damage | None = None, then: str = ""
+) -> dict[str, Any] | None:
     """A JSON object file of the run; None when there is none or it is damaged (given to
     ``damage``, with ``then``: what the caller does instead)."""
     if not storage.exists(uri, options):

@@ -83,8 +83,9 @@ def calibrate(job: JobConfig, side: int, iterations: int = 3) -> tuple[str, floa
 
     from stylize.engine import Style, Stylizer
 
-    cfg = job.stylize.replace(size=side, iterations=iterations + 1, scales=None,
-                              early_stopping=False)
+    cfg = job.stylize.replace(
+        size=side, iterations=iterations + 1, scales=None, early_stopping=False
+    )
     engine = Stylizer(cfg)
     content = torch.rand(3, side, side) * 255
     style = Style("calibrate", (torch.rand(3, side, side) * 255,))
@@ -107,8 +108,12 @@ def _default_device(job: JobConfig) -> str:
     return "h200"
 
 
-def make_plan(job: JobConfig, workers: int = 1, device: str | None = None,
-              calibrated_ms: tuple[int, float] | None = None) -> dict[str, Any]:
+def make_plan(
+    job: JobConfig,
+    workers: int = 1,
+    device: str | None = None,
+    calibrated_ms: tuple[int, float] | None = None,
+) -> dict[str, Any]:
     """The plan as plain JSON-able values (see the module docstring)."""
     from pipeline import driver
 
@@ -127,8 +132,7 @@ def make_plan(job: JobConfig, workers: int = 1, device: str | None = None,
     left = [i for i in items if i.item_id not in done_ok]
     # shapes after resizing, from a reproducible sample of the contents
     contents = [c for c in state.listing.contents if not c.problem]
-    sample = contents if len(contents) <= SAMPLE else \
-        random.Random(0).sample(contents, SAMPLE)
+    sample = contents if len(contents) <= SAMPLE else random.Random(0).sample(contents, SAMPLE)
     with ThreadPoolExecutor(16) as pool:
         sizes = list(pool.map(lambda c: _header_size(c.uri, job.storage_options), sample))
     shapes = Counter(_shape(w, h, cfg.size, cfg.bucket) for s in sizes if s for w, h in [s])
@@ -165,14 +169,19 @@ def make_plan(job: JobConfig, workers: int = 1, device: str | None = None,
         "would_refuse": _would_refuse(state),
         "size": cfg.size,
         "iterations_per_item": iterations,
-        "shapes": [{"width": w, "height": h, "contents": round(n * scale)}
-                   for (w, h), n in shapes.most_common()],
+        "shapes": [
+            {"width": w, "height": h, "contents": round(n * scale)}
+            for (w, h), n in shapes.most_common()
+        ],
         "headers_unreadable": unreadable,
         "memory_per_image_mib": round(per_image_mib),
         "batch_per_gpu": (max(1, int(0.8 * total_mib / per_image_mib)) if total_mib else None),
         "device": kind,
-        "cost_source": ("calibrated on this machine" if calibrated_ms else
-                        f"measured figures for {kind} (pipeline/plan.py COSTS_MS)"),
+        "cost_source": (
+            "calibrated on this machine"
+            if calibrated_ms
+            else f"measured figures for {kind} (pipeline/plan.py COSTS_MS)"
+        ),
         "seconds_per_item": round(item_ms / 1000, 3),
         "gpu_hours": round(gpu_h, 6),
         "workers": workers,
@@ -182,14 +191,20 @@ def make_plan(job: JobConfig, workers: int = 1, device: str | None = None,
 
 def _would_refuse(state) -> str | None:
     """Why ``stylize run`` would refuse this output folder (another job made it), or None."""
-    old = manifest.read_json(RunFolder(state.job.output).job_json, state.job.storage_options,
-                             manifest.Damage(state.job.output, {}))
+    old = manifest.read_json(
+        RunFolder(state.job.output).job_json,
+        state.job.storage_options,
+        manifest.Damage(state.job.output, {}),
+    )
     if not old or state.job.mode == "overwrite":
         return None
     return "; ".join(resume.changed(old, state.fingerprint)[:5]) or None
 
 
 def _hours(h: float) -> str:
+    """A duration given in hours, in the unit that reads best (s, min, h)."""
+    if h < 1 / 60:
+        return f"{h * 3600:.0f} s"
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
 
 
@@ -200,14 +215,26 @@ def print_plan(p: Mapping[str, Any], stream) -> None:
         print(escape_controls(line), file=stream)
 
     say(f"output:    {p['output']}")
-    say(f"contents:  {p['contents']}" + (f" ({p['skipped']} skipped: " + "; ".join(
-        f"{n} {why}" for why, n in p["skipped_why"].items()) + ")" if p["skipped"] else ""))
-    say(f"styles:    {len(p['styles'])} ({', '.join(p['styles'][:8])}"
-        f"{', ...' if len(p['styles']) > 8 else ''})")
+    say(
+        f"contents:  {p['contents']}"
+        + (
+            f" ({p['skipped']} skipped: "
+            + "; ".join(f"{n} {why}" for why, n in p["skipped_why"].items())
+            + ")"
+            if p["skipped"]
+            else ""
+        )
+    )
+    say(
+        f"styles:    {len(p['styles'])} ({', '.join(p['styles'][:8])}"
+        f"{', ...' if len(p['styles']) > 8 else ''})"
+    )
     say(f"items:     {p['items']}: {p['already_done']} already done, {p['left']} left")
     if p["would_refuse"]:
-        say(f"refused:   the output holds another job ({p['would_refuse']}); use --mode "
-            "overwrite or another output")
+        say(
+            f"refused:   the output holds another job ({p['would_refuse']}); use --mode "
+            "overwrite or another output"
+        )
     for line in p["unreadable_in_output"]:
         say(f"damaged:   {line} (the run moves it to quarantine and redoes it)")
     say(f"shapes:    at {p['size']} px, {p['iterations_per_item']} iterations per item:")
@@ -216,8 +243,12 @@ def print_plan(p: Mapping[str, Any], stream) -> None:
     if len(p["shapes"]) > 10:
         say(f"  ... and {len(p['shapes']) - 10} more shapes")
     batch = p["batch_per_gpu"]
-    say(f"memory:    ~{p['memory_per_image_mib']} MiB per image"
-        + (f", batch of ~{batch} per GPU ({p['device']})" if batch else ""))
-    say(f"estimate:  {p['seconds_per_item']:.2f} s per item on {p['device']} "
-        f"({p['cost_source']}): {p['gpu_hours']:.2f} device-hours, about "
-        f"{_hours(p['wall_hours'])} with {p['workers']} worker(s)")
+    say(
+        f"memory:    ~{p['memory_per_image_mib']} MiB per image"
+        + (f", batch of ~{batch} per GPU ({p['device']})" if batch else "")
+    )
+    say(
+        f"estimate:  {p['seconds_per_item']:.2f} s per item on {p['device']} "
+        f"({p['cost_source']}): {_hours(p['gpu_hours'])} of device time, about "
+        f"{_hours(p['wall_hours'])} with {p['workers']} worker(s)"
+    )

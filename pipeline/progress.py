@@ -21,8 +21,14 @@ class Progress:
     ``stream``: where a bar would go; a bar is drawn only if it is a terminal, otherwise a
     line is logged every ``interval_s`` seconds and at the end."""
 
-    def __init__(self, total: int, done: int = 0, failed: int = 0,
-                 stream: IO[str] | None = None, interval_s: float = 10.0):
+    def __init__(
+        self,
+        total: int,
+        done: int = 0,
+        failed: int = 0,
+        stream: IO[str] | None = None,
+        interval_s: float = 10.0,
+    ):
         self.total, self.done, self.failed, self.new = total, done, failed, 0
         self.interval_s = interval_s
         self.t0 = self._last = time.monotonic()
@@ -32,8 +38,14 @@ class Progress:
         if self.enabled and getattr(stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="img", file=stream,
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                unit="img",
+                file=stream,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
         else:
             self._log(force=True)
 
@@ -64,12 +76,19 @@ class Progress:
 
     def _log(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < self.interval_s
-                                and self.done < self.total):
+        if not self.enabled or (
+            not force and now - self._last < self.interval_s and self.done < self.total
+        ):
             return
         self._last = now
-        log.info("%d/%d items, %d failed, %.0f img/h, ETA %s", self.done, self.total,
-                 self.failed, self.rate, self._eta())
+        log.info(
+            "%d/%d items, %d failed, %.0f img/h, ETA %s",
+            self.done,
+            self.total,
+            self.failed,
+            self.rate,
+            self._eta(),
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -40,14 +40,39 @@ if TYPE_CHECKING:
 
 # The keys of a job file that mean something here; the others (input, output, shards,
 # resume, ray, grid, report, layout, container, sweep) belong to `stylize run`.
-JOB_KEYS = ("styles", "stylize", "assign", "output_format", "output_quality",
-            "output_bit_depth", "storage_options", "io_retry_s", "target_cache_mb")
+JOB_KEYS = (
+    "styles",
+    "stylize",
+    "assign",
+    "output_format",
+    "output_quality",
+    "output_bit_depth",
+    "storage_options",
+    "io_retry_s",
+    "target_cache_mb",
+)
 IMAGE_COLUMNS = ("bytes", "image")  # read_binary_files' encoded column, read_images' decoded
 OUTPUT_COLUMN = "stylized"
-ROW_COLUMNS = ("style", "status", "error_message", "width", "height", "iterations",
-               "content_loss", "style_loss", "tv_loss", "total_loss", "duration_s", "worker")
-OUTPUT_SCHEMA = pa.schema([pa.field(OUTPUT_COLUMN, pa.binary()),
-                           *(manifest.SCHEMA.field(c).with_nullable(True) for c in ROW_COLUMNS)])
+ROW_COLUMNS = (
+    "style",
+    "status",
+    "error_message",
+    "width",
+    "height",
+    "iterations",
+    "content_loss",
+    "style_loss",
+    "tv_loss",
+    "total_loss",
+    "duration_s",
+    "worker",
+)
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field(OUTPUT_COLUMN, pa.binary()),
+        *(manifest.SCHEMA.field(c).with_nullable(True) for c in ROW_COLUMNS),
+    ]
+)
 _MEMORY_ROOT = "memory://stylize-raydata"
 _PLACEHOLDER = "<ray data>"  # a job's input and output: the Dataset's business here
 
@@ -67,17 +92,23 @@ def check_settings(**job_keys: Any) -> StageSettings:
     the driver to fail before any actor starts; each actor calls it again."""
     foreign = [k for k in job_keys if k not in JOB_KEYS and k in JobConfig.model_fields]
     if foreign:
-        raise JobConfigError("\n".join(
-            f"{k}: a key of `stylize run` jobs, not of the Ray Data stage (its job keys: "
-            f"{', '.join(JOB_KEYS)})" for k in foreign))
+        raise JobConfigError(
+            "\n".join(
+                f"{k}: a key of `stylize run` jobs, not of the Ray Data stage (its job keys: "
+                f"{', '.join(JOB_KEYS)})"
+                for k in foreign
+            )
+        )
     job = job_from_mapping({"input": _PLACEHOLDER, "output": _PLACEHOLDER, **job_keys})
     styles = tuple(list_styles(job))
     check_styles_load(list(styles), job.storage_options)
     assign = job.assign
     if not isinstance(assign, str):
         if assign.random > len(styles):
-            raise JobConfigError(f"assign.random: {assign.random} styles per content, but the "
-                                 f"style set has {len(styles)}")
+            raise JobConfigError(
+                f"assign.random: {assign.random} styles per content, but the "
+                f"style set has {len(styles)}"
+            )
         assign = (assign.random, assign.seed)
     return StageSettings(job, styles, Plan(assign, point_hashes=(job.params_hash,)))
 
@@ -97,8 +128,15 @@ class StylizeBatch:
     the input images through as well.
     """
 
-    def __init__(self, *, image_column: str | None = None, id_column: str = "path",
-                 relative_to: str | None = None, keep_input: bool = False, **job_keys: Any):
+    def __init__(
+        self,
+        *,
+        image_column: str | None = None,
+        id_column: str = "path",
+        relative_to: str | None = None,
+        keep_input: bool = False,
+        **job_keys: Any,
+    ):
         from pipeline.worker import StyleWorker, WorkerSpec
 
         self.settings = s = check_settings(**job_keys)
@@ -109,10 +147,18 @@ class StylizeBatch:
         self.ext = FORMAT_EXTENSIONS[job.output_format]
         self.secrets = secret_values(job.storage_options)
         cache = None if job.target_cache_mb is None else int(job.target_cache_mb * 2**20)
-        self.worker = StyleWorker(WorkerSpec(
-            job.stylize, job.params_hash, job.output_format, job.output_quality,
-            job.output_bit_depth, dict(job.storage_options), io_retry_s=job.io_retry_s,
-            target_cache_bytes=cache))
+        self.worker = StyleWorker(
+            WorkerSpec(
+                job.stylize,
+                job.params_hash,
+                job.output_format,
+                job.output_quality,
+                job.output_bit_depth,
+                dict(job.storage_options),
+                io_retry_s=job.io_retry_s,
+                target_cache_bytes=cache,
+            )
+        )
         self.label = self.worker.info()["worker"]  # node/actor/device
         self._lock = threading.Lock()  # one worker: one batch at a time
 
@@ -125,32 +171,42 @@ class StylizeBatch:
         passed = table.drop_columns(consumed)
         clash = sorted(set(passed.column_names) & set(OUTPUT_SCHEMA.names))
         if clash:
-            raise ValueError(f"input columns {clash} would be overwritten by the stage's output "
-                             "columns; rename them (Dataset.rename_columns)"
-                             + ("" if "style" not in clash else
-                                ", or pass assign='column' to stylize each row with its style"))
+            raise ValueError(
+                f"input columns {clash} would be overwritten by the stage's output "
+                "columns; rename them (Dataset.rename_columns)"
+                + (
+                    ""
+                    if "style" not in clash
+                    else ", or pass assign='column' to stylize each row with its style"
+                )
+            )
         ids = self._ids(table, isinstance(assign, tuple))
         names = table.column("style").to_pylist() if assign == "column" else [None] * len(ids)
         with self._lock:
             rows, index = self._stylize(_images(table, column), ids, names)
         passed = passed.take(pa.array(index, pa.int64()))
         made = [pa.array([r[f.name] for r in rows], f.type) for f in OUTPUT_SCHEMA]
-        return pa.Table.from_arrays([*passed.columns, *made],
-                                    schema=pa.schema([*passed.schema, *OUTPUT_SCHEMA]))
+        return pa.Table.from_arrays(
+            [*passed.columns, *made], schema=pa.schema([*passed.schema, *OUTPUT_SCHEMA])
+        )
 
     # ------------------------------------------------------------------------------ helpers
     def _image_column(self, table: pa.Table) -> str:
         if self.image_column is not None:
             if self.image_column not in table.column_names:
-                raise ValueError(f"image_column {self.image_column!r} is not a column of the "
-                                 f"batch (columns: {', '.join(table.column_names)})")
+                raise ValueError(
+                    f"image_column {self.image_column!r} is not a column of the "
+                    f"batch (columns: {', '.join(table.column_names)})"
+                )
             return self.image_column
         found = [c for c in IMAGE_COLUMNS if c in table.column_names]
         if not found:
-            raise ValueError(f"no image column in the batch (columns: "
-                             f"{', '.join(table.column_names)}): expected `bytes` (encoded, as "
-                             "read_binary_files gives) or `image` (decoded, as read_images "
-                             "gives); name yours with image_column=")
+            raise ValueError(
+                f"no image column in the batch (columns: "
+                f"{', '.join(table.column_names)}): expected `bytes` (encoded, as "
+                "read_binary_files gives) or `image` (decoded, as read_images "
+                "gives); name yours with image_column="
+            )
         return found[0]
 
     def _ids(self, table: pa.Table, needed: bool) -> list[str | None]:
@@ -161,12 +217,14 @@ class StylizeBatch:
                     f"assign: random draws each row's styles from its id column "
                     f"{self.id_column!r}, which the batch lacks (columns: "
                     f"{', '.join(table.column_names)}); read with include_paths=True, or name "
-                    "another column with id_column=")
+                    "another column with id_column="
+                )
             return [None] * table.num_rows
         return [None if v is None else str(v) for v in table.column(self.id_column).to_pylist()]
 
-    def _stylize(self, images: Sequence[Any], ids: Sequence[str | None],
-                 names: Sequence[Any]) -> tuple[list[dict], list[int]]:
+    def _stylize(
+        self, images: Sequence[Any], ids: Sequence[str | None], names: Sequence[Any]
+    ) -> tuple[list[dict], list[int]]:
         """(output rows, the input row of each) for one batch, through the worker."""
         from fsspec.implementations.memory import MemoryFileSystem
 
@@ -175,22 +233,39 @@ class StylizeBatch:
         try:
             contents, labels, failed = self._contents(fs, root, images, ids, names)
             job = self.settings.job
-            items = make_items(contents, list(self.styles.values()), root, job.output_format,
-                               job.params_hash, self.settings.plan)
+            items = make_items(
+                contents,
+                list(self.styles.values()),
+                root,
+                job.output_format,
+                job.params_hash,
+                self.settings.plan,
+            )
             items = [replace(it, output_uri=f"{root}/out/{it.index}.{self.ext}") for it in items]
             todo = tuple(it for it in items if it.content_uri not in failed)
-            done = {r["item_id"]: r for r in self.worker.process(Shard(0, todo), self.styles)
-                    } if todo else {}
-            rows = [self._output_row(fs, it, done.get(it.item_id) or _failed(
-                it, failed[it.content_uri], self.label), labels[it.content_uri]) for it in items]
+            done = (
+                {r["item_id"]: r for r in self.worker.process(Shard(0, todo), self.styles)}
+                if todo
+                else {}
+            )
+            rows = [
+                self._output_row(
+                    fs,
+                    it,
+                    done.get(it.item_id) or _failed(it, failed[it.content_uri], self.label),
+                    labels[it.content_uri],
+                )
+                for it in items
+            ]
             row_of = {c.uri: c.row for c in contents}
             return rows, [row_of[it.content_uri] for it in items]
         finally:
             if fs.exists(root):
                 fs.rm(root, recursive=True)
 
-    def _contents(self, fs, root: str, images: Sequence[Any], ids: Sequence[str | None],
-                  names: Sequence[Any]) -> tuple[list[Content], dict[str, str], dict[str, str]]:
+    def _contents(
+        self, fs, root: str, images: Sequence[Any], ids: Sequence[str | None], names: Sequence[Any]
+    ) -> tuple[list[Content], dict[str, str], dict[str, str]]:
         """The batch's rows as contents under ``root`` (their bytes written there), the label
         of each (its id, for messages) and the rows that are no image at all (uri -> why)."""
         contents, labels, failed = [], {}, {}
@@ -212,14 +287,14 @@ class StylizeBatch:
         if out["error_message"]:  # the private URI is not the user's name for the row
             out["error_message"] = manifest.clean_row(
                 {"error_message": out["error_message"].replace(item.content_uri, label)},
-                self.secrets)["error_message"]
+                self.secrets,
+            )["error_message"]
         out[OUTPUT_COLUMN] = fs.cat_file(item.output_uri) if row["status"] == "ok" else None
         return out
 
 
 def _failed(item: WorkItem, message: str, worker: str) -> Mapping[str, Any]:
-    return make_row(item, "failed_decode", shard=0, attempt=1, error_message=message,
-                    worker=worker)
+    return make_row(item, "failed_decode", shard=0, attempt=1, error_message=message, worker=worker)
 
 
 def _as_table(batch: Any) -> pa.Table:
@@ -256,8 +331,9 @@ def _encoded(value: Any) -> bytes:
         raise ValueError("no image (null)")
     if isinstance(value, np.ndarray):
         return _png(value)
-    raise ValueError(f"not an image: a {type(value).__name__}, not encoded bytes or an "
-                     "(H, W, C) uint8 array")
+    raise ValueError(
+        f"not an image: a {type(value).__name__}, not encoded bytes or an (H, W, C) uint8 array"
+    )
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -267,10 +343,15 @@ def _png(a: np.ndarray) -> bytes:
 
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    if a.dtype.name != "uint8" or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) \
-            or 0 in a.shape:
-        raise ValueError(f"not an image: an array of shape {a.shape} and dtype {a.dtype}; "
-                         "expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8")
+    if (
+        a.dtype.name != "uint8"
+        or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)))
+        or 0 in a.shape
+    ):
+        raise ValueError(
+            f"not an image: an array of shape {a.shape} and dtype {a.dtype}; "
+            "expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8"
+        )
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "PNG", compress_level=0)  # lossless; read back at once
     return buf.getvalue()
@@ -283,4 +364,4 @@ def _without_scheme(uri: str) -> str:
 
 def _relative(value: str, root: str) -> str:
     value = _without_scheme(value)
-    return value[len(root):] if root and value.startswith(root) else value
+    return value[len(root) :] if root and value.startswith(root) else value

@@ -22,8 +22,15 @@ import ray
 from pipeline.errors import InfraError, install_signal_handlers, reraise_if_interrupted
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.jobconfig import JobConfig, JobConfigError
-from pipeline.scheduler import (Action, Prepare, Scheduler, Start, Stop, WorkerStartError,
-                                short_error)
+from pipeline.scheduler import (
+    Action,
+    Prepare,
+    Scheduler,
+    Start,
+    Stop,
+    WorkerStartError,
+    short_error,
+)
 
 if TYPE_CHECKING:
     from pipeline.worker import WorkerSpec
@@ -34,17 +41,26 @@ POLL_S = 1.0
 WAIT_NOTICE_S = 30.0  # while no worker is ready, say so this often
 log = logging.getLogger(__name__)
 
-_DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-         ray.exceptions.ObjectLostError)
+_DEAD = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+    ray.exceptions.ObjectLostError,
+)
 
 
 class RayExecutor:
     """Carries out a :class:`Scheduler`'s actions on Ray actors until every shard is done."""
 
-    def __init__(self, spec: "WorkerSpec", styles: Mapping[str, StyleRef],
-                 actor_options: Mapping[str, Any], on_shard: RowsCallback,
-                 on_submit: SubmitHook | None = None, stream: IO[str] | None = None,
-                 worker_class: type | None = None):
+    def __init__(
+        self,
+        spec: "WorkerSpec",
+        styles: Mapping[str, StyleRef],
+        actor_options: Mapping[str, Any],
+        on_shard: RowsCallback,
+        on_submit: SubmitHook | None = None,
+        stream: IO[str] | None = None,
+        worker_class: type | None = None,
+    ):
         if worker_class is None:  # imported here: a stand-in worker needs no torch
             from pipeline.worker import StyleWorker as worker_class
         # the actor: the plain class, one call at a time, never restarted by Ray (a death
@@ -66,12 +82,18 @@ class RayExecutor:
             notice = time.monotonic()
             while not policy.finished:
                 self._step(policy)
-                if policy.waiting_for_workers() and not policy.infos \
-                        and time.monotonic() - notice > WAIT_NOTICE_S:
+                if (
+                    policy.waiting_for_workers()
+                    and not policy.infos
+                    and time.monotonic() - notice > WAIT_NOTICE_S
+                ):
                     notice = time.monotonic()
-                    log.info("waiting for %d worker(s) of %s; %s",
-                             policy.waiting_for_workers(), self.actor_options,
-                             describe_resources())
+                    log.info(
+                        "waiting for %d worker(s) of %s; %s",
+                        policy.waiting_for_workers(),
+                        self.actor_options,
+                        describe_resources(),
+                    )
         finally:
             # idle workers can still say how their caches did: asked all at once
             self._keep_stats([a for wid, a in self.actors.items() if wid not in self.refs])
@@ -101,8 +123,7 @@ class RayExecutor:
 
     def _step(self, policy: Scheduler) -> None:
         deadline = policy.next_deadline()
-        timeout = POLL_S if deadline is None else \
-            max(0.0, min(deadline - time.monotonic(), POLL_S))
+        timeout = POLL_S if deadline is None else max(0.0, min(deadline - time.monotonic(), POLL_S))
         refs = list(self.refs.values())
         if refs:
             try:
@@ -155,8 +176,9 @@ class RayExecutor:
                 self.actors[a.worker] = actor
                 ref = actor.info.remote()
             elif isinstance(a, Prepare):
-                ref = self.actors[a.worker].prepare.remote(a.shard, self.styles,
-                                                           dict(a.attempts), a.isolate)
+                ref = self.actors[a.worker].prepare.remote(
+                    a.shard, self.styles, dict(a.attempts), a.isolate
+                )
                 self._hook(policy, "prepare", a.worker, [i.item_id for i in a.shard.items])
             else:
                 ref = self.actors[a.worker].run_batch.remote(list(a.item_ids))
@@ -184,12 +206,18 @@ def describe_resources() -> str:
     except Exception as e:  # noqa: BLE001
         return f"cluster resources unknown ({short_error(e)})"
     keys = ("CPU", "GPU", "memory")
-    fmt = lambda r: ", ".join(f"{k} {r.get(k, 0):g}" if k != "memory" else  # noqa: E731
-                              f"memory {r.get(k, 0) / 2**30:.1f} GiB" for k in keys)
+    fmt = lambda r: ", ".join(
+        f"{k} {r.get(k, 0):g}"
+        if k != "memory"
+        # noqa: E731
+        else f"memory {r.get(k, 0) / 2**30:.1f} GiB"
+        for k in keys
+    )
     return f"the cluster has {fmt(total)} ({fmt(free)} free)"
 
 
 # ------------------------------------------------------------------------- joining Ray
+
 
 def _init_ray(job: JobConfig) -> bool:
     """Connect to (or start) Ray; True if this call started it (and must shut it down).
@@ -200,8 +228,10 @@ def _init_ray(job: JobConfig) -> bool:
     if ray.is_initialized():
         return False
     # Ray's own warnings (token auth, /dev/shm size ...) only with -v (this logger at DEBUG)
-    common = dict(include_dashboard=False, logging_level=logging.WARNING
-                  if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
+    common = dict(
+        include_dashboard=False,
+        logging_level=logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.ERROR,
+    )
     if job.ray.address is None:
         ray.init(address="local", num_cpus=os.cpu_count() or 1, **common)
         return True
@@ -211,8 +241,10 @@ def _init_ray(job: JobConfig) -> bool:
     try:
         ray.init(address=address, **common)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
-        raise JobConfigError(f"ray.address {job.ray.address!r}: cannot join the cluster: "
-                             f"{' '.join(str(e).split())[:300]}") from None
+        raise JobConfigError(
+            f"ray.address {job.ray.address!r}: cannot join the cluster: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
     return True
 
 
@@ -223,8 +255,9 @@ def _use_saved_token() -> None:
     """Ray 2.60 clusters require the token that ``ray start`` saved; ``ray.init`` loads it
     by itself only for ``address=None``, not for an explicit address (RAY_ADDRESS included)."""
     try:
-        from ray._private.authentication.authentication_token_setup import \
-            maybe_enable_token_auth_if_token_available
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
     except ImportError:  # another Ray version: it handles tokens its own way
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
@@ -250,7 +283,8 @@ def _check_reachable(address: str) -> None:
                 raise JobConfigError(
                     f"ray.address {address!r}: nothing answers at {target.hostname}:"
                     f"{target.port} ({e.strerror or e}) after {CONNECT_TIMEOUT_S:g} s; start "
-                    "the cluster first, or use ray.address: null for a local run") from None
+                    "the cluster first, or use ray.address: null for a local run"
+                ) from None
             time.sleep(1.0)
 
 
@@ -269,27 +303,45 @@ def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
         options = {"num_gpus": gpus, "num_cpus": cpus}
         auto = max(1, int(res.get("GPU", 0) // gpus))
         if res.get("GPU", 0) == 0:
-            log.info("no GPU in the cluster yet; asking for GPU workers of %s (stylize.device: "
-                     "%s); waiting up to ray.startup_timeout_s=%g s for the autoscaler",
-                     options, job.ray.address and job.stylize.device, job.ray.startup_timeout_s)
+            log.info(
+                "no GPU in the cluster yet; asking for GPU workers of %s (stylize.device: "
+                "%s); waiting up to ray.startup_timeout_s=%g s for the autoscaler",
+                options,
+                job.ray.address and job.stylize.device,
+                job.ray.startup_timeout_s,
+            )
     else:
         options = {"num_gpus": 0, "num_cpus": cpus}
         auto = int(res.get("CPU", 1) // cpus)
         if gpus > 0 and job.ray.address is not None:
-            log.warning("no GPU in the cluster (CPU %g, GPU 0): running CPU workers; set "
-                        "stylize.device: cuda to wait for GPU nodes instead", res.get("CPU", 0))
+            log.warning(
+                "no GPU in the cluster (CPU %g, GPU 0): running CPU workers; set "
+                "stylize.device: cuda to wait for GPU nodes instead",
+                res.get("CPU", 0),
+            )
     n = auto if job.ray.num_workers == "auto" else int(job.ray.num_workers)
     if job.ray.address is None and n > auto:  # an embedded instance never grows
-        log.warning("ray.num_workers=%d but this machine fits %d workers of %s; using %d",
-                    n, max(auto, 1), options, max(auto, 1))
+        log.warning(
+            "ray.num_workers=%d but this machine fits %d workers of %s; using %d",
+            n,
+            max(auto, 1),
+            options,
+            max(auto, 1),
+        )
         n = auto
     return max(1, min(n, shards)), options, max(1, int(cpus))
 
 
-def run(job: JobConfig, shards: list[Shard], spec_for: Callable[[int], "WorkerSpec"],
-        styles: Mapping[str, StyleRef], on_shard: RowsCallback, policy_args: Mapping[str, Any],
-        on_submit: SubmitHook | None = None, worker_class: type | None = None
-        ) -> tuple[list[dict], list[dict], dict[str, float]]:
+def run(
+    job: JobConfig,
+    shards: list[Shard],
+    spec_for: Callable[[int], "WorkerSpec"],
+    styles: Mapping[str, StyleRef],
+    on_shard: RowsCallback,
+    policy_args: Mapping[str, Any],
+    on_submit: SubmitHook | None = None,
+    worker_class: type | None = None,
+) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Every shard on Ray actors: (the info of every worker that was ready, their style
     target cache figures, the cluster's resources). A private instance started here is shut
     down at the end, whatever happens. ``spec_for(threads)``: the workers' spec."""
@@ -298,11 +350,15 @@ def run(job: JobConfig, shards: list[Shard], spec_for: Callable[[int], "WorkerSp
     try:
         cluster = dict(ray.cluster_resources())
         n, actor_options, threads = _actors(job, len(shards))
-        policy = Scheduler(shards, num_workers=n, **policy_args,
-                           describe=lambda: f"each asking for {actor_options}; "
-                                            f"{describe_resources()}")
-        executor = RayExecutor(spec_for(threads), styles, actor_options, on_shard, on_submit,
-                               worker_class=worker_class)
+        policy = Scheduler(
+            shards,
+            num_workers=n,
+            **policy_args,
+            describe=lambda: f"each asking for {actor_options}; {describe_resources()}",
+        )
+        executor = RayExecutor(
+            spec_for(threads), styles, actor_options, on_shard, on_submit, worker_class=worker_class
+        )
         try:
             try:
                 workers = executor.run(policy)
@@ -323,12 +379,19 @@ def run(job: JobConfig, shards: list[Shard], spec_for: Callable[[int], "WorkerSp
 
 
 @contextlib.contextmanager
-def local_instance(num_cpus: int, serializers: Sequence[tuple[type, Callable, Callable]] = (),
-                   **options: Any) -> Iterator[None]:
+def local_instance(
+    num_cpus: int, serializers: Sequence[tuple[type, Callable, Callable]] = (), **options: Any
+) -> Iterator[None]:
     """A private local Ray instance for a benchmark (quiet, no dashboard, workers' lines not
     forwarded), with custom ``(class, serializer, deserializer)``s; shut down at the end."""
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False, **options)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        **options,
+    )
     try:
         for cls, serializer, deserializer in serializers:
             ray.util.register_serializer(cls, serializer=serializer, deserializer=deserializer)

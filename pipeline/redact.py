@@ -30,26 +30,67 @@ _PIECES = re.compile(r"[\s;&,]+")
 
 # Storage-option keys whose values are kept (compared lower-case, at any depth). Everything
 # else is masked. A key here names a setting, never a credential.
-SAFE_KEYS = frozenset({
-    # s3fs / botocore
-    "region", "region_name", "anon", "use_ssl", "verify", "requester_pays", "version_aware",
-    "default_block_size", "default_cache_type", "default_fill_cache", "cache_regions",
-    "endpoint_url", "endpoint", "addressing_style", "signature_version", "max_pool_connections",
-    "connect_timeout", "read_timeout", "retries", "max_attempts", "total_max_attempts", "mode",
-    "use_dualstack_endpoint", "use_accelerate_endpoint", "use_fips_endpoint", "tcp_keepalive",
-    "parameter_validation", "acl", "serversideencryption", "storageclass", "profile",
-    "profile_name", "fixed_upload_size", "skip_instance_cache", "use_listings_cache",
-    "listings_expiry_time", "max_paths", "asynchronous",
-    # gcsfs
-    "project", "access", "consistency", "requests_timeout", "timeout", "block_size",
-    # adlfs
-    "account_name",
-    # HTTP headers that carry no credential
-    "user-agent", "user_agent", "content-type", "accept",
-})
+SAFE_KEYS = frozenset(
+    {
+        # s3fs / botocore
+        "region",
+        "region_name",
+        "anon",
+        "use_ssl",
+        "verify",
+        "requester_pays",
+        "version_aware",
+        "default_block_size",
+        "default_cache_type",
+        "default_fill_cache",
+        "cache_regions",
+        "endpoint_url",
+        "endpoint",
+        "addressing_style",
+        "signature_version",
+        "max_pool_connections",
+        "connect_timeout",
+        "read_timeout",
+        "retries",
+        "max_attempts",
+        "total_max_attempts",
+        "mode",
+        "use_dualstack_endpoint",
+        "use_accelerate_endpoint",
+        "use_fips_endpoint",
+        "tcp_keepalive",
+        "parameter_validation",
+        "acl",
+        "serversideencryption",
+        "storageclass",
+        "profile",
+        "profile_name",
+        "fixed_upload_size",
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "asynchronous",
+        # gcsfs
+        "project",
+        "access",
+        "consistency",
+        "requests_timeout",
+        "timeout",
+        "block_size",
+        # adlfs
+        "account_name",
+        # HTTP headers that carry no credential
+        "user-agent",
+        "user_agent",
+        "content-type",
+        "accept",
+    }
+)
 # Mappings under these keys are walked (their safe keys kept), not masked whole.
-CONTAINER_KEYS = frozenset({"client_kwargs", "config_kwargs", "headers", "retries", "s3",
-                            "s3_additional_kwargs", "config"})
+CONTAINER_KEYS = frozenset(
+    {"client_kwargs", "config_kwargs", "headers", "retries", "s3", "s3_additional_kwargs", "config"}
+)
 # ``token`` is a credential unless it names one of gcsfs's ways to find credentials.
 SAFE_TOKENS = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
 
@@ -67,7 +108,9 @@ _QUERY_SECRET = re.compile(
     r"([?&;](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
     r"x-goog-credential|googleaccessid|signature|sig|token|access_token|id_token|api_key|"
     r"apikey|key|secret|client_secret|password|passwd|pwd|code|auth|authorization)=)"
-    r"[^&#\s'\"<>]*", re.IGNORECASE)
+    r"[^&#\s'\"<>]*",
+    re.IGNORECASE,
+)
 
 
 def strip_userinfo(uri: str) -> str:
@@ -95,18 +138,24 @@ def show_undecodable(text: str, byte: str = "\\x{:02x}", other: str = "\ufffd") 
         return text
     except UnicodeEncodeError:
         pass
-    return "".join(byte.format(ord(c) - 0xDC00) if "\udc80" <= c <= "\udcff"
-                   else other if "\ud800" <= c <= "\udfff" else c for c in text)
+    return "".join(
+        byte.format(ord(c) - 0xDC00)
+        if "\udc80" <= c <= "\udcff"
+        else other
+        if "\ud800" <= c <= "\udfff"
+        else c
+        for c in text
+    )
 
 
 def _userinfo_secrets(value: str) -> list[str]:
     """The user and password that :func:`strip_userinfo` would remove from ``value``."""
     out = []
     for m in _TEXT_USERINFO.finditer(value):
-        userinfo = value[m.end(1):m.end() - 1]
+        userinfo = value[m.end(1) : m.end() - 1]
         out += [userinfo, userinfo.split(":", 1)[-1]]  # the user name is often a host name
     for m in _QUERY_SECRET.finditer(value):
-        out.append(value[m.end(1):m.end()])
+        out.append(value[m.end(1) : m.end()])
     return out
 
 
@@ -177,8 +226,11 @@ def _variants(values: Iterable[str]) -> list[str]:
             pieces += [part, part.partition("=")[2]]
         for p in pieces:
             if p == v or len(p) >= MIN_PIECE_LEN:
-                out.update(f for f in (p, quote(p, safe=""), unquote(p), repr(p)[1:-1])
-                           if len(f) >= MIN_SECRET_LEN)
+                out.update(
+                    f
+                    for f in (p, quote(p, safe=""), unquote(p), repr(p)[1:-1])
+                    if len(f) >= MIN_SECRET_LEN
+                )
     return sorted(out, key=lambda s: (-len(s), s))
 
 

@@ -50,8 +50,9 @@ THUMB_EXT, THUMB_FORMAT = ("webp", "WEBP") if features.check("webp") else ("jpg"
 
 
 # ------------------------------------------------------------------------------ the facts
-def _load(output: str, options: Mapping[str, Any], table: pa.Table | None
-          ) -> tuple[pa.Table, dict, dict, list[str]]:
+def _load(
+    output: str, options: Mapping[str, Any], table: pa.Table | None
+) -> tuple[pa.Table, dict, dict, list[str]]:
     """(the rows, job.json, run.json, the files that could not be read): a damaged file is
     named and left where it is (a report only reads); what is intact is shown."""
     damage = manifest.Damage(output, options)
@@ -90,36 +91,67 @@ def _style_stats(table: pa.Table, job: Mapping) -> list[StyleStats]:
     if table.num_rows == 0:
         return []
     is_ok = pc.equal(table["status"], "ok")
-    t = pa.table({"style": table["style"], "ok": pc.cast(is_ok, pa.int64()),
-                  "loss": pc.if_else(is_ok, table["total_loss"], None),
-                  "content": pc.if_else(is_ok, table["content_loss"], None),
-                  "style_": pc.if_else(is_ok, table["style_loss"], None),
-                  "iterations": pc.cast(table["iterations"], pa.float64()),
-                  "seconds": table["duration_s"]})
-    g = t.group_by("style").aggregate([("ok", "count"), ("ok", "sum"),
-                                       ("loss", "approximate_median"),
-                                       ("content", "approximate_median"),
-                                       ("style_", "approximate_median"),
-                                       ("iterations", "mean"), ("seconds", "mean")])
-    uris = {k: (v.get("uris") or [None])[0]
-            for k, v in (job.get("fingerprint", {}).get("styles") or {}).items()}
-    out = [StyleStats(n, 0, c, s or 0, m, it, sec, uris.get(n), content_loss_median=cm,
-                      style_loss_median=sm)
-           for n, c, s, m, cm, sm, it, sec in zip(
-               g["style"].to_pylist(), g["ok_count"].to_pylist(), g["ok_sum"].to_pylist(),
-               g["loss_approximate_median"].to_pylist(),
-               g["content_approximate_median"].to_pylist(),
-               g["style__approximate_median"].to_pylist(), g["iterations_mean"].to_pylist(),
-               g["seconds_mean"].to_pylist())]
+    t = pa.table(
+        {
+            "style": table["style"],
+            "ok": pc.cast(is_ok, pa.int64()),
+            "loss": pc.if_else(is_ok, table["total_loss"], None),
+            "content": pc.if_else(is_ok, table["content_loss"], None),
+            "style_": pc.if_else(is_ok, table["style_loss"], None),
+            "iterations": pc.cast(table["iterations"], pa.float64()),
+            "seconds": table["duration_s"],
+        }
+    )
+    g = t.group_by("style").aggregate(
+        [
+            ("ok", "count"),
+            ("ok", "sum"),
+            ("loss", "approximate_median"),
+            ("content", "approximate_median"),
+            ("style_", "approximate_median"),
+            ("iterations", "mean"),
+            ("seconds", "mean"),
+        ]
+    )
+    uris = {
+        k: (v.get("uris") or [None])[0]
+        for k, v in (job.get("fingerprint", {}).get("styles") or {}).items()
+    }
+    out = [
+        StyleStats(
+            n, 0, c, s or 0, m, it, sec, uris.get(n), content_loss_median=cm, style_loss_median=sm
+        )
+        for n, c, s, m, cm, sm, it, sec in zip(
+            g["style"].to_pylist(),
+            g["ok_count"].to_pylist(),
+            g["ok_sum"].to_pylist(),
+            g["loss_approximate_median"].to_pylist(),
+            g["content_approximate_median"].to_pylist(),
+            g["style__approximate_median"].to_pylist(),
+            g["iterations_mean"].to_pylist(),
+            g["seconds_mean"].to_pylist(),
+        )
+    ]
     out.sort(key=lambda s: s.name)
     for i, s in enumerate(out):
         s.index = i
     return out
 
 
-_SAMPLE_FIELDS = ["item_id", "content_uri", "content_uri_bytes", "output_uri", "total_loss",
-                  "content_loss", "style_loss", "iterations", "duration_s", "width", "height",
-                  "loss_trace"]
+_SAMPLE_FIELDS = [
+    "item_id",
+    "content_uri",
+    "content_uri_bytes",
+    "output_uri",
+    "total_loss",
+    "content_loss",
+    "style_loss",
+    "iterations",
+    "duration_s",
+    "width",
+    "height",
+    "loss_trace",
+]
 
 
 def output_link(output: str, uri: str | None) -> str | None:
@@ -128,21 +160,25 @@ def output_link(output: str, uri: str | None) -> str | None:
     root = output.rstrip("/") + "/"
     if not uri or not uri.startswith(root) or split_member_uri(uri) is not None:
         return None
-    return "../" + urllib.parse.quote(uri[len(root):], safe="/")
+    return "../" + urllib.parse.quote(uri[len(root) :], safe="/")
 
 
-def _sample(table: pa.Table, styles: list[StyleStats], settings: ReportSettings,
-            output: str) -> None:
+def _sample(
+    table: pa.Table, styles: list[StyleStats], settings: ReportSettings, output: str
+) -> None:
     """Pick each gallery style's items: ok rows ranked by a seeded permutation of the
     contents, so that a grid job shows the same contents under every style."""
-    shown = styles[:settings.max_styles]
+    shown = styles[: settings.max_styles]
     if not shown or table.num_rows == 0:
         return
-    per_style = max(settings.min_per_style,
-                    min(settings.gallery_per_style, settings.gallery_total // len(shown)))
+    per_style = max(
+        settings.min_per_style,
+        min(settings.gallery_per_style, settings.gallery_total // len(shown)),
+    )
     contents = pc.dictionary_encode(table["content_uri"]).combine_chunks()
     rank = np.random.default_rng(0).permutation(len(contents.dictionary))[
-        contents.indices.to_numpy(zero_copy_only=False)]
+        contents.indices.to_numpy(zero_copy_only=False)
+    ]
     by_style = pc.dictionary_encode(table["style"]).combine_chunks()
     codes = by_style.indices.to_numpy(zero_copy_only=False)
     code_of = {v: i for i, v in enumerate(by_style.dictionary.to_pylist())}
@@ -156,8 +192,9 @@ def _sample(table: pa.Table, styles: list[StyleStats], settings: ReportSettings,
         s.pages = max(1, math.ceil(len(s.rows) / settings.per_page))
 
 
-def histogram(values: np.ndarray, bins: int, integer: bool = False
-              ) -> tuple[np.ndarray, np.ndarray]:
+def histogram(
+    values: np.ndarray, bins: int, integer: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(edges, counts); ``integer``: bins of whole numbers, and a few values shown among
     their neighbours (every item at 500 iterations is one bar in the middle)."""
     if len(values) == 0:
@@ -168,7 +205,7 @@ def histogram(values: np.ndarray, bins: int, integer: bool = False
             lo, hi = lo - (10 - (hi - lo)) // 2, hi + (11 - (hi - lo)) // 2
         n = int(hi - lo) + 1
         width = max(1, math.ceil(n / bins))
-        edges = np.arange(lo - 0.5, hi + width + 0.5, width)[:max(2, math.ceil(n / width) + 1)]
+        edges = np.arange(lo - 0.5, hi + width + 0.5, width)[: max(2, math.ceil(n / width) + 1)]
     else:
         if hi - lo < 1e-12 * max(1.0, abs(hi)):
             lo, hi = lo - 0.5 * max(abs(lo) * 0.01, 1e-6), hi + 0.5 * max(abs(hi) * 0.01, 1e-6)
@@ -177,22 +214,24 @@ def histogram(values: np.ndarray, bins: int, integer: bool = False
     return edges, counts
 
 
-def _figures(table: pa.Table, settings: ReportSettings
-             ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, float | None]:
+def _figures(
+    table: pa.Table, settings: ReportSettings
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, float | None]:
     """(histograms, the throughput's time unit, mean s per ok item)."""
     ok = table.select(["total_loss", "iterations", "duration_s"]).filter(
-        pc.equal(table["status"], "ok"))  # never the loss traces: a few columns of numbers
+        pc.equal(table["status"], "ok")
+    )  # never the loss traces: a few columns of numbers
     loss = _floats(ok["total_loss"])
     seconds = _floats(ok["duration_s"])
-    hists = {"loss": histogram(np.log10(loss[loss > 0]), settings.bins),
-             "iterations": histogram(_floats(ok["iterations"]), settings.bins, integer=True),
-             "seconds": histogram(seconds, settings.bins)}
+    hists = {
+        "loss": histogram(np.log10(loss[loss > 0]), settings.bins),
+        "iterations": histogram(_floats(ok["iterations"]), settings.bins, integer=True),
+        "seconds": histogram(seconds, settings.bins),
+    }
     starts, ends = _seconds(table["started_at"]), _seconds(table["finished_at"])
-    t0 = np.nanmin(starts) if np.isfinite(starts).any() else (
-        np.nanmin(ends) if len(ends) else 0.0)
+    t0 = np.nanmin(starts) if np.isfinite(starts).any() else (np.nanmin(ends) if len(ends) else 0.0)
     span = float(np.nanmax(ends) - t0) if len(ends) else 0.0
-    unit, scale = ("s", 1.0) if span < 180 else ("min", 60.0) if span < 3 * 3600 \
-        else ("h", 3600.0)
+    unit, scale = ("s", 1.0) if span < 180 else ("min", 60.0) if span < 3 * 3600 else ("h", 3600.0)
     if span > 0:
         bins = max(1, min(settings.bins * 2, len(ends) // 2))
         counts, edges = np.histogram((ends - t0) / scale, bins=bins, range=(0, span / scale))
@@ -202,8 +241,15 @@ def _figures(table: pa.Table, settings: ReportSettings
     return hists, unit, (float(seconds.mean()) if len(seconds) else None)
 
 
-_FAILURE_FIELDS = ["item_id", "content_uri", "style", "status", "error_message", "attempt",
-                   "worker"]
+_FAILURE_FIELDS = [
+    "item_id",
+    "content_uri",
+    "style",
+    "status",
+    "error_message",
+    "attempt",
+    "worker",
+]
 
 
 def _failures(table: pa.Table, settings: ReportSettings) -> tuple[int, list[dict]]:
@@ -211,14 +257,16 @@ def _failures(table: pa.Table, settings: ReportSettings) -> tuple[int, list[dict
     if table.num_rows == 0:
         return 0, []
     where = np.flatnonzero(pc.not_equal(table["status"], "ok").to_numpy(zero_copy_only=False))
-    rows = table.select(_FAILURE_FIELDS).take(pa.array(where[:settings.max_failures],
-                                                       pa.int64()))
+    rows = table.select(_FAILURE_FIELDS).take(pa.array(where[: settings.max_failures], pa.int64()))
     return len(where), rows.to_pylist()
 
 
-def collect(output: str, options: Mapping[str, Any] | None = None,
-            settings: ReportSettings = ReportSettings(), table: pa.Table | None = None
-            ) -> RunFacts:
+def collect(
+    output: str,
+    options: Mapping[str, Any] | None = None,
+    settings: ReportSettings = ReportSettings(),
+    table: pa.Table | None = None,
+) -> RunFacts:
     """The facts of the run folder ``output`` (``table``: its manifest, if already read)."""
     options = dict(options or {})
     output = storage.canonical(output)
@@ -228,14 +276,28 @@ def collect(output: str, options: Mapping[str, Any] | None = None,
     hists, unit, per_ok = _figures(table, settings)
     failed, failures = _failures(table, settings)
     names = sorted(storage.listdir(output, options))
-    sweep = [n for n in names if is_sweep_grid(n)] \
-        if (run.get("config") or {}).get("sweep") else []
+    sweep = [n for n in names if is_sweep_grid(n)] if (run.get("config") or {}).get("sweep") else []
     grids = [n for n in names if fnmatch.fnmatchcase(n, GRID_GLOB) and not is_sweep_grid(n)]
     rate = manifest.throughput(table)
-    return RunFacts(output, run, job, _value_counts(table["status"]), table.num_rows,
-                    job.get("items_total", table.num_rows), rate.span_s, per_ok, hists, unit,
-                    styles, failed, failures, sweep, unreadable,
-                    images_per_hour=rate.images_per_hour, grids=grids)
+    return RunFacts(
+        output,
+        run,
+        job,
+        _value_counts(table["status"]),
+        table.num_rows,
+        job.get("items_total", table.num_rows),
+        rate.span_s,
+        per_ok,
+        hists,
+        unit,
+        styles,
+        failed,
+        failures,
+        sweep,
+        unreadable,
+        images_per_hour=rate.images_per_hour,
+        grids=grids,
+    )
 
 
 # ------------------------------------------------------------------------------ thumbnails
@@ -265,8 +327,9 @@ class _Thumbs:
                 img.save(buf, THUMB_FORMAT, quality=82, method=4)
             else:
                 img.save(buf, THUMB_FORMAT, quality=85, optimize=True)
-            storage.write_bytes(storage.join(self.root, "thumbs", name), buf.getvalue(),
-                                self.options)
+            storage.write_bytes(
+                storage.join(self.root, "thumbs", name), buf.getvalue(), self.options
+            )
             return img.size
         except Exception:  # noqa: BLE001 - an unreadable image is a placeholder tile
             return None
@@ -288,8 +351,9 @@ class _Thumbs:
                 self.made.update((name, size) for name, size in done if size is not None)
 
 
-def _thumbnails(facts: RunFacts, root: str, options: Mapping[str, Any],
-                settings: ReportSettings) -> dict[str, tuple[int, int]]:
+def _thumbnails(
+    facts: RunFacts, root: str, options: Mapping[str, Any], settings: ReportSettings
+) -> dict[str, tuple[int, int]]:
     """Write the thumbnails of the styles and the sample; name each on its style and row."""
     thumbs = _Thumbs(root, options, settings.thumb_size)
     for s in facts.styles:
@@ -302,9 +366,13 @@ def _thumbnails(facts: RunFacts, root: str, options: Mapping[str, Any],
 
 
 # ------------------------------------------------------------------------------ the report
-def write_report(output: str, options: Mapping[str, Any] | None = None,
-                 settings: ReportSettings = ReportSettings(), *,
-                 table: pa.Table | None = None) -> str:
+def write_report(
+    output: str,
+    options: Mapping[str, Any] | None = None,
+    settings: ReportSettings = ReportSettings(),
+    *,
+    table: pa.Table | None = None,
+) -> str:
     """Write ``{output}/report/`` from the run's files (``table``: the manifest's rows, when
     the caller holds them already). Returns the URI of ``index.html``, written last."""
     from pipeline.report_pages import render
@@ -314,16 +382,16 @@ def write_report(output: str, options: Mapping[str, Any] | None = None,
     root = RunFolder(facts.output).report_dir
     made = _thumbnails(facts, root, options, settings)
     files = render(facts, made, settings)
-    files["report.css"] = (importlib.resources.files("pipeline") / "report_assets" /
-                           "report.css").read_text()
+    files["report.css"] = (
+        importlib.resources.files("pipeline") / "report_assets" / "report.css"
+    ).read_text()
     for name in sorted(files, key=lambda n: n == REPORT_INDEX):
         storage.write_bytes(storage.join(root, name), files[name].encode(), options, atomic=True)
     _remove_stale(root, set(files), set(made), options)
     return storage.join(root, REPORT_INDEX)
 
 
-def _remove_stale(root: str, pages: set[str], thumbs: set[str],
-                  options: Mapping[str, Any]) -> None:
+def _remove_stale(root: str, pages: set[str], thumbs: set[str], options: Mapping[str, Any]) -> None:
     for name in storage.listdir(root, options):
         if name not in pages and name.endswith((".html", ".css")):
             storage.remove(storage.join(root, name), options)
@@ -339,14 +407,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.redact import redact_text, secret_values
     from stylize.cli import Parser, UsageError
 
-    p = Parser(prog="stylize report", description=(
-        "Write the HTML report of a run folder (OUTPUT/report/index.html): counts, a "
-        "gallery per style, failures, loss and throughput figures."))
+    p = Parser(
+        prog="stylize report",
+        description=(
+            "Write the HTML report of a run folder (OUTPUT/report/index.html): counts, a "
+            "gallery per style, failures, loss and throughput figures."
+        ),
+    )
     p.add_argument("output", help="the job's output folder (path or URL)")
-    p.add_argument("--open", action="store_true",
-                   help="open the report in a web browser (a local folder only)")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000")
+    p.add_argument(
+        "--open", action="store_true", help="open the report in a web browser (a local folder only)"
+    )
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000",
+    )
     args = p.parse_args(argv)
     options = apply_overrides({}, args.storage_option)
     try:
@@ -358,8 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"report: {uri}")
     if args.open:
         if "://" in uri:
-            print(f"stylize report: --open: {uri} is not a local file; open it from its "
-                  "static hosting, or copy the folder here", file=sys.stderr)
+            print(
+                f"stylize report: --open: {uri} is not a local file; open it from its "
+                "static hosting, or copy the folder here",
+                file=sys.stderr,
+            )
         else:
             import webbrowser
 

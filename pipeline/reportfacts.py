@@ -72,8 +72,9 @@ class RunFacts:
     failures: list[dict]  # the first max_failures failed rows, a few fields each
     sweep_grids: list[str] = field(default_factory=list)  # grid-sweep-NNN.png in the output
     unreadable: list[str] = field(default_factory=list)  # damaged files: "name: why"
-    generated: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC"))
+    generated: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    )
     # the run's throughput: manifest.throughput, the figure of run.json, --json and status
     images_per_hour: float | None = None
     grids: list[str] = field(default_factory=list)  # grid.png or grid-NNN.png in the output

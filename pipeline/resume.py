@@ -33,17 +33,21 @@ class JobRefused(JobConfigError):
     """The output folder holds a run made with another configuration."""
 
 
-def fingerprint(job: JobConfig, styles, inputs: Mapping[str, Any] | None = None
-                ) -> dict[str, Any]:
+def fingerprint(job: JobConfig, styles, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the outputs depend on; a rerun with a different fingerprint is refused.
     ``inputs``: the listing's identity (the input as given, a list file's hash)."""
     return {
         "params_hash": job.params_hash,
         "stylize": output_options(job.stylize),
-        "output": {"format": job.output_format, "quality": job.output_quality,
-                   "bit_depth": job.output_bit_depth},
-        "styles": {s.name: {"uris": [redact_uri(u) for u in s.uris],
-                            "weights": list(s.weights)} for s in styles},
+        "output": {
+            "format": job.output_format,
+            "quality": job.output_quality,
+            "bit_depth": job.output_bit_depth,
+        },
+        "styles": {
+            s.name: {"uris": [redact_uri(u) for u in s.uris], "weights": list(s.weights)}
+            for s in styles
+        },
         **_dataset_keys(job),
         **({"inputs": dict(inputs)} if inputs else {}),
     }
@@ -52,8 +56,12 @@ def fingerprint(job: JobConfig, styles, inputs: Mapping[str, Any] | None = None
 def _dataset_keys(job: JobConfig) -> dict[str, Any]:
     """The dataset keys that differ from their defaults (a run made before they existed has
     the same fingerprint as one with the defaults)."""
-    keys = {"assign": job.assign if isinstance(job.assign, str) else job.assign.model_dump(),
-            "layout": job.layout, "container": job.container, "sweep": job.sweep}
+    keys = {
+        "assign": job.assign if isinstance(job.assign, str) else job.assign.model_dump(),
+        "layout": job.layout,
+        "container": job.container,
+        "sweep": job.sweep,
+    }
     defaults = {"assign": "all", "layout": "by_style", "container": "files", "sweep": None}
     return {k: v for k, v in keys.items() if v != defaults[k]}
 
@@ -84,11 +92,13 @@ def _refuse(job: JobConfig, changes: list[str]) -> JobRefused:
     return JobRefused(
         f"output {job.output} holds a run made with another configuration "
         f"({'; '.join(changes[:5])}{'; ...' if len(changes) > 5 else ''}); "
-        "use --mode overwrite to redo it, or another output folder")
+        "use --mode overwrite to redo it, or another output folder"
+    )
 
 
-def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage,
-                 container: Container) -> pa.Table:
+def check_folder(
+    job: JobConfig, fp: dict[str, Any], damage: manifest.Damage, container: Container
+) -> pa.Table:
     """Resume the same job, refuse another one (JobRefused), or clear the folder for
     ``overwrite``. Returns the rows of the folder's intact parts (the newest row per item)
     whose outputs the container still holds whole; damaged files are moved aside through
@@ -100,8 +110,9 @@ def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage,
             manifest.clear_run(job.output, options)
             grids.remove_grids(job.output, options)
         return manifest.SCHEMA.empty_table()
-    old = manifest.read_json(folder.job_json, options, damage,
-                             "the job is checked against its parts instead")
+    old = manifest.read_json(
+        folder.job_json, options, damage, "the job is checked against its parts instead"
+    )
     rows = container.check(manifest.read_parts(job.output, options, damage=damage), damage)
     if old is not None:
         changes = changed(old, fp)
@@ -111,23 +122,32 @@ def check_folder(job: JobConfig, fp: dict[str, Any], damage: manifest.Damage,
         # job.json is gone to quarantine: the parts' engine settings must be this job's
         made = set(pc.unique(rows["params_hash"]).to_pylist()) - set(job.point_hashes())
         if made:
-            raise _refuse(job, [f"{JOB_FILE} damaged, and its parts were made with other "
-                                f"engine settings (params_hash {min(made)})"])
+            raise _refuse(
+                job,
+                [
+                    f"{JOB_FILE} damaged, and its parts were made with other "
+                    f"engine settings (params_hash {min(made)})"
+                ],
+            )
     elif rows.num_rows or manifest.part_ids(job.output, options):
         raise _refuse(job, [f"(no {JOB_FILE}: unknown run)"])
     return rows
 
 
-def previous_rows(job: JobConfig, table: pa.Table, ids: pa.Array
-                  ) -> tuple[pa.Table, dict[str, int]]:
+def previous_rows(
+    job: JobConfig, table: pa.Table, ids: pa.Array
+) -> tuple[pa.Table, dict[str, int]]:
     """Of the parts' rows ``table``: those to keep, and the attempts of the items to try
     again (``ids``: the job's item ids). Columnar throughout, no copy where nothing is left
     out: a resumed million-item run stays within seconds and a few hundred MB."""
     mine = pc.is_in(table["item_id"], value_set=ids)
     if not pc.all(mine).as_py():
         table = table.filter(mine)
-    retry = {"none": (), "all": tuple(s for s in manifest.STATUSES if s != "ok"),
-             "transient": manifest.TRANSIENT_STATUSES}[job.retry_failed]
+    retry = {
+        "none": (),
+        "all": tuple(s for s in manifest.STATUSES if s != "ok"),
+        "transient": manifest.TRANSIENT_STATUSES,
+    }[job.retry_failed]
     again = pc.is_in(table["status"], pa.array(retry, pa.string()))
     if not pc.any(again).as_py():
         return table, {}

@@ -9,8 +9,15 @@ from typing import Any, TypedDict
 
 from pipeline.items import WorkItem
 
-STATUSES = ("ok", "failed_decode", "failed_oom", "failed_timeout", "failed_crash", "failed_io",
-            "failed_other")
+STATUSES = (
+    "ok",
+    "failed_decode",
+    "failed_oom",
+    "failed_timeout",
+    "failed_crash",
+    "failed_io",
+    "failed_other",
+)
 # Failures that may not happen again: a resume retries them (job key retry_failed: transient).
 TRANSIENT_STATUSES = ("failed_io", "failed_timeout", "failed_crash")
 
@@ -49,10 +56,18 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def make_row(item: WorkItem, status: str, *, shard: int, attempt: int,
-             params_hash: str | None = None, error_message: str | None = None,
-             started_at: datetime | None = None, finished_at: datetime | None = None,
-             **values: Any) -> Row:
+def make_row(
+    item: WorkItem,
+    status: str,
+    *,
+    shard: int,
+    attempt: int,
+    params_hash: str | None = None,
+    error_message: str | None = None,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    **values: Any,
+) -> Row:
     """A manifest row for ``item``; ``values`` fill the measurement columns; ``params_hash``
     defaults to the item's (its sweep point's)."""
     if status not in STATUSES:
@@ -62,8 +77,17 @@ def make_row(item: WorkItem, status: str, *, shard: int, attempt: int,
         raise ValueError(f"unknown manifest columns: {sorted(unknown)}")
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(values)
-    row.update(item_id=item.item_id, content_uri=item.content_uri, style=item.style,
-               output_uri=item.output_uri, status=status, error_message=error_message,
-               attempt=attempt, started_at=started_at, finished_at=finished_at or now(),
-               params_hash=params_hash or item.params_hash, shard=shard)
+    row.update(
+        item_id=item.item_id,
+        content_uri=item.content_uri,
+        style=item.style,
+        output_uri=item.output_uri,
+        status=status,
+        error_message=error_message,
+        attempt=attempt,
+        started_at=started_at,
+        finished_at=finished_at or now(),
+        params_hash=params_hash or item.params_hash,
+        shard=shard,
+    )
     return row  # type: ignore[return-value]

@@ -63,8 +63,15 @@ SHARDS_SHOWN = f"{SHARDS_DIR}/NNNNN{TAR_EXT}"  # how messages name the tars
 # Style folders sit next to the run's own files in the output root; a style whose name
 # matches one of these (case-insensitively) is refused. "_*" covers _manifest and _staging,
 # ".*" the temporary files of atomic writes.
-RESERVED_STYLE_NAMES = ("_*", ".*", f"{posixpath.splitext(MANIFEST_FILE)[0]}.*", RUN_FILE,
-                        JOB_FILE, f"{GRID_PREFIX}*", f"{REPORT_DIR}*")
+RESERVED_STYLE_NAMES = (
+    "_*",
+    ".*",
+    f"{posixpath.splitext(MANIFEST_FILE)[0]}.*",
+    RUN_FILE,
+    JOB_FILE,
+    f"{GRID_PREFIX}*",
+    f"{REPORT_DIR}*",
+)
 
 
 def shard_of_part(name: str) -> int | None:
@@ -75,7 +82,7 @@ def shard_of_part(name: str) -> int | None:
 
 def shard_of_tar(name: str) -> int | None:
     """The shard id of a shard tar's file name (``NNNNN.tar``); None for any other name."""
-    stem = name[:-len(TAR_EXT)] if name.endswith(TAR_EXT) else ""
+    stem = name[: -len(TAR_EXT)] if name.endswith(TAR_EXT) else ""
     return int(stem) if stem.isdigit() else None
 
 
@@ -153,7 +160,7 @@ class RunFolder:
     def relative(self, uri: str) -> str:
         """``uri`` relative to the folder (as messages name a file of the run)."""
         root = self.output.rstrip("/") + "/"
-        return uri[len(root):] if uri.startswith(root) else uri
+        return uri[len(root) :] if uri.startswith(root) else uri
 
     def quarantined(self, uri: str, stamp: str) -> str:
         """Where a damaged file of the folder is moved: ``_quarantine/STAMP/<its path>``."""

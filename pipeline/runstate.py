@@ -89,8 +89,12 @@ class ExtraColumns:
         out = {self.columns[k]: self.points[self.point_of.get(item_id, 0)][k] for k in self.keys}
         row = self.row_of.get(item_id, -1)
         if self.extras is not None:
-            out.update({c: (self.extras.column(c)[row].as_py() if row >= 0 else None)
-                        for c in self.extras.column_names})
+            out.update(
+                {
+                    c: (self.extras.column(c)[row].as_py() if row >= 0 else None)
+                    for c in self.extras.column_names
+                }
+            )
         return out
 
     def add_to(self, table: pa.Table) -> pa.Table:
@@ -99,8 +103,9 @@ class ExtraColumns:
             return table
         ids = table["item_id"].to_pylist()
         for k in self.keys:
-            table = table.append_column(self.columns[k], pa.array(
-                [self.points[self.point_of.get(i, 0)][k] for i in ids]))
+            table = table.append_column(
+                self.columns[k], pa.array([self.points[self.point_of.get(i, 0)][k] for i in ids])
+            )
         if self.extras is not None:
             rows = pa.array([self.row_of.get(i, -1) for i in ids], pa.int64())
             idx = pc.if_else(pc.less(rows, 0), pa.scalar(None, pa.int64()), rows)

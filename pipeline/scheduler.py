@@ -98,10 +98,18 @@ class _Worker:
 class Scheduler:
     """Shards in, rows out; see the module docstring for what each event means."""
 
-    def __init__(self, shards: Sequence[Shard], *, num_workers: int, max_attempts: int,
-                 item_timeout_s: float, startup_timeout_s: float,
-                 tries: Mapping[str, int] | None = None, describe: Callable[[], str] = str,
-                 clock: Callable[[], datetime] = now):
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        *,
+        num_workers: int,
+        max_attempts: int,
+        item_timeout_s: float,
+        startup_timeout_s: float,
+        tries: Mapping[str, int] | None = None,
+        describe: Callable[[], str] = str,
+        clock: Callable[[], datetime] = now,
+    ):
         self.clock = clock  # the wall clock of failure rows' finished_at (handed in)
         self.shards = {s.shard_id: s for s in shards}
         self.num_workers = max(1, num_workers)
@@ -192,8 +200,12 @@ class Scheduler:
             for item_id in suspects:
                 self.strikes[item_id] = self.strikes.get(item_id, 0) + 1
             out = [i for i in suspects if self.strikes[i] >= self.max_attempts]
-            self._fail(w, out, "failed_crash", f"its worker died {self.max_attempts} times "
-                                               f"while processing it (last: {message})")
+            self._fail(
+                w,
+                out,
+                "failed_crash",
+                f"its worker died {self.max_attempts} times while processing it (last: {message})",
+            )
             self._requeue(w, suspects, split=w.call == "prepare")
         return actions + self._fill(t)
 
@@ -207,12 +219,17 @@ class Scheduler:
                 if not self.infos:
                     raise WorkerStartError(
                         f"no worker ready after ray.startup_timeout_s="
-                        f"{self.startup_timeout_s:g} s; {self.describe()}")
+                        f"{self.startup_timeout_s:g} s; {self.describe()}"
+                    )
                 self.startup_errors.append(f"worker not ready after {self.startup_timeout_s:g} s")
                 continue
             if len(w.batch) == 1:
-                self._fail(w, w.batch, "failed_timeout",
-                           f"still running after item_timeout_s={self.item_timeout_s:g} s")
+                self._fail(
+                    w,
+                    w.batch,
+                    "failed_timeout",
+                    f"still running after item_timeout_s={self.item_timeout_s:g} s",
+                )
             self._requeue(w, w.batch, split=True)
         return actions + (self._fill(t) if actions else [])
 
@@ -236,7 +253,8 @@ class Scheduler:
                     break  # carry on with the workers that did start
                 raise WorkerStartError(
                     f"no worker could start ({len(self.startup_errors)} tries; "
-                    f"{self.describe()}): {self.startup_errors[-1]}")
+                    f"{self.describe()}): {self.startup_errors[-1]}"
+                )
             wid, self._next_id = self._next_id, self._next_id + 1
             self.workers[wid] = _Worker(deadline=t + self.startup_timeout_s)
             actions.append(Start(wid))
@@ -249,8 +267,9 @@ class Scheduler:
         for i in items:
             self.tries[i.item_id] = self.tries.get(i.item_id, 0) + 1
         self._busy(w, "prepare", [i.item_id for i in items], t)
-        return Prepare(wid, w.task.shard, {i.item_id: self.tries[i.item_id] for i in items},
-                       task.isolate)
+        return Prepare(
+            wid, w.task.shard, {i.item_id: self.tries[i.item_id] for i in items}, task.isolate
+        )
 
     def _busy(self, w: _Worker, call: str, ids: list[str], t: float) -> None:
         w.call, w.batch = call, ids
@@ -286,9 +305,19 @@ class Scheduler:
     def _fail(self, w: _Worker, item_ids: Sequence[str], status: str, message: str) -> None:
         by_id: dict[str, WorkItem] = {i.item_id: i for i in w.task.shard.items}
         worker = (w.info or {}).get("worker")
-        rows = [make_row(by_id[i], status, shard=w.task.shard.shard_id,
-                         attempt=self.tries.get(i, 1), error_message=f"{by_id[i].content_uri}: {message}", worker=worker,
-                         finished_at=self.clock()) for i in item_ids if i in by_id]
+        rows = [
+            make_row(
+                by_id[i],
+                status,
+                shard=w.task.shard.shard_id,
+                attempt=self.tries.get(i, 1),
+                error_message=f"{by_id[i].content_uri}: {message}",
+                worker=worker,
+                finished_at=self.clock(),
+            )
+            for i in item_ids
+            if i in by_id
+        ]
         self._record(w.task.shard.shard_id, rows)
 
     def _record(self, shard_id: int, rows: list[dict]) -> None:
@@ -296,8 +325,9 @@ class Scheduler:
             return
         known = self._known.get(shard_id)
         if known is None:  # once per shard, not once per batch (a large shard is many)
-            known = self._known[shard_id] = frozenset(i.item_id for i in
-                                                      self.shards[shard_id].items)
+            known = self._known[shard_id] = frozenset(
+                i.item_id for i in self.shards[shard_id].items
+            )
         bucket = self.rows.setdefault(shard_id, {})
         for r in rows:
             if r["item_id"] in known:
@@ -305,8 +335,9 @@ class Scheduler:
         if self.done(shard_id):
             # in the shard's item order (batches group items by size): a fresh run's parts
             # are then in job order, and the final manifest needs no reordering copy
-            self._completed.append((shard_id, [bucket[i.item_id]
-                                               for i in self.shards[shard_id].items]))
+            self._completed.append(
+                (shard_id, [bucket[i.item_id] for i in self.shards[shard_id].items])
+            )
             self._left -= 1
             # A million items: hold no row of a finished shard (they go out once, through
             # completed()), only which items are done; nor their attempt counts.

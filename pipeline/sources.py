@@ -95,14 +95,16 @@ class Listing:
             groups.setdefault(f"skipped ({s.reason})", []).append(s.uri)
         for c in self.contents:
             if c.problem:
-                groups.setdefault(f"cannot be read, failed rows ({c.problem.split(' (')[0]})",
-                                  []).append(c.uri)
+                groups.setdefault(
+                    f"cannot be read, failed rows ({c.problem.split(' (')[0]})", []
+                ).append(c.uri)
         lines = []
         for what, uris in groups.items():
             shown = ", ".join(_show(u) for u in uris[:limit])
             more = f" and {len(uris) - limit} more" if len(uris) > limit else ""
-            lines.append(f"{len(uris)} {'entry' if len(uris) == 1 else 'entries'} {what}: "
-                         f"{shown}{more}")
+            lines.append(
+                f"{len(uris)} {'entry' if len(uris) == 1 else 'entries'} {what}: {shown}{more}"
+            )
         return lines
 
 
@@ -138,13 +140,15 @@ def _hidden(rel: str) -> str | None:
 
 # ------------------------------------------------------------------------------ local files
 
+
 def _stat_info(st: os.stat_result) -> dict[str, Any]:
     # the same size and mtime as fsspec's LocalFileSystem.info, so tags (and item ids) match
     return {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
 
 
-def _scan_local(root: str, maxdepth: int | None, skipped: list[Skipped],
-                prune: Callable[[str, str], str | None]) -> list[tuple[str, dict[str, Any]]]:
+def _scan_local(
+    root: str, maxdepth: int | None, skipped: list[Skipped], prune: Callable[[str, str], str | None]
+) -> list[tuple[str, dict[str, Any]]]:
     """``(path, info)`` of everything below the folder ``root`` (folders included, symlinks
     not followed), down to ``maxdepth`` levels; ``prune(path, name)`` gives a reason to leave a
     folder out. Folders that cannot be listed go to ``skipped``."""
@@ -202,27 +206,39 @@ def _follow_link(path: str) -> _Entry | Skipped:
     if stat.S_ISREG(st.st_mode):
         return _Entry(path, _stat_info(st))
     if stat.S_ISDIR(st.st_mode):
-        return _Entry(path, broken, f"symlink to a folder (not followed: {target}; list that "
-                                    "folder as an input of its own)")
+        return _Entry(
+            path,
+            broken,
+            f"symlink to a folder (not followed: {target}; list that "
+            "folder as an input of its own)",
+        )
     return Skipped(path, SPECIAL)
 
 
 # ------------------------------------------------------------------------------ any storage
 
-def _scan(fs: fsspec.AbstractFileSystem, root: str, maxdepth: int | None,
-          skipped: list[Skipped], prune: Callable[[str, str], str | None]
-          ) -> list[tuple[str, dict[str, Any]]]:
+
+def _scan(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    maxdepth: int | None,
+    skipped: list[Skipped],
+    prune: Callable[[str, str], str | None],
+) -> list[tuple[str, dict[str, Any]]]:
     """Everything below ``root``: files, folders and other entries, as ``(path, info)``."""
     if storage.is_local(fs):
         return _scan_local(root, maxdepth, skipped, prune)
-    found = storage.retrying(f"list {fs.unstrip_protocol(root)}", lambda: fs.find(
-        root, maxdepth=maxdepth, withdirs=True, detail=True))
+    found = storage.retrying(
+        f"list {fs.unstrip_protocol(root)}",
+        lambda: fs.find(root, maxdepth=maxdepth, withdirs=True, detail=True),
+    )
     root = root.rstrip("/")
     return [(p, info) for p, info in found.items() if p.rstrip("/") != root]
 
 
-def _entry(fs: fsspec.AbstractFileSystem, path: str, info: Mapping[str, Any], like: str
-           ) -> _Entry | Skipped | None:
+def _entry(
+    fs: fsspec.AbstractFileSystem, path: str, info: Mapping[str, Any], like: str
+) -> _Entry | Skipped | None:
     """The content (or skip reason) of one scanned entry; None for a folder."""
     kind = info.get("type", "file")
     uri = storage.to_uri(fs, path, like)
@@ -230,8 +246,11 @@ def _entry(fs: fsspec.AbstractFileSystem, path: str, info: Mapping[str, Any], li
         return None
     if info.get("islink") and storage.is_local(fs):
         found = _follow_link(path)
-        return _Entry(uri, found.info, found.problem) if isinstance(found, _Entry) \
+        return (
+            _Entry(uri, found.info, found.problem)
+            if isinstance(found, _Entry)
             else Skipped(uri, found.reason)
+        )
     if kind == "file":
         return _Entry(uri, info)
     return Skipped(uri, SPECIAL if storage.is_local(fs) else f"not a file (type {kind})")
@@ -253,6 +272,7 @@ def _local_output_test(output: str) -> Callable[..., bool]:
             return False
         where = real(path if folder else os.path.dirname(path))
         return where == real_output or where.startswith(real_output.rstrip("/") + "/")
+
     return inside
 
 
@@ -260,12 +280,17 @@ def _glob_root(pattern: str) -> tuple[str, int | None]:
     """The folder to scan for ``pattern`` and how deep (None: ``**``), as fsspec's glob."""
     head = _GLOB.split(pattern, 1)[0]
     root = head.rsplit("/", 1)[0] if "/" in head else ""
-    depth = None if "**" in pattern else pattern[len(root):].lstrip("/").count("/") + 1
+    depth = None if "**" in pattern else pattern[len(root) :].lstrip("/").count("/") + 1
     return root, depth
 
 
-def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None,  # noqa: C901 - to split (issue 19)
-            exclude: str | None, skipped: list[Skipped]) -> list[tuple[_Entry, str]]:
+def _expand(  # noqa: C901 - to split (issue 19)
+    uri: str,
+    options: Mapping[str, Any],
+    exts: tuple[str, ...] | None,
+    exclude: str | None,
+    skipped: list[Skipped],
+) -> list[tuple[_Entry, str]]:
     """``(entry, relative path)`` for a folder, a glob or a single file; what is left out
     goes to ``skipped``."""
     fs, path = storage.get_fs(uri, options)
@@ -318,10 +343,13 @@ def _expand(uri: str, options: Mapping[str, Any], exts: tuple[str, ...] | None, 
         if isinstance(e, Skipped):
             skipped.append(e)
             continue
-        rel = e.uri[len(root_uri):].lstrip("/") if root_uri else posixpath.basename(e.uri)
+        rel = e.uri[len(root_uri) :].lstrip("/") if root_uri else posixpath.basename(e.uri)
         reason = _hidden(rel)
-        if reason is None and exclude and ((e.uri + "/").startswith(exclude + "/")
-                                           or (in_output and in_output(e.uri))):
+        if (
+            reason is None
+            and exclude
+            and ((e.uri + "/").startswith(exclude + "/") or (in_output and in_output(e.uri)))
+        ):
             reason = IN_OUTPUT
         ext = posixpath.splitext(rel)[1].lower()
         if reason is None and exts is not None and ext not in exts:
@@ -365,19 +393,27 @@ def _uri_column(uri: str, names: list[str], chosen: str | None) -> str:
     if chosen is not None:
         if chosen in names:
             return chosen
-        raise SourceError(f"{_show(uri)}: input_column {chosen!r} is not a column; the columns "
-                          f"are {', '.join(names) or '(none)'}")
+        raise SourceError(
+            f"{_show(uri)}: input_column {chosen!r} is not a column; the columns "
+            f"are {', '.join(names) or '(none)'}"
+        )
     lower = {c.strip().lower(): c for c in names}
     for n in URI_COLUMNS:
         if n in lower:
             return lower[n]
-    raise SourceError(f"{_show(uri)}: no URI column among {', '.join(names) or '(none)'}; name "
-                      f"it with input_column: (e.g. input_column: {names[0] if names else 'uri'}"
-                      f"), or call it {' or '.join(URI_COLUMNS)}")
+    raise SourceError(
+        f"{_show(uri)}: no URI column among {', '.join(names) or '(none)'}; name "
+        f"it with input_column: (e.g. input_column: {names[0] if names else 'uri'}"
+        f"), or call it {' or '.join(URI_COLUMNS)}"
+    )
 
 
-def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | None = None,
-               column: str | None = None) -> tuple[list[str], Any]:
+def _read_list(
+    uri: str,
+    options: Mapping[str, Any],
+    digest: dict[str, str] | None = None,
+    column: str | None = None,
+) -> tuple[list[str], Any]:
     """URIs from a .txt (one per line, # comments), .csv, .parquet or .jsonl list, and the
     list's other columns as a pyarrow Table with one row per URI returned (None for .txt or
     a CSV without a header). Bytes that are not UTF-8 (Linux file names) are kept as
@@ -397,26 +433,37 @@ def _read_list(uri: str, options: Mapping[str, Any], digest: dict[str, str] | No
         text = data.decode("utf-8-sig", "surrogateescape")
         reader = (r for r in csv.reader(io.StringIO(text)) if r)
         first = next(reader, None)
-        if first and (column is not None or _is_header(first)
-                      or any(c.strip().lower() in URI_COLUMNS for c in first)):
+        if first and (
+            column is not None
+            or _is_header(first)
+            or any(c.strip().lower() in URI_COLUMNS for c in first)
+        ):
             try:  # typed columns (labels stay ints), as pyarrow reads them
                 table = _read_table(uri, ext, data)
             except SourceError:  # not UTF-8: the plain reader, strings throughout
                 rows = list(reader)
-                table = pa.table({h.strip(): [r[i] if i < len(r) else None for r in rows]
-                                  for i, h in enumerate(first)})
+                table = pa.table(
+                    {
+                        h.strip(): [r[i] if i < len(r) else None for r in rows]
+                        for i, h in enumerate(first)
+                    }
+                )
         else:
             rows = [first, *reader] if first else []
     if table is not None:
         col = _uri_column(uri, list(table.column_names), column)
-        values = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
-                  for v in table.column(col).to_pylist()]
+        values = [
+            v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+            for v in table.column(col).to_pylist()
+        ]
         table = table.drop_columns([col])
     elif ext == ".csv":
         values = [r[0] for r in rows]
     else:
-        values = [line.split("#", 1)[0] if line.lstrip().startswith("#") else line
-                  for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
+        values = [
+            line.split("#", 1)[0] if line.lstrip().startswith("#") else line
+            for line in data.decode("utf-8-sig", "surrogateescape").splitlines()
+        ]
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     out, kept = [], []
     for n, v in enumerate(values):
@@ -448,8 +495,9 @@ def _read_table(uri: str, ext: str, data: bytes) -> Any:
 
         return pcsv.read_csv(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as e:
-        raise SourceError(f"{_show(uri)}: cannot be read as {ext[1:]}: "
-                          f"{' '.join(str(e).split())[:300]}") from None
+        raise SourceError(
+            f"{_show(uri)}: cannot be read as {ext[1:]}: {' '.join(str(e).split())[:300]}"
+        ) from None
 
 
 def _common_dir(uris: list[str]) -> str:
@@ -463,11 +511,16 @@ def _common_dir(uris: list[str]) -> str:
     return "/".join(prefix)
 
 
-def _list_file_entries(uris: list[str], options: Mapping[str, Any],
-                       exts: tuple[str, ...] | None, exclude: str,
-                       skipped: list[Skipped]) -> list[_Entry]:
+def _list_file_entries(
+    uris: list[str],
+    options: Mapping[str, Any],
+    exts: tuple[str, ...] | None,
+    exclude: str,
+    skipped: list[Skipped],
+) -> list[_Entry]:
     """One entry per URI of a list file (a folder among them is walked); a missing or
     unreadable file is an entry with a problem: its items fail with a message, not the job."""
+
     def look(u: str) -> list[_Entry]:
         fs, path = storage.get_fs(u, options)
         try:
@@ -477,12 +530,16 @@ def _list_file_entries(uris: list[str], options: Mapping[str, Any],
         except OSError as e:
             if storage.is_local(fs) and os.path.islink(path):
                 found = _follow_link(path)
-                return [_Entry(u, found.info, found.problem)] if isinstance(found, _Entry) \
-                    else []
+                return [_Entry(u, found.info, found.problem)] if isinstance(found, _Entry) else []
             if isinstance(e, FileNotFoundError):
                 return [_Entry(u, {"size": "missing"}, "no such file")]
-            return [_Entry(u, {"size": "unreadable"},
-                           f"cannot be read: {type(e).__name__}: {redact_text(str(e))}")]
+            return [
+                _Entry(
+                    u,
+                    {"size": "unreadable"},
+                    f"cannot be read: {type(e).__name__}: {redact_text(str(e))}",
+                )
+            ]
         kind = info.get("type", "file")
         if kind == "directory":
             return [e for e, _ in _expand(u, options, exts, exclude, skipped)]
@@ -505,31 +562,45 @@ def list_inputs(job: JobConfig) -> Listing:
     single = job.input if isinstance(job.input, str) else None
     skipped: list[Skipped] = []
     extras = None
-    identity: dict[str, Any] = {"input": redact_uri(storage.canonical(single)) if single else
-                                [redact_uri(storage.canonical(u)) for u in job.input]}
-    is_list = bool(single) and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
+    identity: dict[str, Any] = {
+        "input": redact_uri(storage.canonical(single))
+        if single
+        else [redact_uri(storage.canonical(u)) for u in job.input]
+    }
+    is_list = (
+        bool(single)
+        and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS
         and not _GLOB.search(single)
+    )
     if job.input_column is not None and not (is_list and not single.lower().endswith(".txt")):
-        raise SourceError(f"input_column: {job.input_column!r} has no effect: input "
-                          f"{_show_input(job.input)} is not a .csv, .parquet or .jsonl list")
+        raise SourceError(
+            f"input_column: {job.input_column!r} has no effect: input "
+            f"{_show_input(job.input)} is not a .csv, .parquet or .jsonl list"
+        )
     try:
-        if single and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS \
-                and not _GLOB.search(single):
+        if (
+            single
+            and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS
+            and not _GLOB.search(single)
+        ):
             uris, extras = _read_list(single, options, identity, job.input_column)
             uris = [storage.canonical(u) for u in uris]
             pairs = _relative_to_common(
-                _list_file_entries(uris, options, job.extensions, output, skipped))
+                _list_file_entries(uris, options, job.extensions, output, skipped)
+            )
         else:
             pairs = []
-            for u in (job.input if single is None else (single,)):
+            for u in job.input if single is None else (single,):
                 pairs += _expand(u, options, job.extensions, output, skipped)
             if single is None:  # an explicit list: names relative to what they share
                 pairs = _relative_to_common([e for e, _ in pairs])
     except (SourceError, storage.StorageUnavailable):
         raise
     except (OSError, ValueError) as e:
-        raise SourceError(f"input {_show_input(job.input)}: cannot be listed: "
-                          f"{type(e).__name__}: {redact_text(str(e))}") from None
+        raise SourceError(
+            f"input {_show_input(job.input)}: cannot be listed: "
+            f"{type(e).__name__}: {redact_text(str(e))}"
+        ) from None
     rows, styles, extras = _row_columns(job, uris if extras is not None else [], extras)
     seen: dict[str, Content] = {}
     for entry, rel in pairs:
@@ -537,13 +608,23 @@ def list_inputs(job: JobConfig) -> Listing:
         if entry.problem:  # a fixed link (its target's tag) is a new item
             tag = f"unreadable:{tag}"
         row = rows.get(entry.uri, -1)
-        seen.setdefault(entry.uri, Content(entry.uri, rel, tag, entry.problem,
-                                           styles[row] if styles and row >= 0 else None, row))
+        seen.setdefault(
+            entry.uri,
+            Content(
+                entry.uri,
+                rel,
+                tag,
+                entry.problem,
+                styles[row] if styles and row >= 0 else None,
+                row,
+            ),
+        )
     listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped, extras, identity)
     if not listing.contents:
         why = "; ".join(listing.report())
-        raise SourceError(f"input {_show_input(job.input)}: no files found"
-                          f"{f' ({why})' if why else ''}")
+        raise SourceError(
+            f"input {_show_input(job.input)}: no files found{f' ({why})' if why else ''}"
+        )
     return listing
 
 
@@ -553,8 +634,10 @@ def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, lis
     from pipeline.rows import COLUMNS
 
     if job.assign == "column" and (table is None or "style" not in table.column_names):
-        raise SourceError(f"input {_show_input(job.input)}: assign: column needs a list input "
-                          "(csv, parquet, jsonl) with a `style` column")
+        raise SourceError(
+            f"input {_show_input(job.input)}: assign: column needs a list input "
+            "(csv, parquet, jsonl) with a `style` column"
+        )
     if table is None:
         return {}, [], None
     styles = []
@@ -564,9 +647,11 @@ def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, lis
     taken = set(COLUMNS) | set(job.sweep or {}) | {f"sweep_{k}" for k in job.sweep or {}}
     clash = [c for c in table.column_names if c in taken]
     if clash:
-        raise SourceError(f"input {_show_input(job.input)}: column {clash[0]!r} has the name of "
-                          "a manifest column; rename it in the list (columns other than the "
-                          "URI are copied to every manifest row)")
+        raise SourceError(
+            f"input {_show_input(job.input)}: column {clash[0]!r} has the name of "
+            "a manifest column; rename it in the list (columns other than the "
+            "URI are copied to every manifest row)"
+        )
     rows: dict[str, int] = {}
     for n, u in enumerate(uris):
         rows.setdefault(u, n)
@@ -594,8 +679,10 @@ def _relative_to_common(entries: list[_Entry]) -> list[tuple[_Entry, str]]:
         return []
     shown = [redact_uri(e.uri) if "://" in e.uri else e.uri for e in entries]
     common = _common_dir(shown)
-    return [(e, u[len(common):].lstrip("/") if common else posixpath.basename(u))
-            for e, u in zip(entries, shown)]
+    return [
+        (e, u[len(common) :].lstrip("/") if common else posixpath.basename(u))
+        for e, u in zip(entries, shown)
+    ]
 
 
 def _style_name(name: str, uri: str) -> str:
@@ -607,7 +694,8 @@ def _style_name(name: str, uri: str) -> str:
         raise SourceError(
             f"style {clean!r}: its folder would collide with the run's own files in the output "
             f"folder (names reserved: {', '.join(RESERVED_STYLE_NAMES)}); give it another name "
-            f"with a mapping under styles:, e.g. styles: {{{better}: {_show(uri)}}}")
+            f"with a mapping under styles:, e.g. styles: {{{better}: {_show(uri)}}}"
+        )
     return clean
 
 
@@ -623,17 +711,20 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
         except (SourceError, storage.StorageUnavailable):
             raise
         except (OSError, ValueError) as e:
-            raise SourceError(f"styles {_show(job.styles)}: {type(e).__name__}: "
-                              f"{redact_text(str(e))}") from None
+            raise SourceError(
+                f"styles {_show(job.styles)}: {type(e).__name__}: {redact_text(str(e))}"
+            ) from None
         for e, _ in pairs:
             if e.problem:
                 raise SourceError(f"style {_show(e.uri)}: {e.problem}")
-        sources: Iterable[StyleSource] = [StyleSource(None, (e.uri,), (1.0,)) for e, _ in
-                                          sorted(pairs, key=lambda p: p[0].uri)]
+        sources: Iterable[StyleSource] = [
+            StyleSource(None, (e.uri,), (1.0,)) for e, _ in sorted(pairs, key=lambda p: p[0].uri)
+        ]
         listed = {storage.canonical(e.uri): e.info for e, _ in pairs}
         if not pairs:
-            raise SourceError(f"styles {_show(job.styles)}: no image files found "
-                              f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise SourceError(
+                f"styles {_show(job.styles)}: no image files found ({', '.join(IMAGE_EXTENSIONS)})"
+            )
     else:
         sources = job.styles
     refs: dict[str, StyleRef] = {}
@@ -643,22 +734,24 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
             u = storage.canonical(u)
             fs, path = storage.get_fs(u, options)
             try:
-                info = listed.get(u) or storage.retrying(f"read {_show(u)}",
-                                                         lambda: fs.info(path))
+                info = listed.get(u) or storage.retrying(f"read {_show(u)}", lambda: fs.info(path))
             except storage.StorageUnavailable:
                 raise
             except (OSError, ValueError) as e:
-                raise SourceError(f"style {_show(src.name or u)}: cannot read {_show(u)}: "
-                                  f"{type(e).__name__}: {redact_text(str(e))}") from None
+                raise SourceError(
+                    f"style {_show(src.name or u)}: cannot read {_show(u)}: "
+                    f"{type(e).__name__}: {redact_text(str(e))}"
+                ) from None
             uris.append(u)
             tags.append(file_tag(info))
-        name = _style_name(src.name or posixpath.splitext(posixpath.basename(uris[0]))[0],
-                           uris[0])
+        name = _style_name(src.name or posixpath.splitext(posixpath.basename(uris[0]))[0], uris[0])
         key = name.casefold()  # one folder on a case-insensitive file system
         if key in refs:
-            raise SourceError(f"styles: two styles are named {name!r}"
-                              f"{'' if refs[key].name == name else f' and {refs[key].name!r}'}; "
-                              "use a mapping name -> URI to name them apart")
+            raise SourceError(
+                f"styles: two styles are named {name!r}"
+                f"{'' if refs[key].name == name else f' and {refs[key].name!r}'}; "
+                "use a mapping name -> URI to name them apart"
+            )
         refs[key] = StyleRef(name, tuple(uris), tuple(src.weights), tuple(tags))
     return list(refs.values())
 
@@ -686,5 +779,6 @@ def check_styles_load(styles: list[StyleRef], options: Mapping[str, Any]) -> Non
             except storage.StorageUnavailable:
                 raise
             except OSError as e:
-                raise SourceError(f"style {s.name}: cannot read {_show(u)}: "
-                                  f"{redact_text(str(e))}") from None
+                raise SourceError(
+                    f"style {s.name}: cannot read {_show(u)}: {redact_text(str(e))}"
+                ) from None

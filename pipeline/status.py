@@ -26,8 +26,9 @@ class NoRunError(FileNotFoundError):
         return cls(f"{output}: no run here (no {MANIFEST_DIR}/ and no {MANIFEST_FILE})")
 
 
-def summarize(output: str, options: Mapping[str, Any] | None = None,
-              max_failures: int = FAILURES_SHOWN) -> dict[str, Any]:
+def summarize(
+    output: str, options: Mapping[str, Any] | None = None, max_failures: int = FAILURES_SHOWN
+) -> dict[str, Any]:
     """Counts by status, the first failures, throughput and what is left, as plain
     JSON-able values (``failures``: the first ``max_failures`` failed rows, a few fields
     each; ``failed``: how many there are; ``images_per_hour``: :func:`manifest.throughput`,
@@ -46,9 +47,11 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
     owner = lease.holder(output, options)
     done = table.num_rows
     total = (job or {}).get("items_total", done)
-    counts = ({s: n for s, n in zip(*[c.to_pylist() for c in
-                                      pc.value_counts(table["status"]).flatten()])}
-              if done else {})
+    counts = (
+        {s: n for s, n in zip(*[c.to_pylist() for c in pc.value_counts(table["status"]).flatten()])}
+        if done
+        else {}
+    )
     ok = pc.equal(table["status"], "ok")
     n_ok = counts.get("ok", 0)
     failed = table.filter(pc.invert(ok)).select(list(_FAILURE_FIELDS))
@@ -81,9 +84,14 @@ def summarize(output: str, options: Mapping[str, Any] | None = None,
         "report": report if storage.exists(report, options) else None,
         # files that could not be read back (the next run moves them to quarantine)
         "unreadable": damage.lines(),
-        "running": None if owner is None else {
-            "host": owner.host, "pid": owner.pid, "started_at": owner.started_at,
-            "heartbeat_age_s": round(owner.age_s(), 1)},
+        "running": None
+        if owner is None
+        else {
+            "host": owner.host,
+            "pid": owner.pid,
+            "started_at": owner.started_at,
+            "heartbeat_age_s": round(owner.age_s(), 1),
+        },
     }
 
 
@@ -98,31 +106,40 @@ def throughput_lines(figures: Mapping[str, Any]) -> list[str]:
     lines = []
     if figures.get("images_per_hour") is not None:
         per = figures.get("seconds_per_image")
-        lines.append(f"throughput: {figures['images_per_hour']:,.1f} "
-                     f"{manifest.THROUGHPUT_LABEL}"
-                     f"{f'; {per:.2f} s of worker time per ok image' if per else ''}")
+        lines.append(
+            f"throughput: {figures['images_per_hour']:,.1f} "
+            f"{manifest.THROUGHPUT_LABEL}"
+            f"{f'; {per:.2f} s of worker time per ok image' if per else ''}"
+        )
     if figures.get("wall_s") is not None:
         rate = figures.get("command_images_per_hour")
-        lines.append(f"command:    {figures['wall_s']:,.1f} s wall, listing included"
-                     f"{f'; {rate:,.1f} ok images/h' if rate is not None else ''} (the last "
-                     "stylize run that computed items)")
+        lines.append(
+            f"command:    {figures['wall_s']:,.1f} s wall, listing included"
+            f"{f'; {rate:,.1f} ok images/h' if rate is not None else ''} (the last "
+            "stylize run that computed items)"
+        )
     return lines
 
 
 def print_status(info: Mapping[str, Any], stream: IO[str]) -> None:
     """The summary for people; every value from data with its control characters escaped."""
+
     def say(line: str) -> None:
         print(escape_controls(line), file=stream)
 
     say(f"run:       {info['output']}")
     running = info.get("running")
     if running:
-        say(f"running:   now, by {running['host']} pid {running['pid']} (since "
-            f"{running['started_at']}, heartbeat {running['heartbeat_age_s']:.0f} s ago)")
+        say(
+            f"running:   now, by {running['host']} pid {running['pid']} (since "
+            f"{running['started_at']}, heartbeat {running['heartbeat_age_s']:.0f} s ago)"
+        )
     for line in info.get("unreadable") or ():
         say(f"unreadable: {line}")
-    say(f"items:     {info['done']} of {info['total']} done, {info['left']} left"
-          f"{'' if info['left'] else ' (finished)'}")
+    say(
+        f"items:     {info['done']} of {info['total']} done, {info['left']} left"
+        f"{'' if info['left'] else ' (finished)'}"
+    )
     for status, n in info["counts"].items():
         say(f"  {status:<15} {n}")
     for line in throughput_lines(info):

@@ -29,20 +29,50 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.runfolder import join  # noqa: F401 - the URI join, storage.join to its users
 from stylize.common import EXIT_INFRA, TMP_PREFIX, StylizeError, one_line, write_atomic
-from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_delay,
-                      wait_random_exponential)
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 PKG_SCHEME = "pkg://"
 DEFAULT_RETRY_S = 150.0  # a storage outage this long is ridden out (job key io_retry_s)
-_PERMANENT_TYPES = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                    PermissionError)
-_PERMANENT_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES,
-                     errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL,
-                     errno.EXDEV}
+_PERMANENT_TYPES = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+_PERMANENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EEXIST,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EINVAL,
+    errno.EXDEV,
+}
 # Libraries whose own exceptions (not OSError subclasses) mean "the network or the service
 # failed this time": botocore's EndpointConnectionError, aiohttp's ClientError, ...
-_TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "http.client",
-                      "google.api_core", "google.auth.exceptions", "gcsfs", "adlfs")
+_TRANSIENT_MODULES = (
+    "botocore",
+    "aiobotocore",
+    "aiohttp",
+    "urllib3",
+    "requests",
+    "http.client",
+    "google.api_core",
+    "google.auth.exceptions",
+    "gcsfs",
+    "adlfs",
+)
 _retry_s = DEFAULT_RETRY_S
 T = TypeVar("T")
 
@@ -92,22 +122,25 @@ def retrying(what: str, fn: Callable[[], T]) -> T:
     """``fn()``, retried on transient errors with exponential backoff and jitter for the
     retry budget; then StorageUnavailable naming ``what`` and the last error."""
     try:
-        for attempt in Retrying(retry=retry_if_exception(is_transient),
-                                stop=stop_after_delay(_retry_s),
-                                wait=wait_random_exponential(multiplier=0.5, max=15),
-                                reraise=False):
+        for attempt in Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(_retry_s),
+            wait=wait_random_exponential(multiplier=0.5, max=15),
+            reraise=False,
+        ):
             with attempt:
                 return fn()
     except RetryError as e:
         last = e.last_attempt.exception()
         raise StorageUnavailable(
             f"{what}: storage unavailable for {_retry_s:g} s (io_retry_s): "
-            f"{type(last).__name__}: {one_line(last, 300)}") from None
+            f"{type(last).__name__}: {one_line(last, 300)}"
+        ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _resolve_pkg(uri: str) -> str:
-    rest = uri[len(PKG_SCHEME):].strip("/")
+    rest = uri[len(PKG_SCHEME) :].strip("/")
     package, _, resource = rest.partition("/")
     if not package:
         raise StorageError(f"{uri}: expected pkg://PACKAGE/PATH, e.g. pkg://stylize/samples")
@@ -123,8 +156,9 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def get_fs(uri: str, storage_options: Mapping[str, Any] | None = None
-           ) -> tuple[fsspec.AbstractFileSystem, str]:
+def get_fs(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """``(filesystem, path)`` for a URI; ``storage_options`` go to the remote filesystem."""
     if uri.startswith(PKG_SCHEME):
         return LocalFileSystem(), _resolve_pkg(uri)
@@ -140,11 +174,11 @@ def get_fs(uri: str, storage_options: Mapping[str, Any] | None = None
 def canonical(uri: str) -> str:
     """The form of a URI stored in manifests: absolute path for local files, URL otherwise."""
     if uri.startswith(PKG_SCHEME):
-        return PKG_SCHEME + uri[len(PKG_SCHEME):].strip("/")
+        return PKG_SCHEME + uri[len(PKG_SCHEME) :].strip("/")
     if "://" not in uri:
         return os.path.abspath(os.path.expanduser(uri))
     if uri.startswith("file://"):
-        return os.path.abspath(uri[len("file://"):])
+        return os.path.abspath(uri[len("file://") :])
     return uri.rstrip("/")
 
 
@@ -152,10 +186,10 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str, like: str = "") -> str:
     """Inverse of :func:`get_fs` for paths returned by ``fs.find``/``fs.glob``; with ``like``
     a ``pkg://`` URI, paths inside that package come back as ``pkg://`` URIs."""
     if like.startswith(PKG_SCHEME):
-        package = like[len(PKG_SCHEME):].strip("/").split("/")[0]
+        package = like[len(PKG_SCHEME) :].strip("/").split("/")[0]
         root = _resolve_pkg(PKG_SCHEME + package).rstrip("/")
         if path.startswith(root + "/") or path == root:
-            return f"{PKG_SCHEME}{package}{path[len(root):]}"
+            return f"{PKG_SCHEME}{package}{path[len(root) :]}"
     if is_local(fs):
         return os.path.abspath(path)
     return fs.unstrip_protocol(path)
@@ -166,8 +200,14 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> by
     return retrying(f"read {uri}", lambda: fs.cat_file(path))
 
 
-def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None,
-                *, atomic: bool = False, exclusive: bool = False) -> None:
+def write_bytes(
+    uri: str,
+    data: bytes,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    atomic: bool = False,
+    exclusive: bool = False,
+) -> None:
     """Write a whole file. ``atomic``: readers never see a partial file (temp name + rename
     locally; object stores publish a PUT whole anyway). ``exclusive``: FileExistsError when
     the file exists (locally a hard link that cannot replace it; elsewhere checked first)."""
@@ -177,23 +217,27 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
     if is_local(fs) and atomic:
         retrying(f"write {uri}", lambda: write_atomic(path, data, exclusive))
     elif is_local(fs):
+
         def write() -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
+
         retrying(f"write {uri}", write)
     else:
         retrying(f"write {uri}", lambda: fs.pipe_file(path, data))
 
 
-def read_tail(uri: str, n: int, storage_options: Mapping[str, Any] | None = None
-              ) -> tuple[int, bytes]:
+def read_tail(
+    uri: str, n: int, storage_options: Mapping[str, Any] | None = None
+) -> tuple[int, bytes]:
     """(size of the file, its last ``n`` bytes): one ranged read, not the whole file."""
     fs, path = get_fs(uri, storage_options)
 
     def tail() -> tuple[int, bytes]:
         size = int(fs.size(path))
         return size, (fs.cat_file(path, start=max(0, size - n), end=size) if size else b"")
+
     return retrying(f"read {uri}", tail)
 
 
@@ -208,6 +252,7 @@ def move(src: str, dst: str, storage_options: Mapping[str, Any] | None = None) -
             os.replace(path, target)
         else:
             fs.mv(path, target)
+
     retrying(f"move {src}", mv)
 
 
@@ -225,13 +270,15 @@ def listdir(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[
             return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
         except FileNotFoundError:
             return []
+
     if not is_local(fs):
         fs.invalidate_cache(path)  # a resumed run must see what other processes wrote
     return retrying(f"list {uri}", names)
 
 
-def remove(uri: str, storage_options: Mapping[str, Any] | None = None,
-           recursive: bool = False) -> None:
+def remove(
+    uri: str, storage_options: Mapping[str, Any] | None = None, recursive: bool = False
+) -> None:
     fs, path = get_fs(uri, storage_options)
 
     def rm() -> None:
@@ -239,11 +286,13 @@ def remove(uri: str, storage_options: Mapping[str, Any] | None = None,
             fs.rm(path, recursive=recursive)
         except FileNotFoundError:
             pass
+
     retrying(f"remove {uri}", rm)
 
 
-def check_writable(root: str, storage_options: Mapping[str, Any] | None = None,
-                   folder: str | None = None) -> None:
+def check_writable(
+    root: str, storage_options: Mapping[str, Any] | None = None, folder: str | None = None
+) -> None:
     """Write and delete a probe file in ``folder`` (default: ``root`` itself), a folder under
     ``root``; StorageError naming the root otherwise."""
     probe = join(folder or root, f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
@@ -253,5 +302,6 @@ def check_writable(root: str, storage_options: Mapping[str, Any] | None = None,
     except StorageUnavailable as e:
         raise StorageError(f"output {root} is not writable: {e}") from None
     except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
-        raise StorageError(f"output {root} is not writable: {type(e).__name__}: "
-                           f"{one_line(e, 300)}") from None
+        raise StorageError(
+            f"output {root} is not writable: {type(e).__name__}: {one_line(e, 300)}"
+        ) from None

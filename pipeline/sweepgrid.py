@@ -44,8 +44,7 @@ def axes(sweep: Mapping[str, Sequence[Any]]) -> tuple[str | None, str | None]:
     keys = list(sweep)
     if len(keys) < 2:
         return None, keys[0] if keys else None
-    row = next((k for k in keys if any(isinstance(v, (list, tuple)) for v in sweep[k])),
-               keys[0])
+    row = next((k for k in keys if any(isinstance(v, (list, tuple)) for v in sweep[k])), keys[0])
     return row, next(k for k in keys if k != row)
 
 
@@ -68,8 +67,12 @@ def label(key: str, value: Any, content_weight: float | None = 1.0) -> str:
     if isinstance(value, (list, tuple)):
         names = [str(v) for v in value]
         return "+".join(names) if len(names) <= 3 else f"{names[0]} … {names[-1]} ({len(names)})"
-    if (key == "style_weight" and content_weight is not None
-            and isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if (
+        key == "style_weight"
+        and content_weight is not None
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    ):
         return f"α/β = {_num(content_weight / value if value else math.inf)}"
     if isinstance(value, float):
         return f"{key} = {value:g}"
@@ -117,12 +120,18 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int
             lines.append(tok)
     lines = [ln.rstrip() for ln in lines] or [""]
     if len(lines) > max_lines:
-        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+        lines = lines[: max_lines - 1] + [" ".join(lines[max_lines - 1 :])]
     return [_ellipsize(draw, ln, font, width) for ln in lines]
 
 
-def _render(title: str, subtitle: str, row_labels: Sequence[str], col_labels: Sequence[str],
-            cells: Sequence[Sequence[Image.Image | str]], cell: int) -> bytes:
+def _render(
+    title: str,
+    subtitle: str,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    cells: Sequence[Sequence[Image.Image | str]],
+    cell: int,
+) -> bytes:
     """The page as PNG; a cell is an image or the text of a grey placeholder."""
     f = _Fonts(cell)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -137,8 +146,11 @@ def _render(title: str, subtitle: str, row_labels: Sequence[str], col_labels: Se
     hdr_w = 0
     if any(row_labels):
         full = max(probe.textlength(s, font=f.label) for s in row_labels)
-        widest = max(probe.textlength(t, font=f.label) for s in row_labels
-                     for t in re.findall(r"[^+ ]+[+ ]*", s) or [""])
+        widest = max(
+            probe.textlength(t, font=f.label)
+            for s in row_labels
+            for t in re.findall(r"[^+ ]+[+ ]*", s) or [""]
+        )
         hdr_w = math.ceil(min(cell, full, max(widest, cell / 2)))
     row_text = [_wrap(probe, s, f.label, hdr_w, max(1, box_h // line)) for s in row_labels]
     col_text = [_wrap(probe, s, f.label, box_w, 2) for s in col_labels]
@@ -151,37 +163,68 @@ def _render(title: str, subtitle: str, row_labels: Sequence[str], col_labels: Se
 
     page = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(page)
-    draw.text((pad, pad), _ellipsize(draw, f.text(title), f.title, width - 2 * pad),
-              fill=TEXT, font=f.title)
-    draw.text((pad, pad + round(f.size * 1.3 * 1.25)),
-              _ellipsize(draw, f.text(subtitle), f.label, width - 2 * pad), fill=TEXT, font=f.label)
+    draw.text(
+        (pad, pad),
+        _ellipsize(draw, f.text(title), f.title, width - 2 * pad),
+        fill=TEXT,
+        font=f.title,
+    )
+    draw.text(
+        (pad, pad + round(f.size * 1.3 * 1.25)),
+        _ellipsize(draw, f.text(subtitle), f.label, width - 2 * pad),
+        fill=TEXT,
+        font=f.label,
+    )
     for j, lines in enumerate(col_text):
         x = left + j * (box_w + pad) + box_w // 2
         y = top - pad - len(lines) * line  # bottom-aligned on the pictures
-        draw.multiline_text((x, y), "\n".join(lines), fill=TEXT, font=f.label, anchor="ma",
-                            align="center", spacing=line - f.size)
+        draw.multiline_text(
+            (x, y),
+            "\n".join(lines),
+            fill=TEXT,
+            font=f.label,
+            anchor="ma",
+            align="center",
+            spacing=line - f.size,
+        )
     for i, r in enumerate(thumbs):
         y = top + i * (box_h + pad)
         if hdr_w:
-            draw.multiline_text((pad + hdr_w, y + box_h // 2), "\n".join(row_text[i]), fill=TEXT,
-                                font=f.label, anchor="rm", align="right", spacing=line - f.size)
+            draw.multiline_text(
+                (pad + hdr_w, y + box_h // 2),
+                "\n".join(row_text[i]),
+                fill=TEXT,
+                font=f.label,
+                anchor="rm",
+                align="right",
+                spacing=line - f.size,
+            )
         for j, t in enumerate(r):
             x = left + j * (box_w + pad)
             if isinstance(t, Image.Image):
                 page.paste(t, (x + (box_w - t.width) // 2, y + (box_h - t.height) // 2))
             else:
                 draw.rectangle([x, y, x + box_w - 1, y + box_h - 1], fill=EMPTY)
-                draw.text((x + box_w // 2, y + box_h // 2),
-                          _ellipsize(draw, t, f.label, box_w - 2 * pad), fill=TEXT,
-                          font=f.label, anchor="mm")
+                draw.text(
+                    (x + box_w // 2, y + box_h // 2),
+                    _ellipsize(draw, t, f.label, box_w - 2 * pad),
+                    fill=TEXT,
+                    font=f.label,
+                    anchor="mm",
+                )
     buf = io.BytesIO()
     page.save(buf, "PNG", optimize=True)
     return buf.getvalue()
 
 
-def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
-                      sweep: Mapping[str, Sequence[Any]], options: Mapping[str, Any],
-                      cell_size: int = 256, content_weight: float = 1.0) -> list[str]:
+def write_sweep_grids(
+    output: str,
+    rows: Sequence[Mapping[str, Any]],
+    sweep: Mapping[str, Sequence[Any]],
+    options: Mapping[str, Any],
+    cell_size: int = 256,
+    content_weight: float = 1.0,
+) -> list[str]:
     """Write ``{output}/grid-sweep-NNN.png``, one page per (content, style) and combination of
     the keys beyond two, and remove older pages beyond the new ones; returns the URIs.
 
@@ -207,8 +250,13 @@ def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
             point = dict(zip(extra, combo))
             # alpha of the ratio labels: the page's own when content_weight is swept too,
             # none (plain values) when it varies along an axis
-            alpha = (point["content_weight"] if "content_weight" in point else
-                     None if "content_weight" in sweep else content_weight)
+            alpha = (
+                point["content_weight"]
+                if "content_weight" in point
+                else None
+                if "content_weight" in sweep
+                else content_weight
+            )
             grid: list[list[Image.Image | str]] = []
             for rv in row_vals:
                 grid.append([])
@@ -216,17 +264,30 @@ def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
                     point.update({row_key: rv, col_key: cv})
                     r = cells.get(((content, style), tuple(_norm(point.get(k)) for k in sweep)))
                     img = _load(r["output_uri"], options) if r and r["status"] == "ok" else None
-                    grid[-1].append(img if img is not None else
-                                    "missing" if r is None else
-                                    "unreadable" if r["status"] == "ok" else r["status"])
-            title = " · ".join([posixpath.basename(content.rstrip("/")) or content, style] +
-                               [label(k, v, alpha) for k, v in zip(extra, combo)])
-            subtitle = " · ".join(f"{what}: {k}" for what, k in
-                                  (("rows", row_key), ("columns", col_key)) if k)
-            png = _render(title, subtitle,
-                          [label(row_key, v, alpha) if row_key else "" for v in row_vals],
-                          [label(col_key, v, alpha) if col_key else "" for v in col_vals],
-                          grid, cell_size)
+                    grid[-1].append(
+                        img
+                        if img is not None
+                        else "missing"
+                        if r is None
+                        else "unreadable"
+                        if r["status"] == "ok"
+                        else r["status"]
+                    )
+            title = " · ".join(
+                [posixpath.basename(content.rstrip("/")) or content, style]
+                + [label(k, v, alpha) for k, v in zip(extra, combo)]
+            )
+            subtitle = " · ".join(
+                f"{what}: {k}" for what, k in (("rows", row_key), ("columns", col_key)) if k
+            )
+            png = _render(
+                title,
+                subtitle,
+                [label(row_key, v, alpha) if row_key else "" for v in row_vals],
+                [label(col_key, v, alpha) if col_key else "" for v in col_vals],
+                grid,
+                cell_size,
+            )
             uri = RunFolder(output).sweep_grid(len(uris) + 1)
             storage.write_bytes(uri, png, options, atomic=True)
             uris.append(uri)
@@ -237,5 +298,6 @@ def write_sweep_grids(output: str, rows: Sequence[Mapping[str, Any]],
 def existing_pages(output: str, options: Mapping[str, Any]) -> list[str]:
     """The sweep pages an earlier run wrote in ``output``, in page order."""
     fs, path = storage.get_fs(output, options)
-    return sorted(storage.to_uri(fs, p, output)
-                  for p in fs.glob(path.rstrip("/") + "/" + SWEEP_GRID_GLOB))
+    return sorted(
+        storage.to_uri(fs, p, output) for p in fs.glob(path.rstrip("/") + "/" + SWEEP_GRID_GLOB)
+    )

@@ -49,11 +49,18 @@ class Sample:
 
     def __post_init__(self) -> None:
         for what, value in (("key", self.key.replace("/", "")), ("ext", self.ext)):
-            if not value or any(c in value for c in "./#\\") or not value.isprintable() \
-                    or self.key.startswith("/") or "//" in self.key:
-                raise ValueError(f"sample {what} {value!r}: must be non-empty, printable and "
-                                 f"without '.', '/', '\\' or '#' (WebDataset splits member "
-                                 f"names at the first dot); pass the item id as key")
+            if (
+                not value
+                or any(c in value for c in "./#\\")
+                or not value.isprintable()
+                or self.key.startswith("/")
+                or "//" in self.key
+            ):
+                raise ValueError(
+                    f"sample {what} {value!r}: must be non-empty, printable and "
+                    f"without '.', '/', '\\' or '#' (WebDataset splits member "
+                    f"names at the first dot); pass the item id as key"
+                )
         if self.ext == "json":
             raise ValueError(f"sample {self.key}: ext 'json' is taken by the metadata member")
 
@@ -101,8 +108,9 @@ def _plain(v: Any) -> Any:
 
 def _meta_json(meta: Mapping[str, Any]) -> bytes:
     """The ``{key}.json`` member: strict JSON, UTF-8, sorted keys."""
-    return json.dumps(_plain(meta), ensure_ascii=False, sort_keys=True, allow_nan=False,
-                      default=_json_default).encode("utf-8")
+    return json.dumps(
+        _plain(meta), ensure_ascii=False, sort_keys=True, allow_nan=False, default=_json_default
+    ).encode("utf-8")
 
 
 def pack_bytes(samples: Sequence[Sample], images: Sequence[bytes]) -> bytes:
@@ -129,8 +137,9 @@ def pack_bytes(samples: Sequence[Sample], images: Sequence[bytes]) -> bytes:
     return buf.getvalue()
 
 
-def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
-                options: Mapping[str, Any]) -> str:
+def write_shard(
+    output: str, shard_id: int, samples: Sequence[Sample], options: Mapping[str, Any]
+) -> str:
     """Pack the staged outputs of ``samples`` into ``{output}/shards/NNNNN.tar`` and
     return that URI. The tar appears whole or not at all (storage's atomic write: temporary
     ``.tmp-*`` name and rename locally, one PUT on object stores); only then are the staged
@@ -148,8 +157,9 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
         except storage.StorageError:
             raise
         except OSError as e:  # permanent errors (no such file) come unwrapped
-            raise storage.StorageError(f"shard {shard_id}: staged output of {s.key} at "
-                                       f"{s.source_uri} cannot be read: {e}") from e
+            raise storage.StorageError(
+                f"shard {shard_id}: staged output of {s.key} at {s.source_uri} cannot be read: {e}"
+            ) from e
     storage.write_bytes(uri, pack_bytes(samples, images), options, atomic=True)
     with _tars_lock:  # a tar of this name read earlier in this process is gone
         _tars.pop(uri, None)
@@ -157,8 +167,14 @@ def write_shard(output: str, shard_id: int, samples: Sequence[Sample],
         try:
             storage.remove(s.source_uri, options)
         except Exception as e:  # noqa: BLE001 - the tar is written: a leftover costs space only
-            log.warning("shard %d packed into %s, but staged %s was not removed: %s: %s",
-                        shard_id, uri, s.source_uri, type(e).__name__, e)
+            log.warning(
+                "shard %d packed into %s, but staged %s was not removed: %s: %s",
+                shard_id,
+                uri,
+                s.source_uri,
+                type(e).__name__,
+                e,
+            )
     return uri
 
 
@@ -199,8 +215,10 @@ def read_members(tar_uri: str, options: Mapping[str, Any]) -> dict[str, bytes]:
                 members[info.name] = f.read()
     with _tars_lock:
         _tars[tar_uri] = members
-        while len(_tars) > 1 and sum(len(b) for m in _tars.values()
-                                     for b in m.values()) > TAR_CACHE_BYTES:
+        while (
+            len(_tars) > 1
+            and sum(len(b) for m in _tars.values() for b in m.values()) > TAR_CACHE_BYTES
+        ):
             _tars.popitem(last=False)
     return members
 

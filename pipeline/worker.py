@@ -65,8 +65,12 @@ class CallTimeout(Exception):
     """The call ran past its deadline (in-process runs, where nothing can kill the call)."""
 
 
-def plan_batches(sizes: Mapping[str, tuple[int, ...]], order: Sequence[str], max_batch: int,
-                 isolate: frozenset[str] = frozenset()) -> list[list[str]]:
+def plan_batches(
+    sizes: Mapping[str, tuple[int, ...]],
+    order: Sequence[str],
+    max_batch: int,
+    isolate: frozenset[str] = frozenset(),
+) -> list[list[str]]:
     """Group item ids into batches of one key of ``sizes`` (the engine's requirement: one size;
     the worker's: one sweep point too), at most ``max_batch`` each, in first-seen order; ids in
     ``isolate`` go alone (suspects of a crash)."""
@@ -99,9 +103,11 @@ def gpu_left_unused(gpus: Sequence[str], device: torch.device) -> str | None:
         why = "torch.cuda.is_available() is False"
     except Exception as e:  # noqa: BLE001 - its message is the reason
         why = one_line(e, 300)
-    return (f"given GPU {','.join(gpus)} but running on the CPU, ~50x slower ({why}); this "
-            f"PyTorch is built for CUDA {torch.version.cuda}: the node's NVIDIA driver must "
-            "support it (nvidia-smi prints the highest CUDA version it supports)")
+    return (
+        f"given GPU {','.join(gpus)} but running on the CPU, ~50x slower ({why}); this "
+        f"PyTorch is built for CUDA {torch.version.cuda}: the node's NVIDIA driver must "
+        "support it (nvidia-smi prints the highest CUDA version it supports)"
+    )
 
 
 def _message(e: BaseException) -> str:
@@ -127,8 +133,9 @@ class StyleWorker:
         self.spec = spec
         self.deadline: float | None = None  # monotonic; checked at each progress step
         self.options = dict(spec.storage_options or {})
-        self.stylizer = Stylizer(spec.stylize, read_bytes=self._read,
-                                 target_cache_bytes=spec.target_cache_bytes)
+        self.stylizer = Stylizer(
+            spec.stylize, read_bytes=self._read, target_cache_bytes=spec.target_cache_bytes
+        )
         self._options = [spec.stylize.replace(**p) if p else spec.stylize for p in spec.points]
         self._styles: OrderedDict[str, Any] = OrderedDict()  # style key -> engine Style
         self._broken: dict[str, Exception] = {}  # style key -> why it is not an image
@@ -156,8 +163,12 @@ class StyleWorker:
 
     def info(self) -> dict[str, Any]:
         """Who this worker is: pid (for fault tests), label, device and weights hash."""
-        return {"pid": os.getpid(), "worker": self._label, "device": str(self.stylizer.device),
-                "weights_hash": self.stylizer.weights_hash}
+        return {
+            "pid": os.getpid(),
+            "worker": self._label,
+            "device": str(self.stylizer.device),
+            "weights_hash": self.stylizer.weights_hash,
+        }
 
     def cache_stats(self) -> dict[str, Any]:
         """The style-target cache's figures (hits, targets computed per style, bytes)."""
@@ -168,8 +179,13 @@ class StyleWorker:
         return self.spec.stylize.batch_size or DEFAULT_MAX_BATCH
 
     # ------------------------------------------------------------------------------ step 1
-    def prepare(self, shard: Shard, styles: Mapping[str, StyleRef], attempts: Mapping[str, int],
-                isolate: frozenset[str] = frozenset()) -> tuple[list[dict], list[list[str]]]:
+    def prepare(
+        self,
+        shard: Shard,
+        styles: Mapping[str, StyleRef],
+        attempts: Mapping[str, int],
+        isolate: frozenset[str] = frozenset(),
+    ) -> tuple[list[dict], list[list[str]]]:
         """Read and decode the shard's contents. Returns the rows of items that failed here
         and the batches (lists of item ids) for :meth:`run_batch`."""
         from stylize.images import ImageError, decode_image
@@ -198,14 +214,23 @@ class StyleWorker:
         decoded = dict(zip(keys, self._io.map(load, keys)))
         for item in shard.items:
             if item.problem:  # known when listed (a dangling link, a loop): nothing to read
-                rows.append(self._row(item, "failed_other", started,
-                                      error_message=f"{item.content_uri}: {item.problem}"))
+                rows.append(
+                    self._row(
+                        item,
+                        "failed_other",
+                        started,
+                        error_message=f"{item.content_uri}: {item.problem}",
+                    )
+                )
                 continue
             value = decoded[shape_key(item)]
             if isinstance(value, Exception):
                 status = "failed_decode" if isinstance(value, ImageError) else _status(value)
-                msg = str(value) if isinstance(value, ImageError) else \
-                    f"{item.content_uri}: {_message(value)}"
+                msg = (
+                    str(value)
+                    if isinstance(value, ImageError)
+                    else f"{item.content_uri}: {_message(value)}"
+                )
                 rows.append(self._row(item, status, started, error_message=msg))
                 continue
             h, w = value.shape[-2:]
@@ -233,9 +258,14 @@ class StyleWorker:
             except Exception as err:  # noqa: BLE001 - a row with the reason
                 entries.remove(e)
                 bad = isinstance(err, ImageError)
-                failed.append(self._row(e[0], "failed_decode" if bad else _status(err), started,
-                                        error_message=f"style {e[0].style}: "
-                                                      f"{err if bad else _message(err)}"))
+                failed.append(
+                    self._row(
+                        e[0],
+                        "failed_decode" if bad else _status(err),
+                        started,
+                        error_message=f"style {e[0].style}: {err if bad else _message(err)}",
+                    )
+                )
         if not entries:
             return failed
         trace = LossTrace(len(entries))
@@ -243,9 +273,14 @@ class StyleWorker:
         def progress(step) -> None:
             self._check_deadline(step)
             trace(step)
+
         try:
-            results = self.stylizer.stylize_batch([e[1] for e in entries], styles, progress,
-                                                  options=self._options[entries[0][0].point])
+            results = self.stylizer.stylize_batch(
+                [e[1] for e in entries],
+                styles,
+                progress,
+                options=self._options[entries[0][0].point],
+            )
         except CallTimeout:
             for entry in taken:  # the scheduler decides; the items stay prepared
                 self._prepared[entry[0].item_id] = entry
@@ -263,17 +298,28 @@ class StyleWorker:
                 return rows
             status = "failed_oom" if isinstance(e, torch.OutOfMemoryError) else _status(e)
             item = entries[0][0]
-            msg = (f"{item.content_uri}: out of device memory at {entries[0][2]}x{entries[0][3]} "
-                   f"even alone; lower stylize.size" if status == "failed_oom"
-                   else f"{item.content_uri}: {_message(e)}")
+            msg = (
+                f"{item.content_uri}: out of device memory at {entries[0][2]}x{entries[0][3]} "
+                f"even alone; lower stylize.size"
+                if status == "failed_oom"
+                else f"{item.content_uri}: {_message(e)}"
+            )
             return [*failed, self._row(item, status, started, error_message=msg)]
         share = (time.perf_counter() - t0) / len(entries)
         # Encode and write in CPU threads, all of them before the rows go back.
-        return failed + list(self._io.map(lambda e: self._write(e[0][0], e[1], started, share, e[2]),
-                                 zip(entries, results, trace.traces())))
+        return failed + list(
+            self._io.map(
+                lambda e: self._write(e[0][0], e[1], started, share, e[2]),
+                zip(entries, results, trace.traces()),
+            )
+        )
 
-    def process(self, shard: Shard, styles: Mapping[str, StyleRef],
-                attempts: Mapping[str, int] | None = None) -> list[dict]:
+    def process(
+        self,
+        shard: Shard,
+        styles: Mapping[str, StyleRef],
+        attempts: Mapping[str, int] | None = None,
+    ) -> list[dict]:
         """Both steps for a whole shard (no Ray, no fault handling): one row per item."""
         attempts = attempts or {i.item_id: 1 for i in shard.items}
         rows, batches = self.prepare(shard, styles, attempts)
@@ -306,27 +352,53 @@ class StyleWorker:
                 self._styles.popitem(last=False)
         return self._styles[ref.key]
 
-    def _write(self, item: WorkItem, result, started, duration: float,
-               loss_trace: list[float] | None = None) -> dict:
+    def _write(
+        self,
+        item: WorkItem,
+        result,
+        started,
+        duration: float,
+        loss_trace: list[float] | None = None,
+    ) -> dict:
         from stylize.images import encode_image
 
         h, w = result.image.shape[-2:]
-        values = dict(width=int(w), height=int(h), iterations=int(result.iterations),
-                      content_loss=float(result.content_loss),
-                      style_loss=float(result.style_loss), tv_loss=float(result.tv_loss),
-                      total_loss=float(result.total_loss), duration_s=duration,
-                      loss_trace=loss_trace)
+        values = dict(
+            width=int(w),
+            height=int(h),
+            iterations=int(result.iterations),
+            content_loss=float(result.content_loss),
+            style_loss=float(result.style_loss),
+            tv_loss=float(result.tv_loss),
+            total_loss=float(result.total_loss),
+            duration_s=duration,
+            loss_trace=loss_trace,
+        )
         try:
-            data = encode_image(result.image, self.spec.output_format, self.spec.output_quality,
-                                self.spec.output_bit_depth)
+            data = encode_image(
+                result.image,
+                self.spec.output_format,
+                self.spec.output_quality,
+                self.spec.output_bit_depth,
+            )
             storage.write_bytes(item.output_uri, data, self.options, atomic=True)
         except Exception as e:  # noqa: BLE001 - an unwritable output is a row with a message
-            return self._row(item, _status(e), started,
-                             error_message=f"{item.output_uri}: {_message(e)}", **values)
+            return self._row(
+                item,
+                _status(e),
+                started,
+                error_message=f"{item.output_uri}: {_message(e)}",
+                **values,
+            )
         return self._row(item, "ok", started, **values)
 
     def _row(self, item: WorkItem, status: str, started, **values: Any) -> dict:
-        return make_row(item, status, shard=self._shard,
-                        attempt=self._attempts.get(item.item_id, 1), started_at=started,
-                        worker=self._label, **values)
-
+        return make_row(
+            item,
+            status,
+            shard=self._shard,
+            attempt=self._attempts.get(item.item_id, 1),
+            started_at=started,
+            worker=self._label,
+            **values,
+        )

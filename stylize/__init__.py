@@ -12,11 +12,17 @@ the pipeline's driver and its stand-in workers import) do not pull in torch.
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"stylize": "stylize.api", "Stylizer": "stylize.engine",
-            "Style": "stylize.engine", "ItemResult": "stylize.engine",
-            "StepInfo": "stylize.engine", "StyleConfig": "stylize.config",
-            "resolve_config": "stylize.config", "PRESETS": "stylize.config",
-            "ConfigError": "stylize.config"}
+_EXPORTS = {
+    "stylize": "stylize.api",
+    "Stylizer": "stylize.engine",
+    "Style": "stylize.engine",
+    "ItemResult": "stylize.engine",
+    "StepInfo": "stylize.engine",
+    "StyleConfig": "stylize.config",
+    "resolve_config": "stylize.config",
+    "PRESETS": "stylize.config",
+    "ConfigError": "stylize.config",
+}
 __all__ = list(_EXPORTS)
 
 

@@ -14,9 +14,16 @@ from stylize.engine import Callback, Style, Stylizer
 from stylize.images import from_tensor, to_tensor
 
 
-def stylize(content, styles, config: StyleConfig | None = None, *,
-            style_weights: Sequence[float] | None = None, callback: Callback | None = None,
-            stylizer: Stylizer | None = None, **overrides):
+def stylize(
+    content,
+    styles,
+    config: StyleConfig | None = None,
+    *,
+    style_weights: Sequence[float] | None = None,
+    callback: Callback | None = None,
+    stylizer: Stylizer | None = None,
+    **overrides,
+):
     """Stylize one image. ``content`` and each style: a PIL image, or a float tensor
     (3, H, W) in 0..1 (torchvision's convention). Returns the same kind as ``content``.
 
@@ -25,8 +32,10 @@ def stylize(content, styles, config: StyleConfig | None = None, *,
     """
     if stylizer is not None:
         if overrides or (config is not None and config != stylizer.cfg):
-            raise ValueError("with stylizer=, the options are the stylizer's own config; "
-                             "build a Stylizer with the config you want")
+            raise ValueError(
+                "with stylizer=, the options are the stylizer's own config; "
+                "build a Stylizer with the config you want"
+            )
         config = stylizer.cfg
     elif config is None:
         config = resolve_config(overrides.pop("preset", None), **overrides)
@@ -37,8 +46,11 @@ def stylize(content, styles, config: StyleConfig | None = None, *,
     as_pil = isinstance(content, Image.Image)
     c = resize_longest_tensor(_as_pixels(content), config.size)
     # A key of its own per call: the images may differ from the last call's.
-    style = Style(f"api-{uuid.uuid4().hex}", tuple(_as_pixels(s) for s in styles),
-                  tuple(style_weights) if style_weights else None)
+    style = Style(
+        f"api-{uuid.uuid4().hex}",
+        tuple(_as_pixels(s) for s in styles),
+        tuple(style_weights) if style_weights else None,
+    )
     try:
         result = engine.stylize_batch([c], [style], callback)[0]
     finally:

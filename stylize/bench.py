@@ -45,15 +45,21 @@ def square(raw: bytes, size: int) -> torch.Tensor:
     return to_tensor(resize_to(img.crop((left, top, left + side, top + side)), size, size))
 
 
-def run_once(engine: Stylizer, raws: list[bytes], style: Style, size: int, batch: int,
-             iterations: int | None = None):
+def run_once(
+    engine: Stylizer,
+    raws: list[bytes],
+    style: Style,
+    size: int,
+    batch: int,
+    iterations: int | None = None,
+):
     """Stylize all images end to end; returns (seconds, outputs, iterations used)."""
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     outputs, used = [], []
     for i in range(0, len(raws), batch):
-        contents = [square(r, size) for r in raws[i:i + batch]]
+        contents = [square(r, size) for r in raws[i : i + batch]]
         results = engine.stylize_batch(contents, [style] * len(contents), iterations=iterations)
         for r in results:
             encode_image(r.image, "png")
@@ -82,17 +88,25 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    opts = dict(size=args.size, iterations=args.iterations, device=args.device, seed=0,
-                log_every=max(args.iterations, 1))
+    opts = dict(
+        size=args.size,
+        iterations=args.iterations,
+        device=args.device,
+        seed=0,
+        log_every=max(args.iterations, 1),
+    )
     if args.init:
         opts["init"] = args.init
-    cfg = resolve_config(args.preset, precision=args.precision, batch_size=args.batch,
-                         compile=args.compile, **opts)
-    base_cfg = resolve_config(args.preset, precision="fp32", batch_size=1, compile=False,
-                              early_stopping=False, **opts)
+    cfg = resolve_config(
+        args.preset, precision=args.precision, batch_size=args.batch, compile=args.compile, **opts
+    )
+    base_cfg = resolve_config(
+        args.preset, precision="fp32", batch_size=1, compile=False, early_stopping=False, **opts
+    )
     raws = sample_bytes(args.images)
-    n_base = (len(raws) if args.baseline_images is None
-              else max(0, min(args.baseline_images, len(raws))))
+    n_base = (
+        len(raws) if args.baseline_images is None else max(0, min(args.baseline_images, len(raws)))
+    )
     style_img = to_tensor(decode_image(sample_bytes(6)[-1]))  # The Starry Night
     style = Style("starry_night", (style_img,))
     contents = [square(r, args.size) for r in raws]
@@ -104,8 +118,10 @@ def bench(args: argparse.Namespace) -> dict:
             run_once(engine, images[:batch], style, args.size, batch, iterations=args.warmup)
         warmup = time.perf_counter() - t0
         graphs = None if graphs0 is None else dynamo_graphs() - graphs0
-        _log(f"{label}: warm-up {warmup:.1f} s ({graphs} graphs compiled); "
-             f"timing {len(images)} images x {args.iterations} iterations")
+        _log(
+            f"{label}: warm-up {warmup:.1f} s ({graphs} graphs compiled); "
+            f"timing {len(images)} images x {args.iterations} iterations"
+        )
         if engine.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.device)
         times, outs, used = [], None, None
@@ -118,20 +134,19 @@ def bench(args: argparse.Namespace) -> dict:
         return statistics.median(times), outs, used, warmup, (graphs, timed)
 
     engine = Stylizer(cfg)
-    t_new, out_new, used_new, warmup, graphs = measure(engine, args.batch or len(raws), raws,
-                                                       "new path")
+    t_new, out_new, used_new, warmup, graphs = measure(
+        engine, args.batch or len(raws), raws, "new path"
+    )
     peak = peak_memory_mb(engine.device)
     batch = args.batch or engine.batch_limit((args.size, args.size))
-    prof = (profile_steps(engine, contents[:batch], style, args.profile) if args.profile
-            else None)
+    prof = profile_steps(engine, contents[:batch], style, args.profile) if args.profile else None
     # fp32: IEEE fp32 on CUDA too (the engine turns TF32 off while it works)
     baseline = Stylizer(base_cfg)  # also the scorer: the same fp32 loss for both
     if n_base:
         t_base, out_base, used_base, _, _ = measure(baseline, 1, raws[:n_base], "baseline")
     styles = [style] * len(raws)
     losses_new = baseline.evaluate(out_new, contents, styles)
-    losses_base = (baseline.evaluate(out_base, contents[:n_base], styles[:n_base])
-                   if n_base else [])
+    losses_base = baseline.evaluate(out_base, contents[:n_base], styles[:n_base]) if n_base else []
     loss_new = statistics.mean(losses_new)
     loss_new_common = statistics.mean(losses_new[:n_base]) if n_base else None
     loss_base = statistics.mean(losses_base) if n_base else None
@@ -141,32 +156,46 @@ def bench(args: argparse.Namespace) -> dict:
     device = engine.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
-        "device": str(device), "device_name": name, "preset": args.preset, "size": args.size,
-        "iterations": args.iterations, "images": len(raws), "batch": min(batch, len(raws)),
-        "precision": engine.precision, "compile": args.compile,
-        "compiled": engine.compiled, "repeats": args.repeats,
+        "device": str(device),
+        "device_name": name,
+        "preset": args.preset,
+        "size": args.size,
+        "iterations": args.iterations,
+        "images": len(raws),
+        "batch": min(batch, len(raws)),
+        "precision": engine.precision,
+        "compile": args.compile,
+        "compiled": engine.compiled,
+        "repeats": args.repeats,
         "ms_per_image_iter": round(ms, 4),
         "ms_per_image_iter_done": round(1000 * t_new / max(sum(used_new), 1), 4),
         "baseline_ms_per_image_iter": None if ms_base is None else round(ms_base, 4),
         "speedup": None if ms_base is None else round(ms_base / ms, 3),
         "images_per_hour": round(3.6e6 / (ms * args.iterations), 1),
-        "baseline_images_per_hour": None if ms_base is None else
-        round(3.6e6 / (ms_base * args.iterations), 1),
-        "seconds": round(t_new, 3), "warmup_s": round(warmup, 3),
-        "graphs_compiled_warmup": graphs[0], "graphs_compiled_timed": graphs[1],
-        "peak_memory_mb": round(peak, 1), "final_loss": loss_new,
-        "final_loss_common": loss_new_common, "baseline_final_loss": loss_base,
+        "baseline_images_per_hour": None
+        if ms_base is None
+        else round(3.6e6 / (ms_base * args.iterations), 1),
+        "seconds": round(t_new, 3),
+        "warmup_s": round(warmup, 3),
+        "graphs_compiled_warmup": graphs[0],
+        "graphs_compiled_timed": graphs[1],
+        "peak_memory_mb": round(peak, 1),
+        "final_loss": loss_new,
+        "final_loss_common": loss_new_common,
+        "baseline_final_loss": loss_base,
         "loss_ratio": None if loss_base is None else round(loss_new_common / loss_base, 5),
         "baseline_images": n_base,
         "baseline_precision": "fp32 (TF32 off)" if device.type == "cuda" else "fp32",
         "mean_iterations": statistics.mean(used_new),
         "baseline_mean_iterations": statistics.mean(used_base) if n_base else None,
-        "torch": torch.__version__, "profile": prof,
+        "torch": torch.__version__,
+        "profile": prof,
     }
 
 
-def profile_steps(engine: Stylizer, contents: list[torch.Tensor], style: Style,
-                  iterations: int, top: int = 12) -> dict:
+def profile_steps(
+    engine: Stylizer, contents: list[torch.Tensor], style: Style, iterations: int, top: int = 12
+) -> dict:
     """Where the time of ``iterations`` steps of one batch goes, per image-iteration: the
     phases of a step (stylize.optim.PHASES: forward and loss, gradient, update), the share of
     the wall time the device was busy, and the ``top`` kernels (operators on a CPU)."""
@@ -184,32 +213,54 @@ def profile_steps(engine: Stylizer, contents: list[torch.Tensor], style: Style,
             torch.cuda.synchronize(engine.device)
     wall_us = (time.perf_counter() - t0) * 1e6
     events = prof.key_averages()  # grouped by name, device type and user annotation
-    own, under = (("self_device_time_total", "device_time_total") if cuda
-                  else ("self_cpu_time_total", "cpu_time_total"))
+    own, under = (
+        ("self_device_time_total", "device_time_total")
+        if cuda
+        else ("self_cpu_time_total", "cpu_time_total")
+    )
     kind = DeviceType.CUDA if cuda else DeviceType.CPU  # kernels on CUDA, operators on a CPU
     per = 1000 * len(contents) * iterations  # microseconds -> ms per image-iteration
-    kernels = sorted((e for e in events if e.device_type == kind
-                      and not getattr(e, "is_user_annotation", False)
-                      and e.key not in PHASES and getattr(e, own) > 0),
-                     key=lambda e: getattr(e, own), reverse=True)
+    kernels = sorted(
+        (
+            e
+            for e in events
+            if e.device_type == kind
+            and not getattr(e, "is_user_annotation", False)
+            and e.key not in PHASES
+            and getattr(e, own) > 0
+        ),
+        key=lambda e: getattr(e, own),
+        reverse=True,
+    )
     spent = sum(getattr(e, own) for e in kernels) or 1
-    phases = {name.split(".")[-1]: round(getattr(e, under) / per, 4)
-              for name in PHASES for e in events
-              if e.key == name and e.device_type == DeviceType.CPU}
+    phases = {
+        name.split(".")[-1]: round(getattr(e, under) / per, 4)
+        for name in PHASES
+        for e in events
+        if e.key == name and e.device_type == DeviceType.CPU
+    }
     if cuda and phases:  # the gradient's kernels run on autograd's own thread, outside its
         # range: on CUDA "backward" is every kernel outside the other two phases (so also
         # the batch's targets and final losses, a small share of K steps)
-        phases["backward"] = round(max(0.0, spent / per - phases.get("objective", 0.0)
-                                       - phases.get("step", 0.0)), 4)
+        phases["backward"] = round(
+            max(0.0, spent / per - phases.get("objective", 0.0) - phases.get("step", 0.0)), 4
+        )
     return {
-        "images": len(contents), "iterations": iterations, "timer": "device" if cuda else "cpu",
+        "images": len(contents),
+        "iterations": iterations,
+        "timer": "device" if cuda else "cpu",
         "wall_ms_per_image_iter": round(wall_us / per, 4),
         "phases_ms_per_image_iter": phases,
         "device_busy_share": round(spent / wall_us, 3) if cuda else None,
-        "top": [{"name": e.key[:120], "calls": e.count,
-                 "ms_per_image_iter": round(getattr(e, own) / per, 4),
-                 "share": round(getattr(e, own) / spent, 3)}
-                for e in kernels[:top]],
+        "top": [
+            {
+                "name": e.key[:120],
+                "calls": e.count,
+                "ms_per_image_iter": round(getattr(e, own) / per, 4),
+                "share": round(getattr(e, own) / spent, 3),
+            }
+            for e in kernels[:top]
+        ],
     }
 
 
@@ -235,14 +286,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="content", help="noise | content (default: content)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--repeats", type=int, default=1, help="timed runs; the median is reported")
-    p.add_argument("--warmup", type=int, default=3, metavar="N",
-                   help="iterations of the untimed warm-up run (compilation happens there)")
-    p.add_argument("--baseline-images", type=int, default=None, metavar="N",
-                   help="run the baseline on the first N images only (default: all; 0: skip "
-                        "it). Losses are compared over those N")
-    p.add_argument("--profile", type=int, default=0, metavar="K",
-                   help="then profile K steps of one batch: time per phase of a step, the "
-                        "device's busy share, the top kernels (default 0: no profile)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        metavar="N",
+        help="iterations of the untimed warm-up run (compilation happens there)",
+    )
+    p.add_argument(
+        "--baseline-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the baseline on the first N images only (default: all; 0: skip "
+        "it). Losses are compared over those N",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="then profile K steps of one batch: time per phase of a step, the "
+        "device's busy share, the top kernels (default 0: no profile)",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     return p
 

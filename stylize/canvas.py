@@ -52,15 +52,16 @@ def pad(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def crop(x: torch.Tensor, m: int) -> torch.Tensor:
-    return x[..., m:x.shape[-2] - m, m:x.shape[-1] - m] if m else x
+    return x[..., m : x.shape[-2] - m, m : x.shape[-1] - m] if m else x
 
 
 def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, h, w), bicubic (antialiased when shrinking)."""
     if tuple(x.shape[-2:]) == (h, w):
         return x
-    return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False,
-                         antialias=h < x.shape[-2])
+    return F.interpolate(
+        x, size=(h, w), mode="bicubic", align_corners=False, antialias=h < x.shape[-2]
+    )
 
 
 def resize_longest_tensor(img: torch.Tensor, side: int, min_short: int = 1) -> torch.Tensor:

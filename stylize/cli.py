@@ -22,10 +22,24 @@ import os
 import sys
 from typing import Callable, Iterator, Sequence
 
-from stylize.common import (EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError, escape_controls,
-                            one_line, write_atomic)
-from stylize.config import (BIT_DEPTH_16_FORMATS, BIT_DEPTHS, PRESETS, STYLE_LOSSES,
-                            ConfigError, StyleConfig, resolve_config)
+from stylize.common import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_USAGE,
+    StylizeError,
+    escape_controls,
+    one_line,
+    write_atomic,
+)
+from stylize.config import (
+    BIT_DEPTH_16_FORMATS,
+    BIT_DEPTHS,
+    PRESETS,
+    STYLE_LOSSES,
+    ConfigError,
+    StyleConfig,
+    resolve_config,
+)
 
 log = logging.getLogger("stylize.cli")  # not __name__: "__main__" under python -m
 
@@ -34,6 +48,7 @@ WriteBytes = Callable[[str, bytes], None]  # a whole file, atomically: never hal
 
 
 # ------------------------------------------------------------------ shared by every command
+
 
 class UsageError(StylizeError):
     """A bad command line, option or input, found before any work: one line, exit code 2."""
@@ -60,10 +75,19 @@ class Parser(argparse.ArgumentParser):
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     """``-v``, ``-q`` and ``--debug``: what the command says on stderr."""
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more on stderr: debug lines (and for jobs, Ray's own warnings)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="only warnings and errors on stderr: no progress or notices")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more on stderr: debug lines (and for jobs, Ray's own warnings)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors on stderr: no progress or notices",
+    )
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
 
 
@@ -140,9 +164,9 @@ _HELP = {
     "init": "noise | content | PATH of an init image",
     "weights": "caffe | torchvision | PATH or URL of a state dict",
     "scales": "coarse to fine: fractions of --size, e.g. 0.5,1.0 (each --iterations), or "
-              "SIDE:ITERATIONS pairs, e.g. 256:400,512:150 (the last side is the size)",
+    "SIDE:ITERATIONS pairs, e.g. 256:400,512:150 (the last side is the size)",
     "style_loss": f"{' | '.join(STYLE_LOSSES)}: Gram matrices (the paper), Gaussian "
-                  "2-Wasserstein distance, or per-channel mean and std",
+    "2-Wasserstein distance, or per-channel mean and std",
     "style_scale": "style image size relative to the content's",
     "preserve_colors": "none | luminance | histogram",
     "device": "auto | cpu | cuda | mps",
@@ -152,37 +176,67 @@ _HELP = {
 def _engine_fields() -> list[tuple[str, object, bool]]:
     """(name, default, is a bool) of every engine option except ``preset``: the one place
     that reads StyleConfig's fields."""
-    return [(name, f.default, f.annotation is bool) for name, f in StyleConfig.model_fields.items()
-            if name != "preset"]
+    return [
+        (name, f.default, f.annotation is bool)
+        for name, f in StyleConfig.model_fields.items()
+        if name != "preset"
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="stylize image", description="Stylize one image (Gatys et al. 2015).")
     p.add_argument("--content", required=True, help="content image (path or URL)")
-    p.add_argument("--style", action="append", required=True,
-                   help="style image, path or URL (repeat for a blend)")
+    p.add_argument(
+        "--style",
+        action="append",
+        required=True,
+        help="style image, path or URL (repeat for a blend)",
+    )
     p.add_argument("--style-weights", type=float, nargs="+", help="blend weight per --style")
-    p.add_argument("--output", "-o", required=True,
-                   help="output file (path or URL): .png .jpg .webp .tif")
+    p.add_argument(
+        "--output", "-o", required=True, help="output file (path or URL): .png .jpg .webp .tif"
+    )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
-    p.add_argument("--bit-depth", type=int, default=8, choices=BIT_DEPTHS,
-                   help=f"8, or 16 for {'/'.join(BIT_DEPTH_16_FORMATS)}")
-    p.add_argument("--save-every", type=int, default=0,
-                   help="also save the image every N steps next to the output")
+    p.add_argument(
+        "--bit-depth",
+        type=int,
+        default=8,
+        choices=BIT_DEPTHS,
+        help=f"8, or 16 for {'/'.join(BIT_DEPTH_16_FORMATS)}",
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="also save the image every N steps next to the output",
+    )
     p.add_argument("--preset", default="gatys2016", help=f"one of: {', '.join(PRESETS)}")
     for name, default, is_bool in _engine_fields():
         flag = "--" + name.replace("_", "-")
         if is_bool:
-            p.add_argument(flag, default=None, nargs="?", const="true", metavar="BOOL",
-                           help=f"default from the preset ({default})")
+            p.add_argument(
+                flag,
+                default=None,
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=f"default from the preset ({default})",
+            )
         else:
-            p.add_argument(flag, default=None, metavar=name.split("_")[-1].upper(),
-                           help=f"{_HELP.get(name, '')} (preset default: {default})".strip())
+            p.add_argument(
+                flag,
+                default=None,
+                metavar=name.split("_")[-1].upper(),
+                help=f"{_HELP.get(name, '')} (preset default: {default})".strip(),
+            )
     return p
 
 
-def image_main(argv: Sequence[str] | None = None, read_bytes: ReadBytes | None = None,
-               write_bytes: WriteBytes | None = None) -> int:
+def image_main(
+    argv: Sequence[str] | None = None,
+    read_bytes: ReadBytes | None = None,
+    write_bytes: WriteBytes | None = None,
+) -> int:
     """Entry point of ``stylize image``. ``read_bytes(uri)`` reads URLs (content, styles,
     weights) and ``write_bytes(uri, data)`` writes the output and snapshots; without them
     only local paths work. Unexpected errors propagate (the caller reports them)."""
@@ -219,8 +273,10 @@ class _Files:
         if not is_url(uri):
             return uri
         if self.read_url is None:
-            raise UsageError(f"{what} {uri}: URLs are read by the `stylize image` command "
-                             "(the installed package), not by `python -m stylize.cli`")
+            raise UsageError(
+                f"{what} {uri}: URLs are read by the `stylize image` command "
+                "(the installed package), not by `python -m stylize.cli`"
+            )
         try:
             return self.read_url(uri)
         except (OSError, ValueError, ImportError) as e:  # missing, refused, unknown scheme
@@ -231,8 +287,10 @@ class _Files:
         only written at the end: its scheme must be writable here."""
         if is_url(uri):
             if self.write_url is None:
-                raise UsageError(f"--output {uri}: URLs are written by the `stylize image` "
-                                 "command (the installed package), not `python -m stylize.cli`")
+                raise UsageError(
+                    f"--output {uri}: URLs are written by the `stylize image` "
+                    "command (the installed package), not `python -m stylize.cli`"
+                )
             return
         folder = os.path.dirname(os.path.abspath(uri))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -261,8 +319,10 @@ def _check_output(args: argparse.Namespace) -> str:
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality: 1 to 100, got {args.quality}")
     if args.bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
-        raise UsageError(f"--bit-depth: 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, not "
-                         f"{fmt}; use --bit-depth 8 or another --output extension")
+        raise UsageError(
+            f"--bit-depth: 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, not "
+            f"{fmt}; use --bit-depth 8 or another --output extension"
+        )
     return fmt
 
 
@@ -279,14 +339,17 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
     fmt = _check_output(args)
     files.check_writable(args.output)
     if args.style_weights and len(args.style_weights) != len(args.style):
-        raise UsageError(f"--style-weights: {len(args.style_weights)} weights for "
-                         f"{len(args.style)} --style images")
+        raise UsageError(
+            f"--style-weights: {len(args.style_weights)} weights for "
+            f"{len(args.style)} --style images"
+        )
     if args.save_every < 0:
         raise UsageError("--save-every: must be >= 0")
     try:
         content = decode_image(files.read(args.content, "--content"), name=args.content)
-        styles = tuple(to_tensor(decode_image(files.read(s, "--style"), name=s))
-                       for s in args.style)
+        styles = tuple(
+            to_tensor(decode_image(files.read(s, "--style"), name=s)) for s in args.style
+        )
         if cfg.init not in ("noise", "content"):
             decode_image(cfg.init, name=f"--init {cfg.init}")
     except ImageError as e:
@@ -295,8 +358,14 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
         engine = Stylizer(cfg, read_bytes=files.read_url)
     except WeightsError as e:
         raise UsageError(str(e)) from None
-    log.debug("engine: device %s, precision %s, weights %s (%s); options %s", engine.device,
-              engine.precision, cfg.weights, engine.weights_hash, cfg.to_dict())
+    log.debug(
+        "engine: device %s, precision %s, weights %s (%s); options %s",
+        engine.device,
+        engine.precision,
+        cfg.weights,
+        engine.weights_hash,
+        cfg.to_dict(),
+    )
     pixels = engine.prepare_content(content, exact=True)  # one image: nothing to batch with
     style = Style("cli", styles, tuple(args.style_weights) if args.style_weights else None)
     progress = _Progress(cfg, args, fmt, files)
@@ -306,9 +375,11 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
         progress.close()
     files.write(args.output, encode_image(result.image, fmt, args.quality, args.bit_depth))
     h, w = result.image.shape[-2:]
-    print(f"wrote {args.output} ({w}x{h}, {result.iterations} iterations, "
-          f"loss {result.total_loss:.4g}: content {result.content_loss:.4g}, "
-          f"style {result.style_loss:.4g})")
+    print(
+        f"wrote {args.output} ({w}x{h}, {result.iterations} iterations, "
+        f"loss {result.total_loss:.4g}: content {result.content_loss:.4g}, "
+        f"style {result.style_loss:.4g})"
+    )
     return EXIT_OK
 
 
@@ -327,9 +398,13 @@ class _Progress:
         self.every, self.output, self.fmt, self.files = args.save_every, args.output, fmt, files
         steps = [n for _, n in cfg.schedule]
         self.before = [sum(steps[:i]) for i in range(len(steps))]  # steps of earlier scales
-        self.bar = tqdm(total=sum(steps), unit="step",
-                        disable=not log.isEnabledFor(logging.INFO), dynamic_ncols=True,
-                        file=sys.stderr)
+        self.bar = tqdm(
+            total=sum(steps),
+            unit="step",
+            disable=not log.isEnabledFor(logging.INFO),
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         self.done = 0
         self.saved = 0
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import torch
 
 # RGB -> YIQ (NTSC); rows are Y, I, Q.
-_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263),
-               (0.211456, -0.522591, 0.311135))
+_RGB_TO_YIQ = (
+    (0.299, 0.587, 0.114),
+    (0.595716, -0.274453, -0.321263),
+    (0.211456, -0.522591, 0.311135),
+)
 
 
 def rgb_to_yiq(x: torch.Tensor) -> torch.Tensor:

@@ -34,18 +34,20 @@ def one_line(detail: object, limit: int = 500) -> str:
 
 # C0/C1 controls (newlines, ESC of terminal sequences, ...), line/paragraph separators and the
 # bidirectional overrides that make text display in another order than it is stored
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
-                       "\u2066-\u2069]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def escape_controls(text: str) -> str:
     """``text`` with every control character written as an escape (``\\n``, ``\\x1b``,
     ``\\u202e``): a name taken from data can neither start a line of its own nor recolour,
     move or reorder what a terminal shows."""
+
     def esc(m: re.Match[str]) -> str:
         c = m.group()
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(
-            c, f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+            c, f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+        )
+
     return _CONTROLS.sub(esc, text)
 
 
@@ -59,8 +61,9 @@ def near_miss(word: str, choices: Iterable[str]) -> str | None:
     "did you mean" names."""
     choices = list(choices)
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return close[0] if close else next((c for c in choices if c.startswith(word) or word in c),
-                                       None)
+    return (
+        close[0] if close else next((c for c in choices if c.startswith(word) or word in c), None)
+    )
 
 
 def short_hash(*parts: str, n: int = 16) -> str:

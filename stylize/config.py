@@ -17,14 +17,20 @@ import json
 import re
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stylize.common import StylizeError, near_miss
 
 CONTENT_LAYERS_GATYS = ("relu4_2",)
 STYLE_LAYERS_GATYS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-
 
 
 def _layer_names() -> tuple[str, ...]:
@@ -68,16 +74,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     # and every style layer gets the full style weight. Its TV loss is 0.5 * strength * a sum
     # of squares where ours is a mean: 1e-3 * 0.5 * 3 * 512 * 512 = 393 matches it at 512 px.
     "neural-style": dict(
-        iterations=1000, content_weight=5.0, style_weight=100.0, tv_weight=393.0,
-        style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0), pooling="max", init="noise",
-        noise_scale=0.001 / 255, noise_spectrum="white",  # its randn * 0.001, in pixel units
-        optimizer="lbfgs", history_size=100,
+        iterations=1000,
+        content_weight=5.0,
+        style_weight=100.0,
+        tv_weight=393.0,
+        style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
+        pooling="max",
+        init="noise",
+        noise_scale=0.001 / 255,
+        noise_spectrum="white",  # its randn * 0.001, in pixel units
+        optimizer="lbfgs",
+        history_size=100,
     ),
     # Throughput: start from the content, stop each image once its loss improves by less
     # than 2% over 20 steps. On 8 images at 64 px that happened after 279-347 steps (mean
     # 315) at 1.11x the loss of all 500 (docs/engine.md, "Presets").
     "fast": dict(
-        iterations=500, init="content", early_stopping=True, tolerance=2e-2, window=20,
+        iterations=500,
+        init="content",
+        early_stopping=True,
+        tolerance=2e-2,
+        window=20,
         pooling="max",
     ),
 }
@@ -114,11 +131,14 @@ Layers = Annotated[tuple[Literal[TAP_NAMES], ...], BeforeValidator(_words), Fiel
 Floats = Annotated[tuple[float, ...], BeforeValidator(_words)]
 # fractions of `size`, each with `iterations`; or (longest side in pixels, iterations) pairs
 Scales = Annotated[tuple[float, ...] | tuple[tuple[int, int], ...], BeforeValidator(_scale_words)]
-SCALES_FORMS = ("increasing fractions in (0, 1] ending in 1.0 (0.5,1.0), or [side, iterations] "
-                "pairs, sides in pixels increasing, the last the size (256:400,512:150)")
+SCALES_FORMS = (
+    "increasing fractions in (0, 1] ending in 1.0 (0.5,1.0), or [side, iterations] "
+    "pairs, sides in pixels increasing, the last the size (256:400,512:150)"
+)
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+
 
 # The options that build the network; the rest are per image.
 class NetworkOptions(BaseModel):
@@ -149,75 +169,116 @@ class StyleConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="engine options")
 
-    preset: Literal[tuple(PRESETS)] = Field("gatys2016", description=(
-        "named defaults; the other keys override it"))
+    preset: Literal[tuple(PRESETS)] = Field(
+        "gatys2016", description=("named defaults; the other keys override it")
+    )
     # -- the network (NETWORK_OPTIONS)
-    weights: str = Field("caffe", min_length=1, description=(
-        "caffe | torchvision | path or URL of a state dict"))
-    pooling: Literal[POOLINGS] = Field("avg", description=(
-        "the paper replaces max pooling by average pooling"))
-    padding: Literal[PADDINGS] = Field("zeros", description=(
-        "conv1_1's padding; deeper layers always pad with zeros"))
-    preprocessing: Optional[Literal[PREPROCESSINGS]] = Field(None, description=(
-        "only for a weights path/URL"))
-    normalize: bool = Field(False, description=(
-        "rescale filters to mean activation 1 (the paper's normalisation)"))
+    weights: str = Field(
+        "caffe", min_length=1, description=("caffe | torchvision | path or URL of a state dict")
+    )
+    pooling: Literal[POOLINGS] = Field(
+        "avg", description=("the paper replaces max pooling by average pooling")
+    )
+    padding: Literal[PADDINGS] = Field(
+        "zeros", description=("conv1_1's padding; deeper layers always pad with zeros")
+    )
+    preprocessing: Optional[Literal[PREPROCESSINGS]] = Field(
+        None, description=("only for a weights path/URL")
+    )
+    normalize: bool = Field(
+        False, description=("rescale filters to mean activation 1 (the paper's normalisation)")
+    )
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = Field(
-        "auto", description="auto | cpu | cuda | cuda:N | mps")
-    precision: Literal[PRECISIONS] = Field("auto", description=(
-        "auto: bf16 on CUDA GPUs that support it, else fp32 (fp32 on CUDA: no TF32 either)"))
-    compile: bool = Field(False, description=(
-        "torch.compile the network (falls back to eager if it fails)"))
+        "auto", description="auto | cpu | cuda | cuda:N | mps"
+    )
+    precision: Literal[PRECISIONS] = Field(
+        "auto",
+        description=(
+            "auto: bf16 on CUDA GPUs that support it, else fp32 (fp32 on CUDA: no TF32 either)"
+        ),
+    )
+    compile: bool = Field(
+        False, description=("torch.compile the network (falls back to eager if it fails)")
+    )
     # -- each image's optimisation
     size: int = Field(512, ge=16, description="longest side of the output, pixels")
-    iterations: Positive = Field(500, description=(
-        "function/gradient evaluations per scale (scales given as pairs carry their own)"))
+    iterations: Positive = Field(
+        500,
+        description=(
+            "function/gradient evaluations per scale (scales given as pairs carry their own)"
+        ),
+    )
     content_layers: Layers = CONTENT_LAYERS_GATYS
     content_layer_weights: Optional[Floats] = Field(None, description="null: equal")
     style_layers: Layers = STYLE_LAYERS_GATYS
-    style_layer_weights: Optional[Floats] = Field(None, description=(
-        "null: equal (the paper's w_l = 1/5)"))
+    style_layer_weights: Optional[Floats] = Field(
+        None, description=("null: equal (the paper's w_l = 1/5)")
+    )
     content_weight: NonNegative = Field(1.0, description="alpha")
-    style_weight: NonNegative = Field(1e3, description=(
-        "beta; alpha/beta = 1e-3 as in the paper's Fig. 2"))
+    style_weight: NonNegative = Field(
+        1e3, description=("beta; alpha/beta = 1e-3 as in the paper's Fig. 2")
+    )
     tv_weight: NonNegative = 0.0
-    style_loss: Literal[STYLE_LOSSES] = Field("gram", description=(
-        "what a style layer compares: gram (the paper), wasserstein2 (feature means and "
-        "covariances), mean_std (per-channel mean and std)"))
+    style_loss: Literal[STYLE_LOSSES] = Field(
+        "gram",
+        description=(
+            "what a style layer compares: gram (the paper), wasserstein2 (feature means and "
+            "covariances), mean_std (per-channel mean and std)"
+        ),
+    )
     init: str = Field("noise", min_length=1, description="noise | content | path of an image")
     # The paper starts from white noise; white noise of std 0.1 * 255 was still half there
     # after 300-500 L-BFGS steps, as fine colour speckle. Smooth noise of std 0.03 * 255 ends
     # at the same loss without it (docs/engine.md, "Picture quality"); white, 0.1 is the old start.
-    noise_scale: NonNegative = Field(0.03, description=(
-        "std of the initial noise around mid-grey, as a fraction of 255"))
-    noise_spectrum: Literal[tuple(NOISE_SPECTRA)] = Field("smooth", description=(
-        "amplitude spectrum of the initial noise: white (flat), natural (1/f), smooth (1/f^2)"))
+    noise_scale: NonNegative = Field(
+        0.03, description=("std of the initial noise around mid-grey, as a fraction of 255")
+    )
+    noise_spectrum: Literal[tuple(NOISE_SPECTRA)] = Field(
+        "smooth",
+        description=(
+            "amplitude spectrum of the initial noise: white (flat), natural (1/f), smooth (1/f^2)"
+        ),
+    )
     optimizer: Literal[OPTIMIZERS] = "lbfgs"
-    lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description=(
-        "null: 1.0 for lbfgs, 10.0 (pixel units) for adam"))
+    lr: Optional[Annotated[float, Field(gt=0)]] = Field(
+        None, description=("null: 1.0 for lbfgs, 10.0 (pixel units) for adam")
+    )
     # L-BFGS pairs kept per image. The paper does not say; 20 reaches the same losses as 100
     # at 128 px / 200 steps (docs/engine.md, "Losses") and reads 5x less memory per step.
     history_size: Positive = Field(20, description="L-BFGS pairs kept per image")
-    margin: float = Field(0.0, ge=0, le=0.25, description=(
-        "optimised around the picture, then cropped: fraction of the longest side"))
-    style_scale: float = Field(1.0, gt=0, description=(
-        "style image longest side relative to the content's"))
+    margin: float = Field(
+        0.0,
+        ge=0,
+        le=0.25,
+        description=("optimised around the picture, then cropped: fraction of the longest side"),
+    )
+    style_scale: float = Field(
+        1.0, gt=0, description=("style image longest side relative to the content's")
+    )
     preserve_colors: Literal[PRESERVE_COLORS] = "none"
-    scales: Scales = Field((1.0,), description=(
-        "coarse to fine: fractions of size, increasing, the last 1.0, each run for "
-        "`iterations`; or [longest side in pixels, iterations] pairs, sides increasing, the "
-        "last the size (which it sets when size is not given)"))
+    scales: Scales = Field(
+        (1.0,),
+        description=(
+            "coarse to fine: fractions of size, increasing, the last 1.0, each run for "
+            "`iterations`; or [longest side in pixels, iterations] pairs, sides increasing, the "
+            "last the size (which it sets when size is not given)"
+        ),
+    )
     early_stopping: bool = False
-    tolerance: NonNegative = Field(1e-3, description=(
-        "relative loss change over `window` steps that counts as converged"))
+    tolerance: NonNegative = Field(
+        1e-3, description=("relative loss change over `window` steps that counts as converged")
+    )
     window: Positive = 20
     seed: int = 0
-    bucket: bool = Field(True, description=(
-        "snap contents to aspect buckets so mixed photos batch"))
-    batch_size: int = Field(0, ge=0, description=(
-        "0: chosen from free device memory (4 on the CPU)"))
-    log_every: Positive = Field(10, description=(
-        "steps between progress callbacks (each one is a device sync)"))
+    bucket: bool = Field(
+        True, description=("snap contents to aspect buckets so mixed photos batch")
+    )
+    batch_size: int = Field(
+        0, ge=0, description=("0: chosen from free device memory (4 on the CPU)")
+    )
+    log_every: Positive = Field(
+        10, description=("steps between progress callbacks (each one is a device sync)")
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -243,25 +304,33 @@ class StyleConfig(BaseModel):
         if v and isinstance(v[0], tuple):
             sides = [side for side, _ in v]
             if any(side < 16 for side in sides) or any(n < 1 for _, n in v):
-                raise ValueError(f"[side, iterations] pairs need sides >= 16 pixels and "
-                                 f"iterations >= 1, got {[list(p) for p in v]}")
+                raise ValueError(
+                    f"[side, iterations] pairs need sides >= 16 pixels and "
+                    f"iterations >= 1, got {[list(p) for p in v]}"
+                )
             if any(b <= a for a, b in zip(sides, sides[1:])):
-                raise ValueError(f"[side, iterations] pairs need increasing sides, coarse to "
-                                 f"fine, got sides {sides}")
+                raise ValueError(
+                    f"[side, iterations] pairs need increasing sides, coarse to "
+                    f"fine, got sides {sides}"
+                )
         elif not v or any(not 0 < s <= 1 for s in v) or v[-1] != 1.0 or list(v) != sorted(v):
             raise ValueError(f"increasing fractions in (0, 1] ending in 1.0, got {list(v)}")
         return v
 
     @model_validator(mode="after")
     def _across_options(self) -> "StyleConfig":
-        for name, layers in (("content_layer_weights", self.content_layers),
-                             ("style_layer_weights", self.style_layers)):
+        for name, layers in (
+            ("content_layer_weights", self.content_layers),
+            ("style_layer_weights", self.style_layers),
+        ):
             w = getattr(self, name)
             if w is not None and len(w) != len(layers):
                 raise ValueError(f"{name}: {len(w)} weights for {len(layers)} layers")
         if isinstance(self.scales[0], tuple) and self.scales[-1][0] != self.size:
-            raise ValueError(f"scales: the last side ({self.scales[-1][0]}) is the output's, "
-                             f"but size is {self.size}; make them equal, or leave size out")
+            raise ValueError(
+                f"scales: the last side ({self.scales[-1][0]}) is the output's, "
+                f"but size is {self.size}; make them equal, or leave size out"
+            )
         return self
 
     @property
@@ -294,8 +363,11 @@ class StyleConfig(BaseModel):
 def _last_side(scales: Any) -> Any:
     """The last side of ``scales`` given as [side, iterations] pairs (None: another form)."""
     words = _scale_words(scales)
-    if (isinstance(words, (list, tuple)) and words
-            and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in words)):
+    if (
+        isinstance(words, (list, tuple))
+        and words
+        and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in words)
+    ):
         last = words[-1][0]
         if isinstance(last, int) or (isinstance(last, str) and last.strip().isdigit()):
             return last
@@ -334,8 +406,11 @@ def describe_config_errors(e: ValidationError) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             near = near_miss(name, option_names())
-            msg = (f"unknown option {name!r}; did you mean {near!r}?" if near else
-                   f"unknown option {name!r}; allowed: {', '.join(option_names())}")
+            msg = (
+                f"unknown option {name!r}; did you mean {near!r}?"
+                if near
+                else f"unknown option {name!r}; allowed: {', '.join(option_names())}"
+            )
         elif err["type"] == "literal_error" and name == "preset":
             msg = f"unknown preset {err.get('input')!r}; allowed: {', '.join(PRESETS)}"
         elif err["type"] == "literal_error" and name.endswith("layers"):
@@ -343,8 +418,10 @@ def describe_config_errors(e: ValidationError) -> list[str]:
         elif err["type"] == "literal_error":
             msg = f"{err.get('input')!r} is not allowed; allowed: {literal_values(err)}"
         elif err["type"] == "string_pattern_mismatch" and name == "device":
-            msg = (f"{err.get('input')!r} is not allowed (cuda:N is accepted too); allowed: "
-                   f"{', '.join(DEVICES)}")
+            msg = (
+                f"{err.get('input')!r} is not allowed (cuda:N is accepted too); allowed: "
+                f"{', '.join(DEVICES)}"
+            )
         elif err["type"] in TYPE_NOUNS:
             msg = f"expected {TYPE_NOUNS[err['type']]}, got {err.get('input')!r}"
         elif err["type"] in BOUNDS:
@@ -359,17 +436,32 @@ def describe_config_errors(e: ValidationError) -> list[str]:
 
 
 # pydantic's error types, as the noun of "expected ..." (also used for job files)
-TYPE_NOUNS = {"int_parsing": "an integer", "int_type": "an integer",
-              "int_from_float": "an integer", "float_parsing": "a number",
-              "float_type": "a number", "bool_parsing": "true or false", "bool_type": "true or false",
-              "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
-              "dict_type": "a mapping", "model_type": "a mapping",
-              "model_attributes_type": "a mapping"}
-BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
-          "less_than": "<"}  # pydantic's bound errors, as operators
+TYPE_NOUNS = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+BOUNDS = {
+    "greater_than_equal": ">=",
+    "greater_than": ">",
+    "less_than_equal": "<=",
+    "less_than": "<",
+}  # pydantic's bound errors, as operators
 
 
 def literal_values(err: Mapping[str, Any]) -> str:
     """The allowed values of a pydantic literal_error, as ``a, b, c``."""
     return (err.get("ctx") or {}).get("expected", "").replace(" or ", ", ").replace("'", "")
+
+
 _TAG = re.compile(r"^(literal\[.*\]|tuple\[.*\]|function-.*|constrained-.*)$")

@@ -21,16 +21,29 @@ import torch
 from PIL import Image
 
 from stylize import color
-from stylize.canvas import (crop, initial_noise, margin_pixels, pad, resize,
-                            resize_longest_tensor, scale_shape)
+from stylize.canvas import (
+    crop,
+    initial_noise,
+    margin_pixels,
+    pad,
+    resize,
+    resize_longest_tensor,
+    scale_shape,
+)
 from stylize.config import TAP_NAMES, StyleConfig, resolve_config
 from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import STYLE_KINDS, GatysLoss, content_loss, layer_weights
 from stylize.model import ReadBytes, build_vgg
 from stylize.objective import Objective, network
 from stylize.optim import Stopping, optimize
-from stylize.runtime import (amp_dtype, free_device_memory, memory_format, numerics,
-                             resolve_device, resolve_precision)
+from stylize.runtime import (
+    amp_dtype,
+    free_device_memory,
+    memory_format,
+    numerics,
+    resolve_device,
+    resolve_precision,
+)
 from stylize.targets import DEFAULT_CPU_CACHE_BYTES, Target, TargetCache
 
 
@@ -49,8 +62,10 @@ class Style:
     def blend(self) -> list[float]:
         w = self.weights or tuple(1.0 for _ in self.images)
         if len(w) != len(self.images) or any(v < 0 for v in w) or sum(w) <= 0:
-            raise ValueError(f"style {self.key!r}: {len(w)} blend weights for "
-                             f"{len(self.images)} images; weights must be >= 0, not all 0")
+            raise ValueError(
+                f"style {self.key!r}: {len(w)} blend weights for "
+                f"{len(self.images)} images; weights must be >= 0, not all 0"
+            )
         return [v / sum(w) for v in w]
 
 
@@ -84,8 +99,11 @@ def _sample_images() -> list[torch.Tensor]:
     from importlib import resources
 
     folder = resources.files("stylize") / "samples"
-    return [load_image(str(p), size=256) for p in sorted(folder.iterdir(), key=str)
-            if str(p).endswith(".jpg")]
+    return [
+        load_image(str(p), size=256)
+        for p in sorted(folder.iterdir(), key=str)
+        if str(p).endswith(".jpg")
+    ]
 
 
 class Stylizer:
@@ -96,8 +114,12 @@ class Stylizer:
     (default: a tenth of the GPU's memory, 1 GiB on a CPU).
     """
 
-    def __init__(self, cfg: StyleConfig | None = None, read_bytes: ReadBytes | None = None,
-                 target_cache_bytes: int | None = None):
+    def __init__(
+        self,
+        cfg: StyleConfig | None = None,
+        read_bytes: ReadBytes | None = None,
+        target_cache_bytes: int | None = None,
+    ):
         self.cfg = cfg = cfg or resolve_config()
         self.network = cfg.network
         self.device = resolve_device(cfg.device)
@@ -105,19 +127,30 @@ class Stylizer:
         # Every layer is built, so that any per-image layer set is served; a forward pass
         # stops at the deepest layer it is asked for.
         model, self.weights_hash = build_vgg(
-            cfg.weights, TAP_NAMES, cfg.pooling, cfg.preprocessing, cfg.normalize, read_bytes,
-            normalize_images=_sample_images, padding=cfg.padding)
+            cfg.weights,
+            TAP_NAMES,
+            cfg.pooling,
+            cfg.preprocessing,
+            cfg.normalize,
+            read_bytes,
+            normalize_images=_sample_images,
+            padding=cfg.padding,
+        )
         # Device, dtype and layout are settled here once; the loop has no branches on them.
         # TF32 is scoped to this engine's calls (numerics()), never left set process-wide.
         self.memory_format = memory_format(self.device)
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.objective = Objective(self.model, amp_dtype(self.precision), self.memory_format,
-                                   cfg.compile)
+        self.objective = Objective(
+            self.model, amp_dtype(self.precision), self.memory_format, cfg.compile
+        )
         # the dtype of the Gaussian style losses' matrix part (losses.py): MPS has no float64
         self.stats_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         if target_cache_bytes is None:
-            target_cache_bytes = (torch.cuda.get_device_properties(self.device).total_memory // 10
-                                  if self.device.type == "cuda" else DEFAULT_CPU_CACHE_BYTES)
+            target_cache_bytes = (
+                torch.cuda.get_device_properties(self.device).total_memory // 10
+                if self.device.type == "cuda"
+                else DEFAULT_CPU_CACHE_BYTES
+            )
         self.targets = TargetCache(target_cache_bytes)
         # images per chunk, learnt per (shape, what sets the memory of an image there)
         self._batch_limit: dict[tuple, int] = {}
@@ -127,10 +160,15 @@ class Stylizer:
         if options is None or options is self.cfg:
             return self.cfg
         if options.network != self.network:
-            diff = {k: v for k, v in options.network.model_dump().items()
-                    if getattr(self.network, k) != v}
-            raise ValueError(f"options {diff} need another network than this Stylizer's; "
-                             "build a Stylizer with them")
+            diff = {
+                k: v
+                for k, v in options.network.model_dump().items()
+                if getattr(self.network, k) != v
+            }
+            raise ValueError(
+                f"options {diff} need another network than this Stylizer's; "
+                "build a Stylizer with them"
+            )
         return options
 
     @property
@@ -144,8 +182,9 @@ class Stylizer:
         return numerics(self.precision, self.objective.compiled)
 
     # ------------------------------------------------------------------------------ inputs
-    def prepare_content(self, img: Image.Image, exact: bool = False,
-                        options: StyleConfig | None = None) -> torch.Tensor:
+    def prepare_content(
+        self, img: Image.Image, exact: bool = False, options: StyleConfig | None = None
+    ) -> torch.Tensor:
         """A decoded image resized for the engine: (3, h, w) in 0..255, longest side ``size``.
 
         With ``bucket`` (and not ``exact``) the shape snaps to an aspect bucket, so that
@@ -156,17 +195,24 @@ class Stylizer:
             return to_tensor(resize_bucket(img, opts.size))
         return to_tensor(resize_longest(img, opts.size))
 
-    def features(self, pixels: torch.Tensor,
-                 taps: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def features(
+        self, pixels: torch.Tensor, taps: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """``{layer: activation}`` of ``taps`` (default: the config's content and style
         layers), eager (the optimisation's steps run through ``self.objective``)."""
         taps = tuple(dict.fromkeys(taps or self.cfg.content_layers + self.cfg.style_layers))
-        return network(self.model, pixels.to(self.device), taps, self.objective.amp,
-                       self.memory_format)
+        return network(
+            self.model, pixels.to(self.device), taps, self.objective.amp, self.memory_format
+        )
 
     @torch.no_grad()
-    def style_targets(self, style: Style, longest: int, content: torch.Tensor | None = None,
-                      options: StyleConfig | None = None) -> dict[str, Target]:
+    def style_targets(
+        self,
+        style: Style,
+        longest: int,
+        content: torch.Tensor | None = None,
+        options: StyleConfig | None = None,
+    ) -> dict[str, Target]:
         """Blended style targets {layer: tuple} of a style for a content of this longest side:
         what the options' ``style_loss`` compares with (gram: (Gram (C, C),); see
         losses.STYLE_KINDS), without a batch dimension.
@@ -196,10 +242,13 @@ class Stylizer:
                 feats = self.features(img.unsqueeze(0), opts.style_layers)
                 for layer in opts.style_layers:
                     mine = kind.statistics(feats[layer])  # each (1, ...)
-                    stats[layer] = tuple(a + w * x for a, x in
-                                         zip(stats.get(layer, (0,) * len(mine)), mine))
-        out = {layer: tuple(t[0] for t in kind.target(s, self.device, self.stats_dtype))
-               for layer, s in stats.items()}
+                    stats[layer] = tuple(
+                        a + w * x for a, x in zip(stats.get(layer, (0,) * len(mine)), mine)
+                    )
+        out = {
+            layer: tuple(t[0] for t in kind.target(s, self.device, self.stats_dtype))
+            for layer, s in stats.items()
+        }
         if content is None:
             return self.targets.put(key, out)
         return out
@@ -209,11 +258,15 @@ class Stylizer:
         self.targets.forget(key)
 
     # ---------------------------------------------------------------------------- batches
-    def stylize_batch(self, contents: Sequence[torch.Tensor], styles: Sequence[Style],
-                      callback: Callback | None = None,
-                      init: Sequence[torch.Tensor] | None = None,
-                      iterations: int | None = None,
-                      options: StyleConfig | None = None) -> list[ItemResult]:
+    def stylize_batch(
+        self,
+        contents: Sequence[torch.Tensor],
+        styles: Sequence[Style],
+        callback: Callback | None = None,
+        init: Sequence[torch.Tensor] | None = None,
+        iterations: int | None = None,
+        options: StyleConfig | None = None,
+    ) -> list[ItemResult]:
         """Stylize same-size contents (3, H, W) in 0..255, ``styles[i]`` for ``contents[i]``,
         with ``options`` (default: the engine's config; same network, see ``options()``).
 
@@ -237,8 +290,13 @@ class Stylizer:
             try:
                 with self.numerics():
                     results += self._optimize_chunk(
-                        contents[start:start + n], styles[start:start + n], callback,
-                        None if init is None else init[start:start + n], iterations, opts)
+                        contents[start : start + n],
+                        styles[start : start + n],
+                        callback,
+                        None if init is None else init[start : start + n],
+                        iterations,
+                        opts,
+                    )
             except torch.OutOfMemoryError:
                 if n == 1:
                     raise
@@ -272,8 +330,10 @@ class Stylizer:
         x = torch.zeros(1, 3, *shape, device=self.device, requires_grad=True)
         feats = self.features(x, opts.content_layers + opts.style_layers)
         kind = STYLE_KINDS[opts.style_loss]
-        losses = [content_loss(feats[k], torch.zeros_like(feats[k], dtype=torch.float32))
-                  for k in opts.content_layers]
+        losses = [
+            content_loss(feats[k], torch.zeros_like(feats[k], dtype=torch.float32))
+            for k in opts.content_layers
+        ]
         for k in opts.style_layers:  # against its own statistics: a target of the right kind
             own = kind.target(kind.statistics(feats[k].detach()), self.device, self.stats_dtype)
             losses.append(kind.loss(feats[k], *own))
@@ -284,15 +344,20 @@ class Stylizer:
         # Free for this process: what the device has free plus what PyTorch's allocator holds
         # cached but unused (it reuses that before asking the device for more).
         free = torch.cuda.mem_get_info(self.device)[0] + (
-            torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+            torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        )
         limit = max(1, min(64, int(0.8 * free / (per_image * 1.5 + hist))))
         self._batch_limit[_memory_key(shape, opts)] = limit
         return limit
 
-    def _optimize_chunk(self, contents, styles, callback, init, iterations,
-                        cfg: StyleConfig) -> list[ItemResult]:
-        schedule = cfg.schedule if not iterations else tuple(
-            (scale, iterations) for scale, _ in cfg.schedule)
+    def _optimize_chunk(
+        self, contents, styles, callback, init, iterations, cfg: StyleConfig
+    ) -> list[ItemResult]:
+        schedule = (
+            cfg.schedule
+            if not iterations
+            else tuple((scale, iterations) for scale, _ in cfg.schedule)
+        )
         full = torch.stack([c.float() for c in contents]).to(self.device)  # (B, 3, H, W)
         grey = cfg.preserve_colors == "luminance"
         target = color.luminance(full) if grey else full
@@ -302,54 +367,85 @@ class Stylizer:
             h, w = scale_shape(*full.shape[-2:], scale)
             m = margin_pixels(cfg.margin, h, w)
             content = pad(resize(target, h, w), m)  # (B, 3, h + 2m, w + 2m)
-            x = (self._initial(content, h + 2 * m, w + 2 * m, cfg) if x is None
-                 else pad(resize(x, h, w), m))
+            x = (
+                self._initial(content, h + 2 * m, w + 2 * m, cfg)
+                if x is None
+                else pad(resize(x, h, w), m)
+            )
             loss = self.loss_for(content, styles, longest=max(h, w), options=cfg)
             taps = cfg.content_layers + cfg.style_layers
             hook = _hook(callback, si, len(schedule), steps, m)
             out = optimize(
-                x, self._objective(loss, taps), steps, cfg.optimizer,
-                cfg.effective_lr, cfg.history_size,
-                Stopping(cfg.early_stopping, cfg.tolerance, cfg.window), hook, cfg.log_every,
-                narrow=lambda rows, loss=loss: self._objective(loss.select(rows), taps))
+                x,
+                self._objective(loss, taps),
+                steps,
+                cfg.optimizer,
+                cfg.effective_lr,
+                cfg.history_size,
+                Stopping(cfg.early_stopping, cfg.tolerance, cfg.window),
+                hook,
+                cfg.log_every,
+                narrow=lambda rows, loss=loss: self._objective(loss.select(rows), taps),
+            )
             x, used = crop(out.pixels, m), used + out.iterations
         losses = out.losses
         if m:  # report the losses of the picture delivered, without its margin
             with torch.no_grad():
                 x = x.contiguous()
                 losses = self.loss_for(crop(content, m), styles, options=cfg)(
-                    self.features(x, taps), x)
+                    self.features(x, taps), x
+                )
         pixels = color.combine_luminance(x, full) if grey else x
         total, content_l, style_l, tv = (t.tolist() for t in losses)
         images = pixels.clamp(0, 255).cpu()
-        return [ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
-                for i in range(len(contents))]
+        return [
+            ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
+            for i in range(len(contents))
+        ]
 
     def _objective(self, loss: GatysLoss, taps: tuple[str, ...]):
         return lambda px: self.objective(px, loss, taps)
 
     @torch.no_grad()
-    def loss_for(self, content: torch.Tensor, styles: Sequence[Style],
-                 longest: int | None = None, options: StyleConfig | None = None) -> GatysLoss:
+    def loss_for(
+        self,
+        content: torch.Tensor,
+        styles: Sequence[Style],
+        longest: int | None = None,
+        options: StyleConfig | None = None,
+    ) -> GatysLoss:
         """The loss module for a batch of contents (B, 3, h, w), one style each; the style
         images are scaled for a content of longest side ``longest`` (default: the content's)."""
         cfg = self.options(options)
         per_image = cfg.preserve_colors != "none"
         longest = longest or max(content.shape[-2:])
-        targets = [self.style_targets(s, longest, content[i] if per_image else None, cfg)
-                   for i, s in enumerate(styles)]
+        targets = [
+            self.style_targets(s, longest, content[i] if per_image else None, cfg)
+            for i, s in enumerate(styles)
+        ]
         cfeats = self.features(content, cfg.content_layers)
         return GatysLoss(
             {k: cfeats[k].float() for k in cfg.content_layers},
-            {k: tuple(torch.stack(parts) for parts in zip(*(t[k] for t in targets)))
-             for k in cfg.style_layers},
+            {
+                k: tuple(torch.stack(parts) for parts in zip(*(t[k] for t in targets)))
+                for k in cfg.style_layers
+            },
             layer_weights(cfg.content_layers, cfg.content_layer_weights),
             layer_weights(cfg.style_layers, cfg.style_layer_weights),
-            cfg.content_weight, cfg.style_weight, cfg.tv_weight, cfg.style_loss)
+            cfg.content_weight,
+            cfg.style_weight,
+            cfg.tv_weight,
+            cfg.style_loss,
+        )
 
     @torch.no_grad()
-    def evaluate(self, pixels: Sequence[torch.Tensor], contents: Sequence[torch.Tensor],
-                 styles: Sequence[Style], options: StyleConfig | None = None) -> list[float]:
+    def evaluate(
+        self,
+        pixels: Sequence[torch.Tensor],
+        contents: Sequence[torch.Tensor],
+        styles: Sequence[Style],
+        options: StyleConfig | None = None,
+    ) -> list[float]:
         """Total Gatys loss of finished images (3, H, W) against their contents and styles."""
         cfg = self.options(options)
         content = torch.stack([c.float() for c in contents]).to(self.device)
@@ -380,8 +476,16 @@ def _hook(callback: Callback | None, scale: int, scales: int, steps: int, margin
         return None
 
     def hook(step, losses, active, pixels):
-        callback(StepInfo(scale, scales, step, steps, tuple(losses.tolist()),
-                          int(active.sum()), crop(pixels, margin)))
+        callback(
+            StepInfo(
+                scale,
+                scales,
+                step,
+                steps,
+                tuple(losses.tolist()),
+                int(active.sum()),
+                crop(pixels, margin),
+            )
+        )
+
     return hook
-
-

@@ -46,11 +46,25 @@ from stylize.config import BIT_DEPTH_16_FORMATS, BIT_DEPTHS, OUTPUT_FORMATS  # n
 
 MAX_PIXELS = 100_000_000  # decompression-bomb limit, pixels
 
-_EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp",
-               ".tif": "tiff", ".tiff": "tiff"}
+_EXTENSIONS = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".webp": "webp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
 # What Pillow's plugins raise on malformed data; anything else (MemoryError, bugs) propagates.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
-                  struct.error, zlib.error)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    struct.error,
+    zlib.error,
+)
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -60,6 +74,7 @@ class ImageError(StylizeError, ValueError):
 
 
 # ----------------------------------------------------------------------------- decoding
+
 
 def decode_image(data: bytes | str | os.PathLike, name: str | None = None) -> Image.Image:
     """Decode bytes or a local file to a loaded 8-bit RGB image, EXIF orientation applied.
@@ -101,8 +116,10 @@ def _open_checked(raw: bytes, name: str) -> Image.Image:
         raise ImageError(f"{name}: corrupt image header ({one_line(err)})") from err
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise ImageError(f"{name}: refused as a decompression bomb ({w}x{h} = {w * h} pixels "
-                         f"exceeds MAX_PIXELS = {MAX_PIXELS})")
+        raise ImageError(
+            f"{name}: refused as a decompression bomb ({w}x{h} = {w * h} pixels "
+            f"exceeds MAX_PIXELS = {MAX_PIXELS})"
+        )
     if w == 0 or h == 0:
         raise ImageError(f"{name}: zero-size image ({w}x{h})")
     return img
@@ -151,6 +168,7 @@ def _stretch(a: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- resizing
 
+
 def resize_longest(img: Image.Image, size: int) -> Image.Image:
     """Scale so the longest side is ``size``, keeping the aspect ratio (other side rounded, >= 1).
 
@@ -168,8 +186,9 @@ def resize_to(img: Image.Image, width: int, height: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ValueError(f"width and height must be >= 1, got {width}x{height}")
     enlarging = width > img.width or height > img.height
-    return img.resize((width, height), Image.Resampling.BICUBIC if enlarging
-                      else Image.Resampling.LANCZOS)
+    return img.resize(
+        (width, height), Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
+    )
 
 
 # Aspect buckets: so that a collection of mixed photos runs in batches of one shape, the
@@ -200,6 +219,7 @@ def resize_bucket(img: Image.Image, size: int) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------- tensors
+
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """Image -> (3, H, W) float32 in 0..255. Non-RGB modes convert as ``decode_image`` does."""
@@ -235,17 +255,19 @@ def load_image(path: str | os.PathLike | bytes, size: int | None = None) -> torc
 
 # ----------------------------------------------------------------------------- encoding
 
+
 def format_from_path(path: str | os.PathLike) -> str:
     """Output format from the file extension (case-insensitive): ".jpg" -> "jpeg", and so on."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in _EXTENSIONS:
-        raise ImageError(f"{os.fspath(path)}: unknown image extension {ext!r}; use one of "
-                         f"{', '.join(_EXTENSIONS)} (formats: {', '.join(OUTPUT_FORMATS)})")
+        raise ImageError(
+            f"{os.fspath(path)}: unknown image extension {ext!r}; use one of "
+            f"{', '.join(_EXTENSIONS)} (formats: {', '.join(OUTPUT_FORMATS)})"
+        )
     return _EXTENSIONS[ext]
 
 
-def encode_image(t: torch.Tensor, fmt: str = "png", quality: int = 95,
-                 bit_depth: int = 8) -> bytes:
+def encode_image(t: torch.Tensor, fmt: str = "png", quality: int = 95, bit_depth: int = 8) -> bytes:
     """Encode a (3, H, W) 0..255 tensor. ``quality`` (1..100) applies to jpeg and webp;
     ``bit_depth`` 16 is for png and tiff only."""
     _check_output(fmt, quality, bit_depth)
@@ -256,8 +278,9 @@ def encode_image(t: torch.Tensor, fmt: str = "png", quality: int = 95,
     try:
         img.save(buf, fmt.upper(), **_save_options(fmt, quality))
     except (OSError, ValueError) as err:  # e.g. WebP's 16383-pixel and JPEG's 65500-pixel limits
-        raise ImageError(f"cannot encode a {img.width}x{img.height} image as {fmt} "
-                         f"({one_line(err)})") from err
+        raise ImageError(
+            f"cannot encode a {img.width}x{img.height} image as {fmt} ({one_line(err)})"
+        ) from err
     return buf.getvalue()
 
 
@@ -267,8 +290,10 @@ def _check_output(fmt: str, quality: int, bit_depth: int) -> None:
     if bit_depth not in BIT_DEPTHS:
         raise ImageError(f"bit_depth must be one of {BIT_DEPTHS}, got {bit_depth!r}")
     if bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
-        raise ImageError(f"bit_depth 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, "
-                         f"not {fmt}; use bit_depth 8 or another format")
+        raise ImageError(
+            f"bit_depth 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, "
+            f"not {fmt}; use bit_depth 8 or another format"
+        )
     if not 1 <= quality <= 100:
         raise ImageError(f"quality must be in 1..100, got {quality!r}")
 
@@ -291,8 +316,12 @@ def _png16(rgb: np.ndarray) -> bytes:
     sub[:, 6:] -= raw[:, :-6]  # Sub filter: minus the same byte of the previous pixel, mod 256
     rows = np.hstack([np.ones((h, 1), np.uint8), sub])  # (H, 1 + W*6), filter type 1 first
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # depth 16, colour type 2 (RGB)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -309,13 +338,27 @@ def _tiff16(rgb: np.ndarray) -> bytes:
     bits_at = 8 + 2 + n * 12 + 4  # after the header and the IFD
     strip_at = bits_at + 6
     short, long_ = 3, 4
-    entries = [(256, long_, 1, w), (257, long_, 1, h), (258, short, 3, bits_at),
-               (259, short, 1, 8), (262, short, 1, 2), (273, long_, 1, strip_at),
-               (277, short, 1, 3), (278, long_, 1, h), (279, long_, 1, len(strip)),
-               (284, short, 1, 1), (317, short, 1, 2)]
-    ifd = struct.pack("<H", n) + b"".join(
-        struct.pack("<HHIH2x" if typ == short and count == 1 else "<HHII", tag, typ, count, value)
-        for tag, typ, count, value in entries) + struct.pack("<I", 0)
+    entries = [
+        (256, long_, 1, w),
+        (257, long_, 1, h),
+        (258, short, 3, bits_at),
+        (259, short, 1, 8),
+        (262, short, 1, 2),
+        (273, long_, 1, strip_at),
+        (277, short, 1, 3),
+        (278, long_, 1, h),
+        (279, long_, 1, len(strip)),
+        (284, short, 1, 1),
+        (317, short, 1, 2),
+    ]
+    ifd = (
+        struct.pack("<H", n)
+        + b"".join(
+            struct.pack(
+                "<HHIH2x" if typ == short and count == 1 else "<HHII", tag, typ, count, value
+            )
+            for tag, typ, count, value in entries
+        )
+        + struct.pack("<I", 0)
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + strip
-
-

@@ -40,8 +40,7 @@ def _rows(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Features (B, C, H, W) as a matrix per image without a copy: (B, HW, C) rows of
     positions when they are channels-last in memory (True), else (B, C, HW) (False)."""
     b, c, h, w = features.shape
-    if c > 1 and h * w > 1 and features.is_contiguous(
-            memory_format=torch.channels_last):
+    if c > 1 and h * w > 1 and features.is_contiguous(memory_format=torch.channels_last):
         return features.permute(0, 2, 3, 1).reshape(b, h * w, c), True
     return features.reshape(b, c, h * w), False
 
@@ -85,8 +84,9 @@ def _gram(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
     return _gram_fp32(rows, channels_last, features.is_cuda) / (c * h * w), rows, channels_last
 
 
-def _times_rows(d: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...],
-                channels_last: bool) -> torch.Tensor:
+def _times_rows(
+    d: torch.Tensor, rows: torch.Tensor, shape: tuple[int, ...], channels_last: bool
+) -> torch.Tensor:
     """D F for a symmetric D (B, C, C) and features F (B, C, H, W) kept as ``rows`` (see
     ``_rows``): the gradient of a Gram-like product, in the features' layout."""
     b, c, h, w = shape
@@ -121,7 +121,7 @@ class GramLoss(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         rows, err = ctx.saved_tensors
         (b, c, h, w), channels_last = ctx.meta
-        scale = _wide(grad_out) * (2.0 / (c ** 3 * h * w))  # (B,)
+        scale = _wide(grad_out) * (2.0 / (c**3 * h * w))  # (B,)
         d = ((err + err.transpose(1, 2)) * scale[:, None, None]).to(rows.dtype)  # (B, C, C)
         return _times_rows(d, rows, (b, c, h, w), channels_last), None
 
@@ -194,11 +194,12 @@ def _eps_and_scale(m2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     each (B,)."""
     c = m2.shape[-1]
     eps = EPS_RELATIVE * m2.diagonal(dim1=1, dim2=2).mean(1) + 1e-12
-    return eps, torch.linalg.matrix_norm(m2) / c ** 4
+    return eps, torch.linalg.matrix_norm(m2) / c**4
 
 
-def wasserstein2_target(stats: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-                        dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def wasserstein2_target(
+    stats: tuple[torch.Tensor, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     """(mean (B, C), covariance S_t + eps I (B, C, C), its square root (B, C, C), eps (B,),
     scale (B,)) from moments, in ``dtype`` on ``device``: the square root computed once, by
     an eigendecomposition in float64."""
@@ -212,8 +213,14 @@ def wasserstein2_target(stats: tuple[torch.Tensor, torch.Tensor], device: torch.
     return tuple(t.to(device, dtype) for t in (mean, cov, root, eps, scale))
 
 
-def wasserstein2_loss(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
-                      root: torch.Tensor, eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def wasserstein2_loss(
+    features: torch.Tensor,
+    mean: torch.Tensor,
+    cov: torch.Tensor,
+    root: torch.Tensor,
+    eps: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
     """(B,) scaled squared 2-Wasserstein distance between the Gaussian of features
     (B, C, H, W) and a target (``wasserstein2_target``). tr((R S R)^1/2) is the sum of the
     square roots of the eigenvalues of R S R (symmetric): autograd's gradient of eigenvalues
@@ -223,18 +230,26 @@ def wasserstein2_loss(features: torch.Tensor, mean: torch.Tensor, cov: torch.Ten
     with torch.autocast(features.device.type, enabled=False):
         mu = features.mean(dim=(2, 3), dtype=_wide_dtype(features)).to(dt)  # (B, C)
         eye = torch.eye(c, dtype=dt, device=features.device)
-        s = (SecondMoment.apply(features).to(dt) - mu[:, :, None] * mu[:, None, :]
-             + eps[:, None, None] * eye)  # (B, C, C) covariance, regularised as the target's
+        s = (
+            SecondMoment.apply(features).to(dt)
+            - mu[:, :, None] * mu[:, None, :]
+            + eps[:, None, None] * eye
+        )  # (B, C, C) covariance, regularised as the target's
         p = root @ s @ root  # (B, C, C), >= eps^2 I
         lam = torch.linalg.eigvalsh((p + p.transpose(1, 2)) / 2)  # (B, C)
         lam = torch.maximum(lam, eps[:, None] ** 2)  # rounding below the bound: no 1/sqrt(0)
-        d2 = ((mu - mean).pow(2).sum(1) + s.diagonal(dim1=1, dim2=2).sum(1)
-              + cov.diagonal(dim1=1, dim2=2).sum(1) - 2 * lam.sqrt().sum(1))  # (B,)
+        d2 = (
+            (mu - mean).pow(2).sum(1)
+            + s.diagonal(dim1=1, dim2=2).sum(1)
+            + cov.diagonal(dim1=1, dim2=2).sum(1)
+            - 2 * lam.sqrt().sum(1)
+        )  # (B,)
         return (scale * d2.clamp_min(0)).to(_wide_dtype(features))
 
 
-def mean_std_target(stats: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-                    dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def mean_std_target(
+    stats: tuple[torch.Tensor, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     """(mean (B, C), std (B, C), eps (B,), scale (B,)) from moments, in ``dtype`` on
     ``device``; the variances regularised by eps as the features' are."""
     mean, m2 = (t.double() for t in stats)
@@ -244,8 +259,13 @@ def mean_std_target(stats: tuple[torch.Tensor, torch.Tensor], device: torch.devi
     return tuple(t.to(device, dtype) for t in (mean, std, eps, scale))
 
 
-def mean_std_loss(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                  eps: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def mean_std_loss(
+    features: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    eps: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
     """(B,) scaled squared differences of the per-channel means and standard deviations of
     features (B, C, H, W) and a target (``mean_std_target``)."""
     dt = std.dtype
@@ -272,8 +292,9 @@ def _gram_statistics(features: torch.Tensor) -> tuple[torch.Tensor]:
     return (gram(features),)
 
 
-def _gram_target(stats: tuple[torch.Tensor], device: torch.device,
-                 dtype: torch.dtype) -> tuple[torch.Tensor]:
+def _gram_target(
+    stats: tuple[torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor]:
     return stats  # fp32 on the device, as gram() made it
 
 
@@ -296,10 +317,15 @@ def total_variation(pixels: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-def gatys(features: dict[str, torch.Tensor], pixels: torch.Tensor,
-          content_targets: dict[str, torch.Tensor],
-          style_targets: dict[str, tuple[torch.Tensor, ...]], weights: torch.Tensor,
-          use_tv: bool, style_kind: str = "gram") -> tuple[torch.Tensor, ...]:
+def gatys(
+    features: dict[str, torch.Tensor],
+    pixels: torch.Tensor,
+    content_targets: dict[str, torch.Tensor],
+    style_targets: dict[str, tuple[torch.Tensor, ...]],
+    weights: torch.Tensor,
+    use_tv: bool,
+    style_kind: str = "gram",
+) -> tuple[torch.Tensor, ...]:
     """(total, content, style, tv), each (B,): the whole loss as one pure function of tensors
     (what a compiled objective traces). ``weights`` (fp32): the content layers' weights,
     then the style layers', then alpha, beta and the TV weight, in the targets' order; held as
@@ -308,10 +334,14 @@ def gatys(features: dict[str, torch.Tensor], pixels: torch.Tensor,
     (for ``gram``: the Gram matrices (B, C, C))."""
     nc, ns = len(content_targets), len(style_targets)
     layer_style = STYLE_KINDS[style_kind].loss  # a setting, fixed per compiled graph
-    content = sum(weights[i] * content_loss(features[k], t)
-                  for i, (k, t) in enumerate(content_targets.items()))
-    style = sum(weights[nc + i] * layer_style(features[k], *t)
-                for i, (k, t) in enumerate(style_targets.items()))
+    content = sum(
+        weights[i] * content_loss(features[k], t)
+        for i, (k, t) in enumerate(content_targets.items())
+    )
+    style = sum(
+        weights[nc + i] * layer_style(features[k], *t)
+        for i, (k, t) in enumerate(style_targets.items())
+    )
     zero = pixels.new_zeros(pixels.shape[0], dtype=torch.float32)
     content = zero + content  # (B,) also without content layers
     style = zero + style
@@ -331,11 +361,17 @@ class GatysLoss(nn.Module):
     alpha/beta. ``terms()`` gives the same loss as tensors for ``gatys`` (the compiled path).
     """
 
-    def __init__(self, content_targets: dict[str, torch.Tensor],
-                 style_targets: dict[str, tuple[torch.Tensor, ...]],
-                 content_layer_weights: dict[str, float], style_layer_weights: dict[str, float],
-                 content_weight: float, style_weight: float, tv_weight: float,
-                 style_kind: str = "gram"):
+    def __init__(
+        self,
+        content_targets: dict[str, torch.Tensor],
+        style_targets: dict[str, tuple[torch.Tensor, ...]],
+        content_layer_weights: dict[str, float],
+        style_layer_weights: dict[str, float],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+        style_kind: str = "gram",
+    ):
         super().__init__()
         self.content_targets = {k: v.float() for k, v in content_targets.items()}
         self.style_targets = {k: tuple(v) for k, v in style_targets.items()}
@@ -345,24 +381,39 @@ class GatysLoss(nn.Module):
         first = [*self.content_targets.values(), *(t[0] for t in self.style_targets.values())]
         device = first[0].device if first else torch.device("cpu")
         self.weights = torch.tensor(
-            [self.cw[k] for k in self.content_targets] + [self.sw[k] for k in self.style_targets]
-            + [content_weight, style_weight, tv_weight], dtype=torch.float32, device=device)
+            [self.cw[k] for k in self.content_targets]
+            + [self.sw[k] for k in self.style_targets]
+            + [content_weight, style_weight, tv_weight],
+            dtype=torch.float32,
+            device=device,
+        )
 
     def terms(self) -> tuple[dict, dict, torch.Tensor, bool, str]:
         """(content targets, style targets, weights, use_tv, style kind): ``gatys``'s
         arguments."""
-        return (self.content_targets, self.style_targets, self.weights, bool(self.tv_weight),
-                self.style_kind)
+        return (
+            self.content_targets,
+            self.style_targets,
+            self.weights,
+            bool(self.tv_weight),
+            self.style_kind,
+        )
 
     def forward(self, features: dict[str, torch.Tensor], pixels: torch.Tensor):
         return gatys(features, pixels, *self.terms())
 
     def select(self, rows: torch.Tensor) -> "GatysLoss":
         """The same loss for a subset of the batch: ``rows`` (K,) indexes the images."""
-        return GatysLoss({k: t[rows] for k, t in self.content_targets.items()},
-                         {k: tuple(x[rows] for x in t) for k, t in self.style_targets.items()},
-                         self.cw, self.sw, self.alpha, self.beta, self.tv_weight,
-                         self.style_kind)
+        return GatysLoss(
+            {k: t[rows] for k, t in self.content_targets.items()},
+            {k: tuple(x[rows] for x in t) for k, t in self.style_targets.items()},
+            self.cw,
+            self.sw,
+            self.alpha,
+            self.beta,
+            self.tv_weight,
+            self.style_kind,
+        )
 
 
 def layer_weights(layers: tuple[str, ...], weights: tuple[float, ...] | None) -> dict[str, float]:

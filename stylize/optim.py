@@ -150,20 +150,20 @@ class BatchedLBFGS:
 
     def _rows(self, rows: slice) -> torch.Tensor:
         h = self.hist[:, :, rows]  # (B, K, r, L)
-        return h.transpose(1, 2).reshape(h.shape[0], h.shape[2], -1)[..., :self.n]
+        return h.transpose(1, 2).reshape(h.shape[0], h.shape[2], -1)[..., : self.n]
 
     def _put(self, into: torch.Tensor, row: int, v: torch.Tensor) -> None:
         """Write v (B, N) as row ``row`` of ``into`` (B, K, r, L), slice by slice."""
         if self.k == 1:
-            into[:, 0, row, :self.n] = v
+            into[:, 0, row, : self.n] = v
         else:
             pad = self.k * self.length - self.n
-            into[:, :, row] = torch.nn.functional.pad(v, (0, pad)).view(-1, self.k,
-                                                                          self.length)
+            into[:, :, row] = torch.nn.functional.pad(v, (0, pad)).view(-1, self.k, self.length)
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor,
-             active: torch.Tensor) -> None:
+    def step(
+        self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor, active: torch.Tensor
+    ) -> None:
         """Move x (B, N) in place along the L-BFGS direction for gradient g at loss (B,);
         frozen where not active."""
         with _exact_matmul(x.device):
@@ -266,13 +266,14 @@ class BatchedLBFGS:
         # Y r0 with r0 = -h (g + Y^T a). Product and sum, not bmm: on the CPU a matmul this
         # small rounds differently for a batch of 1 (its own path), a sum does not.
         z = (yy * a.mT).sum(2, keepdim=True).add_(yg).mul_(-h)
-        c = torch.linalg.solve_triangular((sy * rho[:, None, :]).mT, a - dr * z, upper=False,
-                                          unitriangular=True)
+        c = torch.linalg.solve_triangular(
+            (sy * rho[:, None, :]).mT, a - dr * z, upper=False, unitriangular=True
+        )
         coef = torch.cat((c, a.mul_(-h)), 2)[:, place]  # (B, m, 2) [c, -h a], slot order
         b, k = self.hist.shape[:2]
         coef = coef.mT.reshape(b, 1, 1, 2 * m).expand(b, k, 1, 2 * m).reshape(b * k, 1, 2 * m)
         d = torch.bmm(coef, self.hist.view(b * k, 2 * m, -1)).view(b, -1)  # (B, N')
-        return d[:, :self.n].addcmul_(g, self.h_diag[:, None], value=-1.0)  # (B, N)
+        return d[:, : self.n].addcmul_(g, self.h_diag[:, None], value=-1.0)  # (B, N)
 
 
 class BatchedAdam:
@@ -285,16 +286,17 @@ class BatchedAdam:
         self.t = x.new_zeros(x.shape[0])  # (B,) steps taken by each image
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor,
-             active: torch.Tensor) -> None:
+    def step(
+        self, x: torch.Tensor, g: torch.Tensor, loss: torch.Tensor, active: torch.Tensor
+    ) -> None:
         b1, b2 = self.betas
         a = active[:, None]
         self.t += active
         self.m1 = torch.where(a, b1 * self.m1 + (1 - b1) * g, self.m1)
         self.m2 = torch.where(a, b2 * self.m2 + (1 - b2) * g * g, self.m2)
         t = self.t.clamp_min(1)[:, None]
-        m_hat = self.m1 / (1 - b1 ** t)
-        v_hat = self.m2 / (1 - b2 ** t)
+        m_hat = self.m1 / (1 - b1**t)
+        v_hat = self.m2 / (1 - b2**t)
         x.sub_(a * self.lr * m_hat / (v_hat.sqrt() + self.eps)).clamp_(*PIXEL_RANGE)
 
     def select(self, rows: torch.Tensor) -> None:
@@ -320,10 +322,18 @@ class Outcome:
     losses: tuple[torch.Tensor, ...]  # (total, *parts) at the returned pixels, each (B,)
 
 
-def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer: str,
-             lr: float, history_size: int = 20, stopping: Stopping = Stopping(),
-             hook: StepHook | None = None, log_every: int = 10,
-             narrow: Callable[[torch.Tensor], Objective] | None = None) -> Outcome:
+def optimize(
+    x0: torch.Tensor,
+    objective: Objective,
+    iterations: int,
+    optimizer: str,
+    lr: float,
+    history_size: int = 20,
+    stopping: Stopping = Stopping(),
+    hook: StepHook | None = None,
+    log_every: int = 10,
+    narrow: Callable[[torch.Tensor], Objective] | None = None,
+) -> Outcome:
     """Minimise objective(x) for a batch of images x0 (B, 3, H, W), each independently.
 
     ``hook(step, losses (B,), active (B,), pixels)`` runs every ``log_every`` steps and at the
@@ -337,8 +347,7 @@ def optimize(x0: torch.Tensor, objective: Objective, iterations: int, optimizer:
     out = x0.detach().float().clamp(*PIXEL_RANGE).contiguous()  # (B, 3, H, W) all images
     x = out.clone()  # (K, 3, H, W) the images still in the batch
     flat = x.view(bsz, -1)  # (K, N) view sharing storage with x
-    opt = (BatchedLBFGS(flat, history_size, lr) if optimizer == "lbfgs"
-           else BatchedAdam(flat, lr))
+    opt = BatchedLBFGS(flat, history_size, lr) if optimizer == "lbfgs" else BatchedAdam(flat, lr)
     rows = torch.arange(bsz, device=x.device)  # (K,) batch index of each image still in x
     active = torch.ones(bsz, dtype=torch.bool, device=x.device)  # (K,)
     used = torch.zeros(bsz, dtype=torch.long, device=x.device)  # (B,)

@@ -42,9 +42,17 @@ def _at_size(img: torch.Tensor, size: int | None) -> torch.Tensor:
         return img
     h, w = img.shape[-2:]
     s = size / max(h, w)
-    return F.interpolate(img[None].float(), size=(max(1, round(h * s)), max(1, round(w * s))),
-                         mode="bicubic", align_corners=False,
-                         antialias=s < 1)[0].clamp(0, 255).round()
+    return (
+        F.interpolate(
+            img[None].float(),
+            size=(max(1, round(h * s)), max(1, round(w * s))),
+            mode="bicubic",
+            align_corners=False,
+            antialias=s < 1,
+        )[0]
+        .clamp(0, 255)
+        .round()
+    )
 
 
 def laplacian(x: torch.Tensor) -> torch.Tensor:
@@ -79,8 +87,9 @@ def noise_correlation(img: torch.Tensor, noise: torch.Tensor) -> float:
     """Pearson correlation of the high-frequency parts of an image and of its initial noise,
     both (3, H, W) (the noise is resized to the image if needed)."""
     if noise.shape[-2:] != img.shape[-2:]:
-        noise = F.interpolate(noise[None].float(), size=img.shape[-2:], mode="bicubic",
-                              align_corners=False)[0]
+        noise = F.interpolate(
+            noise[None].float(), size=img.shape[-2:], mode="bicubic", align_corners=False
+        )[0]
     a, b = high_pass(img).flatten(), high_pass(noise).flatten()
     a, b = a - a.mean(), b - b.mean()
     return (a @ b / (a.norm() * b.norm()).clamp_min(1e-12)).item()
@@ -90,9 +99,12 @@ def border(img: torch.Tensor, inner: int = 4) -> float:
     """Largest mean difference, in levels, between an outermost row or column and the
     ``inner`` rows/columns next to it, over the four sides and three channels."""
     x = img.float()
-    sides = [(x[:, 0], x[:, 1:1 + inner].mean(1)), (x[:, -1], x[:, -1 - inner:-1].mean(1)),
-             (x[:, :, 0], x[:, :, 1:1 + inner].mean(2)),
-             (x[:, :, -1], x[:, :, -1 - inner:-1].mean(2))]
+    sides = [
+        (x[:, 0], x[:, 1 : 1 + inner].mean(1)),
+        (x[:, -1], x[:, -1 - inner : -1].mean(1)),
+        (x[:, :, 0], x[:, :, 1 : 1 + inner].mean(2)),
+        (x[:, :, -1], x[:, :, -1 - inner : -1].mean(2)),
+    ]
     return max((edge - near).mean(1).abs().max().item() for edge, near in sides)
 
 
@@ -112,8 +124,15 @@ def sample_path(name: str) -> str:
 def judge_config(cfg):
     """The objective of record for a run's config: the same layers and weights, scored in
     fp32 by the paper's network (zero padding), without the total-variation term."""
-    return cfg.replace(precision="fp32", compile=False, tv_weight=0.0, padding="zeros",
-                       init="content", scales=(1.0,), early_stopping=False)
+    return cfg.replace(
+        precision="fp32",
+        compile=False,
+        tv_weight=0.0,
+        padding="zeros",
+        init="content",
+        scales=(1.0,),
+        early_stopping=False,
+    )
 
 
 def judged_losses(judge, pixels: torch.Tensor, contents: torch.Tensor, styles) -> list[dict]:
@@ -122,15 +141,20 @@ def judged_losses(judge, pixels: torch.Tensor, contents: torch.Tensor, styles) -
     with torch.no_grad():
         loss = judge.loss_for(contents.to(judge.device), styles)
         total, content, style, _ = loss(judge.features(x), x)
-    return [dict(content_loss=c, style_loss=s, total_loss=t)
-            for t, c, s in zip(total.tolist(), content.tolist(), style.tolist())]
+    return [
+        dict(content_loss=c, style_loss=s, total_loss=t)
+        for t, c, s in zip(total.tolist(), content.tolist(), style.tolist())
+    ]
 
 
 def image_figures(img: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
     """The picture figures of one image (3, H, W) in 0..255 (rounded to 8 bits first)."""
     img = img.clamp(0, 255).round()
-    return dict(speckle=speckle(img), border=border(img),
-                noise_corr=None if noise is None else noise_correlation(img, noise))
+    return dict(
+        speckle=speckle(img),
+        border=border(img),
+        noise_corr=None if noise is None else noise_correlation(img, noise),
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -140,23 +164,40 @@ def run(args: argparse.Namespace) -> dict:
     from stylize.images import decode_image, from_tensor, to_tensor
 
     overrides = dict(_parse_set(s) for s in args.set)
-    base = resolve_config(args.preset, size=args.size, iterations=args.iterations,
-                          device=args.device, precision=args.precision, seed=args.seed,
-                          log_every=args.iterations, **overrides)
+    base = resolve_config(
+        args.preset,
+        size=args.size,
+        iterations=args.iterations,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        log_every=args.iterations,
+        **overrides,
+    )
     if args.pair:
         pairs = [tuple(p) for p in args.pair]
         path = str
     else:
-        pairs = list(PAIRS[:args.pairs])
+        pairs = list(PAIRS[: args.pairs])
         path = sample_path
     judge = Stylizer(judge_config(base))
     decoded = {n: decode_image(path(n)) for pair in pairs for n in pair}
     contents = {n: judge.prepare_content(decoded[n], exact=True) for n, _ in pairs}
     styles = {n: Style(n, (to_tensor(decoded[n]),)) for _, n in pairs}
-    inputs = [dict(image=Path(n).stem, role=role, **image_figures(
-        contents[n] if role == "content" else judge.prepare_content(decoded[n], exact=True)))
-        for role, names in (("content", dict.fromkeys(c for c, _ in pairs)),
-                            ("style", dict.fromkeys(s for _, s in pairs))) for n in names]
+    inputs = [
+        dict(
+            image=Path(n).stem,
+            role=role,
+            **image_figures(
+                contents[n] if role == "content" else judge.prepare_content(decoded[n], exact=True)
+            ),
+        )
+        for role, names in (
+            ("content", dict.fromkeys(c for c, _ in pairs)),
+            ("style", dict.fromkeys(s for _, s in pairs)),
+        )
+        for n in names
+    ]
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,17 +221,31 @@ def run(args: argparse.Namespace) -> dict:
             pixels = torch.stack([r.image for r in results])
             judged = judged_losses(judge, pixels, torch.stack(batch), batch_styles)
             for s, r, j in zip(style_names, results, judged):
-                row = dict(content=Path(c).stem, style=Path(s).stem, init=init, **j,
-                           **image_figures(r.image, noise), iterations=r.iterations,
-                           seconds=round(seconds, 2))
+                row = dict(
+                    content=Path(c).stem,
+                    style=Path(s).stem,
+                    init=init,
+                    **j,
+                    **image_figures(r.image, noise),
+                    iterations=r.iterations,
+                    seconds=round(seconds, 2),
+                )
                 rows.append(row)
                 _print_row(row, args.json)
                 if out_dir:
                     name = f"{init}-{row['content']}-{row['style']}.png"
                     from_tensor(r.image).save(out_dir / name)
-    return dict(preset=base.preset, size=base.size, iterations=base.iterations,
-                device=str(judge.device), precision=engine.precision,
-                overrides=overrides, inputs=inputs, rows=rows, summary=summarize(rows))
+    return dict(
+        preset=base.preset,
+        size=base.size,
+        iterations=base.iterations,
+        device=str(judge.device),
+        precision=engine.precision,
+        overrides=overrides,
+        inputs=inputs,
+        rows=rows,
+        summary=summarize(rows),
+    )
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -198,12 +253,16 @@ def summarize(rows: list[dict]) -> dict:
     out = {}
     for init in dict.fromkeys(r["init"] for r in rows):
         rs = [r for r in rows if r["init"] == init]
-        s = {f"{k}_geomean": math.exp(statistics.fmean(math.log(max(r[k], 1e-30)) for r in rs))
-             for k in ("content_loss", "style_loss", "total_loss")}
-        s.update(speckle_mean=statistics.fmean(r["speckle"] for r in rs),
-                 speckle_max=max(r["speckle"] for r in rs),
-                 border_mean=statistics.fmean(r["border"] for r in rs),
-                 border_max=max(r["border"] for r in rs))
+        s = {
+            f"{k}_geomean": math.exp(statistics.fmean(math.log(max(r[k], 1e-30)) for r in rs))
+            for k in ("content_loss", "style_loss", "total_loss")
+        }
+        s.update(
+            speckle_mean=statistics.fmean(r["speckle"] for r in rs),
+            speckle_max=max(r["speckle"] for r in rs),
+            border_mean=statistics.fmean(r["border"] for r in rs),
+            border_max=max(r["border"] for r in rs),
+        )
         corr = [abs(r["noise_corr"]) for r in rs if r["noise_corr"] is not None]
         s["noise_corr_max"] = max(corr) if corr else None
         out[init] = s
@@ -212,11 +271,14 @@ def summarize(rows: list[dict]) -> dict:
 
 def _print_row(row: dict, quiet: bool) -> None:
     corr = "-" if row["noise_corr"] is None else f"{row['noise_corr']:+.3f}"
-    print(f"{row['init']:8s} {row['content']:>12s} x {row['style']:<14s} "
-          f"content {row['content_loss']:10.5g}  style {row['style_loss']:8.4g}  "
-          f"total {row['total_loss']:10.5g}  speckle {row['speckle']:5.1f}  "
-          f"border {row['border']:5.1f}  noise_corr {corr}  ({row['seconds']:.1f} s)",
-          flush=True, file=sys.stderr if quiet else sys.stdout)
+    print(
+        f"{row['init']:8s} {row['content']:>12s} x {row['style']:<14s} "
+        f"content {row['content_loss']:10.5g}  style {row['style_loss']:8.4g}  "
+        f"total {row['total_loss']:10.5g}  speckle {row['speckle']:5.1f}  "
+        f"border {row['border']:5.1f}  noise_corr {corr}  ({row['seconds']:.1f} s)",
+        flush=True,
+        file=sys.stderr if quiet else sys.stdout,
+    )
 
 
 def _parse_set(text: str) -> tuple[str, object]:
@@ -235,13 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="gatys2016", choices=tuple(PRESETS))
     p.add_argument("--size", type=int, default=256, help="longest side, pixels")
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--pairs", type=int, default=len(PAIRS),
-                   help=f"how many bundled photo x painting pairs (1-{len(PAIRS)})")
-    p.add_argument("--pair", nargs=2, action="append", metavar=("CONTENT", "STYLE"),
-                   help="image files instead of the bundled samples (repeatable)")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=len(PAIRS),
+        help=f"how many bundled photo x painting pairs (1-{len(PAIRS)})",
+    )
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("CONTENT", "STYLE"),
+        help="image files instead of the bundled samples (repeatable)",
+    )
     p.add_argument("--init", default=",".join(INITS), help="noise,content (comma list)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any engine option, e.g. --set noise_scale=0.1 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any engine option, e.g. --set noise_scale=0.1 (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
@@ -256,8 +332,9 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     if not 1 <= args.pairs <= len(PAIRS):
-        print(f"stylize quality: error: --pairs: 1 to {len(PAIRS)}, got {args.pairs}",
-              file=sys.stderr)
+        print(
+            f"stylize quality: error: --pairs: 1 to {len(PAIRS)}, got {args.pairs}", file=sys.stderr
+        )
         return 2
     try:
         result = run(args)

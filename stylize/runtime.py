@@ -17,10 +17,13 @@ COMPILED_GRAPHS = 64
 
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {name} is not available on this machine (no CUDA GPU); "
-                          f"use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
+        raise ConfigError(
+            f"--device: {name} is not available on this machine (no CUDA GPU); "
+            f"use --device cpu or auto"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ConfigError("--device: mps is not available on this machine; use cpu or auto")
     if name != "auto":
         return torch.device(name)
@@ -57,8 +60,9 @@ def numerics(precision: str, compiled: bool):
     Gram matrices, use TF32: their inputs are bf16 features, exact in TF32, so the products
     accumulate in fp32 as the paper's would. With ``compiled``, torch.compile may build
     COMPILED_GRAPHS graphs meanwhile."""
-    matmul_tf32, cudnn_tf32 = {"tf32": (True, True), "fp32": (False, False),
-                               "bf16": (True, None)}[precision]
+    matmul_tf32, cudnn_tf32 = {"tf32": (True, True), "fp32": (False, False), "bf16": (True, None)}[
+        precision
+    ]
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = (matmul.allow_tf32, cudnn.allow_tf32)
     matmul.allow_tf32 = matmul_tf32

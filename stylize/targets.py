@@ -60,12 +60,17 @@ class TargetCache:
 
     def stats(self) -> dict[str, float]:
         lookups = self.hits + self.misses
-        return {"styles_cached": len({k[0] for k in self._entries}), "bytes": self.nbytes,
-                "limit_bytes": self.limit, "hits": self.hits, "misses": self.misses,
-                "hit_rate": round(self.hits / lookups, 4) if lookups else None,
-                "targets_computed": sum(self.computed.values()),
-                "styles_computed": len(self.computed),
-                "max_computed_per_style": max(self.computed.values(), default=0)}
+        return {
+            "styles_cached": len({k[0] for k in self._entries}),
+            "bytes": self.nbytes,
+            "limit_bytes": self.limit,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / lookups, 4) if lookups else None,
+            "targets_computed": sum(self.computed.values()),
+            "styles_computed": len(self.computed),
+            "max_computed_per_style": max(self.computed.values(), default=0),
+        }
 
 
 def _nbytes(targets: dict[str, Target]) -> int:

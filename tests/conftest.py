@@ -62,8 +62,12 @@ def s3_endpoint():
 @pytest.fixture
 def s3_options(s3_endpoint):
     """storage_options for s3fs against the moto server (fake credentials)."""
-    return {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing",
-            "client_kwargs": {"region_name": "eu-west-1"}}
+    return {
+        "endpoint_url": s3_endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "eu-west-1"},
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,15 +177,17 @@ def stylize_command(*args: str) -> list[str]:
     return [_sys.executable, "-m", "pipeline.cli", *args]
 
 
-def start_process(cmd: list[str], env: dict[str, str], log_dir: Path, name: str
-                  ) -> _subprocess.Popen:
+def start_process(
+    cmd: list[str], env: dict[str, str], log_dir: Path, name: str
+) -> _subprocess.Popen:
     """Start ``cmd`` in a session of its own (so that every process it starts can be found
     and killed by session id), stdout and stderr to files ``log_dir/name.out|err``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / f"{name}.out", "wb")
     err = open(log_dir / f"{name}.err", "wb")
-    proc = _subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=_subprocess.DEVNULL,
-                             start_new_session=True)
+    proc = _subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=err, stdin=_subprocess.DEVNULL, start_new_session=True
+    )
     out.close()
     err.close()
     proc.log_out = log_dir / f"{name}.out"  # type: ignore[attr-defined]
@@ -189,8 +195,9 @@ def start_process(cmd: list[str], env: dict[str, str], log_dir: Path, name: str
     return proc
 
 
-def run_process(cmd: list[str], env: dict[str, str], log_dir: Path, name: str,
-                timeout: float) -> tuple[int, str, str, float]:
+def run_process(
+    cmd: list[str], env: dict[str, str], log_dir: Path, name: str, timeout: float
+) -> tuple[int, str, str, float]:
     """Run ``cmd`` to the end (killing its whole session after ``timeout``): (exit code,
     stdout, stderr, seconds)."""
     t0 = _time.monotonic()
@@ -200,10 +207,16 @@ def run_process(cmd: list[str], env: dict[str, str], log_dir: Path, name: str,
     except _subprocess.TimeoutExpired:
         kill_processes(processes_of(sid=proc.pid))
         proc.wait(10)
-        raise AssertionError(f"{' '.join(cmd)} still running after {timeout} s; stderr:\n"
-                             f"{proc.log_err.read_text(errors='replace')[-3000:]}") from None
-    return (code, proc.log_out.read_text(errors="replace"),
-            proc.log_err.read_text(errors="replace"), _time.monotonic() - t0)
+        raise AssertionError(
+            f"{' '.join(cmd)} still running after {timeout} s; stderr:\n"
+            f"{proc.log_err.read_text(errors='replace')[-3000:]}"
+        ) from None
+    return (
+        code,
+        proc.log_out.read_text(errors="replace"),
+        proc.log_err.read_text(errors="replace"),
+        _time.monotonic() - t0,
+    )
 
 
 def processes_of(sid: int | None = None, tmpdir: str | None = None) -> dict[int, str]:
@@ -232,8 +245,9 @@ def processes_of(sid: int | None = None, tmpdir: str | None = None) -> dict[int,
     return found
 
 
-def wait_processes_gone(sid: int | None = None, tmpdir: str | None = None,
-                        timeout: float = 30.0) -> dict[int, str]:
+def wait_processes_gone(
+    sid: int | None = None, tmpdir: str | None = None, timeout: float = 30.0
+) -> dict[int, str]:
     """Wait until no process of ``sid``/``tmpdir`` is alive; what is still alive otherwise."""
     deadline = _time.monotonic() + timeout
     while True:

@@ -44,8 +44,10 @@ def gram_distance(model, image: torch.Tensor, style: torch.Tensor) -> float:
     with torch.no_grad():
         fi = model(image[None].float())
         fs = model(style[None].float())
-    per_layer = [((gram(fi[k]) - gram(fs[k])).pow(2).sum() / gram(fs[k]).pow(2).sum()).item()
-                 for k in GRAM_LAYERS]
+    per_layer = [
+        ((gram(fi[k]) - gram(fs[k])).pow(2).sum() / gram(fs[k]).pow(2).sum()).item()
+        for k in GRAM_LAYERS
+    ]
     return sum(per_layer) / len(per_layer)
 
 
@@ -54,6 +56,7 @@ def w2_distance(model, image: torch.Tensor, style: torch.Tensor) -> float:
     (means, covariances), in float64, averaged over GRAM_LAYERS; per layer divided by the
     style's mean squared activation times the channels, so every layer counts alike. The
     test's own formula (eigendecompositions), not the engine's loss."""
+
     def sqrtm(a):
         lam, vec = torch.linalg.eigh((a + a.T) / 2)
         return vec @ torch.diag(lam.clamp_min(0).sqrt()) @ vec.T
@@ -83,7 +86,7 @@ def per_image_features(stylizer) -> None:
     batched = stylizer.model.forward  # every pass of the network: features and objective
 
     def forward(pixels: torch.Tensor, taps=None) -> dict[str, torch.Tensor]:
-        outs = [batched(pixels[i:i + 1], taps) for i in range(pixels.shape[0])]
+        outs = [batched(pixels[i : i + 1], taps) for i in range(pixels.shape[0])]
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     stylizer.model.forward = forward

@@ -36,11 +36,20 @@ from urllib.parse import unquote, urlsplit
 
 KINDS = ("503", "reset", "reset_after", "refuse")
 
-_SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-             b'<Message>Please reduce your request rate.</Message>'
-             b'<RequestId>FAULTPROXY</RequestId><HostId>fault-proxy</HostId></Error>')
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-               "trailer", "upgrade"}
+_SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message>"
+    b"<RequestId>FAULTPROXY</RequestId><HostId>fault-proxy</HostId></Error>"
+)
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,9 @@ class Rule:
     def active(self, now: float) -> bool:
         if self.trigger is not None and self.triggered_at is None:
             return False
-        return ((self.start is None or now >= self.start)
-                and (self.until is None or now < self.until))
+        return (self.start is None or now >= self.start) and (
+            self.until is None or now < self.until
+        )
 
 
 @dataclass
@@ -138,8 +148,9 @@ class S3FaultProxy:
     # --------------------------------------------------------------------------- lifecycle
     def start(self) -> "S3FaultProxy":
         self._listen()
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                               name="s3-fault-proxy")
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, daemon=True, name="s3-fault-proxy"
+        )
         self._accept_thread.start()
         return self
 
@@ -171,25 +182,47 @@ class S3FaultProxy:
         a longer outage must be ridden out by the pipeline's own retries (``io_retry_s``), not
         hidden by botocore's legacy backoff (up to 5 attempts, several seconds each).
         ``extra`` overrides."""
-        options = {"endpoint_url": self.url, "key": "testing", "secret": "testing",
-                   "client_kwargs": {"region_name": "eu-west-1"},
-                   "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"},
-                                     "connect_timeout": 5, "read_timeout": 30}}
+        options = {
+            "endpoint_url": self.url,
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "eu-west-1"},
+            "config_kwargs": {
+                "retries": {"max_attempts": 1, "mode": "standard"},
+                "connect_timeout": 5,
+                "read_timeout": 30,
+            },
+        }
         options.update(extra)
         return options
 
     # ------------------------------------------------------------------------------- rules
-    def add_rule(self, kind: str, rate: float = 1.0, *, methods: Iterable[str] | None = None,
-                 path_contains: str | None = None, seconds: float | None = None,
-                 start_in: float = 0.0, trigger: Callable[[Request], bool] | None = None,
-                 every: int | None = None, name: str = "") -> Rule:
+    def add_rule(
+        self,
+        kind: str,
+        rate: float = 1.0,
+        *,
+        methods: Iterable[str] | None = None,
+        path_contains: str | None = None,
+        seconds: float | None = None,
+        start_in: float = 0.0,
+        trigger: Callable[[Request], bool] | None = None,
+        every: int | None = None,
+        name: str = "",
+    ) -> Rule:
         if kind not in KINDS:
             raise ValueError(f"kind {kind!r}; one of {KINDS}")
         if kind == "refuse" and (methods is not None or path_contains is not None or rate < 1):
             raise ValueError("refuse closes the listening socket: it cannot be selective")
         now = time.monotonic()
-        rule = Rule(kind, rate, frozenset(m.upper() for m in methods) if methods else None,
-                    path_contains, name=name or kind, every=every)
+        rule = Rule(
+            kind,
+            rate,
+            frozenset(m.upper() for m in methods) if methods else None,
+            path_contains,
+            name=name or kind,
+            every=every,
+        )
         if trigger is not None:
             rule.trigger, rule.duration = trigger, seconds
         else:
@@ -218,13 +251,27 @@ class S3FaultProxy:
             out.append(self.add_rule("reset", rate, name="random-reset", **match))
         return out
 
-    def outage(self, seconds: float | None, kind: str = "503", *, start_in: float = 0.0,
-               after: Callable[[Request], bool] | None = None, **match) -> Rule:
+    def outage(
+        self,
+        seconds: float | None,
+        kind: str = "503",
+        *,
+        start_in: float = 0.0,
+        after: Callable[[Request], bool] | None = None,
+        **match,
+    ) -> Rule:
         """Every matching request fails for ``seconds`` (None: until cleared), from now, or
         from ``start_in`` seconds on, or from the first request for which ``after`` is true
         (that request itself is forwarded)."""
-        return self.add_rule(kind, 1.0, seconds=seconds, start_in=start_in, trigger=after,
-                             name=f"outage-{kind}", **match)
+        return self.add_rule(
+            kind,
+            1.0,
+            seconds=seconds,
+            start_in=start_in,
+            trigger=after,
+            name=f"outage-{kind}",
+            **match,
+        )
 
     def clear(self) -> None:
         """No more faults (also ends a refusing outage now)."""
@@ -235,22 +282,41 @@ class S3FaultProxy:
                 self._reopen()
 
     # ------------------------------------------------------------------------------ counts
-    def count(self, outcome: str | None = None, *, method: str | None = None,
-              path_contains: str | None = None, since: float | None = None,
-              until: float | None = None) -> int:
-        return len(self.entries(outcome, method=method, path_contains=path_contains,
-                                since=since, until=until))
+    def count(
+        self,
+        outcome: str | None = None,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> int:
+        return len(
+            self.entries(
+                outcome, method=method, path_contains=path_contains, since=since, until=until
+            )
+        )
 
-    def entries(self, outcome: str | None = None, *, method: str | None = None,
-                path_contains: str | None = None, since: float | None = None,
-                until: float | None = None) -> list[LogEntry]:
+    def entries(
+        self,
+        outcome: str | None = None,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[LogEntry]:
         with self._lock:
             log = list(self.log)
-        return [e for e in log
-                if (outcome is None or e.outcome == outcome)
-                and (method is None or e.method == method)
-                and (path_contains is None or path_contains in e.path)
-                and (since is None or e.t >= since) and (until is None or e.t < until)]
+        return [
+            e
+            for e in log
+            if (outcome is None or e.outcome == outcome)
+            and (method is None or e.method == method)
+            and (path_contains is None or path_contains in e.path)
+            and (since is None or e.t >= since)
+            and (until is None or e.t < until)
+        ]
 
     @property
     def injected(self) -> int:
@@ -324,8 +390,9 @@ class S3FaultProxy:
             conn.settimeout(60)
             with self._lock:
                 self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="s3-fault-proxy-conn").start()
+            threading.Thread(
+                target=self._serve, args=(conn,), daemon=True, name="s3-fault-proxy-conn"
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:  # noqa: C901 - a test proxy: one branch per fault it plays
         upstream: http.client.HTTPConnection | None = None
@@ -346,17 +413,28 @@ class S3FaultProxy:
                     self._record(req, kind, 503 if kind == "503" else None, rule)
                     if kind == "503":  # a HEAD answer has no body (its length is declared)
                         body_503 = b"" if req.method == "HEAD" else _SLOWDOWN
-                        conn.sendall(self._response(503, "Slow Down", body_503, {
-                            "Content-Type": "application/xml", "x-amz-request-id": "FAULTPROXY"},
-                            length=len(_SLOWDOWN)))
+                        conn.sendall(
+                            self._response(
+                                503,
+                                "Slow Down",
+                                body_503,
+                                {
+                                    "Content-Type": "application/xml",
+                                    "x-amz-request-id": "FAULTPROXY",
+                                },
+                                length=len(_SLOWDOWN),
+                            )
+                        )
                         continue
                     raise _Reset
                 try:
                     if upstream is None:
-                        upstream = http.client.HTTPConnection(self.upstream_host,
-                                                              self.upstream_port, timeout=60)
-                    status, reason, out_headers, data = self._forward(upstream, method, target,
-                                                                      headers, body)
+                        upstream = http.client.HTTPConnection(
+                            self.upstream_host, self.upstream_port, timeout=60
+                        )
+                    status, reason, out_headers, data = self._forward(
+                        upstream, method, target, headers, body
+                    )
                 except (OSError, http.client.HTTPException):
                     if upstream is not None:
                         upstream.close()
@@ -371,9 +449,17 @@ class S3FaultProxy:
                     data_out = b""
                 else:
                     data_out = data
-                conn.sendall(self._response(status, reason, data_out, out_headers,
-                                            length=len(data) if method.upper() != "HEAD"
-                                            else out_headers.get("Content-Length")))
+                conn.sendall(
+                    self._response(
+                        status,
+                        reason,
+                        data_out,
+                        out_headers,
+                        length=len(data)
+                        if method.upper() != "HEAD"
+                        else out_headers.get("Content-Length"),
+                    )
+                )
                 if headers.get("connection", "").lower() == "close":
                     return
         except _Reset:
@@ -414,8 +500,7 @@ class S3FaultProxy:
                 if not (rule.active(now) and rule.matches(req)):
                     continue
                 rule.seen += 1
-                if (rule.seen % rule.every == 0 if rule.every
-                        else self._rng.random() < rule.rate):
+                if rule.seen % rule.every == 0 if rule.every else self._rng.random() < rule.rate:
                     rule.injected += 1
                     return rule.kind, rule
             for rule in fired:  # starts after this (forwarded) request
@@ -428,8 +513,17 @@ class S3FaultProxy:
 
     def _record(self, req: Request, outcome: str, status: int | None, rule: Rule | None) -> None:
         with self._lock:
-            self.log.append(LogEntry(time.monotonic(), req.method, req.path, req.query, outcome,
-                                     status, rule.name if rule else ""))
+            self.log.append(
+                LogEntry(
+                    time.monotonic(),
+                    req.method,
+                    req.path,
+                    req.query,
+                    outcome,
+                    status,
+                    rule.name if rule else "",
+                )
+            )
 
     # ---------------------------------------------------------------------------- HTTP/1.1
     @staticmethod
@@ -472,8 +566,9 @@ class S3FaultProxy:
         return reader.read(n) if n else b""
 
     @staticmethod
-    def _forward(upstream: http.client.HTTPConnection, method: str, target: str,
-                 headers: dict, body: bytes):
+    def _forward(
+        upstream: http.client.HTTPConnection, method: str, target: str, headers: dict, body: bytes
+    ):
         upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         for name, value in headers["__order__"]:
             low = name.lower()
@@ -485,8 +580,11 @@ class S3FaultProxy:
         upstream.endheaders(body if body else None)
         resp = upstream.getresponse()
         data = resp.read()
-        out = {k: v for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP
-               and k.lower() != "content-length"}
+        out = {
+            k: v
+            for k, v in resp.getheaders()
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
+        }
         if method.upper() == "HEAD":
             length = resp.getheader("Content-Length")
             if length is not None:
@@ -494,8 +592,9 @@ class S3FaultProxy:
         return resp.status, resp.reason, out, data
 
     @staticmethod
-    def _response(status: int, reason: str, data: bytes, headers: dict,
-                  length: int | str | None = None) -> bytes:
+    def _response(
+        status: int, reason: str, data: bytes, headers: dict, length: int | str | None = None
+    ) -> bytes:
         lines = [f"HTTP/1.1 {status} {reason}"]
         for k, v in headers.items():
             if k.lower() != "content-length":

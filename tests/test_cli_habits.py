@@ -28,10 +28,16 @@ def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("habits")
     broken = root / "broken.jpg"
     broken.write_bytes(sample("coffee").read_bytes()[:2000])
-    path = write_job(root / "job.yaml", {
-        "input": ["pkg://stylize/samples/tubingen.jpg", str(broken)],
-        "styles": {"starry_night": "pkg://stylize/samples/starry_night.jpg"},
-        "output": str(root / "out"), "stylize": TINY, "ray": {"address": "inline"}})
+    path = write_job(
+        root / "job.yaml",
+        {
+            "input": ["pkg://stylize/samples/tubingen.jpg", str(broken)],
+            "styles": {"starry_night": "pkg://stylize/samples/starry_night.jpg"},
+            "output": str(root / "out"),
+            "stylize": TINY,
+            "ray": {"address": "inline"},
+        },
+    )
     return path, root / "out"
 
 
@@ -78,8 +84,11 @@ def test_status_json_counts_what_the_run_did(job, first_run):
 def test_quiet_silences_progress_and_notices(job, first_run):
     code, out, err = run("run", str(job[0]))  # a resumed run still reports its progress
     assert code == 1 and "2/2 items" in err
-    for argv in (("run", "-q", str(job[0])), ("-q", "run", str(job[0])),
-                 ("run", str(job[0]), "--quiet")):
+    for argv in (
+        ("run", "-q", str(job[0])),
+        ("-q", "run", str(job[0])),
+        ("run", str(job[0]), "--quiet"),
+    ):
         code, out, err = run(*argv)
         assert code == 1 and err == "", argv
         assert "nothing recomputed" in out  # the result stays on stdout
@@ -97,14 +106,23 @@ def test_verbose_shows_the_resolved_job(job, first_run):
 
 
 def test_three_mistakes_three_lines(tmp_path):
-    path = write_job(tmp_path / "bad.yaml", {
-        "input": ["a.jpg"], "styles": ["b.jpg"], "output": str(tmp_path / "out"),
-        "shard_sise": 2, "ray": {"num_workers": 0}, "output_format": "gif"})
+    path = write_job(
+        tmp_path / "bad.yaml",
+        {
+            "input": ["a.jpg"],
+            "styles": ["b.jpg"],
+            "output": str(tmp_path / "out"),
+            "shard_sise": 2,
+            "ray": {"num_workers": 0},
+            "output_format": "gif",
+        },
+    )
     code, out, err = run("run", str(path))
     assert code == 2 and out == ""
     lines = err.splitlines()
-    assert len(lines) == 3 and all(ln.startswith(f"stylize run: error: {path}: ")
-                                   for ln in lines), err
+    assert len(lines) == 3 and all(
+        ln.startswith(f"stylize run: error: {path}: ") for ln in lines
+    ), err
     assert any("did you mean 'shard_size'?" in ln for ln in lines)
     code, out, _ = run("run", str(path), "--json")
     assert code == 2 and json.loads(out)["exit_code"] == 2

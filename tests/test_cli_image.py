@@ -41,12 +41,39 @@ def test_writes_a_decodable_image_of_the_requested_size(tmp_path, capsys, name):
 
 def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
     out = tmp_path / "blend.png"
-    rc, _, err = run(capsys, "--content", CONTENT, "--style", STYLE,
-                     "--style", str(SAMPLES / "the_scream.jpg"), "--style-weights", "0.7", "0.3",
-                     "-o", str(out), "--preset", "fast", "--init", "content", "--pooling", "avg",
-                     "--content-weight", "2", "--tv-weight", "0.1", "--scales", "0.5,1.0",
-                     "--preserve-colors", "luminance", "--save-every", "2", "--bit-depth", "16",
-                     *FAST)
+    rc, _, err = run(
+        capsys,
+        "--content",
+        CONTENT,
+        "--style",
+        STYLE,
+        "--style",
+        str(SAMPLES / "the_scream.jpg"),
+        "--style-weights",
+        "0.7",
+        "0.3",
+        "-o",
+        str(out),
+        "--preset",
+        "fast",
+        "--init",
+        "content",
+        "--pooling",
+        "avg",
+        "--content-weight",
+        "2",
+        "--tv-weight",
+        "0.1",
+        "--scales",
+        "0.5,1.0",
+        "--preserve-colors",
+        "luminance",
+        "--save-every",
+        "2",
+        "--bit-depth",
+        "16",
+        *FAST,
+    )
     assert rc == 0, err
     assert out.read_bytes()[24] == 16  # PNG IHDR bit depth
     assert decode_image(out.read_bytes()).size == (40, 30)
@@ -56,9 +83,22 @@ def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
 
 def test_style_loss_and_a_scale_schedule(tmp_path, capsys):
     out = tmp_path / "w2.png"
-    rc, stdout, err = run(capsys, "--content", CONTENT, "--style", STYLE, "-o", str(out),
-                          "--style-loss", "wasserstein2", "--scales", "20:2,40:3",
-                          "--save-every", "1", *FAST)
+    rc, stdout, err = run(
+        capsys,
+        "--content",
+        CONTENT,
+        "--style",
+        STYLE,
+        "-o",
+        str(out),
+        "--style-loss",
+        "wasserstein2",
+        "--scales",
+        "20:2,40:3",
+        "--save-every",
+        "1",
+        *FAST,
+    )
     assert rc == 0, err
     assert decode_image(out.read_bytes()).size == (40, 30)
     assert "5 iterations" in stdout  # 2 at 20 px, then 3 at 40 px (not --iterations 3 each)
@@ -80,8 +120,20 @@ def test_weights_from_an_fsspec_url(tmp_path, capsys):
     with fsspec.open("memory://weights/vgg19.pth", "wb") as f:
         f.write(buf.getvalue())
     out = tmp_path / "o.png"
-    rc, _, err = run(capsys, "--content", CONTENT, "--style", STYLE, "-o", str(out),
-                     "--weights", "memory://weights/vgg19.pth", "--preprocessing", "caffe", *FAST)
+    rc, _, err = run(
+        capsys,
+        "--content",
+        CONTENT,
+        "--style",
+        STYLE,
+        "-o",
+        str(out),
+        "--weights",
+        "memory://weights/vgg19.pth",
+        "--preprocessing",
+        "caffe",
+        *FAST,
+    )
     assert rc == 0, err
     assert decode_image(out.read_bytes()).size == (40, 30)
 
@@ -89,17 +141,35 @@ def test_weights_from_an_fsspec_url(tmp_path, capsys):
 def test_urls_in_and_out_through_fsspec(capsys):
     fs = fsspec.filesystem("memory")
     fs.pipe("/cli-in/tubingen.jpg", Path(CONTENT).read_bytes())
-    rc, stdout, err = run(capsys, "--content", "memory://cli-in/tubingen.jpg",
-                          "--style", "pkg://stylize/samples/starry_night.jpg",
-                          "-o", "memory://cli-out/o.png", "--save-every", "2", *FAST)
+    rc, stdout, err = run(
+        capsys,
+        "--content",
+        "memory://cli-in/tubingen.jpg",
+        "--style",
+        "pkg://stylize/samples/starry_night.jpg",
+        "-o",
+        "memory://cli-out/o.png",
+        "--save-every",
+        "2",
+        *FAST,
+    )
     assert rc == 0, err
     assert decode_image(fs.cat("/cli-out/o.png")).size == (40, 30)
     assert fs.exists("/cli-out/o_00002.png") and "wrote memory://cli-out/o.png" in stdout
 
 
 def test_the_engine_alone_reads_local_paths_only(tmp_path, capsys):
-    rc = engine_only_main(["--content", "memory://cli-in/x.jpg", "--style", STYLE,
-                           "-o", str(tmp_path / "o.png"), *FAST])
+    rc = engine_only_main(
+        [
+            "--content",
+            "memory://cli-in/x.jpg",
+            "--style",
+            STYLE,
+            "-o",
+            str(tmp_path / "o.png"),
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "URLs are read by the `stylize image` command" in err
     assert len(err.splitlines()) == 1
@@ -107,8 +177,9 @@ def test_the_engine_alone_reads_local_paths_only(tmp_path, capsys):
 
 def test_an_output_that_cannot_be_written_exits_3_and_leaves_nothing(tmp_path, capsys):
     (tmp_path / "out.png").mkdir()  # the work is done, then the rename onto it fails
-    rc, _, err = run(capsys, "--content", CONTENT, "--style", STYLE,
-                     "-o", str(tmp_path / "out.png"), *FAST)
+    rc, _, err = run(
+        capsys, "--content", CONTENT, "--style", STYLE, "-o", str(tmp_path / "out.png"), *FAST
+    )
     assert rc == 3 and "cannot write" in err and len(err.splitlines()) == 1, err
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
@@ -123,38 +194,62 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     return {"text": text, "truncated": truncated, "empty": empty}
 
 
-@pytest.mark.parametrize("case, args, message", [
-    ("missing", ["--content", "{tmp}/nope.jpg"], "nope.jpg: cannot read file"),
-    ("text", ["--content", "{text}"], "notes.jpg: not an image"),
-    ("truncated", ["--content", "{truncated}"], "cut.jpg: truncated or corrupt"),
-    ("empty", ["--style", "{empty}"], "empty.png: empty file"),
-    ("init", ["--init", "{text}"], "notes.jpg: not an image"),
-    ("optimizer", ["--optimizer", "sgd"], "--optimizer: 'sgd' is not allowed; allowed: lbfgs, adam"),
-    ("pooling", ["--pooling", "median"], "--pooling: 'median' is not allowed; allowed: max, avg"),
-    ("preset", ["--preset", "monet"], "allowed: gatys2016, neural-style, fast"),
-    ("colors", ["--preserve-colors", "sepia"], "allowed: none, luminance, histogram"),
-    ("size", ["--size", "big"], "--size: expected an integer"),
-    ("negative", ["--style-weight", "-1"], "--style-weight: must be >= 0"),
-    ("layer", ["--style-layers", "relu9_1"], "--style-layers: unknown layer 'relu9_1'"),
-    ("scales", ["--scales", "1.0,0.5"], "--scales: increasing fractions"),
-    ("pairs", ["--scales", "40:2,20:3"], "--scales: [side, iterations] pairs need increasing"),
-    ("lastside", ["--scales", "20:2,30:3"], "--scales: the last side (30) is the output's, but "
-     "size is 40"),
-    ("styleloss", ["--style-loss", "sliced"],
-     "--style-loss: 'sliced' is not allowed; allowed: gram, wasserstein2, mean_std"),
-    ("device", ["--device", "cuda"], "--device: cuda is not available"),
-    ("weights", ["--weights", "{tmp}/none.pth"], "none.pth"),
-    ("format", ["-o", "{tmp}/out.gif"], "--output: "),
-    ("folder", ["-o", "{tmp}/no/such/dir/out.png"], "does not exist or is not writable"),
-    ("bitdepth", ["-o", "{tmp}/out.jpg", "--bit-depth", "16"],
-     "--bit-depth: 16 is only for png, tiff, not jpeg"),
-    ("bitdepth12", ["--bit-depth", "12"], "invalid choice: 12 (choose from 8, 16)"),
-    ("quality", ["-o", "{tmp}/out.jpg", "--quality", "0"], "--quality: 1 to 100, got 0"),
-    ("url", ["--content", "memory://nope/none.jpg"], "--content memory://nope/none.jpg: cannot"),
-    ("scheme", ["--style", "nosuch://b/s.jpg"], "--style nosuch://b/s.jpg: cannot read"),
-    ("blend", ["--style-weights", "1", "2"], "--style-weights: 2 weights for 1 --style"),
-    ("unknown", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
-])
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        ("missing", ["--content", "{tmp}/nope.jpg"], "nope.jpg: cannot read file"),
+        ("text", ["--content", "{text}"], "notes.jpg: not an image"),
+        ("truncated", ["--content", "{truncated}"], "cut.jpg: truncated or corrupt"),
+        ("empty", ["--style", "{empty}"], "empty.png: empty file"),
+        ("init", ["--init", "{text}"], "notes.jpg: not an image"),
+        (
+            "optimizer",
+            ["--optimizer", "sgd"],
+            "--optimizer: 'sgd' is not allowed; allowed: lbfgs, adam",
+        ),
+        (
+            "pooling",
+            ["--pooling", "median"],
+            "--pooling: 'median' is not allowed; allowed: max, avg",
+        ),
+        ("preset", ["--preset", "monet"], "allowed: gatys2016, neural-style, fast"),
+        ("colors", ["--preserve-colors", "sepia"], "allowed: none, luminance, histogram"),
+        ("size", ["--size", "big"], "--size: expected an integer"),
+        ("negative", ["--style-weight", "-1"], "--style-weight: must be >= 0"),
+        ("layer", ["--style-layers", "relu9_1"], "--style-layers: unknown layer 'relu9_1'"),
+        ("scales", ["--scales", "1.0,0.5"], "--scales: increasing fractions"),
+        ("pairs", ["--scales", "40:2,20:3"], "--scales: [side, iterations] pairs need increasing"),
+        (
+            "lastside",
+            ["--scales", "20:2,30:3"],
+            "--scales: the last side (30) is the output's, but size is 40",
+        ),
+        (
+            "styleloss",
+            ["--style-loss", "sliced"],
+            "--style-loss: 'sliced' is not allowed; allowed: gram, wasserstein2, mean_std",
+        ),
+        ("device", ["--device", "cuda"], "--device: cuda is not available"),
+        ("weights", ["--weights", "{tmp}/none.pth"], "none.pth"),
+        ("format", ["-o", "{tmp}/out.gif"], "--output: "),
+        ("folder", ["-o", "{tmp}/no/such/dir/out.png"], "does not exist or is not writable"),
+        (
+            "bitdepth",
+            ["-o", "{tmp}/out.jpg", "--bit-depth", "16"],
+            "--bit-depth: 16 is only for png, tiff, not jpeg",
+        ),
+        ("bitdepth12", ["--bit-depth", "12"], "invalid choice: 12 (choose from 8, 16)"),
+        ("quality", ["-o", "{tmp}/out.jpg", "--quality", "0"], "--quality: 1 to 100, got 0"),
+        (
+            "url",
+            ["--content", "memory://nope/none.jpg"],
+            "--content memory://nope/none.jpg: cannot",
+        ),
+        ("scheme", ["--style", "nosuch://b/s.jpg"], "--style nosuch://b/s.jpg: cannot read"),
+        ("blend", ["--style-weights", "1", "2"], "--style-weights: 2 weights for 1 --style"),
+        ("unknown", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, case, args, message):
     if case == "device":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from engine_helpers import (  # noqa: F401 (fixtures)
-    engines, per_image_features, reuse_caffe_weights, sample, sample_exact)
+    engines,
+    per_image_features,
+    reuse_caffe_weights,
+    sample,
+    sample_exact,
+)
 from stylize import color
 from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer
@@ -21,6 +26,7 @@ def _pixels(seed: int, shape=(3, 8, 10)) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ the maths
+
 
 def test_yiq_round_trip():
     x = _pixels(0, (2, 3, 5, 7))
@@ -69,12 +75,14 @@ def test_match_histogram_takes_the_contents_mean_and_covariance():
     torch.testing.assert_close(flat_out.mean(1), flat_c.mean(1), rtol=0, atol=0.05)
     torch.testing.assert_close(torch.cov(flat_out), torch.cov(flat_c), rtol=0.01, atol=0.5)
     # The structure is the style's: the new colours are an affine map of the old ones.
-    corr = torch.corrcoef(torch.stack([color.luminance(out)[0].flatten(),
-                                       color.luminance(style)[0].flatten()]))[0, 1]
+    corr = torch.corrcoef(
+        torch.stack([color.luminance(out)[0].flatten(), color.luminance(style)[0].flatten()])
+    )[0, 1]
     assert corr > 0.8
 
 
 # ------------------------------------------------------------------------------ the engine
+
 
 def test_luminance_mode_keeps_the_contents_chroma(engines):
     content = sample_exact("chelsea", H, W)
@@ -103,8 +111,9 @@ def test_histogram_mode_keeps_the_contents_colours(engines):
 def test_colour_targets_are_per_image_in_a_batch(mode):
     """With colour preservation the style targets depend on each content: two contents
     sharing a style in one batch get the same results as each alone."""
-    st = Stylizer(resolve_config(device="cpu", init="content", iterations=5, size=32,
-                                 preserve_colors=mode))
+    st = Stylizer(
+        resolve_config(device="cpu", init="content", iterations=5, size=32, preserve_colors=mode)
+    )
     per_image_features(st)
     contents = [sample_exact("chelsea", H, W), sample_exact("tubingen", H, W)]
     style = Style("starry", (sample("starry_night", 64),))

@@ -7,8 +7,17 @@ import pytest
 from pydantic import ValidationError
 
 from stylize import config
-from stylize.config import (OPTIMIZERS, POOLINGS, PRESERVE_COLORS, PRESETS, STYLE_LOSSES,
-                            ConfigError, StyleConfig, config_from_mapping, resolve_config)
+from stylize.config import (
+    OPTIMIZERS,
+    POOLINGS,
+    PRESERVE_COLORS,
+    PRESETS,
+    STYLE_LOSSES,
+    ConfigError,
+    StyleConfig,
+    config_from_mapping,
+    resolve_config,
+)
 from stylize.losses import layer_weights
 from stylize.model import TAP_NAMES
 
@@ -16,6 +25,7 @@ GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
 # ---------------------------------------------------------------------------------- presets
+
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_resolves(name):
@@ -80,7 +90,8 @@ def test_neural_style_preset_per_layer_weights_match_neural_style():
     style = layer_weights(cfg.style_layers, cfg.style_layer_weights)
     assert {k: cfg.content_weight * w for k, w in content.items()} == {"relu4_2": 5.0}
     assert {k: cfg.style_weight * w for k, w in style.items()} == {
-        k: pytest.approx(100.0) for k in GATYS_STYLE_LAYERS}
+        k: pytest.approx(100.0) for k in GATYS_STYLE_LAYERS
+    }
 
 
 def test_fast_preset_values():
@@ -103,8 +114,13 @@ def test_none_override_keeps_the_preset_value():
 
 
 def test_string_values_are_coerced():
-    cfg = resolve_config(size="64", style_weight="1e4", early_stopping="yes",
-                         style_layers="relu1_1, relu2_1", scales="0.5 1.0")
+    cfg = resolve_config(
+        size="64",
+        style_weight="1e4",
+        early_stopping="yes",
+        style_layers="relu1_1, relu2_1",
+        scales="0.5 1.0",
+    )
     assert cfg.size == 64 and cfg.style_weight == 1e4 and cfg.early_stopping is True
     assert cfg.style_layers == ("relu1_1", "relu2_1")
     assert cfg.scales == (0.5, 1.0)
@@ -130,16 +146,20 @@ def test_config_is_frozen():
 
 # ----------------------------------------------------------------------------- bad values
 
-@pytest.mark.parametrize("option, value, allowed", [
-    ("optimizer", "sgd", OPTIMIZERS),
-    ("pooling", "min", POOLINGS),
-    ("preserve_colors", "yes", PRESERVE_COLORS),
-    ("precision", "fp8", config.PRECISIONS),
-    ("device", "tpu", config.DEVICES),
-    ("style_layers", ("relu9_1",), TAP_NAMES),
-    ("content_layers", ("fc7",), TAP_NAMES),
-    ("style_loss", "sliced", STYLE_LOSSES),
-])
+
+@pytest.mark.parametrize(
+    "option, value, allowed",
+    [
+        ("optimizer", "sgd", OPTIMIZERS),
+        ("pooling", "min", POOLINGS),
+        ("preserve_colors", "yes", PRESERVE_COLORS),
+        ("precision", "fp8", config.PRECISIONS),
+        ("device", "tpu", config.DEVICES),
+        ("style_layers", ("relu9_1",), TAP_NAMES),
+        ("content_layers", ("fc7",), TAP_NAMES),
+        ("style_loss", "sliced", STYLE_LOSSES),
+    ],
+)
 def test_bad_choice_names_the_option_and_lists_the_allowed_values(option, value, allowed):
     with pytest.raises(ConfigError) as err:
         resolve_config(**{option: value})
@@ -168,8 +188,9 @@ def test_unknown_key_in_a_mapping_is_an_error():
         config_from_mapping({"preset": "fast", "iteration": 3})
 
 
-@pytest.mark.parametrize("option", ["content_weight", "style_weight", "tv_weight",
-                                    "tolerance", "noise_scale"])
+@pytest.mark.parametrize(
+    "option", ["content_weight", "style_weight", "tv_weight", "tolerance", "noise_scale"]
+)
 def test_negative_weights_are_refused(option):
     with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')}: must be >= 0"):
         resolve_config(**{option: -1})
@@ -182,9 +203,17 @@ def test_bad_scales(scales):
         resolve_config(scales=scales)
 
 
-@pytest.mark.parametrize("value", [
-    ((256, 400), (512, 150)), [[256, 400], [512, 150]], "256:400,512:150", "256:400 512:150",
-    "[[256, 400], [512, 150]]", [["256", "400"], [512.0, 150]]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        ((256, 400), (512, 150)),
+        [[256, 400], [512, 150]],
+        "256:400,512:150",
+        "256:400 512:150",
+        "[[256, 400], [512, 150]]",
+        [["256", "400"], [512.0, 150]],
+    ],
+)
 def test_scales_as_side_and_iterations_pairs(value):
     cfg = resolve_config(scales=value)
     assert cfg.scales == ((256, 400), (512, 150))
@@ -212,17 +241,20 @@ def test_fractions_keep_their_form_and_meaning():
     assert cfg.to_dict()["scales"] == [0.25, 0.5, 1.0]
 
 
-@pytest.mark.parametrize("value, message", [
-    ([[512, 1], [256, 2]], "increasing sides"),
-    ([[256, 1], [256, 2]], "increasing sides"),
-    ([[8, 1], [512, 2]], "sides >= 16 pixels and iterations >= 1"),
-    ([[256, 0], [512, 2]], "sides >= 16 pixels and iterations >= 1"),
-    ([[256, 4], 1.0], "or [side, iterations] pairs"),
-    ([[256, 4, 2]], "or [side, iterations] pairs"),
-    ([[256.5, 4]], "or [side, iterations] pairs"),
-    ("256:x,512:2", "or [side, iterations] pairs"),
-    ("[[256, 4]", "or [side, iterations] pairs"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([[512, 1], [256, 2]], "increasing sides"),
+        ([[256, 1], [256, 2]], "increasing sides"),
+        ([[8, 1], [512, 2]], "sides >= 16 pixels and iterations >= 1"),
+        ([[256, 0], [512, 2]], "sides >= 16 pixels and iterations >= 1"),
+        ([[256, 4], 1.0], "or [side, iterations] pairs"),
+        ([[256, 4, 2]], "or [side, iterations] pairs"),
+        ([[256.5, 4]], "or [side, iterations] pairs"),
+        ("256:x,512:2", "or [side, iterations] pairs"),
+        ("[[256, 4]", "or [side, iterations] pairs"),
+    ],
+)
 def test_bad_scale_pairs_are_one_line_naming_scales(value, message):
     with pytest.raises(ConfigError) as err:
         resolve_config(scales=value)
@@ -230,11 +262,22 @@ def test_bad_scale_pairs_are_one_line_naming_scales(value, message):
     assert "\n" not in text and text.startswith("--scales: ") and message in text
 
 
-@pytest.mark.parametrize("option, value", [
-    ("size", 8), ("size", "big"), ("iterations", 0), ("history_size", 0), ("window", 0),
-    ("style_scale", 0), ("lr", 0), ("batch_size", -1), ("log_every", 0),
-    ("early_stopping", "maybe"), ("iterations", 2.5),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("size", 8),
+        ("size", "big"),
+        ("iterations", 0),
+        ("history_size", 0),
+        ("window", 0),
+        ("style_scale", 0),
+        ("lr", 0),
+        ("batch_size", -1),
+        ("log_every", 0),
+        ("early_stopping", "maybe"),
+        ("iterations", 2.5),
+    ],
+)
 def test_bad_numbers_name_the_option(option, value):
     with pytest.raises(ConfigError, match=f"^--{option.replace('_', '-')}:"):
         resolve_config(**{option: value})
@@ -245,7 +288,9 @@ def test_layer_weights_must_match_the_layers():
         resolve_config(style_layer_weights=(1.0, 2.0))
     cfg = resolve_config(style_layers=("relu1_1", "relu2_1"), style_layer_weights=(1, 3))
     assert layer_weights(cfg.style_layers, cfg.style_layer_weights) == {
-        "relu1_1": 1.0, "relu2_1": 3.0}
+        "relu1_1": 1.0,
+        "relu2_1": 3.0,
+    }
 
 
 def test_replace_validates():

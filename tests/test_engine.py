@@ -12,8 +12,16 @@ import torch
 from PIL import Image
 
 from engine_helpers import (  # noqa: F401 (fixtures)
-    GRAM_LAYERS, engines, gram_distance, per_image_features, reuse_caffe_weights, sample,
-    sample_exact, sample_path, w2_distance)
+    GRAM_LAYERS,
+    engines,
+    gram_distance,
+    per_image_features,
+    reuse_caffe_weights,
+    sample,
+    sample_exact,
+    sample_path,
+    w2_distance,
+)
 from stylize.canvas import start_noise
 from stylize.config import STYLE_LOSSES, resolve_config
 from stylize.api import stylize
@@ -35,9 +43,11 @@ def starry() -> Style:
 def batch_inputs() -> tuple[list[torch.Tensor], list[Style]]:
     """Three contents of one size, three styles of three different sizes and aspects."""
     contents = [sample_exact(n, H, W) for n in ("tubingen", "chelsea", "coffee")]
-    styles = [Style("starry_night", (sample("starry_night", 64),)),   # 64 x 40, landscape
-              Style("the_scream", (sample("the_scream", 80),)),       # 63 x 80, portrait
-              Style("shipwreck", (sample("shipwreck", 48),))]         # 48 x 33
+    styles = [
+        Style("starry_night", (sample("starry_night", 64),)),  # 64 x 40, landscape
+        Style("the_scream", (sample("the_scream", 80),)),  # 63 x 80, portrait
+        Style("shipwreck", (sample("shipwreck", 48),)),
+    ]  # 48 x 33
     return contents, styles
 
 
@@ -53,8 +63,10 @@ class Recorder:
 
 # ------------------------------------------------------------------------------ the loss
 
-@pytest.mark.parametrize("optimizer, init", [("lbfgs", "content"), ("adam", "content"),
-                                             ("adam", "noise")])
+
+@pytest.mark.parametrize(
+    "optimizer, init", [("lbfgs", "content"), ("adam", "content"), ("adam", "noise")]
+)
 def test_loss_decreases(engines, starry, optimizer, init):
     st = engines(optimizer=optimizer, init=init, iterations=15, size=32)
     rec = Recorder()
@@ -65,7 +77,8 @@ def test_loss_decreases(engines, starry, optimizer, init):
     assert result.total_loss < 0.4 * initial
     assert result.total_loss == pytest.approx(
         st.cfg.content_weight * result.content_loss + st.cfg.style_weight * result.style_loss,
-        rel=1e-4)
+        rel=1e-4,
+    )
 
 
 def test_lbfgs_loss_decreases_from_noise_for_every_seed(engines, starry):
@@ -116,7 +129,8 @@ def test_every_style_loss_lowers_its_loss_and_reports_it(engines, starry, kind):
     assert result.style_loss > 0 and result.total_loss < rec.steps[0].losses[0]
     assert result.total_loss == pytest.approx(
         st.cfg.content_weight * result.content_loss + st.cfg.style_weight * result.style_loss,
-        rel=1e-4)
+        rel=1e-4,
+    )
 
 
 def test_style_targets_are_cached_per_style_loss(engines, starry):
@@ -155,6 +169,7 @@ def test_blended_gaussian_targets_are_the_pooled_features_moments(engines):
 
 # -------------------------------------------------------------------- batch independence
 
+
 def _alone_and_batched(st: Stylizer):
     contents, styles = batch_inputs()
     per_image_features(st)
@@ -170,11 +185,20 @@ def _assert_same(alone: list[ItemResult], batched: list[ItemResult]) -> None:
         assert b.total_loss == pytest.approx(a.total_loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("optimizer, kind", [("lbfgs", "gram"), ("adam", "gram"),
-                                             ("lbfgs", "wasserstein2")])
+@pytest.mark.parametrize(
+    "optimizer, kind", [("lbfgs", "gram"), ("adam", "gram"), ("lbfgs", "wasserstein2")]
+)
 def test_batch_of_three_equals_each_alone(optimizer, kind):
-    st = Stylizer(resolve_config(device="cpu", optimizer=optimizer, init="content",
-                                 iterations=10, size=32, style_loss=kind))
+    st = Stylizer(
+        resolve_config(
+            device="cpu",
+            optimizer=optimizer,
+            init="content",
+            iterations=10,
+            size=32,
+            style_loss=kind,
+        )
+    )
     alone, batched = _alone_and_batched(st)
     assert all(r.iterations == 10 for r in batched)
     _assert_same(alone, batched)
@@ -186,8 +210,18 @@ def test_batch_with_early_stopping_equals_each_alone():
     converged stay frozen, and each reports its own iteration count. The first image is its
     own style, so it starts at the optimum (zero gradient) and stops at once; the other two
     stop when their loss stalls (10% over 3 steps), at points of their own."""
-    st = Stylizer(resolve_config(device="cpu", init="content", iterations=30, size=32,
-                                 early_stopping=True, tolerance=0.1, window=3, log_every=1))
+    st = Stylizer(
+        resolve_config(
+            device="cpu",
+            init="content",
+            iterations=30,
+            size=32,
+            early_stopping=True,
+            tolerance=0.1,
+            window=3,
+            log_every=1,
+        )
+    )
     contents, styles = batch_inputs()
     contents[0] = sample_exact("the_scream", H, W)
     styles[0] = Style("itself", (contents[0],))
@@ -205,8 +239,18 @@ def test_stopped_images_leave_the_batch():
     """Early stopping saves work, not just iterations: once an image has stopped, the network
     runs on the others only (checked every ``window`` steps), and every image still comes
     back with its pixels, its loss and its own iteration count."""
-    st = Stylizer(resolve_config(device="cpu", init="content", iterations=12, size=32,
-                                 early_stopping=True, tolerance=1e-6, window=4, log_every=6))
+    st = Stylizer(
+        resolve_config(
+            device="cpu",
+            init="content",
+            iterations=12,
+            size=32,
+            early_stopping=True,
+            tolerance=1e-6,
+            window=4,
+            log_every=6,
+        )
+    )
     contents, styles = batch_inputs()
     contents[0] = sample_exact("the_scream", H, W)
     styles[0] = Style("itself", (contents[0],))  # at its optimum: its loss cannot fall
@@ -231,6 +275,7 @@ def test_stopped_images_leave_the_batch():
 
 
 # ---------------------------------------------------------------------------- the options
+
 
 def test_multiscale_returns_full_size_and_counts_every_scale(engines):
     st = engines(init="content", iterations=4, size=48, scales=(0.5, 1.0))
@@ -264,8 +309,10 @@ def test_a_scale_schedule_runs_each_scale_for_its_own_iterations(engines):
     by_scale = {}
     for s in rec.steps:
         by_scale.setdefault(s.scale, []).append((s.step, s.steps, tuple(s.pixels.shape), s.scales))
-    assert [max(v) for v in by_scale.values()] == [(3, 3, (1, 3, 16, 24), 2),
-                                                   (5, 5, (1, 3, 32, 48), 2)]
+    assert [max(v) for v in by_scale.values()] == [
+        (3, 3, (1, 3, 16, 24), 2),
+        (5, 5, (1, 3, 32, 48), 2),
+    ]
     # the same as the fractions 0.5, 1.0 when the iterations are equal; an override of the
     # call's iterations applies to every scale
     pairs = engines(init="content", size=48, scales="24:4,48:4")
@@ -284,8 +331,9 @@ def test_style_scale_changes_the_targets(engines, starry):
     # The style is seen at half the content's size: the same as a content of half the size.
     for layer, (g,) in full.style_targets(starry, 32).items():
         torch.testing.assert_close(grams_half[layer][0], g)
-    assert not torch.allclose(grams_half["relu3_1"][0],
-                              full.style_targets(starry, 64)["relu3_1"][0], rtol=1e-2)
+    assert not torch.allclose(
+        grams_half["relu3_1"][0], full.style_targets(starry, 64)["relu3_1"][0], rtol=1e-2
+    )
 
 
 def test_init_from_an_image_path(engines, tmp_path):
@@ -305,8 +353,15 @@ def test_noise_init_is_seeded_and_scaled(engines):
     style = Style("s", (sample("starry_night", 32),))
     outs = {}
     for seed in (0, 0, 1):
-        st = engines(init="noise", seed=seed, optimizer="adam", lr=1e-3, iterations=1,
-                     noise_scale=0.1, size=32)
+        st = engines(
+            init="noise",
+            seed=seed,
+            optimizer="adam",
+            lr=1e-3,
+            iterations=1,
+            noise_scale=0.1,
+            size=32,
+        )
         outs.setdefault(seed, []).append(st.stylize_batch([content], [style])[0].image)
     torch.testing.assert_close(outs[0][0], outs[0][1])
     assert (outs[0][0] - outs[1][0]).abs().mean() > 5
@@ -324,8 +379,7 @@ def test_blend_weights(engines):
     just_b = st.style_targets(Style("b", (b,)), 32)
     for layer in GRAM_LAYERS:
         torch.testing.assert_close(weighted[layer], first_only[layer])
-        torch.testing.assert_close(equal[layer][0],
-                                   (first_only[layer][0] + just_b[layer][0]) / 2)
+        torch.testing.assert_close(equal[layer][0], (first_only[layer][0] + just_b[layer][0]) / 2)
 
     content = sample_exact("tubingen", H, W)
     (r_weighted,) = st.stylize_batch([content], [Style("a,b 1:0", (a, b), (1.0, 0.0))])
@@ -369,12 +423,14 @@ def test_batch_needs_one_size_and_one_style_per_content(engines, starry):
     with pytest.raises(ValueError, match="styles"):
         st.stylize_batch([sample_exact("tubingen", H, W)], [starry, starry])
     with pytest.raises(ValueError, match="size"):
-        st.stylize_batch([sample_exact("tubingen", H, W), sample_exact("coffee", 16, 16)],
-                         [starry, starry])
+        st.stylize_batch(
+            [sample_exact("tubingen", H, W), sample_exact("coffee", 16, 16)], [starry, starry]
+        )
     assert st.stylize_batch([], []) == []
 
 
 # --------------------------------------------------------------------------- one-call API
+
 
 def test_stylize_pil_in_pil_out():
     content = decode_image(sample_path("tubingen"))  # 384 x 288
@@ -400,8 +456,13 @@ def test_stylize_tensor_in_tensor_out(engines):
 def test_stylize_callback_reports_progress(engines):
     st = engines(init="content", iterations=5, size=32)
     rec = Recorder()
-    stylize(sample("tubingen") / 255, sample("starry_night", 32) / 255, st.cfg,
-            stylizer=st, callback=rec)
+    stylize(
+        sample("tubingen") / 255,
+        sample("starry_night", 32) / 255,
+        st.cfg,
+        stylizer=st,
+        callback=rec,
+    )
     assert rec.steps and rec.steps[-1].step == 5
 
 
@@ -414,8 +475,9 @@ def test_stylize_with_a_stylizer_uses_its_size(engines, monkeypatch):
         return [ItemResult(contents[0], 0, 0.0, 0.0, 0.0, 0.0)]
 
     monkeypatch.setattr(st, "stylize_batch", spy)
-    out = stylize(decode_image(sample_path("tubingen")), decode_image(sample_path("coffee")),
-                  stylizer=st)
+    out = stylize(
+        decode_image(sample_path("tubingen")), decode_image(sample_path("coffee")), stylizer=st
+    )
     assert seen == [(3, 24, 32)]
     assert out.size == (32, 24)
 
@@ -433,6 +495,7 @@ def test_stylize_reused_stylizer_forgets_the_previous_style(engines):
 
 
 # --------------------------------------------------------------------------- out of memory
+
 
 def _oom_above(monkeypatch, limit: int) -> list[int]:
     """Make chunks of more than ``limit`` images fail as a GPU does; returns the chunk sizes."""
@@ -452,8 +515,7 @@ def _oom_above(monkeypatch, limit: int) -> list[int]:
 
 
 def test_out_of_memory_halves_the_chunk(monkeypatch, starry):
-    st = Stylizer(resolve_config(device="cpu", init="content", iterations=2, size=32,
-                                 batch_size=0))
+    st = Stylizer(resolve_config(device="cpu", init="content", iterations=2, size=32, batch_size=0))
     sizes = _oom_above(monkeypatch, 2)
     contents = [sample_exact(n, H, W) for n in ("tubingen", "chelsea", "coffee", "shipwreck")]
     results = st.stylize_batch(contents, [starry] * 4)
@@ -481,8 +543,7 @@ def test_out_of_memory_on_one_image_is_raised(monkeypatch, starry):
 
 
 def test_out_of_memory_halves_an_explicit_batch_size(monkeypatch, starry):
-    st = Stylizer(resolve_config(device="cpu", init="content", iterations=1, size=32,
-                                 batch_size=4))
+    st = Stylizer(resolve_config(device="cpu", init="content", iterations=1, size=32, batch_size=4))
     sizes = _oom_above(monkeypatch, 2)
     contents = [sample_exact("tubingen", H, W)] * 4
     assert len(st.stylize_batch(contents, [starry] * 4)) == 4

@@ -26,8 +26,11 @@ def _inputs():
 def test_per_call_options_give_what_an_engine_built_for_them_gives():
     loaded = Stylizer(resolve_config(**BASE))
     contents, styles = _inputs()
-    for change in ({"style_layers": ("relu1_1", "relu2_1")}, {"style_weight": 1e4},
-                   {"iterations": 3, "init": "noise", "seed": 3}):
+    for change in (
+        {"style_layers": ("relu1_1", "relu2_1")},
+        {"style_weight": 1e4},
+        {"iterations": 3, "init": "noise", "seed": 3},
+    ):
         opts = resolve_config(**{**BASE, **change})
         got = loaded.stylize_batch(contents, styles, options=opts)[0]
         want = Stylizer(opts).stylize_batch(contents, styles)[0]
@@ -64,8 +67,9 @@ def test_style_targets_are_an_lru_bounded_by_bytes():
     assert 0 < roomy.targets.nbytes <= roomy.targets.limit
 
 
-@pytest.mark.parametrize("precision, during", [("tf32", (True, True)), ("fp32", (False, False)),
-                                               ("bf16", (True, None))])
+@pytest.mark.parametrize(
+    "precision, during", [("tf32", (True, True)), ("fp32", (False, False)), ("bf16", (True, None))]
+)
 def test_tf32_flags_are_set_during_the_engines_calls_only(precision, during):
     """(matmul, cuDNN) TF32 flags while the engine works; None: the caller's, untouched."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
@@ -77,8 +81,11 @@ def test_tf32_flags_are_set_during_the_engines_calls_only(precision, during):
             assert (matmul.allow_tf32, cudnn.allow_tf32) == before  # built: as it was
             seen = []
             contents, styles = _inputs()
-            st.stylize_batch(contents, styles, callback=lambda info: seen.append(
-                (matmul.allow_tf32, cudnn.allow_tf32)))
+            st.stylize_batch(
+                contents,
+                styles,
+                callback=lambda info: seen.append((matmul.allow_tf32, cudnn.allow_tf32)),
+            )
             expected = tuple(b if d is None else d for d, b in zip(during, before))
             assert seen and all(s == expected for s in seen)
             assert (matmul.allow_tf32, cudnn.allow_tf32) == before  # restored

@@ -44,10 +44,13 @@ gpu = pytest.mark.gpu
 needs_device = pytest.mark.skipif(
     not (ON_GPU or DRY),
     reason="needs a CUDA GPU: run `bash infra/gpu-check.sh OUT` on a GPU machine "
-           "(GPU_CHECK_DEVICE=cpu runs these tests tiny on the CPU)")
+    "(GPU_CHECK_DEVICE=cpu runs these tests tiny on the CPU)",
+)
 needs_cuda = pytest.mark.skipif(
-    not ON_GPU, reason="needs a CUDA GPU (CUDA-only: TF32, torch.compile on the GPU, "
-                       "GPU memory); not part of the CPU dry mode")
+    not ON_GPU,
+    reason="needs a CUDA GPU (CUDA-only: TF32, torch.compile on the GPU, "
+    "GPU memory); not part of the CPU dry mode",
+)
 
 
 def px(n: int) -> int:
@@ -61,8 +64,13 @@ def steps(n: int) -> int:
 
 def record(test: str, **figures) -> dict:
     """One JSON line of figures: printed, and appended to $GPU_CHECK_JSONL if set."""
-    line = {"step": "pytest", "test": test, "device": DEVICE,
-            "device_name": torch.cuda.get_device_name() if ON_GPU else "cpu", **figures}
+    line = {
+        "step": "pytest",
+        "test": test,
+        "device": DEVICE,
+        "device_name": torch.cuda.get_device_name() if ON_GPU else "cpu",
+        **figures,
+    }
     text = json.dumps(line, default=str)
     print(text)
     path = os.environ.get("GPU_CHECK_JSONL")
@@ -140,6 +148,7 @@ def runs_compiled(engine: Stylizer) -> bool:
 
 # ------------------------------------------------------------------------------- precision
 
+
 @gpu
 @needs_device
 def test_precision_final_loss_vs_fp32(engine_for, style):
@@ -157,11 +166,17 @@ def test_precision_final_loss_vs_fp32(engine_for, style):
     scorer = engine_for(precision="fp32", size=size, iterations=iterations, batch_size=1)
     loss = {p: fp32_losses(scorer, r, images, style)[0] for p, (r, _) in runs.items()}
     ratio = {p: loss[p] / loss["fp32"] for p in precisions}
-    record("precision_final_loss_vs_fp32", size=size, iterations=iterations, init="noise",
-           fp32="strict (TF32 off)", final_loss=loss,
-           loss_ratio_vs_fp32={p: round(v, 5) for p, v in ratio.items()},
-           ms_per_iteration={p: round(1000 * s / iterations, 3) for p, (_, s) in runs.items()},
-           iterations_done={p: r[0].iterations for p, (r, _) in runs.items()})
+    record(
+        "precision_final_loss_vs_fp32",
+        size=size,
+        iterations=iterations,
+        init="noise",
+        fp32="strict (TF32 off)",
+        final_loss=loss,
+        loss_ratio_vs_fp32={p: round(v, 5) for p, v in ratio.items()},
+        ms_per_iteration={p: round(1000 * s / iterations, 3) for p, (_, s) in runs.items()},
+        iterations_done={p: r[0].iterations for p, (r, _) in runs.items()},
+    )
     assert all(math.isfinite(v) for v in loss.values())
     if ON_GPU:
         for p in precisions:
@@ -169,6 +184,7 @@ def test_precision_final_loss_vs_fp32(engine_for, style):
 
 
 # --------------------------------------------------------------------------------- compile
+
 
 @gpu
 @needs_cuda
@@ -180,39 +196,60 @@ def test_compiled_vs_eager(engine_for, style):
     size, iterations, n = 512, 20, 16
     images = contents(n, size)
     styles = [style] * n
-    opts = dict(precision="bf16", size=size, iterations=iterations, batch_size=0,
-                init="content", log_every=iterations)
+    opts = dict(
+        precision="bf16",
+        size=size,
+        iterations=iterations,
+        batch_size=0,
+        init="content",
+        log_every=iterations,
+    )
     figures = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         engine = engine_for(compile=compiled, **opts)
         g0 = graphs()
         _, warm = timed(engine, images, styles, iterations=3)
         results, seconds = timed(engine, images, styles)
-        figures[name] = dict(warmup_s=round(warm, 2), graphs=graphs() - g0,
-                             ms_per_image_iter=round(1000 * seconds / (n * iterations), 4),
-                             batch=engine.batch_limit((size, size)), results=results)
+        figures[name] = dict(
+            warmup_s=round(warm, 2),
+            graphs=graphs() - g0,
+            ms_per_image_iter=round(1000 * seconds / (n * iterations), 4),
+            batch=engine.batch_limit((size, size)),
+            results=results,
+        )
     engine = engine_for(compile=True, **opts)
     g0 = graphs()
     _, new_batch_s = timed(engine, images[:3], styles[:3], iterations=3)
     new_batch_graphs = graphs() - g0
     scorer = engine_for(precision="fp32", size=size, iterations=iterations, batch_size=1)
-    loss = {k: sum(fp32_losses(scorer, v.pop("results"), images, style)) / n
-            for k, v in figures.items()}
+    loss = {
+        k: sum(fp32_losses(scorer, v.pop("results"), images, style)) / n for k, v in figures.items()
+    }
     ratio = loss["compiled"] / loss["eager"]
-    record("compiled_vs_eager", size=size, images=n, iterations=iterations, precision="bf16",
-           eager=figures["eager"], compiled=figures["compiled"],
-           compiled_fell_back_to_eager=not runs_compiled(engine),
-           speedup=round(figures["eager"]["ms_per_image_iter"]
-                         / figures["compiled"]["ms_per_image_iter"], 3),
-           compile_s=round(figures["compiled"]["warmup_s"] - figures["eager"]["warmup_s"], 2),
-           loss_ratio_compiled_vs_eager=round(ratio, 5),
-           new_batch_size_3_graphs=new_batch_graphs, new_batch_size_3_s=round(new_batch_s, 2))
+    record(
+        "compiled_vs_eager",
+        size=size,
+        images=n,
+        iterations=iterations,
+        precision="bf16",
+        eager=figures["eager"],
+        compiled=figures["compiled"],
+        compiled_fell_back_to_eager=not runs_compiled(engine),
+        speedup=round(
+            figures["eager"]["ms_per_image_iter"] / figures["compiled"]["ms_per_image_iter"], 3
+        ),
+        compile_s=round(figures["compiled"]["warmup_s"] - figures["eager"]["warmup_s"], 2),
+        loss_ratio_compiled_vs_eager=round(ratio, 5),
+        new_batch_size_3_graphs=new_batch_graphs,
+        new_batch_size_3_s=round(new_batch_s, 2),
+    )
     assert runs_compiled(engine), "torch.compile fell back to eager"
     assert abs(ratio - 1) <= SHORT_RUN_TOLERANCE, f"compiled/eager final loss {ratio:.4f}"
     assert new_batch_graphs == 0, "a new batch size recompiled the network"
 
 
 # ---------------------------------------------------------------------------- channels-last
+
 
 @gpu
 @needs_device
@@ -232,8 +269,9 @@ def test_channels_last_vs_contiguous(reuse_caffe_weights, style):  # noqa: F811
     # Each image evaluated at another image's pixels: content and style terms both non-zero.
     point = torch.roll(content, 1, dims=0)
     precision = "bf16" if ON_GPU else "fp32"
-    cfg = resolve_config(device=DEVICE, precision=precision, size=size, iterations=1,
-                         batch_size=n, seed=0)
+    cfg = resolve_config(
+        device=DEVICE, precision=precision, size=size, iterations=1, batch_size=n, seed=0
+    )
     taps = tuple(dict.fromkeys(cfg.content_layers + cfg.style_layers))
     layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -266,8 +304,11 @@ def test_channels_last_vs_contiguous(reuse_caffe_weights, style):  # noqa: F811
         evaluate(engine)  # warm-up: cuDNN's algorithms for this layout
         runs[name] = evaluate(engine, repeats=5 if ON_GPU else 1)
         del engine
-    reference = Stylizer(resolve_config(device=DEVICE, precision="fp32", size=size, iterations=1,
-                                        batch_size=n, seed=0))
+    reference = Stylizer(
+        resolve_config(
+            device=DEVICE, precision="fp32", size=size, iterations=1, batch_size=n, seed=0
+        )
+    )
     ref_loss, ref_grad, _ = evaluate(reference)  # strict fp32 (TF32 off), channels-last on CUDA
     del reference
 
@@ -280,17 +321,24 @@ def test_channels_last_vs_contiguous(reuse_caffe_weights, style):  # noqa: F811
     cosine = float(torch.nn.functional.cosine_similarity(g_cl.flatten(1), g_ct.flatten(1)).min())
     loss_err = max(float(((r[0] - ref_loss).abs() / ref_loss.abs()).max()) for r in runs.values())
     grad_err = max(rel(r[1], ref_grad) for r in runs.values())
-    loss_bound = max(2.0 ** -8, loss_err) if ON_GPU else 1e-4  # fp32 on the CPU: 1e-6 apart
+    loss_bound = max(2.0**-8, loss_err) if ON_GPU else 1e-4  # fp32 on the CPU: 1e-6 apart
     grad_bound = max(0.02, grad_err) if ON_GPU else 1e-3
-    record("channels_last_vs_contiguous", size=size, images=n, precision=precision,
-           what="one evaluation (loss and input gradient) at the same input",
-           loss={k: [round(v, 6) for v in r[0].tolist()] for k, r in runs.items()},
-           loss_rel_diff=sig(loss_diff), loss_bound=sig(loss_bound),
-           grad_rel_diff=sig(grad_diff), grad_bound=sig(grad_bound),
-           grad_cosine=round(cosine, 6),
-           vs_strict_fp32={"loss_rel_err": sig(loss_err), "grad_rel_err": sig(grad_err)},
-           ms_per_image_evaluation={"channels_last": round(ms_cl, 4), "contiguous": round(ms_ct, 4)},
-           speedup_channels_last=round(ms_ct / ms_cl, 3) if ms_cl else None)
+    record(
+        "channels_last_vs_contiguous",
+        size=size,
+        images=n,
+        precision=precision,
+        what="one evaluation (loss and input gradient) at the same input",
+        loss={k: [round(v, 6) for v in r[0].tolist()] for k, r in runs.items()},
+        loss_rel_diff=sig(loss_diff),
+        loss_bound=sig(loss_bound),
+        grad_rel_diff=sig(grad_diff),
+        grad_bound=sig(grad_bound),
+        grad_cosine=round(cosine, 6),
+        vs_strict_fp32={"loss_rel_err": sig(loss_err), "grad_rel_err": sig(grad_err)},
+        ms_per_image_evaluation={"channels_last": round(ms_cl, 4), "contiguous": round(ms_ct, 4)},
+        speedup_channels_last=round(ms_ct / ms_cl, 3) if ms_cl else None,
+    )
     assert torch.isfinite(l_cl).all() and torch.isfinite(g_cl).all()
     assert loss_diff <= loss_bound, f"loss differs by {loss_diff:.2e} between layouts"
     assert grad_diff <= grad_bound, f"gradient differs by {grad_diff:.2e} (L2) between layouts"
@@ -299,6 +347,7 @@ def test_channels_last_vs_contiguous(reuse_caffe_weights, style):  # noqa: F811
 
 # ------------------------------------------------------------------------------ batch size
 
+
 @gpu
 @needs_device
 @pytest.mark.parametrize("side", [512, 1024])
@@ -306,8 +355,15 @@ def test_batch_size_from_free_memory_fits(reuse_caffe_weights, style, side):  # 
     """batch_size 0: the engine measures one image and picks a batch from free memory; a
     full batch of that size then runs without running out of memory (not halved)."""
     size = px(side)
-    cfg = resolve_config(device=DEVICE, precision="auto", size=size, iterations=3 if ON_GPU else 1,
-                         batch_size=0, init="content", seed=0)
+    cfg = resolve_config(
+        device=DEVICE,
+        precision="auto",
+        size=size,
+        iterations=3 if ON_GPU else 1,
+        batch_size=0,
+        init="content",
+        seed=0,
+    )
     if ON_GPU:
         torch.cuda.empty_cache()
         free0, total = torch.cuda.mem_get_info()
@@ -319,13 +375,22 @@ def test_batch_size_from_free_memory_fits(reuse_caffe_weights, style, side):  # 
         torch.cuda.reset_peak_memory_stats()
     results, seconds = timed(engine, images, [style] * chosen)
     learnt = engine.batch_limit(shape)
-    figures = dict(size=size, precision=engine.precision, chosen_batch=chosen,
-                   batch_after_run=learnt, seconds=round(seconds, 2))
+    figures = dict(
+        size=size,
+        precision=engine.precision,
+        chosen_batch=chosen,
+        batch_after_run=learnt,
+        seconds=round(seconds, 2),
+    )
     if ON_GPU:
         peak = torch.cuda.max_memory_allocated()
-        figures.update(free_before_mib=mib(free0), total_mib=mib(total), peak_mib=mib(peak),
-                       peak_share_of_free=round(peak / free0, 3),
-                       peak_per_image_mib=mib(peak / chosen))
+        figures.update(
+            free_before_mib=mib(free0),
+            total_mib=mib(total),
+            peak_mib=mib(peak),
+            peak_share_of_free=round(peak / free0, 3),
+            peak_per_image_mib=mib(peak / chosen),
+        )
     record("batch_size_from_free_memory", **figures)
     del engine
     if ON_GPU:
@@ -341,8 +406,15 @@ def test_out_of_memory_halves_the_batch(reuse_caffe_weights, style):  # noqa: F8
     a batch of 8 runs out of memory, is halved until it fits, and every image comes back."""
     size, n = 512, 8
     images = contents(n, size)
-    cfg = resolve_config(device="cuda", precision="bf16", size=size, iterations=3,
-                         batch_size=n, init="content", seed=0)
+    cfg = resolve_config(
+        device="cuda",
+        precision="bf16",
+        size=size,
+        iterations=3,
+        batch_size=n,
+        init="content",
+        seed=0,
+    )
     engine = Stylizer(cfg)
     peaks = {}
     for b in (1, 2):  # warm-up (style targets cached), then peaks of batches of 1 and 2
@@ -367,16 +439,26 @@ def test_out_of_memory_halves_the_batch(reuse_caffe_weights, style):  # noqa: F8
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     learnt = engine.batch_limit((size, size))
-    record("out_of_memory_halving", size=size, batch=n, memory_fraction=round(fraction, 5),
-           allowed_mib=mib(allowed), peak_batch1_mib=mib(peaks[1]),
-           per_image_mib=mib(per_image), batch_after_oom=learnt, results=len(results),
-           seconds=None if seconds is None else round(seconds, 2), error=error)
+    record(
+        "out_of_memory_halving",
+        size=size,
+        batch=n,
+        memory_fraction=round(fraction, 5),
+        allowed_mib=mib(allowed),
+        peak_batch1_mib=mib(peaks[1]),
+        per_image_mib=mib(per_image),
+        batch_after_oom=learnt,
+        results=len(results),
+        seconds=None if seconds is None else round(seconds, 2),
+        error=error,
+    )
     assert error is None, error
     assert len(results) == n and all(math.isfinite(r.total_loss) for r in results)
     assert learnt is not None and learnt < n
 
 
 # -------------------------------------------------------------------------- early stopping
+
 
 @gpu
 @needs_device
@@ -386,8 +468,12 @@ def test_mixed_early_stopping_batch(reuse_caffe_weights, style):  # noqa: F811
     size = px(512)
     iterations = 500 if ON_GPU else 6
     # On the CPU (tiny, few steps) a loose rule, so that images do leave the batch there too.
-    opts = dict(precision="auto", size=size, iterations=iterations,
-                **({} if ON_GPU else dict(window=2, tolerance=0.5, log_every=2)))
+    opts = dict(
+        precision="auto",
+        size=size,
+        iterations=iterations,
+        **({} if ON_GPU else dict(window=2, tolerance=0.5, log_every=2)),
+    )
     images = contents(4, size)
     batched_engine = Stylizer(resolve_config("fast", device=DEVICE, batch_size=4, seed=0, **opts))
     batched_engine.stylize_batch(images, [style] * 4, iterations=steps(3))  # warm-up
@@ -399,12 +485,18 @@ def test_mixed_early_stopping_batch(reuse_caffe_weights, style):  # noqa: F811
         alone_s += s
     its = [r.iterations for r in batched]
     ratio = [b.total_loss / a.total_loss for b, a in zip(batched, alone)]
-    record("mixed_early_stopping_batch", size=size, max_iterations=iterations,
-           precision=batched_engine.precision, iterations_batched=its,
-           iterations_alone=[r.iterations for r in alone],
-           loss_ratio_batched_vs_alone=[round(v, 5) for v in ratio],
-           seconds_batched=round(seconds, 2), seconds_alone=round(alone_s, 2),
-           ms_per_image_iter_done=round(1000 * seconds / max(sum(its), 1), 4))
+    record(
+        "mixed_early_stopping_batch",
+        size=size,
+        max_iterations=iterations,
+        precision=batched_engine.precision,
+        iterations_batched=its,
+        iterations_alone=[r.iterations for r in alone],
+        loss_ratio_batched_vs_alone=[round(v, 5) for v in ratio],
+        seconds_batched=round(seconds, 2),
+        seconds_alone=round(alone_s, 2),
+        ms_per_image_iter_done=round(1000 * seconds / max(sum(its), 1), 4),
+    )
     assert all(math.isfinite(r.total_loss) for r in batched)
     assert all(1 <= i <= iterations for i in its)
     if ON_GPU:
@@ -414,6 +506,7 @@ def test_mixed_early_stopping_batch(reuse_caffe_weights, style):  # noqa: F811
 
 # ---------------------------------------------------------------------------- peak memory
 
+
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("side", [512, 1024])
@@ -422,8 +515,15 @@ def test_peak_memory_per_image(reuse_caffe_weights, style, side):  # noqa: F811
     images = contents(4, side)
     peaks = {}
     for b in (1, 4):
-        cfg = resolve_config(device="cuda", precision="bf16", size=side, iterations=3,
-                             batch_size=b, init="content", seed=0)
+        cfg = resolve_config(
+            device="cuda",
+            precision="bf16",
+            size=side,
+            iterations=3,
+            batch_size=b,
+            init="content",
+            seed=0,
+        )
         engine = Stylizer(cfg)
         engine.stylize_batch(images[:b], [style] * b)  # warm-up, style targets cached
         torch.cuda.empty_cache()
@@ -435,30 +535,52 @@ def test_peak_memory_per_image(reuse_caffe_weights, style, side):  # noqa: F811
         torch.cuda.empty_cache()
     per_image = (peaks[4] - peaks[1]) / 3
     total = torch.cuda.get_device_properties(0).total_memory
-    record("peak_memory_per_image", size=side, precision="bf16", peak_batch1_mib=mib(peaks[1]),
-           peak_batch4_mib=mib(peaks[4]), per_extra_image_mib=mib(per_image),
-           images_per_card=int((0.9 * total - peaks[1]) // max(per_image, 1)) + 1,
-           total_mib=mib(total))
+    record(
+        "peak_memory_per_image",
+        size=side,
+        precision="bf16",
+        peak_batch1_mib=mib(peaks[1]),
+        peak_batch4_mib=mib(peaks[4]),
+        per_extra_image_mib=mib(per_image),
+        images_per_card=int((0.9 * total - peaks[1]) // max(per_image, 1)) + 1,
+        total_mib=mib(total),
+    )
     assert 0 < peaks[1] <= peaks[4]
 
 
 # ------------------------------------------------------------- the script's CPU dry mode
+
 
 def test_gpu_check_script_cpu_dry_run(tmp_path):
     """``infra/gpu-check.sh OUT --cpu`` runs every step at tiny sizes and writes its JSON."""
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("GPU_CHECK_JSONL",)}
     env.update(PYTHON=sys.executable, GPU_CHECK_DEVICE="cpu")
-    proc = subprocess.run(["bash", str(ROOT / "infra" / "gpu-check.sh"), str(out), "--cpu"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "infra" / "gpu-check.sh"), str(out), "--cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x]
     by_step: dict[str, list[dict]] = {}
     for line in lines:
         by_step.setdefault(line["step"], []).append(line)
-    for step in ("env", "install", "bench_512", "bench_history100", "bench_1024", "bench_224",
-                 "mixed_run", "pytest", "summary"):
+    for step in (
+        "env",
+        "install",
+        "bench_512",
+        "bench_history100",
+        "bench_1024",
+        "bench_224",
+        "mixed_run",
+        "pytest",
+        "summary",
+    ):
         assert step in by_step, (step, tail)
     statuses = {s: [x["status"] for x in v if "status" in x] for s, v in by_step.items()}
     for step, values in statuses.items():
@@ -471,8 +593,11 @@ def test_gpu_check_script_cpu_dry_run(tmp_path):
     (result,) = [x for x in by_step["pytest"] if "outcomes" in x]
     assert result["outcomes"].get("failed", 0) == 0 and result["outcomes"].get("passed", 0) >= 4
     assert {x["test"] for x in by_step["pytest"] if "test" in x} >= {
-        "precision_final_loss_vs_fp32", "channels_last_vs_contiguous",
-        "batch_size_from_free_memory", "mixed_early_stopping_batch"}
+        "precision_final_loss_vs_fp32",
+        "channels_last_vs_contiguous",
+        "batch_size_from_free_memory",
+        "mixed_early_stopping_batch",
+    }
     (mixed,) = by_step["mixed_run"]
     if mixed["status"] == "ok":  # else skipped: the pipeline does not import without Ray
         assert mixed["counts"] == {"ok": mixed["images"]}, mixed

@@ -13,8 +13,9 @@ H200 = ROOT / "infra" / "gpu-results" / "2026-12-04-h200.jsonl"
 
 @pytest.fixture
 def helper(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_check_helper",
-                                                  ROOT / "infra" / "gpu_check_helper.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check_helper", ROOT / "infra" / "gpu_check_helper.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     results = tmp_path / "results.jsonl"

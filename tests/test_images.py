@@ -20,8 +20,9 @@ from stylize.common import write_atomic
 from stylize.images import ImageError
 
 SAMPLES = Path(stylize.__file__).parent / "samples"
-SHARED_IMAGES = Path(os.environ.get(
-    "STYLIZE_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared" / "images"))
+SHARED_IMAGES = Path(
+    os.environ.get("STYLIZE_TEST_IMAGES", Path(__file__).resolve().parents[2] / "shared" / "images")
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,18 @@ def encoded(img: Image.Image, fmt: str, **options) -> bytes:
 
 # ----------------------------------------------------------------------------- input formats
 
-@pytest.mark.parametrize("fmt, options, tolerance", [
-    ("png", {}, 0), ("jpeg", {"quality": 95}, 3), ("webp", {"lossless": True}, 0),
-    ("tiff", {}, 0), ("bmp", {}, 0), ("gif", {}, 12),  # GIF quantises to 256 colours
-])
+
+@pytest.mark.parametrize(
+    "fmt, options, tolerance",
+    [
+        ("png", {}, 0),
+        ("jpeg", {"quality": 95}, 3),
+        ("webp", {"lossless": True}, 0),
+        ("tiff", {}, 0),
+        ("bmp", {}, 0),
+        ("gif", {}, 12),  # GIF quantises to 256 colours
+    ],
+)
 def test_input_formats_round_trip(tmp_path, sample, fmt, options, tolerance):
     path = tmp_path / f"tubingen.{fmt}"
     sample.save(path, fmt, **options)
@@ -78,14 +87,16 @@ def test_exif_orientation_applied(sample):
 
 # ----------------------------------------------------------------------------- modes
 
+
 def test_grayscale_to_rgb(sample):
     gray = sample.convert("L")
     a = pixels(images.decode_image(encoded(gray, "png")))
     assert (a == pixels(gray)[..., None]).all()
 
 
-@pytest.mark.skipif(not (SHARED_IMAGES / "escher_sphere.jpg").exists(),
-                    reason="shared test images not present")
+@pytest.mark.skipif(
+    not (SHARED_IMAGES / "escher_sphere.jpg").exists(), reason="shared test images not present"
+)
 def test_real_grayscale_jpeg():
     img = images.decode_image(SHARED_IMAGES / "escher_sphere.jpg")
     a = pixels(img)
@@ -148,11 +159,17 @@ def test_wide_range_int_and_float_are_stretched():
     assert images.to_tensor(Image.new("F", (1, 1), 7.0))[0, 0, 0] == 7
 
 
-@pytest.mark.parametrize("mode, value, expected", [
-    ("HSV", (0, 255, 255), (255, 0, 0)), ("LAB", (255, 128, 128), (254, 255, 254)),
-    ("YCbCr", (255, 128, 128), (255, 255, 255)), ("RGBX", (1, 2, 3, 0), (1, 2, 3)),
-    ("La", (0, 0), (255, 255, 255)), ("RGBa", (0, 0, 0, 0), (255, 255, 255)),
-])
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("HSV", (0, 255, 255), (255, 0, 0)),
+        ("LAB", (255, 128, 128), (254, 255, 254)),
+        ("YCbCr", (255, 128, 128), (255, 255, 255)),
+        ("RGBX", (1, 2, 3, 0), (1, 2, 3)),
+        ("La", (0, 0), (255, 255, 255)),
+        ("RGBa", (0, 0, 0, 0), (255, 255, 255)),
+    ],
+)
 def test_other_modes_in_memory(mode, value, expected):
     t = images.to_tensor(Image.new(mode, (1, 1), value))
     assert tuple(t[:, 0, 0].tolist()) == expected
@@ -160,12 +177,16 @@ def test_other_modes_in_memory(mode, value, expected):
 
 # ----------------------------------------------------------------------------- failures
 
-@pytest.mark.parametrize("data, problem", [
-    (b"", "empty"),
-    (b"hello, this is text\n" * 10, "not an image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
-    (b"BM" + b"\x01" * 60, "corrupt image header"),
-])
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"", "empty"),
+        (b"hello, this is text\n" * 10, "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
+        (b"BM" + b"\x01" * 60, "corrupt image header"),
+    ],
+)
 def test_bad_bytes(data, problem):
     with pytest.raises(ImageError, match=f"^<bytes>: {problem}"):
         images.decode_image(data)
@@ -181,8 +202,12 @@ def test_truncated_jpeg_and_png(sample):
 def test_file_errors_name_the_file(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image\n")
     (tmp_path / "empty.jpg").write_bytes(b"")
-    cases = {"missing.jpg": "cannot read file", "notes.txt": "not an image",
-             "empty.jpg": "empty file", ".": "cannot read file"}
+    cases = {
+        "missing.jpg": "cannot read file",
+        "notes.txt": "not an image",
+        "empty.jpg": "empty file",
+        ".": "cannot read file",
+    }
     for name, problem in cases.items():
         with pytest.raises(ImageError) as info:
             images.decode_image(tmp_path / name)
@@ -220,10 +245,17 @@ def test_zero_size_refused(monkeypatch):
 
 # ----------------------------------------------------------------------------- resizing, tensors
 
-@pytest.mark.parametrize("size_in, size, expected", [
-    ((384, 288), 128, (128, 96)), ((288, 384), 512, (384, 512)), ((300, 200), 100, (100, 67)),
-    ((1000, 3), 10, (10, 1)), ((50, 50), 50, (50, 50)),
-])
+
+@pytest.mark.parametrize(
+    "size_in, size, expected",
+    [
+        ((384, 288), 128, (128, 96)),
+        ((288, 384), 512, (384, 512)),
+        ((300, 200), 100, (100, 67)),
+        ((1000, 3), 10, (10, 1)),
+        ((50, 50), 50, (50, 50)),
+    ],
+)
 def test_resize_longest(size_in, size, expected):
     assert images.resize_longest(Image.new("RGB", size_in), size).size == expected
 
@@ -262,9 +294,16 @@ def test_load_image():
 
 # ----------------------------------------------------------------------------- encoding
 
+
 def test_format_from_path():
-    cases = {"a.png": "png", "b.JPG": "jpeg", "c.jpeg": "jpeg", "s3://x/d.webp": "webp",
-             "e.tif": "tiff", "f.TIFF": "tiff"}
+    cases = {
+        "a.png": "png",
+        "b.JPG": "jpeg",
+        "c.jpeg": "jpeg",
+        "s3://x/d.webp": "webp",
+        "e.tif": "tiff",
+        "f.TIFF": "tiff",
+    }
     for path, fmt in cases.items():
         assert images.format_from_path(path) == fmt
     with pytest.raises(ImageError, match="^out.gif: unknown image extension .*png, jpeg, webp"):
@@ -284,13 +323,16 @@ def test_encode_quality_matters(sample):
     assert len(images.encode_image(t, "jpeg", quality=30)) < len(images.encode_image(t, "jpeg"))
 
 
-@pytest.mark.parametrize("kwargs, problem", [
-    ({"fmt": "gif"}, "unknown output format 'gif'; use one of png, jpeg, webp, tiff"),
-    ({"fmt": "jpeg", "bit_depth": 16}, "bit_depth 16 is only for png, tiff"),
-    ({"fmt": "webp", "bit_depth": 16}, "bit_depth 16 is only for png, tiff"),
-    ({"bit_depth": 12}, "bit_depth must be one of"),
-    ({"fmt": "jpeg", "quality": 0}, "quality must be in 1..100"),
-])
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({"fmt": "gif"}, "unknown output format 'gif'; use one of png, jpeg, webp, tiff"),
+        ({"fmt": "jpeg", "bit_depth": 16}, "bit_depth 16 is only for png, tiff"),
+        ({"fmt": "webp", "bit_depth": 16}, "bit_depth 16 is only for png, tiff"),
+        ({"bit_depth": 12}, "bit_depth must be one of"),
+        ({"fmt": "jpeg", "quality": 0}, "quality must be in 1..100"),
+    ],
+)
 def test_encode_rejects_bad_arguments(kwargs, problem):
     with pytest.raises(ImageError, match=problem):
         images.encode_image(torch.zeros(3, 2, 2), **kwargs)
@@ -306,9 +348,9 @@ def read_png16(data: bytes) -> np.ndarray:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, chunks = 8, []
     while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(kind + body)
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])[0] == zlib.crc32(kind + body)
         chunks.append((kind, body))
         pos += 12 + n
     assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
@@ -326,15 +368,15 @@ def read_tiff16(data: bytes) -> np.ndarray:
     """Parse a one-strip deflate 16-bit RGB little-endian TIFF -> (H, W, 3) uint16."""
     assert data[:4] == b"II*\x00"
     (ifd,) = struct.unpack("<I", data[4:8])
-    (n,) = struct.unpack("<H", data[ifd:ifd + 2])
+    (n,) = struct.unpack("<H", data[ifd : ifd + 2])
     tags = {}
     for i in range(n):
-        tag, typ, count, value = struct.unpack("<HHII", data[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
+        tag, typ, count, value = struct.unpack("<HHII", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
         tags[tag] = value & 0xFFFF if typ == 3 and count == 1 else value
-    assert struct.unpack("<3H", data[tags[258]:tags[258] + 6]) == (16, 16, 16)
+    assert struct.unpack("<3H", data[tags[258] : tags[258] + 6]) == (16, 16, 16)
     assert (tags[259], tags[262], tags[277], tags[284], tags[317]) == (8, 2, 3, 1, 2)
     w, h, start = tags[256], tags[257], tags[273]
-    diff = np.frombuffer(zlib.decompress(data[start:start + tags[279]]), "<u2").reshape(h, w, 3)
+    diff = np.frombuffer(zlib.decompress(data[start : start + tags[279]]), "<u2").reshape(h, w, 3)
     return np.cumsum(diff, axis=1, dtype=np.uint16)  # undo the predictor, mod 65536
 
 
@@ -368,5 +410,10 @@ def test_encode_by_extension_and_atomic_write(tmp_path, sample):
         images.format_from_path(str(tmp_path / "h.bmp"))
     with pytest.raises(TypeError):  # a failed write leaves neither the file nor a temporary
         write_atomic(tmp_path / "i.png", "not bytes")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.tif", "c.png", "d.webp",
-                                                          "e.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.jpg",
+        "b.tif",
+        "c.png",
+        "d.webp",
+        "e.png",
+    ]

@@ -20,10 +20,17 @@ MODULES = sorted(Path(stylize.__file__).parent.glob("*.py"))
 
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for a in node.names}
-    return names | {node.module.split(".")[0] for node in ast.walk(tree)
-                    if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    names = {
+        a.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for a in node.names
+    }
+    return names | {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level
+    }
 
 
 def test_every_module_is_checked():
@@ -36,10 +43,13 @@ def test_module_imports_nothing_of_the_pipeline_layer(path):
 
 
 def test_importing_the_engine_loads_none_of_them():
-    code = ("import sys, stylize.engine, stylize.cli, stylize.quality, stylize.bench; "
-            f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys, stylize.engine, stylize.cli, stylize.quality, stylize.bench; "
+        f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
@@ -47,9 +57,11 @@ def test_importing_the_engine_loads_none_of_them():
 # pipeline holds one of its file names as a string literal (docstrings may mention them,
 # f-strings may be built from runfolder's constants).
 PIPELINE = sorted(Path(__file__).resolve().parents[1].joinpath("pipeline").glob("*.py"))
-RUN_FOLDER_NAMES = re.compile(r"(?<![\w.])_manifest\b|(?<![\w.])_staging\b|"
-                              r"\bmanifest\.parquet\b|\brun\.json\b|\bjob\.json\b|"
-                              r"\bgrid[-\w*{}:]*\.png\b|\bgrid-sweep-")
+RUN_FOLDER_NAMES = re.compile(
+    r"(?<![\w.])_manifest\b|(?<![\w.])_staging\b|"
+    r"\bmanifest\.parquet\b|\brun\.json\b|\bjob\.json\b|"
+    r"\bgrid[-\w*{}:]*\.png\b|\bgrid-sweep-"
+)
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -58,8 +70,12 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 out.add(id(body[0].value))
     return out
 
@@ -71,17 +87,23 @@ def _strings(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
             skip |= {id(v) for v in node.values}
-            yield node, "".join(v.value if isinstance(v, ast.Constant) else "{}"
-                                for v in node.values)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and id(node) not in skip:
+            yield (
+                node,
+                "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values),
+            )
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+        ):
             yield node, node.value
 
 
 def _run_folder_names(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return [f"{path.name}:{node.lineno}: {text!r}" for node, text in _strings(tree)
-            if RUN_FOLDER_NAMES.search(text)]
+    return [
+        f"{path.name}:{node.lineno}: {text!r}"
+        for node, text in _strings(tree)
+        if RUN_FOLDER_NAMES.search(text)
+    ]
 
 
 def test_the_run_folder_names_are_spelled_in_runfolder_alone():
@@ -94,8 +116,9 @@ def test_the_run_folder_names_are_spelled_in_runfolder_alone():
 
 def test_runfolder_imports_the_standard_library_alone():
     tree = ast.parse(next(p for p in PIPELINE if p.stem == "runfolder").read_text(encoding="utf-8"))
-    modules = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-               for a in node.names}
+    modules = {
+        a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+    }
     modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names} == set()
 
@@ -108,8 +131,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _module_imports(path: Path) -> set[str]:
     """Every module ``path`` imports, at the top or inside a function (full dotted names)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for a in node.names}
+    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
@@ -118,24 +140,42 @@ def _module_imports(path: Path) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    mods = {f"{pkg}.{p.stem}": p for pkg in ("pipeline", "stylize")
-            for p in (ROOT / pkg).glob("*.py") if p.stem != "__init__"}
+    mods = {
+        f"{pkg}.{p.stem}": p
+        for pkg in ("pipeline", "stylize")
+        for p in (ROOT / pkg).glob("*.py")
+        if p.stem != "__init__"
+    }
     return {m: {i for i in _module_imports(p) if i in mods and i != m} for m, p in mods.items()}
 
 
 def test_only_the_ray_executor_imports_ray():
-    users = sorted(p.stem for p in PIPELINE if any(
-        m == "ray" or m.startswith("ray.") for m in _module_imports(p)))
+    users = sorted(
+        p.stem
+        for p in PIPELINE
+        if any(m == "ray" or m.startswith("ray.") for m in _module_imports(p))
+    )
     assert users == ["raydata", "raypool"] or users == ["raypool"], users
 
 
-@pytest.mark.parametrize("module", ["pipeline.scheduler", "pipeline.rows", "pipeline.items",
-                                    "pipeline.jobconfig", "pipeline.runfolder"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pipeline.scheduler",
+        "pipeline.rows",
+        "pipeline.items",
+        "pipeline.jobconfig",
+        "pipeline.runfolder",
+    ],
+)
 def test_policy_rows_items_and_job_model_load_no_storage_table_or_cluster_library(module):
-    code = (f"import sys, {module}; "
-            "print(sorted(m for m in ('fsspec', 'pyarrow', 'ray', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        f"import sys, {module}; "
+        "print(sorted(m for m in ('fsspec', 'pyarrow', 'ray', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]", f"{module} loads {out}"
 
 
@@ -145,8 +185,13 @@ VIEWS = ("report", "report_pages", "charts", "status", "grid", "sweepgrid")
 @pytest.mark.parametrize("view", VIEWS)
 def test_views_read_a_run_folder_never_the_driver(view):
     imports = _graph()[f"pipeline.{view}"]
-    assert not imports & {"pipeline.driver", "pipeline.finish", "pipeline.raypool",
-                          "pipeline.inline", "pipeline.resume"}, imports
+    assert not imports & {
+        "pipeline.driver",
+        "pipeline.finish",
+        "pipeline.raypool",
+        "pipeline.inline",
+        "pipeline.resume",
+    }, imports
 
 
 def test_no_import_circle():
@@ -158,7 +203,7 @@ def test_no_import_circle():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                circles.append(" -> ".join(path[path.index(n):] + [n]) if n in path else n)
+                circles.append(" -> ".join(path[path.index(n) :] + [n]) if n in path else n)
             elif n not in state:
                 visit(n, path + [n])
         state[m] = 2
@@ -171,12 +216,20 @@ def test_no_import_circle():
 
 def test_the_engine_never_imports_the_pipeline():
     graph = _graph()
-    assert not [(m, i) for m, deps in graph.items() if m.startswith("stylize.")
-                for i in deps if i.startswith("pipeline.")]
+    assert not [
+        (m, i)
+        for m, deps in graph.items()
+        if m.startswith("stylize.")
+        for i in deps
+        if i.startswith("pipeline.")
+    ]
 
 
 def test_architecture_doc_names_every_module():
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    missing = sorted(m for m in _graph() if f"`{m.split('.')[1]}`" not in doc
-                     and f"{m.replace('.', '/')}.py" not in doc)
+    missing = sorted(
+        m
+        for m in _graph()
+        if f"`{m.split('.')[1]}`" not in doc and f"{m.replace('.', '/')}.py" not in doc
+    )
     assert not missing, f"docs/architecture.md does not name: {missing}"

@@ -111,7 +111,7 @@ def reference_style_loss(kind, f, g):
             continue
         m2 = y @ y.T / y.shape[1]
         eps = losses.EPS_RELATIVE * m2.diagonal().mean() + 1e-12
-        scale = m2.norm() / c ** 4
+        scale = m2.norm() / c**4
         mx, my = x.mean(1), y.mean(1)
         sx = torch.cov(x, correction=0) + eps * torch.eye(c, dtype=x.dtype)
         sy = torch.cov(y, correction=0) + eps * torch.eye(c, dtype=x.dtype)
@@ -170,11 +170,11 @@ def test_style_loss_of_a_batch_is_each_image_alone(kind):
     batch = loss(f, *target)
     (g_batch,) = torch.autograd.grad(batch.sum(), f)
     for i in range(3):
-        fi = f.detach()[i:i + 1].clone().requires_grad_(True)
-        alone = loss(fi, *(t[i:i + 1] for t in target))
+        fi = f.detach()[i : i + 1].clone().requires_grad_(True)
+        alone = loss(fi, *(t[i : i + 1] for t in target))
         (g_alone,) = torch.autograd.grad(alone.sum(), fi)
-        torch.testing.assert_close(alone, batch[i:i + 1], rtol=1e-12, atol=0)
-        torch.testing.assert_close(g_alone, g_batch[i:i + 1], rtol=1e-10, atol=1e-15)
+        torch.testing.assert_close(alone, batch[i : i + 1], rtol=1e-12, atol=0)
+        torch.testing.assert_close(g_alone, g_batch[i : i + 1], rtol=1e-10, atol=1e-15)
 
 
 @pytest.mark.parametrize("kind", ["wasserstein2", "mean_std"])

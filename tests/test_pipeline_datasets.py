@@ -44,14 +44,20 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
         w, h = img.size
         x, y = (n // 3) % 3 * w // 6, (n // 9) * h // 6
         img.crop((x, y, x + w // 2, y + h // 2)).resize((32, 32)).save(
-            root / "styles" / f"painting_{n:02d}.jpg", quality=90)
+            root / "styles" / f"painting_{n:02d}.jpg", quality=90
+        )
     return root / "train", root / "styles"
 
 
 def _run(tmp_path: Path, name: str, raw: dict) -> tuple[int, list[dict]]:
     out = tmp_path / name
-    raw = {"output": str(out), "stylize": TINY, "ray": {"address": "inline"},
-           "report": False, **raw}
+    raw = {
+        "output": str(out),
+        "stylize": TINY,
+        "ray": {"address": "inline"},
+        "report": False,
+        **raw,
+    }
     code = cli_main(["run", str(write_job(tmp_path / f"{name}.yaml", raw))])
     return code, pq.read_table(out / "manifest.parquet").to_pylist()
 
@@ -67,8 +73,13 @@ def test_random_styles_mirror_layout_reads_as_the_same_imagefolder(tmp_path, dat
     from torchvision.datasets import ImageFolder
 
     train, styles = dataset
-    job = {"input": str(train), "styles": str(styles), "assign": {"random": 2, "seed": 7},
-           "layout": "mirror", "shard_size": 4}
+    job = {
+        "input": str(train),
+        "styles": str(styles),
+        "assign": {"random": 2, "seed": 7},
+        "layout": "mirror",
+        "shard_size": 4,
+    }
     code, rows = _run(tmp_path, "out", job)
     assert code == 0
     drawn = _drawn(rows)
@@ -89,9 +100,15 @@ def test_random_styles_mirror_layout_reads_as_the_same_imagefolder(tmp_path, dat
     extra = train / "dog" / "img9.jpg"
     _image("coffee").resize((40, 30)).save(extra)
     try:
-        code, again = _run(tmp_path, "again", {**job, "shard_size": 3,
-                                                "ray": {"address": None, "num_workers": 2,
-                                                        "gpus_per_worker": 0}})
+        code, again = _run(
+            tmp_path,
+            "again",
+            {
+                **job,
+                "shard_size": 3,
+                "ray": {"address": None, "num_workers": 2, "gpus_per_worker": 0},
+            },
+        )
     finally:
         extra.unlink()
     assert code == 0
@@ -113,8 +130,12 @@ def test_list_columns_travel_to_the_manifest_and_the_webdataset_shards(tmp_path,
         w.writerow(["path", "label", "caption"])
         for n, p in enumerate(files):
             w.writerow([str(p), n % 3, f"photo número {n}"])
-    job = {"input": str(listing), "styles": [str(sample("starry_night"))],
-           "container": "webdataset", "shard_size": 2}
+    job = {
+        "input": str(listing),
+        "styles": [str(sample("starry_night"))],
+        "container": "webdataset",
+        "shard_size": 2,
+    }
     code, rows = _run(tmp_path, "wds", job)
     assert code == 0 and len(rows) == 5
     table = pq.read_table(tmp_path / "wds" / "manifest.parquet")
@@ -138,8 +159,7 @@ def test_list_columns_travel_to_the_manifest_and_the_webdataset_shards(tmp_path,
                     img = Image.open(io.BytesIO(tf.extractfile(n[:-5] + ".png").read()))
                     assert img.size == (meta["width"], meta["height"])
                     seen[meta["content_uri"]] = meta
-    assert {u: m["label"] for u, m in seen.items()} == {str(p): n % 3 for n, p in
-                                                       enumerate(files)}
+    assert {u: m["label"] for u, m in seen.items()} == {str(p): n % 3 for n, p in enumerate(files)}
     samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode("pil"))
     assert len(samples) == 5 and all(s["png"].size[0] > 0 for s in samples)
     assert sorted(s["json"]["label"] for s in samples) == sorted(n % 3 for n in range(5))
@@ -151,8 +171,13 @@ def test_a_list_column_colliding_with_a_manifest_column_is_refused(tmp_path, dat
     train, _ = dataset
     listing = tmp_path / "list.csv"
     listing.write_text(f"path,status\n{next(train.rglob('*.jpg'))},x\n")
-    raw = {"input": str(listing), "styles": [str(sample("starry_night"))],
-           "output": str(tmp_path / "o"), "stylize": TINY, "ray": {"address": "inline"}}
+    raw = {
+        "input": str(listing),
+        "styles": [str(sample("starry_night"))],
+        "output": str(tmp_path / "o"),
+        "stylize": TINY,
+        "ray": {"address": "inline"},
+    }
     assert cli_main(["run", str(write_job(tmp_path / "j.yaml", raw))]) == 2
     assert "column 'status'" in capsys.readouterr().err
 
@@ -160,28 +185,49 @@ def test_a_list_column_colliding_with_a_manifest_column_is_refused(tmp_path, dat
 def test_assign_column_pairs_each_row_with_its_style(tmp_path, dataset):
     train, styles = dataset
     files = sorted(train.rglob("*.jpg"))[:3]
-    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(
-        {"uri": str(p), "style": s}) for p, s in zip(files, ["painting_01", "painting_05",
-                                                            "no_such_painting"])) + "\n")
-    code, rows = _run(tmp_path, "pairs", {"input": str(tmp_path / "pairs.jsonl"),
-                                          "styles": str(styles), "assign": "column"})
+    (tmp_path / "pairs.jsonl").write_text(
+        "\n".join(
+            json.dumps({"uri": str(p), "style": s})
+            for p, s in zip(files, ["painting_01", "painting_05", "no_such_painting"])
+        )
+        + "\n"
+    )
+    code, rows = _run(
+        tmp_path,
+        "pairs",
+        {"input": str(tmp_path / "pairs.jsonl"), "styles": str(styles), "assign": "column"},
+    )
     assert code == 1 and len(rows) == 3
     assert [(r["style"], r["status"]) for r in rows] == [
-        ("painting_01", "ok"), ("painting_05", "ok"), ("no_such_painting", "failed_other")]
+        ("painting_01", "ok"),
+        ("painting_05", "ok"),
+        ("no_such_painting", "failed_other"),
+    ]
     assert "no_such_painting" in rows[2]["error_message"]
 
 
 def test_a_sweep_makes_one_item_per_point_with_its_options_in_the_manifest(tmp_path):
-    sweep = {"style_layers": [["relu1_1"], ["relu1_1", "relu2_1"]],
-             "style_weight": [1e2, 1e4]}
-    code, rows = _run(tmp_path, "sweep", {
-        "input": str(sample("tubingen")), "styles": [str(sample("starry_night"))],
-        "sweep": sweep, "stylize": {**TINY, "init": "noise"}, "grid": {"cell_size": 64},
-        "report": True})
+    sweep = {"style_layers": [["relu1_1"], ["relu1_1", "relu2_1"]], "style_weight": [1e2, 1e4]}
+    code, rows = _run(
+        tmp_path,
+        "sweep",
+        {
+            "input": str(sample("tubingen")),
+            "styles": [str(sample("starry_night"))],
+            "sweep": sweep,
+            "stylize": {**TINY, "init": "noise"},
+            "grid": {"cell_size": 64},
+            "report": True,
+        },
+    )
     assert code == 0 and len(rows) == 4
     points = [(tuple(r["style_layers"]), r["style_weight"]) for r in rows]
-    assert points == [(("relu1_1",), 1e2), (("relu1_1",), 1e4),
-                      (("relu1_1", "relu2_1"), 1e2), (("relu1_1", "relu2_1"), 1e4)]
+    assert points == [
+        (("relu1_1",), 1e2),
+        (("relu1_1",), 1e4),
+        (("relu1_1", "relu2_1"), 1e2),
+        (("relu1_1", "relu2_1"), 1e4),
+    ]
     assert len({r["output_uri"] for r in rows}) == 4
     pixels = {r["output_uri"]: Image.open(r["output_uri"]).tobytes() for r in rows}
     assert len(set(pixels.values())) == 4  # every point its own picture
@@ -192,9 +238,16 @@ def test_a_sweep_makes_one_item_per_point_with_its_options_in_the_manifest(tmp_p
 
 
 def test_a_swept_key_named_like_a_manifest_column_gets_a_prefix(tmp_path):
-    code, rows = _run(tmp_path, "iters", {
-        "input": str(sample("tubingen")), "styles": [str(sample("starry_night"))],
-        "sweep": {"iterations": [2, 4]}, "stylize": {**TINY, "early_stopping": False}})
+    code, rows = _run(
+        tmp_path,
+        "iters",
+        {
+            "input": str(sample("tubingen")),
+            "styles": [str(sample("starry_night"))],
+            "sweep": {"iterations": [2, 4]},
+            "stylize": {**TINY, "early_stopping": False},
+        },
+    )
     assert code == 0
     assert [(r["sweep_iterations"], r["iterations"]) for r in rows] == [(2, 2), (4, 4)]
 
@@ -209,8 +262,9 @@ def test_a_broken_style_among_many_fails_its_rows_not_the_job(tmp_path, dataset)
         (folder / p.name).write_bytes(p.read_bytes())
     broken = sorted(folder.glob("*.jpg"))[4]  # not among the 16 decoded on the driver
     broken.write_bytes(b"not a painting")
-    code, rows = _run(tmp_path, "many", {"input": str(sample("tubingen")),
-                                         "styles": str(folder), "shard_size": 8})
+    code, rows = _run(
+        tmp_path, "many", {"input": str(sample("tubingen")), "styles": str(folder), "shard_size": 8}
+    )
     assert code == 1 and len(rows) == 20
     bad = [r for r in rows if r["status"] != "ok"]
     assert [(r["style"], r["status"]) for r in bad] == [(broken.stem, "failed_decode")]

@@ -21,13 +21,19 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 def job(tmp_path_factory):
     """Five contents (two good, in nested folders with spaces, and three bad) x two styles."""
     root = tmp_path_factory.mktemp("e2e")
-    make_inputs(root / "photos", {"tubingen.jpg": "tubingen",
-                                  "nested dir/the scream.jpg": "the_scream"})
-    config = {"input": str(root / "photos"),
-              "styles": [str(sample("starry_night")), str(sample("shipwreck"))],
-              "output": str(root / "out"), "stylize": TINY, "shard_size": 2,
-              "ray": {"num_workers": 2}, "grid": {"cell_size": 48},
-              "extensions": "all"}  # notes.txt too: a non-image as a failed row
+    make_inputs(
+        root / "photos", {"tubingen.jpg": "tubingen", "nested dir/the scream.jpg": "the_scream"}
+    )
+    config = {
+        "input": str(root / "photos"),
+        "styles": [str(sample("starry_night")), str(sample("shipwreck"))],
+        "output": str(root / "out"),
+        "stylize": TINY,
+        "shard_size": 2,
+        "ray": {"num_workers": 2},
+        "grid": {"cell_size": 48},
+        "extensions": "all",
+    }  # notes.txt too: a non-image as a failed row
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, root / "out"
@@ -95,12 +101,34 @@ def test_changed_config_is_refused(job, first_run, capsys):
 
 def test_set_overrides_and_exit_code_0(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"input": [str(sample("chelsea"))],
-                                    "styles": [str(sample("the_scream"))],
-                                    "output": str(tmp_path / "unused"), "stylize": TINY}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "input": [str(sample("chelsea"))],
+                "styles": [str(sample("the_scream"))],
+                "output": str(tmp_path / "unused"),
+                "stylize": TINY,
+            }
+        )
+    )
     out = tmp_path / "small"
-    assert main(["run", str(path), "--set", "stylize.size=32", "--set", f"output={out}",
-                 "--set", "ray.num_workers=1", "--set", "output_format=jpeg"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--set",
+                "stylize.size=32",
+                "--set",
+                f"output={out}",
+                "--set",
+                "ray.num_workers=1",
+                "--set",
+                "output_format=jpeg",
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["ok"]
     assert rows[0]["output_uri"].endswith("the_scream/chelsea.jpg")
@@ -109,10 +137,28 @@ def test_set_overrides_and_exit_code_0(tmp_path):
 
 def test_grid_command(tmp_path):
     out = tmp_path / "grid"
-    code = main(["grid", "--contents", str(sample("tubingen")), str(sample("coffee")),
-                 "--styles", str(sample("starry_night")), str(sample("the_scream")),
-                 str(sample("shipwreck")), "--output", str(out), "--preset", "fast",
-                 "--size", "32", "--iterations", "3", "--cell-size", "40"])
+    code = main(
+        [
+            "grid",
+            "--contents",
+            str(sample("tubingen")),
+            str(sample("coffee")),
+            "--styles",
+            str(sample("starry_night")),
+            str(sample("the_scream")),
+            str(sample("shipwreck")),
+            "--output",
+            str(out),
+            "--preset",
+            "fast",
+            "--size",
+            "32",
+            "--iterations",
+            "3",
+            "--cell-size",
+            "40",
+        ]
+    )
     assert code == 0
     assert Image.open(out / "grid.png").size == page_size(2, 3, 40)
     assert len(pq.read_table(out / "manifest.parquet")) == 6
@@ -126,16 +172,24 @@ def test_overwrite_recomputes(job, first_run):
     assert len(rows) == 10 and all(r["finished_at"] > old[r["item_id"]] for r in rows)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"input": "/nonexistent/photos"}, "no such file or folder"),
-    ({"styles": ["/nonexistent/style.jpg"]}, "cannot read"),
-    ({"unknown_key": 1}, "unknown key 'unknown_key'"),
-    ({"output": "/proc/forbidden/out"}, "is not writable"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"input": "/nonexistent/photos"}, "no such file or folder"),
+        ({"styles": ["/nonexistent/style.jpg"]}, "cannot read"),
+        ({"unknown_key": 1}, "unknown key 'unknown_key'"),
+        ({"output": "/proc/forbidden/out"}, "is not writable"),
+    ],
+)
 def test_config_errors_exit_2_in_one_line(tmp_path, capsys, change, message):
     make_inputs(tmp_path / "in", {"a.jpg": "coffee"}, bad=False)
-    config = {"input": str(tmp_path / "in"), "styles": [str(sample("shipwreck"))],
-              "output": str(tmp_path / "out"), "stylize": TINY, **change}
+    config = {
+        "input": str(tmp_path / "in"),
+        "styles": [str(sample("shipwreck"))],
+        "output": str(tmp_path / "out"),
+        "stylize": TINY,
+        **change,
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
     assert main(["run", str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err

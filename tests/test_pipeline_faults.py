@@ -18,9 +18,15 @@ pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(300)]
 
 
 def _job(tmp_path, contents, styles=("starry_night", "the_scream"), **changes):
-    raw = {"input": [str(sample(c)) for c in contents],
-           "styles": [str(sample(s)) for s in styles], "output": str(tmp_path / "out"),
-           "stylize": TINY, "shard_size": 8, "ray": {"num_workers": 1}, **changes}
+    raw = {
+        "input": [str(sample(c)) for c in contents],
+        "styles": [str(sample(s)) for s in styles],
+        "output": str(tmp_path / "out"),
+        "stylize": TINY,
+        "shard_size": 8,
+        "ray": {"num_workers": 1},
+        **changes,
+    }
     return job_from_mapping(raw)
 
 
@@ -58,13 +64,13 @@ def test_item_that_keeps_killing_workers_is_isolated(tmp_path):
     poison = []
 
     def kill_poison(call, info, items):
-        if call == "batch" and any(i.content_uri.endswith("chelsea.jpg")
-                                   and i.style == "starry_night" for i in items):
+        if call == "batch" and any(
+            i.content_uri.endswith("chelsea.jpg") and i.style == "starry_night" for i in items
+        ):
             poison.append(len(items))
             os.kill(info["pid"], signal.SIGKILL)
 
-    result = run_job(_job(tmp_path, ["tubingen", "chelsea"], max_attempts=2),
-                     on_submit=kill_poison)
+    result = run_job(_job(tmp_path, ["tubingen", "chelsea"], max_attempts=2), on_submit=kill_poison)
     rows = {(r["content_uri"].rsplit("/", 1)[1], r["style"]): r for r in _rows(tmp_path)}
     assert poison == [2, 1]  # first with its batch mate, then alone
     assert result.exit_code == 1 and result.counts == {"ok": 3, "failed_crash": 1}
@@ -74,8 +80,13 @@ def test_item_that_keeps_killing_workers_is_isolated(tmp_path):
 
 
 def test_item_past_its_time_limit(tmp_path):
-    job = _job(tmp_path, ["coffee"], styles=("shipwreck",), item_timeout_s=4,
-               stylize={"preset": "gatys2016", "size": 32, "iterations": 100000})
+    job = _job(
+        tmp_path,
+        ["coffee"],
+        styles=("shipwreck",),
+        item_timeout_s=4,
+        stylize={"preset": "gatys2016", "size": 32, "iterations": 100000},
+    )
     result = run_job(job)
     rows = _rows(tmp_path)
     assert result.exit_code == 1 and [r["status"] for r in rows] == ["failed_timeout"]
@@ -83,8 +94,13 @@ def test_item_past_its_time_limit(tmp_path):
 
 
 def test_workers_that_cannot_start_end_the_job(tmp_path, capsys):
-    job = _job(tmp_path, ["coffee"], styles=("shipwreck",), max_attempts=1,
-               stylize={**TINY, "weights": str(tmp_path / "missing-vgg19.pth")})
+    job = _job(
+        tmp_path,
+        ["coffee"],
+        styles=("shipwreck",),
+        max_attempts=1,
+        stylize={**TINY, "weights": str(tmp_path / "missing-vgg19.pth")},
+    )
     with pytest.raises(WorkerStartError, match="no worker could start"):
         run_job(job)
 

@@ -14,10 +14,16 @@ STYLES = {"starry": "starry_night"}
 
 def _job(tmp_path, inp, **extra):
     out = tmp_path / "out"
-    raw = {"input": str(inp), "output": str(out),
-           "styles": {k: str(sample(v)) for k, v in STYLES.items()},
-           "stylize": TINY, "shard_size": 1, "report": False, "ray": {"address": "inline"},
-           **extra}
+    raw = {
+        "input": str(inp),
+        "output": str(out),
+        "styles": {k: str(sample(v)) for k, v in STYLES.items()},
+        "stylize": TINY,
+        "shard_size": 1,
+        "report": False,
+        "ray": {"address": "inline"},
+        **extra,
+    }
     return write_job(tmp_path / "job.yaml", raw), out
 
 
@@ -76,14 +82,16 @@ def test_input_column_on_a_folder_is_an_error(tmp_path, capsys):
 
 
 def test_limit_is_a_trial_that_the_full_run_resumes(tmp_path, capsys):
-    inp = make_inputs(tmp_path / "in", {f"i{n}": "chelsea" if n % 2 else "tubingen"
-                                        for n in range(5)}, bad=False)
+    inp = make_inputs(
+        tmp_path / "in", {f"i{n}": "chelsea" if n % 2 else "tubingen" for n in range(5)}, bad=False
+    )
     job, out = _job(tmp_path, inp)
     assert cli_main(["run", str(job), "--limit", "2", "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["total"] == 2 and first["computed"] == 2 and "report" in first
-    trial = {r["item_id"]: r["finished_at"]
-             for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    trial = {
+        r["item_id"]: r["finished_at"] for r in pq.read_table(out / "manifest.parquet").to_pylist()
+    }
     assert cli_main(["status", "--json", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["done"] == 2 and info["total"] == 5 and info["left"] == 3
@@ -92,17 +100,18 @@ def test_limit_is_a_trial_that_the_full_run_resumes(tmp_path, capsys):
     assert cli_main(["run", str(job), "--json"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert full["total"] == 5 and full["computed"] == 3
-    rows = {r["item_id"]: r["finished_at"]
-            for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    rows = {
+        r["item_id"]: r["finished_at"] for r in pq.read_table(out / "manifest.parquet").to_pylist()
+    }
     assert {k: rows[k] for k in trial} == trial
 
 
 def test_plan_looks_before_spending_and_writes_nothing(tmp_path, capsys):
-    inp = make_inputs(tmp_path / "in", {"a.jpg": "chelsea", "b.jpg": "tubingen",
-                                        "c.jpg": "coffee"}, bad=False)
+    inp = make_inputs(
+        tmp_path / "in", {"a.jpg": "chelsea", "b.jpg": "tubingen", "c.jpg": "coffee"}, bad=False
+    )
     (inp / "notes.md").write_text("x")
-    job, out = _job(tmp_path, inp, styles=[str(sample("starry_night")),
-                                           str(sample("the_scream"))])
+    job, out = _job(tmp_path, inp, styles=[str(sample("starry_night")), str(sample("the_scream"))])
     assert cli_main(["plan", str(job), "--json", "--workers", "2"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert not out.exists()  # nothing written
@@ -122,8 +131,7 @@ def test_plan_looks_before_spending_and_writes_nothing(tmp_path, capsys):
 def test_webdataset_with_mirror_layout_keeps_paths_and_classes(tmp_path, capsys):
     import tarfile
 
-    inp = make_inputs(tmp_path / "in", {"cat/c.1.jpg": "chelsea", "dog/d.jpg": "coffee"},
-                      bad=False)
+    inp = make_inputs(tmp_path / "in", {"cat/c.1.jpg": "chelsea", "dog/d.jpg": "coffee"}, bad=False)
     job, out = _job(tmp_path, inp, layout="mirror", container="webdataset")
     assert cli_main(["run", str(job)]) == 0
     capsys.readouterr()

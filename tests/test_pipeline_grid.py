@@ -14,8 +14,9 @@ def _setup(tmp_path, n_contents: int, n_styles: int):
     names = ["tubingen", "chelsea", "coffee"]
     paintings = ["starry_night", "the_scream", "shipwreck"]
     contents = [Content(str(sample(names[i % 3])), f"c{i}.jpg", "t") for i in range(n_contents)]
-    styles = [StyleRef(f"s{j}", (str(sample(paintings[j % 3])),), (1.0,), ("t",))
-              for j in range(n_styles)]
+    styles = [
+        StyleRef(f"s{j}", (str(sample(paintings[j % 3])),), (1.0,), ("t",)) for j in range(n_styles)
+    ]
     rows = []
     for i, c in enumerate(contents):
         for j, s in enumerate(styles):
@@ -23,8 +24,14 @@ def _setup(tmp_path, n_contents: int, n_styles: int):
             out.parent.mkdir(exist_ok=True)
             Image.new("RGB", (48, 36), (40 * j, 80, 40 * i)).save(out)
             ok = (i, j) != (0, 1)
-            rows.append({"content_uri": c.uri, "style": s.name, "output_uri": str(out),
-                         "status": "ok" if ok else "failed_oom"})
+            rows.append(
+                {
+                    "content_uri": c.uri,
+                    "style": s.name,
+                    "output_uri": str(out),
+                    "status": "ok" if ok else "failed_oom",
+                }
+            )
     return contents, styles, rows
 
 
@@ -54,8 +61,12 @@ def test_large_grids_are_paginated(tmp_path):
     assert [u.rsplit("/", 1)[1] for u in uris] == [f"grid-00{n}.png" for n in (1, 2, 3, 4)]
     assert not (tmp_path / "grid.png").exists()
     sizes = [Image.open(u).size for u in uris]
-    assert sizes == [page_size(2, 2, 32), page_size(2, 1, 32), page_size(1, 2, 32),
-                     page_size(1, 1, 32)]
+    assert sizes == [
+        page_size(2, 2, 32),
+        page_size(2, 1, 32),
+        page_size(1, 2, 32),
+        page_size(1, 1, 32),
+    ]
 
 
 def _tiles(img: Image.Image, rows: int, cols: int, cell: int) -> list[list[str]]:
@@ -68,8 +79,13 @@ def _tiles(img: Image.Image, rows: int, cols: int, cell: int) -> list[list[str]]
         for c in range(cols):
             x, y = pad + c * (cell + pad), pad + r * (cell + label + pad)
             box = img.crop((x, y, x + cell, y + cell + label))
-            line.append("blank" if box.getextrema() == ((255, 255), (255, 255), (255, 255))
-                        else "grey" if img.getpixel((x + 2, y + 2)) == EMPTY else "image")
+            line.append(
+                "blank"
+                if box.getextrema() == ((255, 255), (255, 255), (255, 255))
+                else "grey"
+                if img.getpixel((x + 2, y + 2)) == EMPTY
+                else "image"
+            )
         out.append(line)
     return out
 
@@ -84,8 +100,9 @@ def test_a_job_of_assigned_pairs_draws_strips_of_those_alone(tmp_path):
     assigned = {(c0, "s0"), (c0, "s2"), (c1, "s1"), (c2, "s2")}
     rows = [r for r in rows if (r["content_uri"], r["style"]) in assigned - {(c2, "s2")}]
     rows.append({**rows[-1], "content_uri": c1, "style": "s1", "status": "failed_oom"})
-    uris = write_grids(str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {},
-                       assigned=assigned)
+    uris = write_grids(
+        str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {}, assigned=assigned
+    )
     assert uris == [str(tmp_path / "grid.png")]
     img = Image.open(uris[0]).convert("RGB")
     # 3 lines; the widest holds 2 pairs: content + 2 x (style, result)
@@ -100,8 +117,9 @@ def test_a_job_of_assigned_pairs_draws_strips_of_those_alone(tmp_path):
 def test_assigned_pairs_covering_every_pair_keep_the_matrix(tmp_path):
     contents, styles, rows = _setup(tmp_path, 2, 2)
     assigned = {(c.uri, s.name) for c in contents for s in styles}
-    (uri,) = write_grids(str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {},
-                         assigned=assigned)
+    (uri,) = write_grids(
+        str(tmp_path), contents, styles, rows, GridConfig(cell_size=64), {}, assigned=assigned
+    )
     assert Image.open(uri).size == page_size(2, 2, 64)
 
 
@@ -116,5 +134,6 @@ def test_strips_of_many_styles_wrap_and_paginate(tmp_path):
     # (content 0, s1) is the failed_oom row of _setup; the continued line has no content
     assert _tiles(Image.open(uris[0]).convert("RGB"), 2, 5, 32) == [
         ["image", "image", "image", "image", "grey"],
-        ["blank", "image", "image", "blank", "blank"]]
+        ["blank", "image", "image", "blank", "blank"],
+    ]
     assert _tiles(Image.open(uris[1]).convert("RGB"), 1, 3, 32) == [["image"] * 3]

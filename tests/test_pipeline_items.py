@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.items import (Content, Plan, StyleRef, make_items, make_shards, output_uri,
-                            sanitize_relpath)
+from pipeline.items import (
+    Content,
+    Plan,
+    StyleRef,
+    make_items,
+    make_shards,
+    output_uri,
+    sanitize_relpath,
+)
 from pipeline.manifest import make_row
 from pipeline.worker import plan_batches
 
-STYLES = [StyleRef("starry", ("/s/starry.jpg",), (1.0,), ("t1",)),
-          StyleRef("scream", ("/s/scream.jpg",), (1.0,), ("t2",))]
+STYLES = [
+    StyleRef("starry", ("/s/starry.jpg",), (1.0,), ("t1",)),
+    StyleRef("scream", ("/s/scream.jpg",), (1.0,), ("t2",)),
+]
 
 
-@pytest.mark.parametrize("rel, expected", [
-    ("a/b.jpg", "a/b.jpg"),
-    ("../../etc/passwd", "_/_/etc/passwd"),
-    ("/abs/x.png", "abs/x.png"),
-    ("sub dir/my photo.jpg", "sub dir/my photo.jpg"),
-    ("a/./b/../c.jpg", "a/b/_/c.jpg"),
-    ("c:\\win\\x.jpg", "c_/win/x.jpg"),
-    ("", "_"),
-])
+@pytest.mark.parametrize(
+    "rel, expected",
+    [
+        ("a/b.jpg", "a/b.jpg"),
+        ("../../etc/passwd", "_/_/etc/passwd"),
+        ("/abs/x.png", "abs/x.png"),
+        ("sub dir/my photo.jpg", "sub dir/my photo.jpg"),
+        ("a/./b/../c.jpg", "a/b/_/c.jpg"),
+        ("c:\\win\\x.jpg", "c_/win/x.jpg"),
+        ("", "_"),
+    ],
+)
 def test_sanitize_relpath_stays_below_root(rel, expected):
     assert sanitize_relpath(rel) == expected
 
@@ -37,10 +49,13 @@ def test_item_ids_are_stable_and_follow_inputs():
     contents = [Content("/in/a.jpg", "a.jpg", "10-1"), Content("/in/b.jpg", "b.jpg", "10-1")]
     items = make_items(contents, STYLES, "/o", "png", "p1")
     assert len(items) == 4 and len({i.item_id for i in items}) == 4
-    assert [(i.content_uri, i.style) for i in items[:2]] == [("/in/a.jpg", "starry"),
-                                                             ("/in/a.jpg", "scream")]
-    assert [i.item_id for i in make_items(contents, STYLES, "/o", "png", "p1")] == \
-        [i.item_id for i in items]
+    assert [(i.content_uri, i.style) for i in items[:2]] == [
+        ("/in/a.jpg", "starry"),
+        ("/in/a.jpg", "scream"),
+    ]
+    assert [i.item_id for i in make_items(contents, STYLES, "/o", "png", "p1")] == [
+        i.item_id for i in items
+    ]
     edited = [Content("/in/a.jpg", "a.jpg", "11-2"), contents[1]]
     changed = make_items(edited, STYLES, "/o", "png", "p1")
     assert changed[0].item_id != items[0].item_id and changed[2].item_id == items[2].item_id

@@ -17,11 +17,30 @@ def item(n: int) -> WorkItem:
 
 
 def test_rows_follow_the_explicit_schema(tmp_path):
-    ok = manifest.make_row(item(0), "ok", params_hash="p", shard=0, attempt=1, width=48,
-                           height=36, iterations=5, content_loss=1.0, style_loss=2.0,
-                           tv_loss=0.0, total_loss=3.0, duration_s=0.5, worker="n/a/cpu")
-    bad = manifest.make_row(item(1), "failed_decode", params_hash="p", shard=0, attempt=1,
-                            error_message="/in/1.jpg: empty file (0 bytes)")
+    ok = manifest.make_row(
+        item(0),
+        "ok",
+        params_hash="p",
+        shard=0,
+        attempt=1,
+        width=48,
+        height=36,
+        iterations=5,
+        content_loss=1.0,
+        style_loss=2.0,
+        tv_loss=0.0,
+        total_loss=3.0,
+        duration_s=0.5,
+        worker="n/a/cpu",
+    )
+    bad = manifest.make_row(
+        item(1),
+        "failed_decode",
+        params_hash="p",
+        shard=0,
+        attempt=1,
+        error_message="/in/1.jpg: empty file (0 bytes)",
+    )
     manifest.write_part(str(tmp_path), 0, [ok, bad], {})
     table = pq.read_table(tmp_path / "_manifest" / "part-00000.parquet")
     assert table.schema.equals(manifest.SCHEMA)
@@ -35,12 +54,14 @@ def test_rows_follow_the_explicit_schema(tmp_path):
 
 def test_parts_are_atomic_and_the_newest_part_wins(tmp_path):
     out = str(tmp_path)
-    first = manifest.make_row(item(0), "failed_other", params_hash="p", shard=0, attempt=1,
-                              error_message="x")
+    first = manifest.make_row(
+        item(0), "failed_other", params_hash="p", shard=0, attempt=1, error_message="x"
+    )
     again = manifest.make_row(item(0), "ok", params_hash="p", shard=3, attempt=1)
     manifest.write_part(out, 0, [first], {})
-    manifest.write_part(out, 3, [again, manifest.make_row(item(1), "ok", params_hash="p",
-                                                          shard=3, attempt=1)], {})
+    manifest.write_part(
+        out, 3, [again, manifest.make_row(item(1), "ok", params_hash="p", shard=3, attempt=1)], {}
+    )
     assert manifest.part_ids(out, {}) == [0, 3]
     rows = {r["item_id"]: r for r in manifest.read_parts(out, {}).to_pylist()}
     assert rows["id0"]["status"] == "ok" and len(rows) == 2
@@ -50,8 +71,9 @@ def test_parts_are_atomic_and_the_newest_part_wins(tmp_path):
 def test_final_manifest_in_job_order_and_not_rewritten_when_equal(tmp_path):
     out = str(tmp_path)
     items = [item(n) for n in range(3)]
-    done = manifest.to_table(manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1)
-                             for i in reversed(items))
+    done = manifest.to_table(
+        manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1) for i in reversed(items)
+    )
     table, written = manifest.write_manifest(out, items, done, {})
     assert written and table.column("item_id").to_pylist() == ["id0", "id1", "id2"]
     mtime = (tmp_path / "manifest.parquet").stat().st_mtime_ns
@@ -67,8 +89,9 @@ def test_job_columns_are_read_back_and_an_equal_manifest_is_not_rewritten(tmp_pa
 
     out = str(tmp_path)
     items = [item(n) for n in range(3)]
-    done = manifest.to_table(manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1)
-                             for i in items)
+    done = manifest.to_table(
+        manifest.make_row(i, "ok", params_hash="p", shard=0, attempt=1) for i in items
+    )
 
     def labels(table):
         return table.append_column("label", pa.array([7, 8, 9], pa.int64()))

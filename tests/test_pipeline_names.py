@@ -9,8 +9,16 @@ import pytest
 
 from conftest import sample
 from pipeline import storage
-from pipeline.items import (MAX_NAME_BYTES, Content, Plan, StyleRef, escape_undecodable,
-                            fit_name, make_items, output_uri)
+from pipeline.items import (
+    MAX_NAME_BYTES,
+    Content,
+    Plan,
+    StyleRef,
+    escape_undecodable,
+    fit_name,
+    make_items,
+    output_uri,
+)
 from pipeline.jobconfig import job_from_mapping
 from pipeline.runfolder import RESERVED_STYLE_NAMES
 from pipeline.sources import SourceError, list_contents, list_styles
@@ -33,10 +41,11 @@ def write_raw(folder, name: bytes, data: bytes) -> str:
 
 
 def components(uri: str, root: str) -> list[str]:
-    return uri[len(root):].strip("/").split("/")
+    return uri[len(root) :].strip("/").split("/")
 
 
 # ---------------------------------------------------------------------- names not UTF-8
+
 
 def test_name_not_utf8_is_listed_read_and_written_under_a_utf8_name(tmp_path):
     root = tmp_path / "in"
@@ -70,10 +79,12 @@ def test_name_not_utf8_draws_its_styles_and_mirrors_its_tree(tmp_path):
     out = str(tmp_path / "out")
     items = make_items(contents, styles, out, "png", "p", plan)
     assert len({i.style for i in items}) == 2  # two distinct styles, drawn from the raw name
-    assert [i.style for i in make_items(contents, styles, out, "png", "p", plan)] == \
-        [i.style for i in items]
-    assert {i.output_uri for i in items} == {f"{out}/images/cats/caf%E9__{i.style}.png"
-                                             for i in items}
+    assert [i.style for i in make_items(contents, styles, out, "png", "p", plan)] == [
+        i.style for i in items
+    ]
+    assert {i.output_uri for i in items} == {
+        f"{out}/images/cats/caf%E9__{i.style}.png" for i in items
+    }
 
 
 def test_escaped_name_colliding_with_a_real_name_is_told_apart(tmp_path):
@@ -103,6 +114,7 @@ def test_escape_undecodable():
 
 # ---------------------------------------------------------------------- names too long
 
+
 def test_fit_name_cuts_on_a_character_boundary_and_keeps_names_apart():
     assert fit_name("short", ".png") == "short.png"
     exact = "x" * (MAX_NAME_BYTES - 4)
@@ -115,11 +127,13 @@ def test_fit_name_cuts_on_a_character_boundary_and_keeps_names_apart():
 
 def test_long_names_that_collide_fit_255_bytes_and_differ(tmp_path):
     prefix = "p" * 240
-    contents = [Content(f"/in/{prefix}-first.jpg", f"{prefix}-first.jpg", "1"),
-                Content(f"/in/{prefix}-second.jpg", f"{prefix}-second.jpg", "1"),
-                Content(f"/in/{prefix}-first.png", f"{prefix}-first.png", "1"),  # same stem
-                Content("/in/" + "日本" * 40 + ".jpg", "日本" * 40 + ".jpg", "1"),  # 240 bytes
-                Content("/in/" + "日本" * 40 + ".png", "日本" * 40 + ".png", "1")]
+    contents = [
+        Content(f"/in/{prefix}-first.jpg", f"{prefix}-first.jpg", "1"),
+        Content(f"/in/{prefix}-second.jpg", f"{prefix}-second.jpg", "1"),
+        Content(f"/in/{prefix}-first.png", f"{prefix}-first.png", "1"),  # same stem
+        Content("/in/" + "日本" * 40 + ".jpg", "日本" * 40 + ".jpg", "1"),  # 240 bytes
+        Content("/in/" + "日本" * 40 + ".png", "日本" * 40 + ".png", "1"),
+    ]
     out = str(tmp_path / "out")
     items = make_items(contents, STARRY, out, "jpeg", "p")
     names = [i.output_uri.rsplit("/", 1)[1] for i in items]
@@ -144,11 +158,15 @@ def test_every_component_fits_also_folders_styles_and_escaped_bytes():
 
 # ---------------------------------------------------------------------- output collisions
 
+
 def test_names_that_differ_in_case_or_file_vs_folder_are_told_apart():
-    contents = [Content("/in/A.jpg", "A.jpg", "1"), Content("/in/a.jpg", "a.jpg", "1"),
-                Content("/in/b.jpg", "b.jpg", "1"),
-                Content("/in/b.png/c.jpg", "b.png/c.jpg", "1"),  # a folder named b.png
-                Content("/in/d.jpg", "d.jpg", "1")]
+    contents = [
+        Content("/in/A.jpg", "A.jpg", "1"),
+        Content("/in/a.jpg", "a.jpg", "1"),
+        Content("/in/b.jpg", "b.jpg", "1"),
+        Content("/in/b.png/c.jpg", "b.png/c.jpg", "1"),  # a folder named b.png
+        Content("/in/d.jpg", "d.jpg", "1"),
+    ]
     names = [i.output_uri for i in make_items(contents, STARRY, "/o", "png", "p")]
     assert names[0] != names[1] and names[0].lower() != names[1].lower()
     assert names[2].startswith("/o/starry/b-") and names[3] == "/o/starry/b.png/c.png"
@@ -167,9 +185,25 @@ def test_folder_named_like_an_image_is_walked(tmp_path):
 
 # ---------------------------------------------------------------------- style names
 
-@pytest.mark.parametrize("name", ["_manifest", "manifest.parquet", "run.json", "job.json",
-                                  "grid", "grid.png", "grid-002.png", "report", "report.html",
-                                  ".hidden", "Manifest.Parquet", "GRID", "../_x"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_manifest",
+        "manifest.parquet",
+        "run.json",
+        "job.json",
+        "grid",
+        "grid.png",
+        "grid-002.png",
+        "report",
+        "report.html",
+        ".hidden",
+        "Manifest.Parquet",
+        "GRID",
+        "../_x",
+    ],
+)
 def test_style_names_that_collide_with_the_run_files_are_refused(name):
     with pytest.raises(SourceError) as e:
         list_styles(job(input="x", styles={name: str(sample("starry_night"))}))
@@ -190,13 +224,24 @@ def test_style_file_names_are_checked_too(tmp_path):
 
 
 def test_ordinary_style_names_pass_and_case_duplicates_do_not(tmp_path):
-    ok = list_styles(job(input="x", styles={"manifesto": str(sample("starry_night")),
-                                            "my_grid": str(sample("shipwreck")),
-                                            "runner": str(sample("the_scream"))}))
+    ok = list_styles(
+        job(
+            input="x",
+            styles={
+                "manifesto": str(sample("starry_night")),
+                "my_grid": str(sample("shipwreck")),
+                "runner": str(sample("the_scream")),
+            },
+        )
+    )
     assert [s.name for s in ok] == ["manifesto", "my_grid", "runner"]
     with pytest.raises(SourceError, match="two styles are named 'starry' and 'Starry'"):
-        list_styles(job(input="x", styles={"Starry": str(sample("starry_night")),
-                                           "starry": str(sample("shipwreck"))}))
+        list_styles(
+            job(
+                input="x",
+                styles={"Starry": str(sample("starry_night")), "starry": str(sample("shipwreck"))},
+            )
+        )
     folder = tmp_path / "styles"
     folder.mkdir()
     write_raw(folder, b"st\xffyle.jpg", sample("shipwreck").read_bytes())

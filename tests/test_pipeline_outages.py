@@ -15,14 +15,29 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import (TINY, cli_main, fresh_s3, no_traceback, proxy_storage_options,
-                      run_process, sample, stylize_command, subprocess_env, write_job)
+from conftest import (
+    TINY,
+    cli_main,
+    fresh_s3,
+    no_traceback,
+    proxy_storage_options,
+    run_process,
+    sample,
+    stylize_command,
+    subprocess_env,
+    write_job,
+)
 
 CONTENTS = {"tubingen.jpg": "tubingen", "cat.jpg": "chelsea", "coffee.jpg": "coffee"}
 
 
-def _put_inputs(fs, bucket: str, contents: dict[str, str], styles=("starry_night",),
-                extra: dict[str, bytes] | None = None) -> None:
+def _put_inputs(
+    fs,
+    bucket: str,
+    contents: dict[str, str],
+    styles=("starry_night",),
+    extra: dict[str, bytes] | None = None,
+) -> None:
     for name, sample_name in contents.items():
         fs.pipe(f"{bucket}/in/{name}", sample(sample_name).read_bytes())
     for name, data in (extra or {}).items():
@@ -32,9 +47,16 @@ def _put_inputs(fs, bucket: str, contents: dict[str, str], styles=("starry_night
 
 
 def _raw_job(bucket: str, options: dict, **changes) -> dict:
-    return {"input": f"s3://{bucket}/in/", "styles": f"s3://{bucket}/styles/",
-            "output": f"s3://{bucket}/out", "stylize": TINY, "shard_size": 1,
-            "storage_options": options, "ray": {"num_workers": 2}, **changes}
+    return {
+        "input": f"s3://{bucket}/in/",
+        "styles": f"s3://{bucket}/styles/",
+        "output": f"s3://{bucket}/out",
+        "stylize": TINY,
+        "shard_size": 1,
+        "storage_options": options,
+        "ray": {"num_workers": 2},
+        **changes,
+    }
 
 
 def _rows(s3_options: dict, bucket: str) -> list[dict]:
@@ -54,6 +76,7 @@ def _expected(contents, styles=("starry_night",)) -> set[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------ the proxy itself
+
 
 def test_fault_proxy_really_fails_requests(s3_proxy, s3_options, s3_bucket):
     """The infrastructure, without the pipeline: s3fs through the proxy sees 503s, resets, a
@@ -87,8 +110,12 @@ def test_fault_proxy_really_fails_requests(s3_proxy, s3_options, s3_bucket):
     assert s3_proxy.count("reset") >= 1 and s3_proxy.refusals == 1
 
     # only PUTs under _manifest/, from the first PUT of a part on
-    s3_proxy.outage(None, methods={"PUT"}, path_contains="/_manifest/",
-                    after=lambda r: r.method == "PUT" and "/part-" in r.path)
+    s3_proxy.outage(
+        None,
+        methods={"PUT"},
+        path_contains="/_manifest/",
+        after=lambda r: r.method == "PUT" and "/part-" in r.path,
+    )
     fs.pipe(f"{s3_bucket}/o/_manifest/part-00000.parquet", b"p0")  # the trigger: forwarded
     fs.pipe(f"{s3_bucket}/o/img.png", b"img")
     with pytest.raises(Exception):
@@ -99,6 +126,7 @@ def test_fault_proxy_really_fails_requests(s3_proxy, s3_options, s3_bucket):
 
 
 # ------------------------------------------------------------------- the pipeline through it
+
 
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.timeout(400)
@@ -111,8 +139,9 @@ def test_s3_through_503s_and_resets(s3_proxy, s3_options, s3_bucket, tmp_path, c
     s3_proxy.every(7, "reset_after", methods={"PUT"})
     s3_proxy.every(6, "reset", methods={"GET", "HEAD"})
     s3_proxy.faults(rate_503=0.15, rate_reset=0.03)
-    job = write_job(tmp_path / "job.yaml", _raw_job(
-        s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=30))
+    job = write_job(
+        tmp_path / "job.yaml", _raw_job(s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=30)
+    )
 
     code = cli_main(["run", str(job)])
     err = capsys.readouterr().err
@@ -139,10 +168,14 @@ def test_s3_outage_of_20_s_mid_job(kind, s3_proxy, s3_options, s3_bucket, tmp_pa
     contents = {**CONTENTS, "scream.jpg": "the_scream"}
     direct = fresh_s3(s3_options)
     _put_inputs(direct, s3_bucket, contents)
-    outage = s3_proxy.outage(20, kind, after=lambda r: r.method == "PUT"
-                             and r.path.rsplit("/", 1)[-1].startswith("part-"))
-    job = write_job(tmp_path / "job.yaml", _raw_job(
-        s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=40))
+    outage = s3_proxy.outage(
+        20,
+        kind,
+        after=lambda r: r.method == "PUT" and r.path.rsplit("/", 1)[-1].startswith("part-"),
+    )
+    job = write_job(
+        tmp_path / "job.yaml", _raw_job(s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=40)
+    )
 
     code = cli_main(["run", str(job)])
     err = capsys.readouterr().err
@@ -150,8 +183,7 @@ def test_s3_outage_of_20_s_mid_job(kind, s3_proxy, s3_options, s3_bucket, tmp_pa
     assert no_traceback(err), err[-3000:]
     rows = _rows(s3_options, s3_bucket)
     _check_once_each(rows, _expected(contents))
-    assert all(r["status"] == "ok" for r in rows), [(r["status"], r["error_message"])
-                                                      for r in rows]
+    assert all(r["status"] == "ok" for r in rows), [(r["status"], r["error_message"]) for r in rows]
 
     assert outage.triggered_at is not None, "the job wrote no part through the proxy"
     start, end = outage.start, outage.until
@@ -164,8 +196,9 @@ def test_s3_outage_of_20_s_mid_job(kind, s3_proxy, s3_options, s3_bucket, tmp_pa
         failed = s3_proxy.entries(kind, since=start, until=end)
         assert len(failed) >= 3, summary
         # the workers' own reads and writes were hit, not only the driver's manifest writes
-        assert any("/_manifest/" not in e.path for e in failed), [(e.method, e.path)
-                                                                 for e in failed]
+        assert any("/_manifest/" not in e.path for e in failed), [
+            (e.method, e.path) for e in failed
+        ]
         # clients were still trying in the second half of the outage
         assert max(e.t for e in failed) >= start + 10, [round(e.t - start, 1) for e in failed]
     # and carried on after it: parts and outputs written after the outage ended
@@ -175,8 +208,9 @@ def test_s3_outage_of_20_s_mid_job(kind, s3_proxy, s3_options, s3_bucket, tmp_pa
 
 
 @pytest.mark.timeout(600)
-def test_manifest_writes_down_longer_than_io_retry_s(s3_proxy, s3_options, s3_bucket, tmp_path,
-                                                     ray_tmpdir):
+def test_manifest_writes_down_longer_than_io_retry_s(
+    s3_proxy, s3_options, s3_bucket, tmp_path, ray_tmpdir
+):
     """The driver cannot write manifest parts (PUTs under _manifest/ fail from the first part
     on) for longer than io_retry_s: ``stylize run`` exits 3 with a one-line message and no
     traceback, the part written before stays, and a rerun after the outage finishes with
@@ -184,11 +218,16 @@ def test_manifest_writes_down_longer_than_io_retry_s(s3_proxy, s3_options, s3_bu
     contents = {**CONTENTS, "scream.jpg": "the_scream"}
     direct = fresh_s3(s3_options)
     _put_inputs(direct, s3_bucket, contents)
-    s3_proxy.outage(None, methods={"PUT", "POST"}, path_contains="/_manifest/",
-                    after=lambda r: r.method == "PUT"
-                    and r.path.rsplit("/", 1)[-1].startswith("part-"))
-    job = write_job(tmp_path / "job.yaml", _raw_job(
-        s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=3, ray={"num_workers": 1}))
+    s3_proxy.outage(
+        None,
+        methods={"PUT", "POST"},
+        path_contains="/_manifest/",
+        after=lambda r: r.method == "PUT" and r.path.rsplit("/", 1)[-1].startswith("part-"),
+    )
+    job = write_job(
+        tmp_path / "job.yaml",
+        _raw_job(s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=3, ray={"num_workers": 1}),
+    )
     env = subprocess_env(ray_tmpdir)
 
     code, out, err, _ = run_process(stylize_command("run", str(job)), env, tmp_path, "run1", 300)
@@ -205,8 +244,9 @@ def test_manifest_writes_down_longer_than_io_retry_s(s3_proxy, s3_options, s3_bu
     assert parts and parts[0] == "part-00000.parquet", names
     kept = {}
     for p in parts:  # each part is whole
-        for r in pq.read_table(io.BytesIO(
-                direct.cat(f"{s3_bucket}/out/_manifest/{p}"))).to_pylist():
+        for r in pq.read_table(
+            io.BytesIO(direct.cat(f"{s3_bucket}/out/_manifest/{p}"))
+        ).to_pylist():
             kept[r["item_id"]] = r
     assert 1 <= len(kept) < len(contents)
 
@@ -224,18 +264,24 @@ def test_manifest_writes_down_longer_than_io_retry_s(s3_proxy, s3_options, s3_bu
 
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.timeout(400)
-def test_item_unreadable_longer_than_io_retry_s_is_failed_io(s3_proxy, s3_options, s3_bucket,
-                                                              tmp_path, capsys):
+def test_item_unreadable_longer_than_io_retry_s_is_failed_io(
+    s3_proxy, s3_options, s3_bucket, tmp_path, capsys
+):
     """Reads of one content object fail (503) for longer than io_retry_s: that item becomes
     ``failed_io`` and the others finish. A resume with ``retry_failed: none`` keeps it
     failed; the default (``transient``) redoes it to ok, and leaves ``failed_decode`` alone."""
     direct = fresh_s3(s3_options)
     truncated = sample("coffee").read_bytes()[:600]
-    _put_inputs(direct, s3_bucket, {"a.jpg": "tubingen", "b.jpg": "chelsea"},
-                extra={"broken.jpg": truncated})
+    _put_inputs(
+        direct,
+        s3_bucket,
+        {"a.jpg": "tubingen", "b.jpg": "chelsea"},
+        extra={"broken.jpg": truncated},
+    )
     s3_proxy.outage(None, methods={"GET"}, path_contains=f"/{s3_bucket}/in/b.jpg")
-    job = write_job(tmp_path / "job.yaml", _raw_job(
-        s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=3))
+    job = write_job(
+        tmp_path / "job.yaml", _raw_job(s3_bucket, proxy_storage_options(s3_proxy), io_retry_s=3)
+    )
 
     def statuses():
         return {r["content_uri"].rsplit("/", 1)[-1]: r for r in _rows(s3_options, s3_bucket)}
@@ -245,7 +291,10 @@ def test_item_unreadable_longer_than_io_retry_s_is_failed_io(s3_proxy, s3_option
     assert code == 1, err[-3000:]
     first = statuses()
     assert {k: r["status"] for k, r in first.items()} == {
-        "a.jpg": "ok", "b.jpg": "failed_io", "broken.jpg": "failed_decode"}
+        "a.jpg": "ok",
+        "b.jpg": "failed_io",
+        "broken.jpg": "failed_decode",
+    }
     assert "b.jpg" in first["b.jpg"]["error_message"]
     assert s3_proxy.count("503", path_contains="/in/b.jpg") >= 2, s3_proxy.summary()
 
@@ -262,7 +311,10 @@ def test_item_unreadable_longer_than_io_retry_s_is_failed_io(s3_proxy, s3_option
     assert code == 1 and no_traceback(err), err[-3000:]  # broken.jpg stays failed_decode
     third = statuses()
     assert {k: r["status"] for k, r in third.items()} == {
-        "a.jpg": "ok", "b.jpg": "ok", "broken.jpg": "failed_decode"}
+        "a.jpg": "ok",
+        "b.jpg": "ok",
+        "broken.jpg": "failed_decode",
+    }
     assert third["a.jpg"]["finished_at"] == first["a.jpg"]["finished_at"]
     assert third["broken.jpg"]["finished_at"] == first["broken.jpg"]["finished_at"]
     _check_once_each(list(third.values()), _expected(["a.jpg", "b.jpg", "broken.jpg"]))
@@ -275,9 +327,16 @@ def test_stale_temporary_part_is_ignored_and_cleaned(tmp_path, capsys):
     open and rename) next to a finished run: ``stylize status`` and ``stylize run`` work, the
     run recomputes nothing, and the temporary file is gone afterwards."""
     out = tmp_path / "out"
-    job = write_job(tmp_path / "job.yaml", {
-        "input": [str(sample("tubingen"))], "styles": [str(sample("starry_night"))],
-        "output": str(out), "stylize": TINY, "ray": {"num_workers": 1}})
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "input": [str(sample("tubingen"))],
+            "styles": [str(sample("starry_night"))],
+            "output": str(out),
+            "stylize": TINY,
+            "ray": {"num_workers": 1},
+        },
+    )
     assert cli_main(["run", str(job)]) == 0
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     part = out / "_manifest" / "part-00000.parquet"

@@ -26,8 +26,11 @@ from pipeline.sources import SourceError
 from stylize.engine import Style, Stylizer
 from stylize.images import decode_image, to_tensor
 
-STYLES = {"starry": str(sample("starry_night")), "scream": str(sample("the_scream")),
-          "cat": str(sample("chelsea"))}
+STYLES = {
+    "starry": str(sample("starry_night")),
+    "scream": str(sample("the_scream")),
+    "cat": str(sample("chelsea")),
+}
 STYLE_FILES = {**STYLES, **{Path(p).stem: p for p in STYLES.values()}}  # by either name
 # init: content; 10 steps: past L-BFGS's first, which may overshoot
 ENGINE = {"preset": "fast", "size": 32, "iterations": 10}
@@ -45,16 +48,19 @@ def photo(name: str) -> bytes:
 
 
 def input_rows() -> list[dict]:
-    rows = [{"bytes": photo(n), "path": f"bucket/photos/{n}.png", "label": i}
-            for i, n in enumerate(SHAPES)]
+    rows = [
+        {"bytes": photo(n), "path": f"bucket/photos/{n}.png", "label": i}
+        for i, n in enumerate(SHAPES)
+    ]
     rows.append({"bytes": CORRUPT, "path": "bucket/photos/cut.jpg", "label": 10})
     rows.append({"bytes": NOT_AN_IMAGE, "path": "bucket/photos/notes.txt", "label": 11})
     return rows
 
 
 def as_dict(rows: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.array([r[k] for r in rows], dtype=object if k != "label" else None)
-            for k in rows[0]}
+    return {
+        k: np.array([r[k] for r in rows], dtype=object if k != "label" else None) for k in rows[0]
+    }
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,8 +112,9 @@ def check_rows(rows: list[dict], engine: Stylizer, styles_per_row: int = 1) -> N
             if path.endswith(("cut.jpg", "notes.txt")):
                 assert r["status"] == "failed_decode" and r[OUTPUT_COLUMN] is None
                 assert r["error_message"].startswith(path + ": ")
-                assert ("not an image" if path.endswith(".txt") else "truncated") in \
-                    r["error_message"]
+                assert ("not an image" if path.endswith(".txt") else "truncated") in r[
+                    "error_message"
+                ]
                 continue
             assert r["status"] == "ok" and r["error_message"] is None, r["error_message"]
             img = decode_image(r[OUTPUT_COLUMN])
@@ -120,6 +127,7 @@ def check_rows(rows: list[dict], engine: Stylizer, styles_per_row: int = 1) -> N
 
 # ------------------------------------------------------------------------ in this process
 
+
 def test_every_batch_format_gives_the_same_rows(stage, engine):
     rows = input_rows()
     table = pa.Table.from_pylist(rows)
@@ -129,8 +137,10 @@ def test_every_batch_format_gives_the_same_rows(stage, engine):
         assert out.schema.field(OUTPUT_COLUMN).type == pa.binary()
         assert out.schema.field("width").type == pa.int32()
     check_rows(outputs[0].to_pylist(), engine)
-    same = [[{k: v for k, v in r.items() if k not in ("duration_s", "worker")}
-             for r in out.to_pylist()] for out in outputs]
+    same = [
+        [{k: v for k, v in r.items() if k not in ("duration_s", "worker")} for r in out.to_pylist()]
+        for out in outputs
+    ]
     assert same[0] == same[1] == same[2]
     empty = stage(table.slice(0, 0))
     assert empty.num_rows == 0 and empty.schema.names == outputs[0].schema.names
@@ -142,28 +152,38 @@ def test_decoded_images_of_any_sizes_equal_the_encoded_ones(stage):
     names = list(SHAPES)
     arrays = [np.asarray(decode_image(photo(n))) for n in names]
     grey = np.asarray(decode_image(photo("coffee")).convert("L"))  # (H, W)
-    batch = {"image": np.array([*arrays, grey, np.zeros(5, np.uint8)], dtype=object),
-             "path": np.array([f"{n}.png" for n in names] + ["grey.png", "flat.npy"])}
+    batch = {
+        "image": np.array([*arrays, grey, np.zeros(5, np.uint8)], dtype=object),
+        "path": np.array([f"{n}.png" for n in names] + ["grey.png", "flat.npy"]),
+    }
     out = stage(batch).to_pylist()
     encoded = stage({"bytes": np.array([photo(n) for n in names], dtype=object)}).to_pylist()
     assert [r["status"] for r in out] == ["ok"] * 4 + ["failed_decode"]
     for a, b in zip(out[:3], encoded, strict=True):
-        assert np.array_equal(np.asarray(decode_image(a[OUTPUT_COLUMN])),
-                              np.asarray(decode_image(b[OUTPUT_COLUMN])))
+        assert np.array_equal(
+            np.asarray(decode_image(a[OUTPUT_COLUMN])), np.asarray(decode_image(b[OUTPUT_COLUMN]))
+        )
     assert decode_image(out[3][OUTPUT_COLUMN]).size == (21, 32)
     assert out[4]["error_message"].startswith("flat.npy: not an image: an array of shape (5,)")
 
 
 def test_style_column_names_each_rows_style(tmp_path):
-    st = StylizeBatch(styles=[STYLES["starry"], STYLES["scream"]], stylize=ENGINE,
-                      assign="column")
-    batch = pa.table({"bytes": [photo("tubingen"), photo("coffee"), photo("coffee")],
-                      "style": ["the_scream", "starry_night", "monet"]})
+    st = StylizeBatch(styles=[STYLES["starry"], STYLES["scream"]], stylize=ENGINE, assign="column")
+    batch = pa.table(
+        {
+            "bytes": [photo("tubingen"), photo("coffee"), photo("coffee")],
+            "style": ["the_scream", "starry_night", "monet"],
+        }
+    )
     out = st(batch).to_pylist()
-    assert [(r["style"], r["status"]) for r in out] == \
-        [("the_scream", "ok"), ("starry_night", "ok"), ("monet", "failed_other")]
-    assert out[2]["error_message"] == ("row 2 of its batch: its style column names 'monet', "
-                                       "not one of the job's styles")
+    assert [(r["style"], r["status"]) for r in out] == [
+        ("the_scream", "ok"),
+        ("starry_night", "ok"),
+        ("monet", "failed_other"),
+    ]
+    assert out[2]["error_message"] == (
+        "row 2 of its batch: its style column names 'monet', not one of the job's styles"
+    )
 
 
 def test_out_of_memory_is_a_failed_row(stage, monkeypatch):
@@ -171,8 +191,9 @@ def test_out_of_memory_is_a_failed_row(stage, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64 GiB")
 
     monkeypatch.setattr(stage.worker.stylizer, "stylize_batch", too_big)
-    out = stage(pa.table({"bytes": [photo("tubingen"), photo("tubingen")],
-                          "path": ["a.png", "b.png"]})).to_pylist()
+    out = stage(
+        pa.table({"bytes": [photo("tubingen"), photo("tubingen")], "path": ["a.png", "b.png"]})
+    ).to_pylist()
     assert [r["status"] for r in out] == ["failed_oom"] * 2
     assert out[1]["error_message"].startswith("b.png: out of device memory at 32x21 even alone")
 
@@ -196,8 +217,9 @@ def test_settings_are_validated_as_a_job_validates_them():
     assert "did you mean 'stylize.size'" in str(stage_error.value)
     with pytest.raises(JobConfigError, match="^output: a key of `stylize run` jobs"):
         check_settings(styles=STYLES, output="out")
-    with pytest.raises(JobConfigError, match="assign.random: 4 styles per content, but the "
-                                             "style set has 3"):
+    with pytest.raises(
+        JobConfigError, match="assign.random: 4 styles per content, but the style set has 3"
+    ):
         check_settings(styles=STYLES, assign={"random": 4})
     with pytest.raises(SourceError, match="missing.jpg"):
         check_settings(styles=[str(Path(STYLES["cat"]).with_name("missing.jpg"))])
@@ -210,19 +232,35 @@ def test_same_images_as_stylize_run(tmp_path):
     (folder / "sub").mkdir(parents=True)
     (folder / "tubingen.png").write_bytes(photo("tubingen"))
     (folder / "sub" / "coffee.png").write_bytes(photo("coffee"))
-    keys = {"styles": STYLES, "stylize": {"size": 32, "iterations": 4, "seed": 7},
-            "assign": {"random": 2, "seed": 3}}
-    job = job_from_mapping({"input": str(folder), "output": str(tmp_path / "out"), **keys,
-                            "ray": {"address": "inline"}, "report": False})
+    keys = {
+        "styles": STYLES,
+        "stylize": {"size": 32, "iterations": 4, "seed": 7},
+        "assign": {"random": 2, "seed": 3},
+    }
+    job = job_from_mapping(
+        {
+            "input": str(folder),
+            "output": str(tmp_path / "out"),
+            **keys,
+            "ray": {"address": "inline"},
+            "report": False,
+        }
+    )
     assert run_job(job, stream=io.StringIO()).exit_code == 0
-    made = {(r["content_uri"], r["style"]): r["output_uri"]
-            for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    made = {
+        (r["content_uri"], r["style"]): r["output_uri"]
+        for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    }
     assert len(made) == 4
 
     st = StylizeBatch(**keys, relative_to=str(folder))
     paths = [str(folder / "tubingen.png"), str(folder / "sub" / "coffee.png")]
-    out = st({"bytes": np.array([Path(p).read_bytes() for p in paths], dtype=object),
-              "path": np.array(paths)}).to_pylist()
+    out = st(
+        {
+            "bytes": np.array([Path(p).read_bytes() for p in paths], dtype=object),
+            "path": np.array(paths),
+        }
+    ).to_pylist()
     assert {(r["path"], r["style"]) for r in out} == set(made)
     for r in out:
         mine = np.asarray(decode_image(r[OUTPUT_COLUMN]))
@@ -231,6 +269,7 @@ def test_same_images_as_stylize_run(tmp_path):
 
 
 # ---------------------------------------------------------------------- real Ray Data
+
 
 def _actors(**pool) -> dict:
     """Two actors of half a CPU each: the 2-CPU test instance keeps room for Ray Data's read
@@ -242,16 +281,16 @@ def _actors(**pool) -> dict:
 def test_from_items_with_k_random_styles(ray_session, engine):
     keys = {"styles": STYLES, "stylize": ENGINE, "assign": {"random": 2, "seed": 5}}
     ds = ray.data.from_items(input_rows())
-    rows = ds.map_batches(StylizeBatch, fn_constructor_kwargs={**keys, "relative_to": ROOT},
-                          batch_size=2, **_actors()).take_all()
+    rows = ds.map_batches(
+        StylizeBatch, fn_constructor_kwargs={**keys, "relative_to": ROOT}, batch_size=2, **_actors()
+    ).take_all()
     assert len(rows) == 2 * len(input_rows())
     check_rows(rows, engine, styles_per_row=2)
     names = list(STYLES)
     draw = StyleDraw(names, 2, 5)  # what `stylize run` gives the same relative paths
     for r in input_rows():
         rel = r["path"].removeprefix("bucket/photos/")
-        assert {o["style"] for o in rows if o["path"] == r["path"]} == \
-            {names[i] for i in draw(rel)}
+        assert {o["style"] for o in rows if o["path"] == r["path"]} == {names[i] for i in draw(rel)}
     assert len({o["worker"] for o in rows if o["status"] == "ok"}) >= 1
 
 
@@ -264,8 +303,9 @@ def test_read_parquet_and_write_parquet(ray_session, engine, tmp_path):
     keys = {"styles": [STYLES["starry"]], "stylize": ENGINE, "output_format": "png"}
     ds = ray.data.read_parquet(str(tmp_path / "inputs"))
     # an autoscaling pool: Ray Data may read the two small files as one block
-    ds = ds.map_batches(StylizeBatch, fn_constructor_kwargs=keys, batch_size=2,
-                        **_actors(min_size=1, max_size=2))
+    ds = ds.map_batches(
+        StylizeBatch, fn_constructor_kwargs=keys, batch_size=2, **_actors(min_size=1, max_size=2)
+    )
     ds.write_parquet(str(tmp_path / "out"))
     table = pq.read_table(tmp_path / "out")
     assert table.num_rows == len(input_rows())
@@ -283,8 +323,23 @@ def test_the_example_runs(ray_session, tmp_path):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     out = tmp_path / "shards"
-    assert example.main(["--size", "32", "--iterations", "2", "--random", "1",
-                         "--format", "webdataset", "--output", str(out)]) == 0
+    assert (
+        example.main(
+            [
+                "--size",
+                "32",
+                "--iterations",
+                "2",
+                "--random",
+                "1",
+                "--format",
+                "webdataset",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     names = []
     for tar in out.glob("*.tar"):
         with tarfile.open(tar) as f:

@@ -39,11 +39,26 @@ def test_names_read_back():
 
 
 def test_reserved_style_names_cover_the_folders_own_files():
-    assert runfolder.RESERVED_STYLE_NAMES == ("_*", ".*", "manifest.*", "run.json", "job.json",
-                                              "grid*", "report*")
+    assert runfolder.RESERVED_STYLE_NAMES == (
+        "_*",
+        ".*",
+        "manifest.*",
+        "run.json",
+        "job.json",
+        "grid*",
+        "report*",
+    )
     f = RunFolder("out")
-    own = [f.manifest_dir, f.staging_dir, f.run_json, f.manifest_file, f.report_dir,
-           *f.grid_pages(1), *f.grid_pages(2), f.sweep_grid(1)]
+    own = [
+        f.manifest_dir,
+        f.staging_dir,
+        f.run_json,
+        f.manifest_file,
+        f.report_dir,
+        *f.grid_pages(1),
+        *f.grid_pages(2),
+        f.sweep_grid(1),
+    ]
     for uri in own:
         name = uri.rsplit("/", 1)[1]
         assert any(fnmatch.fnmatchcase(name, p) for p in runfolder.RESERVED_STYLE_NAMES), name

@@ -17,8 +17,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import (TINY, cli_main, make_inputs, no_traceback, run_process, sample,
-                      start_process, stylize_command, subprocess_env, write_job)
+from conftest import (
+    TINY,
+    cli_main,
+    make_inputs,
+    no_traceback,
+    run_process,
+    sample,
+    start_process,
+    stylize_command,
+    subprocess_env,
+    write_job,
+)
 
 STYLES = {"starry": "starry_night", "scream": "the_scream"}
 
@@ -26,10 +36,17 @@ STYLES = {"starry": "starry_night", "scream": "the_scream"}
 def _job(tmp_path: Path, name: str = "job.yaml", **extra) -> tuple[Path, Path]:
     inp = make_inputs(tmp_path / "in", {"a": "chelsea", "b": "tubingen"}, bad=False)
     out = tmp_path / "out"
-    raw = {"input": str(inp), "output": str(out),
-           "styles": {k: str(sample(v)) for k, v in STYLES.items()},
-           "stylize": TINY, "shard_size": 1, "grid": {"enabled": False}, "report": False,
-           "ray": {"address": "inline"}, **extra}
+    raw = {
+        "input": str(inp),
+        "output": str(out),
+        "styles": {k: str(sample(v)) for k, v in STYLES.items()},
+        "stylize": TINY,
+        "shard_size": 1,
+        "grid": {"enabled": False},
+        "report": False,
+        "ray": {"address": "inline"},
+        **extra,
+    }
     return write_job(tmp_path / name, raw), out
 
 
@@ -45,8 +62,11 @@ def _manifest(out: Path) -> list[dict]:
 
 def _quarantined(out: Path) -> list[str]:
     q = out / "_quarantine"
-    return sorted(str(p.relative_to(q).parts[1:]) for p in q.rglob("*") if p.is_file()) \
-        if q.exists() else []
+    return (
+        sorted(str(p.relative_to(q).parts[1:]) for p in q.rglob("*") if p.is_file())
+        if q.exists()
+        else []
+    )
 
 
 def _one_row_per_item(out: Path, n: int = 4) -> list[dict]:
@@ -155,12 +175,22 @@ def test_damaged_webdataset_tar_is_quarantined_and_packed_again(tmp_path, capsys
 
 # ------------------------------------------------------------------------------ the lease
 
+
 def _lease(out: Path, host: str, pid: int, age_s: float) -> None:
     beat = (datetime.now(timezone.utc) - timedelta(seconds=age_s)).isoformat(timespec="seconds")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "_lease.json").write_text(json.dumps({
-        "id": "f" * 32, "host": host, "pid": pid, "started_at": beat, "heartbeat_at": beat,
-        "command": "stylize run"}))
+    (out / "_lease.json").write_text(
+        json.dumps(
+            {
+                "id": "f" * 32,
+                "host": host,
+                "pid": pid,
+                "started_at": beat,
+                "heartbeat_at": beat,
+                "command": "stylize run",
+            }
+        )
+    )
 
 
 def test_live_lease_of_another_driver_refuses_then_takeover(tmp_path, capsys):
@@ -178,9 +208,13 @@ def test_live_lease_of_another_driver_refuses_then_takeover(tmp_path, capsys):
     assert not (out / "_lease.json").exists()  # given back at the end
 
 
-@pytest.mark.parametrize("host, pid, age, why", [
-    ("gpu-node-7", 4242, 600, "heartbeat too old"),
-    (socket.gethostname(), 2**22 + 12345, 1, "its process is gone")])
+@pytest.mark.parametrize(
+    "host, pid, age, why",
+    [
+        ("gpu-node-7", 4242, 600, "heartbeat too old"),
+        (socket.gethostname(), 2**22 + 12345, 1, "its process is gone"),
+    ],
+)
 def test_stale_lease_is_taken_over_by_itself(host, pid, age, why, tmp_path, capsys):
     job, out = _job(tmp_path)
     _lease(out, host, pid, age_s=age)
@@ -197,11 +231,11 @@ def test_second_driver_on_a_running_folder_exits_2(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while not (out / "_lease.json").exists():
-            assert first.poll() is None and time.monotonic() < deadline, \
-                first.log_err.read_text()
+            assert first.poll() is None and time.monotonic() < deadline, first.log_err.read_text()
             time.sleep(0.05)
-        code, stdout, stderr, took = run_process(stylize_command("run", "--json", str(job)),
-                                                 env, tmp_path, "second", 120)
+        code, stdout, stderr, took = run_process(
+            stylize_command("run", "--json", str(job)), env, tmp_path, "second", 120
+        )
         assert first.poll() is None, "the first driver ended before the second was refused"
         assert code == 2, stderr
         assert f"pid {first.pid}" in stderr and no_traceback(stderr)
@@ -226,6 +260,7 @@ def test_a_part_is_never_overwritten(tmp_path):
 
 
 # ------------------------------------------------------------------- the job's identity
+
 
 def test_another_input_into_the_same_output_is_refused(tmp_path, capsys):
     job, out = _job(tmp_path)
@@ -252,6 +287,7 @@ def test_a_changed_list_file_is_another_input(tmp_path, capsys):
 
 # ------------------------------------------------------------ names that forge lines
 
+
 def test_control_characters_in_names_never_make_lines(tmp_path, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
@@ -262,32 +298,42 @@ def test_control_characters_in_names_never_make_lines(tmp_path, capsys):
     code, stdout, stderr = _run(job, capsys)
     assert code == 1
     assert "\x1b" not in stdout + stderr and "\u202e" not in stdout + stderr
-    assert not any(line.startswith("stylize: 4 items: 4 ok") for line in
-                   (stdout + stderr).splitlines())
+    assert not any(
+        line.startswith("stylize: 4 items: 4 ok") for line in (stdout + stderr).splitlines()
+    )
     assert "\\n" in stdout and "\\x1b" in stdout  # shown, escaped
     cli_main(["status", str(out)])
     text = capsys.readouterr().out
-    assert "\x1b" not in text and not any(line.startswith("stylize: 4 items")
-                                          for line in text.splitlines())
+    assert "\x1b" not in text and not any(
+        line.startswith("stylize: 4 items") for line in text.splitlines()
+    )
 
 
 # --------------------------------------------------------------- stdout carries results only
 
+
 def test_stdout_carries_only_results_even_from_c_code(tmp_path):
-    code = ("import os, sys\n"
-            "from pipeline.cli import results_only_on_stdout\n"
-            "with results_only_on_stdout() as out:\n"
-            "    os.write(1, b'(raylet) A worker died\\n')\n"
-            "    print('\\x1b[33m(pid=1) noise\\x1b[0m')\n"
-            "    out.write('{\"result\": 1}\\n')\n"
-            "print('after')\n")
+    code = (
+        "import os, sys\n"
+        "from pipeline.cli import results_only_on_stdout\n"
+        "with results_only_on_stdout() as out:\n"
+        "    os.write(1, b'(raylet) A worker died\\n')\n"
+        "    print('\\x1b[33m(pid=1) noise\\x1b[0m')\n"
+        "    out.write('{\"result\": 1}\\n')\n"
+        "print('after')\n"
+    )
     script = tmp_path / "s.py"
     script.write_text(code)
     import subprocess
     import sys
 
-    got = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=subprocess_env(), timeout=60)
+    got = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert got.returncode == 0, got.stderr
     assert got.stdout == '{"result": 1}\nafter\n'
     assert "A worker died" in got.stderr and "noise" in got.stderr

@@ -6,18 +6,21 @@ import pytest
 
 from pipeline.items import Shard, WorkItem
 from pipeline.manifest import make_row
-from pipeline.scheduler import (Prepare, RunBatch, Scheduler, Start, Stop, WorkerStartError)
+from pipeline.scheduler import Prepare, RunBatch, Scheduler, Start, Stop, WorkerStartError
 
 
 def items(n: int, shard: int = 0) -> tuple[WorkItem, ...]:
-    return tuple(WorkItem(f"s{shard}i{k}", f"/in/{shard}-{k}.jpg", "starry",
-                          f"/out/starry/{shard}-{k}.png", k) for k in range(n))
+    return tuple(
+        WorkItem(
+            f"s{shard}i{k}", f"/in/{shard}-{k}.jpg", "starry", f"/out/starry/{shard}-{k}.png", k
+        )
+        for k in range(n)
+    )
 
 
 def ok_rows(shard: Shard, ids) -> list[dict]:
     by_id = {i.item_id: i for i in shard.items}
-    return [make_row(by_id[i], "ok", params_hash="p", shard=shard.shard_id, attempt=1)
-            for i in ids]
+    return [make_row(by_id[i], "ok", params_hash="p", shard=shard.shard_id, attempt=1) for i in ids]
 
 
 def policy(shards, **kw) -> Scheduler:
@@ -123,8 +126,11 @@ def test_startup_failures_are_retried_then_reported_with_resources():
 
 
 def test_startup_timeout_with_no_worker_ever_ready_fails_at_once():
-    p = policy([Shard(0, items(1))], startup_timeout_s=30.0,
-               describe=lambda: "each asking for {'num_gpus': 1}; the cluster has GPU 0")
+    p = policy(
+        [Shard(0, items(1))],
+        startup_timeout_s=30.0,
+        describe=lambda: "each asking for {'num_gpus': 1}; the cluster has GPU 0",
+    )
     p.begin(0.0)
     assert p.waiting_for_workers() == 1 and p.tick(29.0) == []
     with pytest.raises(WorkerStartError, match="startup_timeout_s=30 s.*GPU 0"):
@@ -168,8 +174,14 @@ def test_decode_failures_from_prepare_complete_a_shard_without_batches():
     shard = Shard(0, items(1))
     p = policy([shard])
     wid, _ = start_one(p)
-    bad = make_row(shard.items[0], "failed_decode", params_hash="p", shard=0, attempt=1,
-                   error_message="empty file")
+    bad = make_row(
+        shard.items[0],
+        "failed_decode",
+        params_hash="p",
+        shard=0,
+        attempt=1,
+        error_message="empty file",
+    )
     p.returned(wid, ([bad], []), 1.0)
     assert p.finished and p.completed()[0][1][0]["status"] == "failed_decode"
 

@@ -18,8 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import (TINY, make_inputs, no_traceback, run_process, sample, start_process,
-                      stylize_command, subprocess_env, wait_processes_gone, write_job)
+from conftest import (
+    TINY,
+    make_inputs,
+    no_traceback,
+    run_process,
+    sample,
+    start_process,
+    stylize_command,
+    subprocess_env,
+    wait_processes_gone,
+    write_job,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -29,18 +39,30 @@ N_CONTENTS = 8  # x 2 styles = 16 TINY items in 8 shards: ~20-40 s on 2 CPU core
 
 
 def _job(tmp_path: Path) -> tuple[Path, Path]:
-    inputs = make_inputs(tmp_path / "in", {f"img{i:02d}.jpg": NAMES[i % len(NAMES)]
-                                           for i in range(N_CONTENTS)}, bad=False)
+    inputs = make_inputs(
+        tmp_path / "in",
+        {f"img{i:02d}.jpg": NAMES[i % len(NAMES)] for i in range(N_CONTENTS)},
+        bad=False,
+    )
     out = tmp_path / "out"
-    job = write_job(tmp_path / "job.yaml", {
-        "input": str(inputs), "styles": [str(sample(s)) for s in STYLES], "output": str(out),
-        "stylize": TINY, "shard_size": 2, "ray": {"num_workers": 2}})
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "input": str(inputs),
+            "styles": [str(sample(s)) for s in STYLES],
+            "output": str(out),
+            "stylize": TINY,
+            "shard_size": 2,
+            "ray": {"num_workers": 2},
+        },
+    )
     return job, out
 
 
 def _parts(out: Path) -> list[Path]:
-    return sorted((out / "_manifest").glob("part-*.parquet")) if (out / "_manifest").exists() \
-        else []
+    return (
+        sorted((out / "_manifest").glob("part-*.parquet")) if (out / "_manifest").exists() else []
+    )
 
 
 def _start_and_wait_for_a_part(job: Path, out: Path, env, tmp_path: Path, name: str):
@@ -48,8 +70,10 @@ def _start_and_wait_for_a_part(job: Path, out: Path, env, tmp_path: Path, name: 
     deadline = time.monotonic() + 300
     while not _parts(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert proc.poll() is None, (f"stylize run ended (exit {proc.returncode}) before it could be "
-                                 f"killed mid-job:\n{proc.log_err.read_text()[-3000:]}")
+    assert proc.poll() is None, (
+        f"stylize run ended (exit {proc.returncode}) before it could be "
+        f"killed mid-job:\n{proc.log_err.read_text()[-3000:]}"
+    )
     assert _parts(out), "no manifest part after 300 s"
     return proc
 
@@ -57,9 +81,14 @@ def _start_and_wait_for_a_part(job: Path, out: Path, env, tmp_path: Path, name: 
 def _final_files(out: Path) -> list[Path]:
     """Files under final names: every image the run wrote (not the run's own metadata)."""
     meta = {out / "manifest.parquet", out / "run.json", out / "_lease.json"}
-    return sorted(p for p in out.rglob("*") if p.is_file() and p not in meta
-                  and p.relative_to(out).parts[0] not in ("_manifest", "report")
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and p not in meta
+        and p.relative_to(out).parts[0] not in ("_manifest", "report")
+        and not p.name.startswith(".")
+    )
 
 
 def _temporaries(out: Path) -> list[Path]:
@@ -77,7 +106,8 @@ def _check_complete(out: Path, kept: dict[str, dict]) -> list[dict]:
     assert len(rows) == N_CONTENTS * len(STYLES)
     assert len({r["item_id"] for r in rows}) == len(rows)
     assert {(Path(r["content_uri"]).name, r["style"]) for r in rows} == {
-        (f"img{i:02d}.jpg", s) for i in range(N_CONTENTS) for s in STYLES}
+        (f"img{i:02d}.jpg", s) for i in range(N_CONTENTS) for s in STYLES
+    }
     assert all(r["status"] == "ok" for r in rows), [r["error_message"] for r in rows]
     named = {Path(r["output_uri"]) for r in rows}
     assert set(_final_files(out)) == named  # no stray file under a final name, none missing
@@ -114,8 +144,9 @@ def test_driver_sigkilled_mid_job_then_rerun(tmp_path, ray_tmpdir):
     for p in _final_files(out):  # nothing half-written under a final name
         _decodes(p)
 
-    code, stdout, stderr, _ = run_process(stylize_command("run", str(job)), env, tmp_path,
-                                          "run2", 400)
+    code, stdout, stderr, _ = run_process(
+        stylize_command("run", str(job)), env, tmp_path, "run2", 400
+    )
     assert code == 0, f"exit {code}\n{stdout[-2000:]}\n{stderr[-3000:]}"
     assert no_traceback(stderr), stderr[-3000:]
     _check_complete(out, kept)
@@ -127,8 +158,9 @@ def test_driver_sigkilled_mid_job_then_rerun(tmp_path, ray_tmpdir):
     assert not wait_processes_gone(tmpdir=ray_tmpdir, timeout=60)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
-                         ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
 def test_driver_interrupted_mid_job_then_rerun(signum, code, tmp_path, ray_tmpdir):
     """SIGTERM (``ray job stop``, a scheduler) and SIGINT (Ctrl-C): exit 143 / 130 after
     saving what finished, "run the same command to resume" on stderr, no traceback and no
@@ -143,8 +175,9 @@ def test_driver_interrupted_mid_job_then_rerun(signum, code, tmp_path, ray_tmpdi
     except Exception:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        raise AssertionError(f"still running 90 s after {signum!r}:\n"
-                             f"{proc.log_err.read_text()[-3000:]}") from None
+        raise AssertionError(
+            f"still running 90 s after {signum!r}:\n{proc.log_err.read_text()[-3000:]}"
+        ) from None
     stderr = proc.log_err.read_text(errors="replace")
     assert got == code, f"exit {got} after {signum!r}\n{stderr[-3000:]}"
     assert "run the same command to resume" in stderr, stderr[-3000:]
@@ -157,8 +190,9 @@ def test_driver_interrupted_mid_job_then_rerun(signum, code, tmp_path, ray_tmpdi
     assert kept and len(kept) < N_CONTENTS * len(STYLES)
     assert not list((out / "_manifest").glob(".tmp-*"))
 
-    code2, stdout, stderr2, _ = run_process(stylize_command("run", str(job)), env, tmp_path,
-                                            "run2", 400)
+    code2, stdout, stderr2, _ = run_process(
+        stylize_command("run", str(job)), env, tmp_path, "run2", 400
+    )
     assert code2 == 0, f"exit {code2}\n{stdout[-2000:]}\n{stderr2[-3000:]}"
     _check_complete(out, kept)
     assert not wait_processes_gone(tmpdir=ray_tmpdir, timeout=60)
@@ -217,7 +251,8 @@ def test_sigterm_during_the_final_manifest_write(tmp_path, ray_tmpdir):
     assert not list(out.rglob(".tmp-*")), list(out.rglob(".tmp-*"))
     assert not (out / "manifest.parquet").exists()
 
-    code, stdout, stderr, _ = run_process(stylize_command("run", str(job)),
-                                          subprocess_env(ray_tmpdir), tmp_path, "run2", 300)
+    code, stdout, stderr, _ = run_process(
+        stylize_command("run", str(job)), subprocess_env(ray_tmpdir), tmp_path, "run2", 300
+    )
     assert code == 0 and "nothing recomputed" in stdout, stderr[-3000:]
     _check_complete(out, {})

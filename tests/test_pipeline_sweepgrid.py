@@ -38,12 +38,20 @@ def _rows(tmp_path, content: str = "/data/photos/tubingen.jpg", base: str = "tub
             out = tmp_path / "out" / f"{base}-{i}-{j}.png"
             out.parent.mkdir(exist_ok=True)
             _image(i, j, base).save(out)
-            rows.append({"item_id": f"{base}-{i}-{j}", "content_uri": content,
-                         "style": "starry_night", "output_uri": str(out),
-                         "status": "failed_other" if (i, j) == FAILED else "ok",
-                         "error_message": None, "total_loss": 1.0,
-                         # as a manifest read back would hold them: tuples, ints
-                         "style_layers": tuple(layers), "style_weight": int(w)})
+            rows.append(
+                {
+                    "item_id": f"{base}-{i}-{j}",
+                    "content_uri": content,
+                    "style": "starry_night",
+                    "output_uri": str(out),
+                    "status": "failed_other" if (i, j) == FAILED else "ok",
+                    "error_message": None,
+                    "total_loss": 1.0,
+                    # as a manifest read back would hold them: tuples, ints
+                    "style_layers": tuple(layers),
+                    "style_weight": int(w),
+                }
+            )
     return rows
 
 
@@ -57,6 +65,7 @@ def _cells(png: bytes, n_rows: int, n_cols: int, cell: int):
         x = img.width - (n_cols - j) * (cell + pad) + cell // 2
         y = img.height - (n_rows - i) * (box_h + pad) + box_h // 2
         return x, y
+
     return img, centre
 
 
@@ -145,30 +154,41 @@ def test_memory_output_and_tar_members(tmp_path):
 def test_axes_rule():
     assert axes({"style_weight": [1, 2]}) == (None, "style_weight")
     assert axes(SWEEP) == ("style_layers", "style_weight")
-    assert axes({"style_weight": WEIGHTS, "style_layers": LAYERS}) == \
-        ("style_layers", "style_weight")
+    assert axes({"style_weight": WEIGHTS, "style_layers": LAYERS}) == (
+        "style_layers",
+        "style_weight",
+    )
     assert axes({"tv_weight": [0, 1], "style_weight": WEIGHTS}) == ("tv_weight", "style_weight")
-    assert axes({"tv_weight": [0], "size": [256], "style_layers": LAYERS}) == \
-        ("style_layers", "tv_weight")
+    assert axes({"tv_weight": [0], "size": [256], "style_layers": LAYERS}) == (
+        "style_layers",
+        "tv_weight",
+    )
     assert axes({}) == (None, None)
 
 
-@pytest.mark.parametrize("key, value, cw, text", [
-    ("style_layers", ["relu1_1"], 1.0, "relu1_1"),
-    ("style_layers", ("relu1_1", "relu2_1"), 1.0, "relu1_1+relu2_1"),
-    ("style_layers", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"], 1.0,
-     "relu1_1 … relu5_1 (5)"),
-    ("style_weight", 1e4, 1.0, "α/β = 1e-4"),
-    ("style_weight", 10000, 1.0, "α/β = 1e-4"),
-    ("style_weight", 100.0, 5.0, "α/β = 5e-2"),
-    ("style_weight", 2e5, 5.0, "α/β = 2.5e-5"),
-    ("style_weight", 1.0, 1.0, "α/β = 1"),
-    ("style_weight", 0.0, 1.0, "α/β = ∞"),
-    ("style_weight", 1000.0, None, "style_weight = 1000"),  # content_weight on an axis
-    ("tv_weight", 0.25, 1.0, "tv_weight = 0.25"),
-    ("iterations", 500, 1.0, "iterations = 500"),
-    ("init", "content", 1.0, "init = content"),
-])
+@pytest.mark.parametrize(
+    "key, value, cw, text",
+    [
+        ("style_layers", ["relu1_1"], 1.0, "relu1_1"),
+        ("style_layers", ("relu1_1", "relu2_1"), 1.0, "relu1_1+relu2_1"),
+        (
+            "style_layers",
+            ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
+            1.0,
+            "relu1_1 … relu5_1 (5)",
+        ),
+        ("style_weight", 1e4, 1.0, "α/β = 1e-4"),
+        ("style_weight", 10000, 1.0, "α/β = 1e-4"),
+        ("style_weight", 100.0, 5.0, "α/β = 5e-2"),
+        ("style_weight", 2e5, 5.0, "α/β = 2.5e-5"),
+        ("style_weight", 1.0, 1.0, "α/β = 1"),
+        ("style_weight", 0.0, 1.0, "α/β = ∞"),
+        ("style_weight", 1000.0, None, "style_weight = 1000"),  # content_weight on an axis
+        ("tv_weight", 0.25, 1.0, "tv_weight = 0.25"),
+        ("iterations", 500, 1.0, "iterations = 500"),
+        ("init", "content", 1.0, "init = content"),
+    ],
+)
 def test_label(key, value, cw, text):
     assert label(key, value, cw) == text
 
@@ -190,8 +210,7 @@ def test_preview_at_128(tmp_path):
     img = Image.open(uris[0]).convert("RGB")
     # the left edge and the right edge are margin: nothing was drawn over them
     assert {img.getpixel((0, y)) for y in range(img.height)} == {sweepgrid.BACKGROUND}
-    assert {img.getpixel((img.width - 1, y)) for y in range(img.height)} == \
-        {sweepgrid.BACKGROUND}
+    assert {img.getpixel((img.width - 1, y)) for y in range(img.height)} == {sweepgrid.BACKGROUND}
 
 
 def test_one_key_is_a_single_row_without_row_headers(tmp_path):

@@ -26,11 +26,21 @@ from stylize.common import TMP_PREFIX, short_hash
 
 SIZES = [(7, 5), (16, 9), (3, 11)]
 METAS = [
-    {"label": 3, "score": 0.25, "caption": "Tübingen am Neckar — 夜", "note": None,
-     "finished_at": datetime(2025, 3, 1, 12, 30, 5, tzinfo=timezone.utc)},
+    {
+        "label": 3,
+        "score": 0.25,
+        "caption": "Tübingen am Neckar — 夜",
+        "note": None,
+        "finished_at": datetime(2025, 3, 1, 12, 30, 5, tzinfo=timezone.utc),
+    },
     {"label": 0, "score": -1.5, "caption": "plain", "note": "x", "finished_at": None},
-    {"label": 7, "score": 1e-9, "caption": "", "note": None,
-     "finished_at": datetime(2024, 12, 31, 23, 59, 59)},
+    {
+        "label": 7,
+        "score": 1e-9,
+        "caption": "",
+        "note": None,
+        "finished_at": datetime(2024, 12, 31, 23, 59, 59),
+    },
 ]
 
 
@@ -52,7 +62,7 @@ def output(request, tmp_path):
         return
     root = f"memory://wds-{uuid.uuid4().hex[:12]}"
     yield f"{root}/out"
-    fsspec.filesystem("memory").rm(root[len("memory://"):], recursive=True)
+    fsspec.filesystem("memory").rm(root[len("memory://") :], recursive=True)
 
 
 def stage(output: str, metas=METAS, sizes=SIZES) -> tuple[list[wd.Sample], list[bytes]]:
@@ -75,10 +85,12 @@ def test_write_shard_packs_image_and_json_pairs_in_order(output):
 
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(uri, {})), mode="r:") as tar:
         members = tar.getmembers()
-        assert [m.name for m in members] == [f"{s.key}.{e}" for s in samples
-                                             for e in ("png", "json")]
+        assert [m.name for m in members] == [
+            f"{s.key}.{e}" for s in samples for e in ("png", "json")
+        ]
         assert {(m.mode, m.uid, m.gid, m.uname, m.gname, m.isfile()) for m in members} == {
-            (0o644, 0, 0, "", "", True)}
+            (0o644, 0, 0, "", "", True)
+        }
         assert len({m.mtime for m in members}) == 1
         for s, size, image, meta in zip(samples, SIZES, images, METAS):
             data = tar.extractfile(f"{s.key}.png").read()
@@ -134,12 +146,12 @@ def test_members_of_two_shards_read_alternately_read_each_tar_once(output, monke
         key = short_hash("shard", str(shard), n=20)
         staged = storage.join(RunFolder(output).staging_dir, f"{key}.png")
         storage.write_bytes(staged, png((4, 4), shard - 20), {})
-        tars.append((wd.write_shard(output, shard, [wd.Sample(key, "png", staged, {})], {}),
-                     key))
+        tars.append((wd.write_shard(output, shard, [wd.Sample(key, "png", staged, {})], {}), key))
     reads = []
     real = storage.read_bytes
-    monkeypatch.setattr(storage, "read_bytes",
-                        lambda uri, options=None: reads.append(uri) or real(uri, options))
+    monkeypatch.setattr(
+        storage, "read_bytes", lambda uri, options=None: reads.append(uri) or real(uri, options)
+    )
     for _ in range(3):
         for tar, key in tars:
             assert wd.read_member(wd.member_uri(tar, key, "png"), {}).startswith(b"\x89PNG")
@@ -192,8 +204,7 @@ def test_a_write_failing_midway_leaves_no_tar_and_the_staged_files(tmp_path, mon
     assert all(storage.exists(s.source_uri, {}) for s in samples)
 
 
-def test_a_staged_file_that_cannot_be_removed_is_logged_not_raised(tmp_path, monkeypatch,
-                                                                    caplog):
+def test_a_staged_file_that_cannot_be_removed_is_logged_not_raised(tmp_path, monkeypatch, caplog):
     out = str(tmp_path)
     samples, _ = stage(out)
     real_remove = storage.remove
@@ -211,25 +222,48 @@ def test_a_staged_file_that_cannot_be_removed_is_logged_not_raised(tmp_path, mon
 
 
 def test_meta_is_strict_json_whatever_the_column_types():
-    meta = {"nan": math.nan, "inf": -math.inf, "raw": b"\x00\xff", "day": date(2025, 1, 2),
-            "np_int": np.int64(5), "np_nan": np.float32("nan"), "np_arr": np.array([1.5, np.nan]),
-            "arrow": pa.scalar(2.5), "arrow_null": pa.scalar(None, pa.int64()),
-            "nested": {1: [math.nan, (1, "ü")]}}
+    meta = {
+        "nan": math.nan,
+        "inf": -math.inf,
+        "raw": b"\x00\xff",
+        "day": date(2025, 1, 2),
+        "np_int": np.int64(5),
+        "np_nan": np.float32("nan"),
+        "np_arr": np.array([1.5, np.nan]),
+        "arrow": pa.scalar(2.5),
+        "arrow_null": pa.scalar(None, pa.int64()),
+        "nested": {1: [math.nan, (1, "ü")]},
+    }
     tar = wd.pack_bytes([wd.Sample("k", "png", "unused", meta)], [b"img"])
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         text = t.extractfile("k.json").read().decode("utf-8")
     assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {"nan": None, "inf": None, "raw": "00ff", "day": "2025-01-02",
-                                "np_int": 5, "np_nan": None, "np_arr": [1.5, None],
-                                "arrow": 2.5, "arrow_null": None,
-                                "nested": {"1": [None, [1, "ü"]]}}
+    assert json.loads(text) == {
+        "nan": None,
+        "inf": None,
+        "raw": "00ff",
+        "day": "2025-01-02",
+        "np_int": 5,
+        "np_nan": None,
+        "np_arr": [1.5, None],
+        "arrow": 2.5,
+        "arrow_null": None,
+        "nested": {"1": [None, [1, "ü"]]},
+    }
     with pytest.raises(TypeError, match="object is not JSON serializable"):
         wd.pack_bytes([wd.Sample("k", "png", "unused", {"x": object()})], [b"img"])
 
 
 def test_keys_and_extensions_that_webdataset_would_misread_are_refused(tmp_path):
-    for key, ext in (("a.b", "png"), ("/a", "png"), ("a//b", "png"), ("", "png"), ("k", ".png"),
-                     ("k", "tar.gz"), ("k#1", "png")):
+    for key, ext in (
+        ("a.b", "png"),
+        ("/a", "png"),
+        ("a//b", "png"),
+        ("", "png"),
+        ("k", ".png"),
+        ("k", "tar.gz"),
+        ("k#1", "png"),
+    ):
         with pytest.raises(ValueError, match="without '.'"):
             wd.Sample(key, ext, "unused", {})
     wd.Sample("cat/img_1", "png", "unused", {})  # a folder in the key: layout mirror

@@ -29,8 +29,9 @@ def _shard(tmp_path, names, styles=("starry_night", "the_scream")):
 
 def test_process_writes_outputs_and_rows(tmp_path, worker):
     shard, refs = _shard(tmp_path, ["tubingen", "the_scream"])
-    rows = {(r["content_uri"].rsplit("/", 1)[1], r["style"]): r
-            for r in worker.process(shard, refs)}
+    rows = {
+        (r["content_uri"].rsplit("/", 1)[1], r["style"]): r for r in worker.process(shard, refs)
+    }
     assert len(rows) == 6
     for (name, style), r in rows.items():
         if name == "empty.jpg":
@@ -57,10 +58,13 @@ def test_prepare_groups_same_size_images(tmp_path, worker):
     assert sorted(len(b) for b in isolated) == [1, 1, 2]
 
 
-@pytest.mark.parametrize("error, status, message", [
-    (torch.OutOfMemoryError("CUDA out of memory"), "failed_oom", "out of device memory"),
-    (RuntimeError("boom"), "failed_other", "RuntimeError: boom"),
-])
+@pytest.mark.parametrize(
+    "error, status, message",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), "failed_oom", "out of device memory"),
+        (RuntimeError("boom"), "failed_other", "RuntimeError: boom"),
+    ],
+)
 def test_engine_errors_become_rows(tmp_path, worker, monkeypatch, error, status, message):
     shard, refs = _shard(tmp_path, ["tubingen"], styles=("starry_night",))
 

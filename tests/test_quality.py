@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from engine_helpers import (  # noqa: F401 (fixtures)
-    engines, reuse_caffe_weights, sample, sample_exact)
+    engines,
+    reuse_caffe_weights,
+    sample,
+    sample_exact,
+)
 from stylize import quality
 from stylize.config import ConfigError, resolve_config
 from stylize.canvas import initial_noise, start_noise
@@ -26,6 +30,7 @@ def white(std: float, seed: int = 0, shape=(3, H, W)) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ the figures
+
 
 def test_speckle_of_a_flat_image_is_zero():
     assert quality.speckle(torch.full((3, H, W), 93.0)) == 0.0
@@ -63,14 +68,17 @@ def test_noise_correlation():
 
 # ------------------------------------------------------------------------ the initial noise
 
+
 def test_default_noise_has_far_less_fine_colour_than_white_noise():
     new = initial_noise(resolve_config(), H, W)
     old = initial_noise(resolve_config(noise_spectrum="white", noise_scale=0.1), H, W)
     assert quality.speckle(old) > 60
     assert quality.speckle(new) < 0.02 * quality.speckle(old)
     # its high-frequency energy: a tiny fraction of the old one's
-    assert quality.high_pass(new - 127.5).pow(2).mean() < 1e-3 * quality.high_pass(
-        old - 127.5).pow(2).mean()
+    assert (
+        quality.high_pass(new - 127.5).pow(2).mean()
+        < 1e-3 * quality.high_pass(old - 127.5).pow(2).mean()
+    )
 
 
 @pytest.mark.parametrize("spectrum", ["white", "natural", "smooth"])
@@ -100,6 +108,7 @@ def test_start_noise_is_what_the_first_scale_and_margin_see():
 
 # ------------------------------------------------------------------------------- padding
 
+
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 def test_first_layer_padding_changes_the_border_only(mode):
     """conv1_1 reads the pixels; its padding changes relu1_1 on the outermost positions only
@@ -128,6 +137,7 @@ def test_bad_padding_and_margin_are_config_errors():
 
 # ------------------------------------------------------------------------ stylizing from noise
 
+
 class Recorder:
     def __init__(self):
         self.steps = []
@@ -155,24 +165,26 @@ def test_margin_is_optimised_then_cropped(engines):
     assert result.image.shape == content.shape
     assert {tuple(s.pixels.shape) for s in rec.steps} == {(1, 3, H, W)}
     # the losses reported are those of the delivered picture, not of the padded canvas
-    assert result.total_loss == pytest.approx(st.evaluate([result.image], [content], [style])[0],
-                                              rel=1e-4)
+    assert result.total_loss == pytest.approx(
+        st.evaluate([result.image], [content], [style])[0], rel=1e-4
+    )
     assert rec.steps[-1].losses[0] != pytest.approx(result.total_loss, rel=1e-3)
 
 
 # ------------------------------------------------------------------------------ the command
 
+
 def test_quality_command_prints_every_figure(capsys, reuse_caffe_weights):
-    code = quality.main(["--size", "32", "--iterations", "3", "--pairs", "1", "--device", "cpu",
-                         "--json"])
+    code = quality.main(
+        ["--size", "32", "--iterations", "3", "--pairs", "1", "--device", "cpu", "--json"]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["init"]: r for r in result["rows"]}
     assert set(rows) == {"noise", "content"}
     assert (rows["noise"]["content"], rows["noise"]["style"]) == ("tubingen", "starry_night")
     for r in rows.values():
-        assert r["total_loss"] == pytest.approx(r["content_loss"] + 1e3 * r["style_loss"],
-                                                rel=1e-4)
+        assert r["total_loss"] == pytest.approx(r["content_loss"] + 1e3 * r["style_loss"], rel=1e-4)
         assert r["speckle"] >= 0 and r["border"] >= 0 and r["iterations"] == 3
     assert rows["noise"]["noise_corr"] is not None and rows["content"]["noise_corr"] is None
     assert {i["image"] for i in result["inputs"]} == {"tubingen", "starry_night"}
@@ -180,8 +192,9 @@ def test_quality_command_prints_every_figure(capsys, reuse_caffe_weights):
 
 
 def test_quality_command_judges_with_the_paper_network():
-    cfg = quality.judge_config(resolve_config(padding="reflect", tv_weight=5.0, margin=0.05,
-                                              precision="bf16"))
+    cfg = quality.judge_config(
+        resolve_config(padding="reflect", tv_weight=5.0, margin=0.05, precision="bf16")
+    )
     assert (cfg.padding, cfg.tv_weight, cfg.precision) == ("zeros", 0.0, "fp32")
 
 

@@ -41,14 +41,23 @@ def real_job(root: Path, **job_keys):
     file under two styles (the inputs are made under ``root`` the first time)."""
     inputs = root / "in"
     if not inputs.exists():
-        make_inputs(inputs, {"tubingen.jpg": "tubingen", "coffee.jpg": "coffee",
-                             "cats/chelsea.jpg": "chelsea"}, bad=False)
+        make_inputs(
+            inputs,
+            {"tubingen.jpg": "tubingen", "coffee.jpg": "coffee", "cats/chelsea.jpg": "chelsea"},
+            bad=False,
+        )
         (inputs / "corrupt.jpg").write_bytes(sample("shipwreck").read_bytes()[:3000])
-    return job_from_mapping({
-        "input": str(inputs), "output": str(root / "out"),
-        "styles": {name: str(sample(s)) for name, s in STYLES.items()},
-        "stylize": {**TINY, "log_every": 1}, "shard_size": 4, "ray": {"address": "inline"},
-        **job_keys})
+    return job_from_mapping(
+        {
+            "input": str(inputs),
+            "output": str(root / "out"),
+            "styles": {name: str(sample(s)) for name, s in STYLES.items()},
+            "stylize": {**TINY, "log_every": 1},
+            "shard_size": 4,
+            "ray": {"address": "inline"},
+            **job_keys,
+        }
+    )
 
 
 def real_run(root: Path, **job_keys) -> tuple[Path, pa.Table, str]:
@@ -186,18 +195,21 @@ def test_tiles_link_the_full_size_output_and_open_content_style_result(run):
     for i, style in enumerate(sorted(STYLES)):
         text = (out / "report" / f"style-{i}-1.html").read_text()
         style_thumb = f"s-{report.short_hash(style)}.{report.THUMB_EXT}"
-        ok = table.filter(pc.and_(pc.equal(table["style"], style),
-                                  pc.equal(table["status"], "ok")))
+        ok = table.filter(pc.and_(pc.equal(table["style"], style), pc.equal(table["status"], "ok")))
         for r in ok.to_pylist():
             item, output = r["item_id"], Path(r["output_uri"])
             href = "../" + urllib.parse.quote(str(output.relative_to(out)))
             tile = re.search(rf'<figure class="tile" id="t-{item}".*?</figure>', text).group(0)
             assert f'href="#v-{item}"' in tile and f'<a class="full" href="{href}">' in tile
-            panel = re.search(rf'<div class="panel" id="v-{item}".*?<p class="muted path">',
-                              text).group(0)
+            panel = re.search(
+                rf'<div class="panel" id="v-{item}".*?<p class="muted path">', text
+            ).group(0)
             thumbs = re.findall(r'<img class="side" src="thumbs/([^"]+)"', panel)
-            assert thumbs == [f"c-{report.short_hash(r['content_uri'])}.{report.THUMB_EXT}",
-                              style_thumb, f"r-{report.short_hash(item)}.{report.THUMB_EXT}"]
+            assert thumbs == [
+                f"c-{report.short_hash(r['content_uri'])}.{report.THUMB_EXT}",
+                style_thumb,
+                f"r-{report.short_hash(item)}.{report.THUMB_EXT}",
+            ]
             assert f'<a href="{href}"><img class="side"' in panel  # the result: full size
             assert f'href="#t-{item}"' in panel
             assert (out / "report" / urllib.parse.unquote(href)).resolve() == output.resolve()
@@ -217,8 +229,9 @@ def test_a_webdataset_runs_gallery_shows_thumbnails_without_links_into_tars(tmp_
 
 
 def test_output_links_are_relative_and_leave_shard_tars_alone():
-    assert report.output_link("s3://b/run", "s3://b/run/starry/a b#1.png") == \
-        "../starry/a%20b%231.png"
+    assert (
+        report.output_link("s3://b/run", "s3://b/run/starry/a b#1.png") == "../starry/a%20b%231.png"
+    )
     assert report.output_link("/o", "/o/shards/00003.tar#k0001.png") is None
     assert report.output_link("/o", "/elsewhere/x.png") is None
 
@@ -229,26 +242,31 @@ def test_styles_show_median_content_and_style_losses_with_their_meaning(run):
     out, table, _ = run
     index = (out / "report" / "index.html").read_text()
     for style in STYLES:
-        ok = table.filter(pc.and_(pc.equal(table["style"], style),
-                                  pc.equal(table["status"], "ok")))
-        cells = [_num(float(np.median(ok[c].to_numpy()))) for c in
-                 ("total_loss", "content_loss", "style_loss")]
-        row = re.search(rf'>{style}</a></td>(.*?)</tr>', index).group(1)
+        ok = table.filter(pc.and_(pc.equal(table["style"], style), pc.equal(table["status"], "ok")))
+        cells = [
+            _num(float(np.median(ok[c].to_numpy())))
+            for c in ("total_loss", "content_loss", "style_loss")
+        ]
+        row = re.search(rf">{style}</a></td>(.*?)</tr>", index).group(1)
         assert re.findall(r"<td class=n>([^<]*)</td>", row)[3:6] == cells, style
     assert "median content loss" in index and "median style loss" in index
-    assert ("<b>content loss</b>: how far the result's relu4_2 features are from the "
-            "photo's; <b>style loss</b>: how far its Gram matrices are from the painting's"
-            ) in index
+    assert (
+        "<b>content loss</b>: how far the result's relu4_2 features are from the "
+        "photo's; <b>style loss</b>: how far its Gram matrices are from the painting's"
+    ) in index
 
 
 def test_the_job_section_lists_the_dataset_settings(run):
     out, _, _ = run
     index = (out / "report" / "index.html").read_text()
     job = re.search(r'<section class="job">.*?</section>', index).group(0)
-    for key, shown in (("input", html.escape(str(out.parent / "in"))),
-                       ("extensions", "the image files Pillow reads"),
-                       ("assign", "every content under every style"),
-                       ("layout", "by_style"), ("container", "files")):
+    for key, shown in (
+        ("input", html.escape(str(out.parent / "in"))),
+        ("extensions", "the image files Pillow reads"),
+        ("assign", "every content under every style"),
+        ("layout", "by_style"),
+        ("container", "files"),
+    ):
         assert re.search(rf"<th>{key}</th><td>[^<]*(<code>)?{re.escape(shown)}", job), key
 
 
@@ -346,8 +364,14 @@ def test_report_command_on_a_folder_without_a_run(tmp_path):
 
 
 def test_job_key_report_false_writes_none(tmp_path):
-    job = job_from_mapping({"input": str(tmp_path), "output": str(tmp_path / "out"),
-                            "styles": [str(sample("starry_night"))], "report": False})
+    job = job_from_mapping(
+        {
+            "input": str(tmp_path),
+            "output": str(tmp_path / "out"),
+            "styles": [str(sample("starry_night"))],
+            "report": False,
+        }
+    )
     assert write_report(job, manifest.SCHEMA.empty_table(), changed=True) is None
     assert not (tmp_path / "out" / "report").exists()
 
@@ -357,9 +381,15 @@ def test_a_failing_report_never_fails_the_job(tmp_path, monkeypatch, caplog):
         raise OSError("bucket said no to hunter2")
 
     monkeypatch.setattr(report, "write_report", broken)
-    job = job_from_mapping({"input": "memory://in", "output": "memory://report-fails",
-                            "styles": [str(sample("starry_night"))], "ray": {"address": "inline"},
-                            "storage_options": {"secret": "hunter2"}})
+    job = job_from_mapping(
+        {
+            "input": "memory://in",
+            "output": "memory://report-fails",
+            "styles": [str(sample("starry_night"))],
+            "ray": {"address": "inline"},
+            "storage_options": {"secret": "hunter2"},
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.driver"):
         assert write_report(job, manifest.SCHEMA.empty_table(), changed=True) is None
     (record,) = caplog.records
@@ -382,51 +412,76 @@ def synthetic_run(out: Path, n: int = 200_000, styles: int = 5, seed: int = 0) -
         images.append(str(path))
     i = np.arange(n)
     names = np.array([f"style-{s}" for s in range(styles)])
-    status = rng.choice(np.array(["ok", "failed_decode", "failed_timeout", "failed_oom"]), n,
-                        p=[0.95, 0.03, 0.01, 0.01])
+    status = rng.choice(
+        np.array(["ok", "failed_decode", "failed_timeout", "failed_oom"]),
+        n,
+        p=[0.95, 0.03, 0.01, 0.01],
+    )
     ok = status == "ok"
     loss = np.where(ok, 10 ** rng.normal(7, 0.4, n), np.nan)
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
     started = pa.array(t0 + timedelta(hours=10) * (i / n), pa.timestamp("us", tz="UTC"))
     duration = rng.gamma(4.0, 0.5, n)
-    finished = pa.array(t0 + timedelta(hours=10) * (i / n) + duration * timedelta(seconds=1),
-                        pa.timestamp("us", tz="UTC"))
+    finished = pa.array(
+        t0 + timedelta(hours=10) * (i / n) + duration * timedelta(seconds=1),
+        pa.timestamp("us", tz="UTC"),
+    )
     points = 24
     decay = np.linspace(3.0, 1.0, points, dtype=np.float32)
     traces = pa.ListArray.from_arrays(
         pa.array(np.arange(n + 1, dtype=np.int32) * points),
         pa.array((np.nan_to_num(loss).astype(np.float32)[:, None] * decay).ravel()),
-        mask=pa.array(~ok))
+        mask=pa.array(~ok),
+    )
     columns = {
         "item_id": pa.array([f"{k:016x}" for k in i]),
         "content_uri": pa.array([f"{out}/photos/{k // styles:07d}.jpg" for k in i]),
         "style": pa.array(names[i % styles]),
         "output_uri": pa.array([images[k % 5] for k in i]),
         "status": pa.array(status),
-        "error_message": pa.array(np.where(ok, None, [f"photos/{k // styles}.jpg: broken"
-                                                      for k in i])),
+        "error_message": pa.array(
+            np.where(ok, None, [f"photos/{k // styles}.jpg: broken" for k in i])
+        ),
         "attempt": pa.array(np.ones(n, np.int32)),
         "width": pa.array(np.where(ok, 512, 0).astype(np.int32)),
         "height": pa.array(np.where(ok, 384, 0).astype(np.int32)),
         "iterations": pa.array(np.where(ok, rng.integers(250, 500, n), 0).astype(np.int32)),
         "total_loss": pa.array(loss, from_pandas=True),
         "duration_s": pa.array(duration),
-        "started_at": started, "finished_at": finished,
+        "started_at": started,
+        "finished_at": finished,
         "worker": pa.array([f"10.0.0.{k % 16}/a{k % 7}/cuda:0" for k in i]),
         "params_hash": pa.array(np.full(n, "p" * 16)),
         "shard": pa.array((i // 16).astype(np.int32)),
         "loss_trace": traces,
     }
-    table = pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in manifest.SCHEMA},
-                     schema=manifest.SCHEMA)
+    table = pa.table(
+        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in manifest.SCHEMA},
+        schema=manifest.SCHEMA,
+    )
     pq.write_table(table, out / "manifest.parquet")
-    manifest.write_json(RunFolder(str(out)).job_json, {"items_total": n, "fingerprint": {
-        "styles": {name: {"uris": [str(sample("starry_night"))]} for name in names}}}, {})
-    manifest.write_json(RunFolder(str(out)).run_json, {
-        "config": {"input": "s3://photos/set", "stylize": {"preset": "fast", "size": 512}},
-        "versions": {"python": "3.11"}, "weights_hash": "abc", "exit_code": 1,
-        "cluster_resources": {"CPU": 64.0, "GPU": 8.0, "node:10.0.0.1": 1.0},
-        "timings": {"wall_s": 36000.0}}, {})
+    manifest.write_json(
+        RunFolder(str(out)).job_json,
+        {
+            "items_total": n,
+            "fingerprint": {
+                "styles": {name: {"uris": [str(sample("starry_night"))]} for name in names}
+            },
+        },
+        {},
+    )
+    manifest.write_json(
+        RunFolder(str(out)).run_json,
+        {
+            "config": {"input": "s3://photos/set", "stylize": {"preset": "fast", "size": 512}},
+            "versions": {"python": "3.11"},
+            "weights_hash": "abc",
+            "exit_code": 1,
+            "cluster_resources": {"CPU": 64.0, "GPU": 8.0, "node:10.0.0.1": 1.0},
+            "timings": {"wall_s": 36000.0},
+        },
+        {},
+    )
     return table
 
 
@@ -440,14 +495,18 @@ def test_a_200000_item_report_stays_small(tmp_path, capsys):
     size = sum(p.stat().st_size for p in files)
     index = (root / "index.html").stat().st_size
     with capsys.disabled():
-        print(f"\n200,000-row report: {len(files)} files, {size / 1e6:.1f} MB in all, "
-              f"index.html {index / 1e3:.0f} kB")
+        print(
+            f"\n200,000-row report: {len(files)} files, {size / 1e6:.1f} MB in all, "
+            f"index.html {index / 1e3:.0f} kB"
+        )
     assert uri == str(root / "index.html")
     n_failed = table.num_rows - pc.sum(pc.equal(table["status"], "ok")).as_py()
     n_pages = settings.max_failures // settings.failures_per_page
     assert len(list(root.glob("failures-*.html"))) == n_pages and settings.max_failures < n_failed
-    assert len(Page((root / f"failures-{n_pages}.html").read_text()).failures) == \
-        settings.failures_per_page
+    assert (
+        len(Page((root / f"failures-{n_pages}.html").read_text()).failures)
+        == settings.failures_per_page
+    )
     # 5 styles x 96 sampled results (2 pages each), 5 styles; contents are not readable here
     assert len(list((root / "thumbs").iterdir())) == 5 * 96 + 5
     assert len(list(root.glob("style-*.html"))) == 5 * 2
@@ -456,14 +515,22 @@ def test_a_200000_item_report_stays_small(tmp_path, capsys):
     assert page.counts["total"] == page.counts["done"] == 200_000
     assert page.counts["ok"] == table.num_rows - n_failed
     assert len(page.failures) == settings.index_failures
-    assert f"the first {settings.max_failures:,} of {n_failed:,} on {n_pages} pages" in \
-        (root / "index.html").read_text()
+    assert (
+        f"the first {settings.max_failures:,} of {n_failed:,} on {n_pages} pages"
+        in (root / "index.html").read_text()
+    )
 
 
 # ------------------------------------------------------------------------------ loss traces
 def step(scale, step_, losses, scales=1, steps=5, active=None):
-    return SimpleNamespace(scale=scale, scales=scales, step=step_, steps=steps,
-                           losses=tuple(losses), active=len(losses) if active is None else active)
+    return SimpleNamespace(
+        scale=scale,
+        scales=scales,
+        step=step_,
+        steps=steps,
+        losses=tuple(losses),
+        active=len(losses) if active is None else active,
+    )
 
 
 def test_traces_follow_the_engines_chunks():
@@ -514,8 +581,11 @@ def test_traces_of_the_real_engine_split_into_chunks_belong_to_their_images():
 
     contents = [bench.square(raw, 32) for raw in bench.sample_bytes(6)]
     style = Style("starry", (to_tensor(decode_image(sample("starry_night").read_bytes())),))
-    engine = Stylizer(resolve_config(size=32, iterations=3, init="content", device="cpu",
-                                     log_every=1, batch_size=0))
+    engine = Stylizer(
+        resolve_config(
+            size=32, iterations=3, init="content", device="cpu", log_every=1, batch_size=0
+        )
+    )
     together = LossTrace(6)
     engine.stylize_batch(contents, [style] * 6, together)
     assert [c["size"] for c in together._chunks] == [4, 2]  # the engine did split the batch
@@ -533,7 +603,7 @@ def test_chart_ticks_and_empty_charts():
     assert nice_ticks(0, 97) == [0, 20, 40, 60, 80]
     assert log_ticks(4.2, 8.9) == [5.0, 6.0, 7.0, 8.0]
     inside = log_ticks(6.9, 7.2)  # one decade: round values
-    assert [round(10 ** t) for t in inside] == [8_000_000, 10_000_000, 12_000_000, 14_000_000]
+    assert [round(10**t) for t in inside] == [8_000_000, 10_000_000, 12_000_000, 14_000_000]
     assert "no data" in bar_chart(np.array([0.0, 1.0]), np.array([0]), "x", "y")
     svg = bar_chart(np.array([0.0, 1.0, 2.0]), np.array([3, 1]), "x <&>", "items")
     assert svg.count("<rect") == 2 and "x &lt;&amp;&gt;" in svg

@@ -26,11 +26,16 @@ from test_report import real_run
 CHROMIUM = os.environ.get("STYLIZE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright for Python is not installed (pip install "
-    "playwright; the browser itself comes from the OS: apt-get install chromium)")
+    "playwright.sync_api",
+    reason="Playwright for Python is not installed (pip install "
+    "playwright; the browser itself comes from the OS: apt-get install chromium)",
+)
 if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set "
-                f"STYLIZE_CHROMIUM to a Chromium executable)", allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set "
+        f"STYLIZE_CHROMIUM to a Chromium executable)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +60,30 @@ def open_page(browser, path: Path, width: int = 1360):
     """The page at ``path``, loaded, and the list of problems seen while loading it."""
     page = browser.new_page(viewport={"width": width, "height": 900})
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-            if m.type in ("error", "warning") else None)
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
+    )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} "
-                                                       f"({r.failure})"))
-    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}")
-            if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
+    page.on(
+        "response",
+        lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
+    )
     page.goto(path.as_uri(), wait_until="load")
     return page, problems
 
 
 def images(page) -> list[dict]:
-    return page.eval_on_selector_all("img", """els => els.map(e => ({
-        src: e.getAttribute('src'), complete: e.complete, width: e.naturalWidth}))""")
+    return page.eval_on_selector_all(
+        "img",
+        """els => els.map(e => ({
+        src: e.getAttribute('src'), complete: e.complete, width: e.naturalWidth}))""",
+    )
 
 
 def not_blank(png: Path) -> None:
@@ -88,11 +103,17 @@ def test_index_in_chromium(run, browser):
     assert len(imgs) >= 6 + 6 + 2
     assert [i for i in imgs if not (i["complete"] and i["width"] > 0)] == []
 
-    shown = page.eval_on_selector_all("[data-count]", """els => Object.fromEntries(
-        els.map(e => [e.dataset.count, e.querySelector('b').textContent]))""")
+    shown = page.eval_on_selector_all(
+        "[data-count]",
+        """els => Object.fromEntries(
+        els.map(e => [e.dataset.count, e.querySelector('b').textContent]))""",
+    )
     by_status = dict(zip(*[c.to_pylist() for c in pc.value_counts(table["status"]).flatten()]))
     assert {k: int(v.replace(",", "")) for k, v in shown.items()} == {
-        "total": table.num_rows, "done": table.num_rows, **by_status}
+        "total": table.num_rows,
+        "done": table.num_rows,
+        **by_status,
+    }
 
     failed = table.filter(pc.not_equal(table["status"], "ok")).to_pylist()
     assert page.locator("table.failures tbody tr").count() == len(failed) == 2
@@ -134,7 +155,7 @@ def test_clicking_a_tile_shows_content_style_and_result_side_by_side(run, browse
     out, _, shots = run
     page, problems = open_page(browser, out / "report" / "style-0-1.html")
     tile = page.locator("figure.tile").first
-    item = tile.get_attribute("id")[len("t-"):]
+    item = tile.get_attribute("id")[len("t-") :]
     panel = page.locator(f"#v-{item}")
     assert not panel.is_visible()
     tile.locator("a.pics").click()
@@ -145,7 +166,8 @@ def test_clicking_a_tile_shows_content_style_and_result_side_by_side(run, browse
     captions = panel.locator(".three figcaption").all_inner_texts()
     assert [c.split(":")[0].split(" ")[0] for c in captions] == ["content", "style", "result"]
     shown = panel.locator("img").evaluate_all(
-        "els => els.map(e => e.complete && e.naturalWidth > 0)")
+        "els => els.map(e => e.complete && e.naturalWidth > 0)"
+    )
     assert shown == [True, True, True]
     page.screenshot(path=shots / "panel.png")
     not_blank(shots / "panel.png")
@@ -164,10 +186,9 @@ def test_every_page_loads_clean(run, browser):
     for path in paths:
         page, problems = open_page(browser, path, width=800)  # a narrow window too
         assert problems == [], path.name
-        assert [i for i in images(page) if not (i["complete"] and i["width"] > 0)] == [], \
-            path.name
+        assert [i for i in images(page) if not (i["complete"] and i["width"] > 0)] == [], path.name
         # links to other pages of the report lead to files that exist
         for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)"):
             assert href.startswith("file://"), href
-            assert Path(href[len("file://"):].split("#")[0]).is_file(), href
+            assert Path(href[len("file://") :].split("#")[0]).is_file(), href
         page.close()

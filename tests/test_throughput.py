@@ -9,8 +9,7 @@ import torch
 from stylize import bench
 from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer
-from stylize.images import (MAX_ASPECT_CHANGE, bucket_shape, decode_image, resize_bucket,
-                            to_tensor)
+from stylize.images import MAX_ASPECT_CHANGE, bucket_shape, decode_image, resize_bucket, to_tensor
 
 
 def _aspect_change(w, h, bw, bh):
@@ -26,11 +25,18 @@ def test_buckets_keep_aspect_within_bound_and_longest_side(size):
             bw, bh = bucket_shape(w, h, size)
             assert max(bw, bh) == size
             assert (bw - bh) * (w - h) >= 0  # orientation kept (a near-square may snap to square)
-            exact = (size, max(1, round(size * h / w))) if w >= h else \
-                (max(1, round(size * w / h)), size)
+            exact = (
+                (size, max(1, round(size * h / w)))
+                if w >= h
+                else (max(1, round(size * w / h)), size)
+            )
             # within the bound, or a side so short that whole pixels cannot meet it
-            assert _aspect_change(w, h, bw, bh) <= MAX_ASPECT_CHANGE + 1e-9 or \
-                (bw, bh) == exact, (w, h, bw, bh)
+            assert _aspect_change(w, h, bw, bh) <= MAX_ASPECT_CHANGE + 1e-9 or (bw, bh) == exact, (
+                w,
+                h,
+                bw,
+                bh,
+            )
             shapes.add((bw, bh))
     # ordinary photo aspects (1:1 .. 2:1, both orientations) share few shapes
     photos = {bucket_shape(w, h, size) for w in range(1000, 2001, 10) for h in (1000,)}
@@ -39,12 +45,16 @@ def test_buckets_keep_aspect_within_bound_and_longest_side(size):
 
 def test_common_photo_aspects_share_a_bucket():
     # 4032x3024 (4:3 phone) and 1600x1200 and 1599x1201 land on one shape
-    assert bucket_shape(4032, 3024, 512) == bucket_shape(1600, 1200, 512) == \
-        bucket_shape(1599, 1201, 512)
+    assert (
+        bucket_shape(4032, 3024, 512)
+        == bucket_shape(1600, 1200, 512)
+        == bucket_shape(1599, 1201, 512)
+    )
 
 
 def test_resize_bucket_on_a_real_image():
     from importlib import resources
+
     raw = (resources.files("stylize") / "samples" / "tubingen.jpg").read_bytes()
     img = decode_image(raw)
     out = resize_bucket(img, 128)
@@ -104,26 +114,71 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 
 def test_bench_json_has_its_keys(capsys):
-    rc = bench.main(["--images", "2", "--size", "32", "--iterations", "3", "--batch", "2",
-                     "--device", "cpu", "--json"])
+    rc = bench.main(
+        [
+            "--images",
+            "2",
+            "--size",
+            "32",
+            "--iterations",
+            "3",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert rc == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     data = json.loads(last)
-    for key in ("ms_per_image_iter", "baseline_ms_per_image_iter", "speedup", "images_per_hour",
-                "peak_memory_mb", "final_loss", "baseline_final_loss", "size", "iterations",
-                "batch", "precision", "device", "device_name"):
+    for key in (
+        "ms_per_image_iter",
+        "baseline_ms_per_image_iter",
+        "speedup",
+        "images_per_hour",
+        "peak_memory_mb",
+        "final_loss",
+        "baseline_final_loss",
+        "size",
+        "iterations",
+        "batch",
+        "precision",
+        "device",
+        "device_name",
+    ):
         assert key in data, key
     assert data["ms_per_image_iter"] > 0 and data["baseline_ms_per_image_iter"] > 0
     assert data["batch"] == 2 and data["precision"] == "fp32"
-    assert math.isclose(data["speedup"],
-                        data["baseline_ms_per_image_iter"] / data["ms_per_image_iter"], rel_tol=0.01)
+    assert math.isclose(
+        data["speedup"],
+        data["baseline_ms_per_image_iter"] / data["ms_per_image_iter"],
+        rel_tol=0.01,
+    )
     # the same plain fp32 problem: final losses agree closely after 3 steps
     assert math.isclose(data["final_loss"], data["baseline_final_loss"], rel_tol=0.02)
 
 
 def test_bench_profile_says_where_the_time_goes(capsys):
-    rc = bench.main(["--images", "2", "--size", "32", "--iterations", "3", "--batch", "2",
-                     "--device", "cpu", "--baseline-images", "0", "--profile", "2", "--json"])
+    rc = bench.main(
+        [
+            "--images",
+            "2",
+            "--size",
+            "32",
+            "--iterations",
+            "3",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--baseline-images",
+            "0",
+            "--profile",
+            "2",
+            "--json",
+        ]
+    )
     assert rc == 0
     prof = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["profile"]
     assert prof["images"] == 2 and prof["iterations"] == 2

@@ -28,8 +28,10 @@ LABEL = "ok images/h, first start to last finish"
 
 def _report_figures(index: str) -> dict[str, float | None]:
     """The summary's figures of the report (data-figure -> data-value)."""
-    return {k: float(v) if v else None for k, v in
-            re.findall(r'data-figure="([a-z_]+)" data-value="([^"]*)"', index)}
+    return {
+        k: float(v) if v else None
+        for k, v in re.findall(r'data-figure="([a-z_]+)" data-value="([^"]*)"', index)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +39,26 @@ def runs(tmp_path_factory):
     """(output, the first run's --json, its run.json, what it printed on stderr, the
     no-op resume's --json and run.json)."""
     root = tmp_path_factory.mktemp("agree")
-    inputs = make_inputs(root / "in", {"tubingen.jpg": "tubingen", "coffee.jpg": "coffee",
-                                       "cats/chelsea.jpg": "chelsea"}, bad=False)
+    inputs = make_inputs(
+        root / "in",
+        {"tubingen.jpg": "tubingen", "coffee.jpg": "coffee", "cats/chelsea.jpg": "chelsea"},
+        bad=False,
+    )
     (inputs / "corrupt.jpg").write_bytes(sample("shipwreck").read_bytes()[:3000])
     out = root / "out"
-    job = write_job(root / "job.yaml", {
-        "input": str(inputs), "output": str(out),
-        "styles": {"starry": str(sample("starry_night")), "scream": str(sample("the_scream"))},
-        "stylize": TINY, "shard_size": 2, "ray": {"address": "inline"},
-        "assign": {"random": 1, "seed": 0}, "grid": {"cell_size": 64}})
+    job = write_job(
+        root / "job.yaml",
+        {
+            "input": str(inputs),
+            "output": str(out),
+            "styles": {"starry": str(sample("starry_night")), "scream": str(sample("the_scream"))},
+            "stylize": TINY,
+            "shard_size": 2,
+            "ray": {"address": "inline"},
+            "assign": {"random": 1, "seed": 0},
+            "grid": {"cell_size": 64},
+        },
+    )
     capture = pytest.MonkeyPatch()
     results = []
     for _ in range(2):
@@ -57,8 +70,13 @@ def runs(tmp_path_factory):
         finally:
             capture.undo()
         assert code == 1, stderr.getvalue()  # the corrupt photo: failed_decode
-        results.append((json.loads(stdout.getvalue()),
-                        json.loads((out / "run.json").read_text()), stderr.getvalue()))
+        results.append(
+            (
+                json.loads(stdout.getvalue()),
+                json.loads((out / "run.json").read_text()),
+                stderr.getvalue(),
+            )
+        )
     (first, run1, err1), (again, run2, _) = results
     return out, first, run1, err1, again, run2
 
@@ -88,8 +106,11 @@ def test_the_four_views_show_the_same_numbers(runs):
     assert timings["wall_s"] >= timings["span_s"] > 0
     assert first["wall_s"] == timings["wall_s"] == status["wall_s"] == report["wall_s"]
     assert timings["command_images_per_hour"] == round(3600 * 3 / timings["wall_s"], 1)
-    assert first["command_images_per_hour"] == timings["command_images_per_hour"] == \
-        status["command_images_per_hour"]
+    assert (
+        first["command_images_per_hour"]
+        == timings["command_images_per_hour"]
+        == status["command_images_per_hour"]
+    )
 
 
 def test_the_figure_has_one_label_everywhere(runs):
@@ -100,8 +121,11 @@ def test_the_figure_has_one_label_everywhere(runs):
     print_status(summarize(str(out)), text)
     assert f"throughput: {rate} {LABEL}" in text.getvalue()
     index = (out / "report" / "index.html").read_text()
-    assert re.search(rf'data-figure="images_per_hour"[^>]*><b>{re.escape(rate)}</b>'
-                     rf'<span>{re.escape(LABEL)}</span>', index)
+    assert re.search(
+        rf'data-figure="images_per_hour"[^>]*><b>{re.escape(rate)}</b>'
+        rf"<span>{re.escape(LABEL)}</span>",
+        index,
+    )
     assert manifest.THROUGHPUT_LABEL == LABEL
 
 
@@ -140,21 +164,35 @@ def test_throughput_of_rows_without_a_start_or_any_time():
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
     def table(rows):
-        base = {"content_uri": "c", "style": "s", "output_uri": "o", "attempt": 1,
-                "params_hash": "p", "shard": 0}
-        return pa.Table.from_pylist([{**base, "item_id": str(i), **r}
-                                     for i, r in enumerate(rows)], schema=manifest.SCHEMA)
+        base = {
+            "content_uri": "c",
+            "style": "s",
+            "output_uri": "o",
+            "attempt": 1,
+            "params_hash": "p",
+            "shard": 0,
+        }
+        return pa.Table.from_pylist(
+            [{**base, "item_id": str(i), **r} for i, r in enumerate(rows)], schema=manifest.SCHEMA
+        )
 
     assert manifest.throughput(manifest.SCHEMA.empty_table()) == manifest.Throughput(0, None, None)
     # two ok items over 30 min; a timeout (no start: the scheduler's row) ends the span later
-    rows = [{"status": "ok", "started_at": t0, "finished_at": t0 + timedelta(minutes=10)},
-            {"status": "ok", "started_at": t0 + timedelta(minutes=5),
-             "finished_at": t0 + timedelta(minutes=30)}]
+    rows = [
+        {"status": "ok", "started_at": t0, "finished_at": t0 + timedelta(minutes=10)},
+        {
+            "status": "ok",
+            "started_at": t0 + timedelta(minutes=5),
+            "finished_at": t0 + timedelta(minutes=30),
+        },
+    ]
     assert manifest.throughput(table(rows)) == manifest.Throughput(2, 1800.0, 4.0)
     late = rows + [{"status": "failed_timeout", "finished_at": t0 + timedelta(minutes=60)}]
     assert manifest.throughput(table(late)) == manifest.Throughput(2, 3600.0, 2.0)
     # no row has a start: the span runs from the first finish; a single instant has no rate
-    ends = [{"status": "ok", "finished_at": t0},
-            {"status": "ok", "finished_at": t0 + timedelta(hours=1)}]
+    ends = [
+        {"status": "ok", "finished_at": t0},
+        {"status": "ok", "finished_at": t0 + timedelta(hours=1)},
+    ]
     assert manifest.throughput(table(ends)) == manifest.Throughput(2, 3600.0, 2.0)
     assert manifest.throughput(table(ends[:1])) == manifest.Throughput(1, 0.0, None)
