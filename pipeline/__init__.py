@@ -15,4 +15,34 @@ Modules follow the data flow::
     manifest   explicit pyarrow schema, shard parts, manifest.parquet, run.json
     runfolder  the names of an output folder's own files and folders (RunFolder)
     progress   tqdm bar or log lines;  grid  contact sheets;  status  run-folder summary
+    api        pipeline.run(job): the Python job API that ``stylize run`` calls
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers; at run time, imported on first use (PEP 562)
+    from pipeline.api import JobResult, load, run
+    from pipeline.jobconfig import JobConfig
+    from stylize.common import StylizeError
+
+__all__ = ["JobConfig", "JobResult", "StylizeError", "load", "run"]
+
+_LAZY = {
+    "run": "pipeline.api",
+    "load": "pipeline.api",
+    "JobResult": "pipeline.api",
+    "JobConfig": "pipeline.jobconfig",
+    "StylizeError": "stylize.common",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``pipeline.run`` and the rest of the Python API, imported when first used, so that
+    ``import pipeline.scheduler`` (say) does not pull pyarrow, fsspec or Ray in."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import logging
 import os
@@ -37,9 +36,15 @@ import traceback
 from importlib import metadata
 from typing import IO, Any, Callable, Iterator, Sequence
 
-from pipeline import errors, manifest
+from pipeline import api, errors, manifest
 from pipeline.errors import RESUME_HINT, Interrupted, install_signal_handlers
-from pipeline.jobconfig import MODES, apply_overrides, job_from_mapping, job_schema, load_job
+from pipeline.jobconfig import (
+    MODES,
+    JobConfig,
+    apply_overrides,
+    job_from_mapping,
+    job_schema,
+)
 from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
 from pipeline.status import NoRunError, print_status, summarize, to_json
@@ -222,8 +227,7 @@ def _plan_parser() -> argparse.ArgumentParser:
 def _plan(args: argparse.Namespace, ctx: _Context) -> int:
     from pipeline.plan import calibrate, make_plan, print_plan
 
-    limit = [f"limit={args.limit}"] if args.limit is not None else []
-    job = load_job(args.config, [*args.overrides, *limit])
+    job = api.load(args.config, args.overrides, limit=args.limit)
     ctx.secrets = secret_values(job.storage_options)
     side = min(job.stylize.size, 256)
     measured = (side, calibrate(job, side)[1]) if args.calibrate else None
@@ -297,8 +301,7 @@ def _grid_job(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, ctx: _Context) -> int:
-    limit = [f"limit={args.limit}"] if args.limit is not None else []
-    job = load_job(args.config, [*args.overrides, *limit], args.mode)
+    job = api.load(args.config, args.overrides, mode=args.mode, limit=args.limit)
     return _run_job(job, args, ctx)
 
 
@@ -306,18 +309,18 @@ def _grid(args: argparse.Namespace, ctx: _Context) -> int:
     return _run_job(_grid_job(args), args, ctx)
 
 
-def _run_job(job, args: argparse.Namespace, ctx: _Context) -> int:
-    from pipeline.driver import run_job  # imports Ray: not needed for the other commands
-
+def _run_job(job: JobConfig, args: argparse.Namespace, ctx: _Context) -> int:
+    """``pipeline.run`` (:mod:`pipeline.api`), with the command's streams: the summary on
+    stdout (on stderr with ``--json``, which prints one object instead)."""
     ctx.secrets = secret_values(job.storage_options)
     log.debug("%s", version())
     log.debug("job: %s", json.dumps(job.to_dict(), sort_keys=True, default=str))
     with results_only_on_stdout() as out:
         if args.json:  # the text summary is for people: stderr, or nowhere with -q
-            stream = io.StringIO() if args.quiet else sys.stderr
+            stream = None if args.quiet else sys.stderr
         else:
             stream = out
-        result = run_job(job, stream=stream, takeover=args.takeover)
+        result = api.run(job, takeover=args.takeover, stream=stream)
     if args.json:
         _print_json({"command": ctx.command, **run_json(result, job.storage_options)}, ctx)
     return result.exit_code

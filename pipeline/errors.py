@@ -14,6 +14,8 @@ The exit code is a contract with whoever runs the job (a person, a scheduler, ``
 from __future__ import annotations
 
 import signal
+import threading
+from typing import Any
 
 from stylize.common import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError  # noqa: F401
 
@@ -60,3 +62,20 @@ def install_signal_handlers() -> None:
     ``ray.init``, which installs a SIGTERM handler of its own (a bare exit)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, raise_interrupted)
+
+
+def signal_handlers() -> dict[int, Any]:
+    """The SIGINT and SIGTERM handlers now in place, for :func:`restore_signal_handlers`."""
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_signal_handlers(saved: dict[int, Any]) -> None:
+    """Put back the handlers that were in place before ``ray.init`` (which installs a SIGTERM
+    handler of its own, a bare exit) and ``ray.shutdown`` (which sets the default action
+    back though Python still names the old handler): this package's under the command, the
+    calling program's own under ``pipeline.run``. Only the main thread may set them."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)

@@ -431,6 +431,21 @@ class JobConfig(BaseModel):
         """A copy with some keys changed (not re-validated: for already valid values)."""
         return self.model_copy(update=changes)
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The job as a job file's keys (credentials kept): ``job_from_mapping`` of it gives
+        this job back (``pipeline.load`` applies overrides to a model through it)."""
+        d = self.model_dump(mode="json", exclude={"styles"}, warnings=False)
+        if isinstance(self.styles, str):
+            d["styles"] = self.styles
+        elif all(s.name is None for s in self.styles):
+            d["styles"] = [s.uris[0] for s in self.styles]
+        else:
+            d["styles"] = {
+                s.name: [{"uri": u, "weight": w} for u, w in zip(s.uris, s.weights)]
+                for s in self.styles
+            }
+        return d
+
 
 def _style_sources(value: Any) -> str | tuple[StyleSource, ...]:
     if isinstance(value, str):

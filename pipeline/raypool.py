@@ -19,7 +19,12 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import ray
 
-from pipeline.errors import InfraError, install_signal_handlers, reraise_if_interrupted
+from pipeline.errors import (
+    InfraError,
+    reraise_if_interrupted,
+    restore_signal_handlers,
+    signal_handlers,
+)
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.jobconfig import JobConfig, JobConfigError
 from pipeline.scheduler import (
@@ -345,8 +350,9 @@ def run(
     """Every shard on Ray actors: (the info of every worker that was ready, their style
     target cache figures, the cluster's resources). A private instance started here is shut
     down at the end, whatever happens. ``spec_for(threads)``: the workers' spec."""
+    handlers = signal_handlers()
     started_ray = _init_ray(job)
-    install_signal_handlers()  # ray.init put in a SIGTERM handler of its own
+    restore_signal_handlers(handlers)  # ray.init put in a SIGTERM handler of its own
     try:
         cluster = dict(ray.cluster_resources())
         n, actor_options, threads = _actors(job, len(shards))
@@ -372,10 +378,10 @@ def run(
     finally:
         if started_ray:
             ray.shutdown()
-            # ray.shutdown puts back the default SIGTERM action (a silent exit) though
-            # Python still names this package's handler: set them again, so that a signal
-            # during the final writes is one line and leaves no stray file
-            install_signal_handlers()
+            # ray.shutdown puts back the default SIGTERM action (a silent exit): set the
+            # handlers again, so that a signal during the final writes is one line (under
+            # the command) and leaves no stray file
+            restore_signal_handlers(handlers)
 
 
 @contextlib.contextmanager

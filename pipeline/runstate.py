@@ -16,18 +16,39 @@ from pipeline.containers import Container
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.jobconfig import JobConfig
 from pipeline.rows import COLUMNS
+from pipeline.runfolder import RunFolder
 from pipeline.sources import Listing
 
 
 @dataclass
 class JobResult:
-    exit_code: int
-    counts: dict[str, int]
-    output: str
-    manifest_uri: str
-    grid_uris: list[str] = field(default_factory=list)
-    computed: int = 0  # items processed by this invocation
+    """What a run returns (:func:`pipeline.run`, ``stylize run --json``)."""
+
+    exit_code: int  # 0 every item ok, 1 some failed (their rows say why)
+    counts: dict[str, int]  # items per status (ok, failed_decode, ...), the whole job
+    output: str  # the output folder, canonical
+    manifest_uri: str  # manifest.parquet: one row per item
+    grid_uris: list[str] = field(default_factory=list)  # contact sheets written or kept
+    computed: int = 0  # items processed by this invocation (the others were resumed)
     report_uri: str | None = None  # report/index.html, when written
+    summary: str = ""  # the text summary ``stylize run`` prints
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> int:
+        return self.counts.get("ok", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.ok
+
+    @property
+    def run_info_uri(self) -> str:
+        """run.json: the job, timings, throughput, versions."""
+        return RunFolder(self.output).run_json
 
 
 @dataclass
