@@ -332,6 +332,7 @@ class JobConfig(BaseModel):
             raise ValueError(
                 f"output_bit_depth: 16 is only for png and tiff, not {self.output_format}"
             )
+        _check_no_effect(self)
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "input", self.input if isinstance(self.input, str) else tuple(self.input))
         set_(self, "styles", _style_sources(self.styles))
@@ -434,7 +435,8 @@ class JobConfig(BaseModel):
     def to_mapping(self) -> dict[str, Any]:
         """The job as a job file's keys (credentials kept): ``job_from_mapping`` of it gives
         this job back (``pipeline.load`` applies overrides to a model through it)."""
-        d = self.model_dump(mode="json", exclude={"styles"}, warnings=False)
+        # the keys given (not their defaults): a key's presence can matter (_check_no_effect)
+        d = self.model_dump(mode="json", exclude={"styles"}, exclude_unset=True, warnings=False)
         if isinstance(self.styles, str):
             d["styles"] = self.styles
         elif all(s.name is None for s in self.styles):
@@ -460,6 +462,31 @@ def _style_sources(value: Any) -> str | tuple[StyleSource, ...]:
             StyleSource(str(name), tuple(p.uri for p in parts), tuple(p.weight for p in parts))
         )
     return tuple(out)
+
+
+QUALITY_FORMATS = ("jpeg", "webp")
+
+
+def _check_no_effect(job: JobConfig) -> None:
+    """A key given that the rest of the job makes pointless is a mistake to report, not a
+    setting to ignore (the user believes it acts)."""
+    given = job.model_fields_set
+    if "output_quality" in given and job.output_format not in QUALITY_FORMATS:
+        raise ValueError(
+            f"output_quality: has no effect on {job.output_format} (lossless); it is for "
+            f"{' and '.join(QUALITY_FORMATS)}: drop it, or set output_format"
+        )
+    workers = job.ray.num_workers
+    if job.ray.address == "inline" and "num_workers" in job.ray.model_fields_set and workers != 1:
+        raise ValueError(
+            f"ray.num_workers: {workers} has no effect with ray.address: inline (one worker, "
+            f"in this process); drop it, or set ray.address: null for a local Ray"
+        )
+    grid = job.grid
+    if isinstance(grid, GridConfig) and not grid.enabled and grid.model_fields_set - {"enabled"}:
+        raise ValueError(
+            "grid: enabled is false, so its other keys have no effect; drop them or enable it"
+        )
 
 
 def _check_memory_urls(job: JobConfig) -> None:

@@ -81,6 +81,28 @@ def test_input_column_on_a_folder_is_an_error(tmp_path, capsys):
     assert "input_column: 'path' has no effect" in capsys.readouterr().err
 
 
+def test_keys_that_other_keys_make_pointless_are_errors(tmp_path, capsys):
+    """A key the rest of the job ignores is reported (exit 2, nothing written), not
+    silently dropped; the same keys where they act are accepted."""
+    inp = make_inputs(tmp_path / "in", {"a.jpg": "chelsea"}, bad=False)
+    cases = [
+        ({"output_quality": 80}, "output_quality: has no effect on png"),
+        ({"output_quality": 80, "output_format": "tiff"}, "has no effect on tiff"),
+        ({"ray": {"address": "inline", "num_workers": 3}}, "ray.num_workers: 3 has no effect"),
+        ({"grid": {"enabled": False, "cell_size": 64}}, "grid: enabled is false"),
+    ]
+    for extra, message in cases:
+        job, out = _job(tmp_path, inp, **extra)
+        assert cli_main(["plan", str(job)]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert cli_main(["run", str(job)]) == 2 and not out.exists()
+        capsys.readouterr()
+    job, out = _job(tmp_path, inp, output_quality=80, output_format="webp")
+    assert cli_main(["run", str(job), "--limit", "1"]) == 0
+    assert (out / "starry" / "a.webp").is_file()
+
+
 def test_limit_is_a_trial_that_the_full_run_resumes(tmp_path, capsys):
     inp = make_inputs(
         tmp_path / "in", {f"i{n}": "chelsea" if n % 2 else "tubingen" for n in range(5)}, bad=False
