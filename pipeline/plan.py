@@ -239,7 +239,8 @@ def print_plan(p: Mapping[str, Any], stream) -> None:
         say(f"damaged:   {line} (the run moves it to quarantine and redoes it)")
     say(f"shapes:    at {p['size']} px, {p['iterations_per_item']} iterations per item:")
     for s in p["shapes"][:10]:
-        say(f"  {s['width']}x{s['height']}  {s['contents']} contents")
+        n = s["contents"]
+        say(f"  {s['width']}x{s['height']}  {n} content{'' if n == 1 else 's'}")
     if len(p["shapes"]) > 10:
         say(f"  ... and {len(p['shapes']) - 10} more shapes")
     batch = p["batch_per_gpu"]
