@@ -60,7 +60,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 from pipeline.items import Shard, StyleRef
-from pipeline.rows import make_row, now
+from pipeline.rows import Row, make_row, now
 from pipeline.runfolder import RunFolder
 
 DEFAULT_BATCH = 16
@@ -110,7 +110,7 @@ class StandInWorker:
         self.work_s = float(getattr(spec, "work_s", 0.0))
         self.label = f"{socket.gethostname()}/pid{os.getpid()}/stand-in"
         self._items: dict[str, Any] = {}
-        self._shard, self._attempts = -1, {}
+        self._shard, self._attempts = -1, {}  # type: int, Mapping[str, int]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -129,7 +129,7 @@ class StandInWorker:
         styles: Mapping[str, StyleRef],
         attempts: Mapping[str, int],
         isolate: frozenset[str] = frozenset(),
-    ) -> tuple[list[dict], list[list[str]]]:
+    ) -> tuple[list[Row], list[list[str]]]:
         """No decoding: batches of ``max_batch`` item ids in shard order, suspects alone."""
         self._shard, self._attempts = shard.shard_id, attempts
         self._items = {i.item_id: i for i in shard.items}
@@ -147,7 +147,7 @@ class StandInWorker:
             batches.append(group)
         return [], batches
 
-    def run_batch(self, item_ids: Sequence[str]) -> list[dict]:
+    def run_batch(self, item_ids: Sequence[str]) -> list[Row]:
         started = now()
         if self.work_s:
             time.sleep(self.work_s)
@@ -380,8 +380,10 @@ def run_phase(
         out["driver_peak_rss_mb"] = round(_status_mb("VmHWM"), 1)
         out["peak_rss_reset"] = peak_reset
     run = manifest.read_json(RunFolder(result.output).run_json, options)
-    timings, infos = run["timings"], run["workers"]
     table = manifest.read_manifest(result.output, options)
+    if run is None or table is None:
+        raise RuntimeError(f"the run left no run info or manifest in {result.output}")
+    timings, infos = run["timings"], run["workers"]
     n = table.num_rows
     out.update(
         items=n,
@@ -483,6 +485,7 @@ def _moto_server(bucket: str, contents: int) -> Iterator[tuple[str, bool]]:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    assert proc.stdout is not None and proc.stdin is not None  # PIPE, both
     try:
         line = proc.stdout.readline().split()
         if not line:

@@ -22,6 +22,7 @@ from pipeline import manifest, storage
 from pipeline import webdataset as wds
 from pipeline.items import FORMAT_EXTENSIONS, WorkItem
 from pipeline.jobconfig import JobConfig
+from pipeline.rows import Row
 from pipeline.runfolder import MIRROR_DIR, SHARDS_SHOWN, RunFolder, shard_of_tar
 
 ExtraOf = Callable[[str], dict[str, Any]]  # item id -> the columns a row gets beyond SCHEMA
@@ -56,8 +57,8 @@ class Container:
         """On resume, before work: remove what a stopped run left half done."""
 
     def seal(
-        self, shard_id: int, rows: list[dict], extra: ExtraOf, secrets: Sequence[str]
-    ) -> list[dict]:
+        self, shard_id: int, rows: list[Row], extra: ExtraOf, secrets: Sequence[str]
+    ) -> list[Row]:
         """A shard is done, before its manifest part is written: the rows as recorded."""
         return rows
 
@@ -126,8 +127,8 @@ class WebDataset(Container):
         storage.remove(self.folder.staging_dir, self.options, recursive=True)
 
     def seal(
-        self, shard_id: int, rows: list[dict], extra: ExtraOf, secrets: Sequence[str]
-    ) -> list[dict]:
+        self, shard_id: int, rows: list[Row], extra: ExtraOf, secrets: Sequence[str]
+    ) -> list[Row]:
         """Pack the shard's ok outputs into shards/NNNNN.tar (their rows then name
         ``tar#key.ext``); each sample's json is its manifest row and its extra columns."""
         ext = FORMAT_EXTENSIONS[self.job.output_format]
@@ -138,7 +139,7 @@ class WebDataset(Container):
         keys = self.keys
         key = {r["item_id"]: keys.get(r["item_id"], r["item_id"]) for r in ok}
 
-        def meta(r: dict) -> dict:
+        def meta(r: Row) -> dict[str, Any]:
             out = {
                 **manifest.clean_row(r, secrets),
                 "output_uri": wds.member_uri(tar, key[r["item_id"]], ext),

@@ -27,10 +27,11 @@ from pipeline import containers, manifest, resume, storage
 from pipeline.errors import InfraError
 from pipeline.finish import finish
 from pipeline.items import Plan, WorkItem, make_items, make_shards
-from pipeline.jobconfig import JobConfig, JobConfigError
+from pipeline.jobconfig import JobConfig
 from pipeline.lease import Lease
 from pipeline.progress import Progress
 from pipeline.redact import secret_values
+from pipeline.rows import Row
 from pipeline.runfolder import RunFolder
 from pipeline.runstate import ExtraColumns, JobResult, RunState
 from pipeline.sources import check_styles_load, list_inputs, list_styles
@@ -77,15 +78,7 @@ def run_job(
 
 
 def _assignment(job: JobConfig, n_styles: int) -> Plan:
-    assign = job.assign
-    if not isinstance(assign, str):
-        if assign.random > n_styles:
-            raise JobConfigError(
-                f"assign.random: {assign.random} styles per content, but the "
-                f"style set has {n_styles}"
-            )
-        assign = (assign.random, assign.seed)
-    return Plan(assign, job.layout, job.sweep_points(), job.point_hashes())
+    return Plan(job.assignment(n_styles), job.layout, job.sweep_points(), job.point_hashes())
 
 
 def plan(job: JobConfig, probe: bool = True) -> RunState:
@@ -209,7 +202,7 @@ def run(
     secrets = secret_values(options)
     extra = s.extra.for_row if s.extra else (lambda item_id: {})
 
-    def on_shard(shard_id: int, rows: list[dict]) -> None:
+    def on_shard(shard_id: int, rows: list[Row]) -> None:
         lease.check()  # another driver took the folder over: stop before writing
         try:
             rows = s.container.seal(shard_id, rows, extra, secrets)

@@ -61,7 +61,7 @@ def _canvas_size(rows: int, cols: int, cell: int) -> tuple[int, int]:
     return pad + cols * (cell + pad), pad + rows * (cell + label + pad)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font

@@ -10,13 +10,14 @@ machines without Ray.
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from pipeline.items import StyleRef
+from pipeline.rows import Row
 from pipeline.scheduler import Prepare, RunBatch, Scheduler, Start, Stop, short_error
 from pipeline.worker import CallTimeout, StyleWorker, WorkerSpec
 
-RowsCallback = Callable[[int, list[dict]], None]
+RowsCallback = Callable[[int, list[Row]], None]
 
 
 class InlineExecutor:
@@ -59,21 +60,22 @@ class InlineExecutor:
             except Exception as e:  # noqa: BLE001 - reported like a worker that died starting
                 return policy.died(wid, short_error(e), time.monotonic())
             return policy.ready(wid, info, time.monotonic())
-        self.engine.deadline = policy.deadline_of(wid)
+        engine = self.engine
+        assert engine is not None, "the scheduler sends work only to a started worker"
+        engine.deadline = policy.deadline_of(wid)
+        result: Any  # (rows, batches) of a prepare, rows of a batch
         try:
             if isinstance(action, Prepare):
-                result = self.engine.prepare(
-                    action.shard, self.styles, action.attempts, action.isolate
-                )
+                result = engine.prepare(action.shard, self.styles, action.attempts, action.isolate)
             else:
                 assert isinstance(action, RunBatch)
-                result = self.engine.run_batch(list(action.item_ids))
+                result = engine.run_batch(list(action.item_ids))
         except CallTimeout:
             return policy.tick(max(time.monotonic(), policy.deadline_of(wid) + 1e-3))
         except Exception as e:  # noqa: BLE001 - the worker's own code raised
             return policy.raised(wid, short_error(e), time.monotonic())
         finally:
-            self.engine.deadline = None
+            engine.deadline = None
         return policy.returned(wid, result, time.monotonic())
 
 

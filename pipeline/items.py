@@ -232,7 +232,7 @@ def make_items(
     several = (plan.assign == "all" and len(styles) > 1) or (
         isinstance(plan.assign, tuple) and plan.assign[0] > 1
     )
-    items = []
+    items: list[WorkItem] = []
     for c, parts in zip(contents, stems):
         key = _name_key("/".join(parts))
         clash = (
@@ -241,6 +241,7 @@ def make_items(
             else ""
         )
         problem = c.problem
+        chosen: Sequence[int]
         if plan.assign == "all":
             chosen = range(len(styles))
         elif plan.assign == "column":
@@ -257,11 +258,12 @@ def make_items(
                     ),
                 )
         else:
+            assert draw is not None  # assign is (k, seed)
             chosen = draw(c.rel)
         targets = [(names[i], keys[i], folder[i], style_suffix[i]) for i in chosen] or [
             (c.style or "", "", join(output, "_"), "")
         ]
-        tail = None if mirror else _output_tail(parts, clash, ext)
+        tail = "" if mirror else _output_tail(parts, clash, ext)  # mirror: per style
         for name, style_key, style_folder, style_tail in targets:
             for p, label in enumerate(labels):
                 if mirror:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import json
 import re
-from typing import Annotated, Any, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Sequence, Union, get_args
 
 import yaml
 from pydantic import (
@@ -40,8 +40,10 @@ from stylize.config import (
     literal_values,
 )
 
-MODES = ("resume", "overwrite")
-RETRY_FAILED = ("transient", "none", "all")  # which earlier failures a resume tries again
+Mode = Literal["resume", "overwrite"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+RetryFailed = Literal["transient", "none", "all"]  # which earlier failures a resume tries again
+RETRY_FAILED: tuple[RetryFailed, ...] = get_args(RetryFailed)
 FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # Engine options that change neither pixels nor losses: left out of the params hash so that a
 # job can resume on another device or with another batch size.
@@ -115,9 +117,12 @@ class RandomAssign(BaseModel):
     seed: int = 0
 
 
-ASSIGN_MODES = ("all", "column")
-LAYOUTS = ("by_style", "mirror")
-CONTAINERS = ("files", "webdataset")
+AssignMode = Literal["all", "column"]
+ASSIGN_MODES: tuple[AssignMode, ...] = get_args(AssignMode)
+Layout = Literal["by_style", "mirror"]
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+Container = Literal["files", "webdataset"]
+CONTAINERS: tuple[Container, ...] = get_args(Container)
 
 
 class BlendPart(BaseModel):
@@ -162,15 +167,21 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", title="stylize job", arbitrary_types_allowed=True
     )
-    input: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(
-        description="folder (recursive), glob, .txt/.csv/.parquet list of URIs, or a list"
-    )
-    styles: StylesInput = Field(
-        description=(
-            "a folder or glob, a list of images, or a mapping name -> URI | {uri, weight} | a "
-            "list of those to blend"
+    # What a field holds once validated is a normal form of what the job file may say
+    # (_normalise): type checkers see the former, pydantic (and the JSON Schema) the latter.
+    if TYPE_CHECKING:
+        input: str | tuple[str, ...]
+        styles: str | tuple[StyleSource, ...]
+    else:
+        input: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(
+            description="folder (recursive), glob, .txt/.csv/.parquet list of URIs, or a list"
         )
-    )
+        styles: StylesInput = Field(
+            description=(
+                "a folder or glob, a list of images, or a mapping name -> URI | {uri, weight} | a "
+                "list of those to blend"
+            )
+        )
     output: Text = Field(description="output folder, path or URL")
     stylize: StyleConfig = Field(
         default_factory=StyleConfig, description="engine options (preset + overrides)"
@@ -178,10 +189,10 @@ class JobConfig(BaseModel):
     shard_size: int = Field(
         16, ge=1, description="work items per shard: unit of retry and of manifest parts"
     )
-    mode: Literal[MODES] = "resume"
+    mode: Mode = "resume"
     max_attempts: int = Field(3, ge=1, description="tries before a crash-looping item is isolated")
     item_timeout_s: float = Field(1800.0, gt=0, description="per item; past it: failed_timeout")
-    retry_failed: Literal[RETRY_FAILED] = Field(
+    retry_failed: RetryFailed = Field(
         "transient",
         description="on resume, try again: transient (failed_io, failed_timeout, "
         "failed_crash), none, or all (failed_decode too)",
@@ -200,16 +211,19 @@ class JobConfig(BaseModel):
     output_format: Literal[OUTPUT_FORMATS] = "png"
     output_quality: int = Field(95, ge=1, le=100, description="jpeg and webp")
     output_bit_depth: Literal[BIT_DEPTHS] = Field(8, description="16: png and tiff only")
-    extensions: Union[
-        Literal["images", "all"], Annotated[list[Text], Field(min_length=1)], None
-    ] = Field(
-        "images",
-        description=(
-            "which files of an input folder are inputs: images (the default: the extensions "
-            "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
-            "file), or a list, e.g. [jpg, png]"
-        ),
-    )
+    if TYPE_CHECKING:
+        extensions: tuple[str, ...] | None  # None: every file
+    else:
+        extensions: Union[
+            Literal["images", "all"], Annotated[list[Text], Field(min_length=1)], None
+        ] = Field(
+            "images",
+            description=(
+                "which files of an input folder are inputs: images (the default: the extensions "
+                "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
+                "file), or a list, e.g. [jpg, png]"
+            ),
+        )
     input_column: Text | None = Field(
         None,
         description=(
@@ -229,27 +243,30 @@ class JobConfig(BaseModel):
         default_factory=dict, description="fsspec options for the driver and every worker"
     )
     ray: RayConfig = Field(default_factory=RayConfig)
-    grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
+    if TYPE_CHECKING:
+        grid: GridConfig
+    else:
+        grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
     report: bool = Field(
         True,
         description="write the HTML report {output}/report/index.html "
         "at the end (also: stylize report OUTPUT)",
     )
-    assign: Union[Literal[ASSIGN_MODES], RandomAssign] = Field(
+    assign: Union[AssignMode, RandomAssign] = Field(
         "all",
         description=(
             "all: every content x every style; {random: k, seed: 0}: k styles per content, "
             "drawn reproducibly; column: a list input's `style` column names each row's style"
         ),
     )
-    layout: Literal[LAYOUTS] = Field(
+    layout: Layout = Field(
         "by_style",
         description=(
             "by_style: {output}/{style}/{relative path}; mirror: {output}/images/{relative path} "
             "(the input tree, for ImageFolder; several styles per content: {stem}__{style}.{ext})"
         ),
     )
-    container: Literal[CONTAINERS] = Field(
+    container: Container = Field(
         "files",
         description=(
             "files: one image file per item; webdataset: one tar per shard, "
@@ -336,14 +353,15 @@ class JobConfig(BaseModel):
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "input", self.input if isinstance(self.input, str) else tuple(self.input))
         set_(self, "styles", _style_sources(self.styles))
+        given: Any = self.extensions  # "images", "all" or a list, as the file says
         set_(
             self,
             "extensions",
             image_extensions()
-            if self.extensions == "images"
+            if given == "images"
             else None
-            if self.extensions == "all"
-            else tuple("." + e.lower().lstrip(".") for e in self.extensions),
+            if given == "all"
+            else tuple("." + e.lower().lstrip(".") for e in given),
         )
         set_(
             self,
@@ -431,6 +449,20 @@ class JobConfig(BaseModel):
     def replace(self, **changes: Any) -> "JobConfig":
         """A copy with some keys changed (not re-validated: for already valid values)."""
         return self.model_copy(update=changes)
+
+    def assignment(self, n_styles: int) -> str | tuple[int, int]:
+        """How contents meet styles, as the item planner takes it: ``"all"``, ``"column"``
+        or ``(k, seed)`` for ``assign: {random: k, seed: s}``, checked against the style
+        set's size."""
+        assign = self.assign
+        if isinstance(assign, str):
+            return assign
+        if assign.random > n_styles:
+            raise JobConfigError(
+                f"assign.random: {assign.random} styles per content, but the "
+                f"style set has {n_styles}"
+            )
+        return (assign.random, assign.seed)
 
     def to_mapping(self) -> dict[str, Any]:
         """The job as a job file's keys (credentials kept): ``job_from_mapping`` of it gives

@@ -102,15 +102,8 @@ def check_settings(**job_keys: Any) -> StageSettings:
     job = job_from_mapping({"input": _PLACEHOLDER, "output": _PLACEHOLDER, **job_keys})
     styles = tuple(list_styles(job))
     check_styles_load(list(styles), job.storage_options)
-    assign = job.assign
-    if not isinstance(assign, str):
-        if assign.random > len(styles):
-            raise JobConfigError(
-                f"assign.random: {assign.random} styles per content, but the "
-                f"style set has {len(styles)}"
-            )
-        assign = (assign.random, assign.seed)
-    return StageSettings(job, styles, Plan(assign, point_hashes=(job.params_hash,)))
+    plan = Plan(job.assignment(len(styles)), point_hashes=(job.params_hash,))
+    return StageSettings(job, styles, plan)
 
 
 class StylizeBatch:

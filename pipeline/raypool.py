@@ -27,6 +27,7 @@ from pipeline.errors import (
 )
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.jobconfig import JobConfig, JobConfigError
+from pipeline.rows import Row
 from pipeline.scheduler import (
     Action,
     Prepare,
@@ -40,7 +41,7 @@ from pipeline.scheduler import (
 if TYPE_CHECKING:
     from pipeline.worker import WorkerSpec
 
-RowsCallback = Callable[[int, list[dict]], None]  # (shard id, rows of the whole shard)
+RowsCallback = Callable[[int, list[Row]], None]  # (shard id, rows of the whole shard)
 SubmitHook = Callable[[str, dict, list[WorkItem]], None]  # (call, worker info, items)
 POLL_S = 1.0
 WAIT_NOTICE_S = 30.0  # while no worker is ready, say so this often
@@ -67,10 +68,12 @@ class RayExecutor:
         worker_class: type | None = None,
     ):
         if worker_class is None:  # imported here: a stand-in worker needs no torch
-            from pipeline.worker import StyleWorker as worker_class
+            from pipeline.worker import StyleWorker
+
+            worker_class = StyleWorker
         # the actor: the plain class, one call at a time, never restarted by Ray (a death
         # is the policy's event)
-        self.actor_class = ray.remote(max_restarts=0, max_task_retries=0)(worker_class)
+        self.actor_class: Any = ray.remote(max_restarts=0, max_task_retries=0)(worker_class)
         self.spec, self.styles = spec, dict(styles)
         self.actor_options = dict(actor_options)
         self.on_shard, self.on_submit = on_shard, on_submit
@@ -233,7 +236,7 @@ def _init_ray(job: JobConfig) -> bool:
     if ray.is_initialized():
         return False
     # Ray's own warnings (token auth, /dev/shm size ...) only with -v (this logger at DEBUG)
-    common = dict(
+    common: dict[str, Any] = dict(
         include_dashboard=False,
         logging_level=logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.ERROR,
     )
@@ -394,7 +397,7 @@ def local_instance(
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         log_to_driver=False,
         **options,
     )

@@ -217,7 +217,7 @@ def secret_values(options: Mapping[str, Any] | None) -> list[str]:
 def _variants(values: Iterable[str]) -> list[str]:
     """The secrets, their encoded forms, and the long pieces of compound ones (the token of
     ``Bearer TOKEN``, the key of ``AccountKey=KEY;...``), which messages may show alone."""
-    out = set()
+    out: set[str] = set()
     for v in values:
         if not isinstance(v, str) or len(v) < MIN_SECRET_LEN:
             continue

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.items import Shard, WorkItem
-from pipeline.rows import make_row, now
+from pipeline.rows import Row, make_row, now
 from stylize.common import StylizeError, one_line
 
 
@@ -94,6 +94,12 @@ class _Worker:
     batch: list[str] = field(default_factory=list)
     deadline: float = 0.0
 
+    @property
+    def shard(self) -> Shard:
+        """The shard of the task this worker is busy with (only asked of a busy worker)."""
+        assert self.task is not None, "an idle worker has no shard"
+        return self.task.shard
+
 
 class Scheduler:
     """Shards in, rows out; see the module docstring for what each event means."""
@@ -117,14 +123,14 @@ class Scheduler:
         self.startup_timeout_s = startup_timeout_s
         self.describe = describe  # what was asked for and what is there, for start errors
         self.queue: deque[_Task] = deque(_Task(s) for s in shards)
-        self.rows: dict[int, dict[str, dict]] = {}
+        self.rows: dict[int, dict[str, Row | None]] = {}  # None: sent out
         self.tries: dict[str, int] = dict(tries or {})  # earlier runs' attempts count too
         self.strikes: dict[str, int] = {}
         self.startup_errors: list[str] = []
         self.workers: dict[int, _Worker] = {}
         self.infos: list[dict] = []  # every worker that became ready
         self._next_id = 0
-        self._completed: list[tuple[int, list[dict]]] = []
+        self._completed: list[tuple[int, list[Row]]] = []
         self._known: dict[int, frozenset[str]] = {}  # item ids of each unfinished shard
         self._left = len(self.shards)
 
@@ -148,13 +154,13 @@ class Scheduler:
         """(worker ``wid``'s info, the items of its current shard by id): for executors'
         hooks."""
         w = self.workers[wid]
-        return dict(w.info or {}), ({i.item_id: i for i in w.task.shard.items} if w.task else {})
+        return dict(w.info or {}), ({i.item_id: i for i in w.shard.items} if w.task else {})
 
     def waiting_for_workers(self) -> int:
         """Workers asked for but not ready yet."""
         return sum(w.call == "start" for w in self.workers.values())
 
-    def completed(self) -> list[tuple[int, list[dict]]]:
+    def completed(self) -> list[tuple[int, list[Row]]]:
         """Shards finished since the last call, with all their rows (each shard once)."""
         out, self._completed = self._completed, []
         return out
@@ -175,9 +181,9 @@ class Scheduler:
         if w.call == "prepare":
             rows, batches = result if result is not None else ([], [])
             w.batches = [list(b) for b in batches]
-            self._record(w.task.shard.shard_id, rows or [])
+            self._record(w.shard.shard_id, rows or [])
         else:
-            self._record(w.task.shard.shard_id, result or [])
+            self._record(w.shard.shard_id, result or [])
         return self._next(wid, t) + self._fill(t)
 
     def raised(self, wid: int, message: str, t: float) -> list[Action]:
@@ -268,7 +274,7 @@ class Scheduler:
             self.tries[i.item_id] = self.tries.get(i.item_id, 0) + 1
         self._busy(w, "prepare", [i.item_id for i in items], t)
         return Prepare(
-            wid, w.task.shard, {i.item_id: self.tries[i.item_id] for i in items}, task.isolate
+            wid, w.shard, {i.item_id: self.tries[i.item_id] for i in items}, task.isolate
         )
 
     def _busy(self, w: _Worker, call: str, ids: list[str], t: float) -> None:
@@ -282,8 +288,8 @@ class Scheduler:
             batch = w.batches.pop(0)
             self._busy(w, "batch", batch, t)
             return [RunBatch(wid, tuple(batch))]
-        done = self.rows.get(w.task.shard.shard_id, {})
-        left = [i.item_id for i in w.task.shard.items if i.item_id not in done]
+        done = self.rows.get(w.shard.shard_id, {})
+        left = [i.item_id for i in w.shard.items if i.item_id not in done]
         if left:  # the worker returned no row for these: a bug, recorded once
             self._fail(w, left, "failed_other", "the worker returned no result")
         w.call, w.task, w.batch = "idle", None, []
@@ -291,8 +297,9 @@ class Scheduler:
 
     def _requeue(self, w: _Worker, suspects: list[str], split: bool) -> None:
         """Put the unfinished rest of the worker's task back; suspects go alone next time."""
-        shard_id = w.task.shard.shard_id
-        left = [i for i in w.task.shard.items if i.item_id not in self.rows.get(shard_id, {})]
+        shard_id = w.shard.shard_id
+        left = [i for i in w.shard.items if i.item_id not in self.rows.get(shard_id, {})]
+        assert w.task is not None
         isolate = w.task.isolate | frozenset(suspects)
         if split and len(suspects) > 1 and w.call == "prepare":
             for item in left:  # who broke the prepare step? each item on its own
@@ -303,13 +310,13 @@ class Scheduler:
 
     # --------------------------------------------------------------------------- rows
     def _fail(self, w: _Worker, item_ids: Sequence[str], status: str, message: str) -> None:
-        by_id: dict[str, WorkItem] = {i.item_id: i for i in w.task.shard.items}
+        by_id: dict[str, WorkItem] = {i.item_id: i for i in w.shard.items}
         worker = (w.info or {}).get("worker")
         rows = [
             make_row(
                 by_id[i],
                 status,
-                shard=w.task.shard.shard_id,
+                shard=w.shard.shard_id,
                 attempt=self.tries.get(i, 1),
                 error_message=f"{by_id[i].content_uri}: {message}",
                 worker=worker,
@@ -318,9 +325,9 @@ class Scheduler:
             for i in item_ids
             if i in by_id
         ]
-        self._record(w.task.shard.shard_id, rows)
+        self._record(w.shard.shard_id, rows)
 
-    def _record(self, shard_id: int, rows: list[dict]) -> None:
+    def _record(self, shard_id: int, rows: Sequence[Row]) -> None:
         if not rows or self.done(shard_id):  # a finished shard's rows went out already
             return
         known = self._known.get(shard_id)
@@ -335,9 +342,8 @@ class Scheduler:
         if self.done(shard_id):
             # in the shard's item order (batches group items by size): a fresh run's parts
             # are then in job order, and the final manifest needs no reordering copy
-            self._completed.append(
-                (shard_id, [bucket[i.item_id] for i in self.shards[shard_id].items])
-            )
+            ordered = [bucket[i.item_id] for i in self.shards[shard_id].items]
+            self._completed.append((shard_id, [r for r in ordered if r is not None]))
             self._left -= 1
             # A million items: hold no row of a finished shard (they go out once, through
             # completed()), only which items are done; nor their attempt counts.

@@ -568,11 +568,11 @@ def list_inputs(job: JobConfig) -> Listing:
         else [redact_uri(storage.canonical(u)) for u in job.input]
     }
     is_list = (
-        bool(single)
+        single is not None
         and posixpath.splitext(single)[1].lower() in LIST_EXTENSIONS
         and not _GLOB.search(single)
     )
-    if job.input_column is not None and not (is_list and not single.lower().endswith(".txt")):
+    if job.input_column is not None and not (is_list and not str(single).lower().endswith(".txt")):
         raise SourceError(
             f"input_column: {job.input_column!r} has no effect: input "
             f"{_show_input(job.input)} is not a .csv, .parquet or .jsonl list"
@@ -714,13 +714,14 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
             raise SourceError(
                 f"styles {_show(job.styles)}: {type(e).__name__}: {redact_text(str(e))}"
             ) from None
-        for e, _ in pairs:
-            if e.problem:
-                raise SourceError(f"style {_show(e.uri)}: {e.problem}")
+        for entry, _ in pairs:
+            if entry.problem:
+                raise SourceError(f"style {_show(entry.uri)}: {entry.problem}")
         sources: Iterable[StyleSource] = [
-            StyleSource(None, (e.uri,), (1.0,)) for e, _ in sorted(pairs, key=lambda p: p[0].uri)
+            StyleSource(None, (entry.uri,), (1.0,))
+            for entry, _ in sorted(pairs, key=lambda p: p[0].uri)
         ]
-        listed = {storage.canonical(e.uri): e.info for e, _ in pairs}
+        listed = {storage.canonical(entry.uri): entry.info for entry, _ in pairs}
         if not pairs:
             raise SourceError(
                 f"styles {_show(job.styles)}: no image files found ({', '.join(IMAGE_EXTENSIONS)})"

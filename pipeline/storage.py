@@ -21,7 +21,7 @@ import errno
 import importlib.resources
 import os
 import uuid
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -110,11 +110,11 @@ def is_transient(e: BaseException) -> bool:
     return any(type(c).__module__.startswith(_TRANSIENT_MODULES) for c in _chain(e))
 
 
-def _chain(e: BaseException):
-    seen = 0
-    while e is not None and seen < 8:
-        yield e
-        e = e.__cause__ or e.__context__
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen, link = 0, e  # type: tuple[int, BaseException | None]
+    while link is not None and seen < 8:
+        yield link
+        link = link.__cause__ or link.__context__
         seen += 1
 
 
@@ -149,7 +149,7 @@ def _resolve_pkg(uri: str) -> str:
     except ModuleNotFoundError:
         raise StorageError(f"{uri}: Python package {package!r} is not installed") from None
     path = root.joinpath(resource) if resource else root
-    return os.fspath(path)
+    return str(path)  # a folder on disk: packages are installed, never zipped
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

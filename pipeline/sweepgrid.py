@@ -100,7 +100,7 @@ class _Fonts:
         self.title, _ = self._load(round(self.size * 1.3))
 
     @staticmethod
-    def _load(size: int) -> tuple[ImageFont.ImageFont, bool]:
+    def _load(size: int) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, bool]:
         try:
             return ImageFont.truetype(_UNICODE_FONT, size), True
         except OSError:
@@ -244,10 +244,10 @@ def write_sweep_grids(
         if key not in cells or r["status"] == "ok":
             cells[key] = r
 
-    uris = []
+    uris: list[str] = []
     for content, style in pairs:
         for combo in itertools.product(*(sweep[k] for k in extra)):
-            point = dict(zip(extra, combo))
+            point: dict[str | None, Any] = dict(zip(extra, combo))  # None: no such axis
             # alpha of the ratio labels: the page's own when content_weight is swept too,
             # none (plain values) when it varies along an axis
             alpha = (
@@ -262,16 +262,17 @@ def write_sweep_grids(
                 grid.append([])
                 for cv in col_vals:
                     point.update({row_key: rv, col_key: cv})
-                    r = cells.get(((content, style), tuple(_norm(point.get(k)) for k in sweep)))
-                    img = _load(r["output_uri"], options) if r and r["status"] == "ok" else None
+                    cell = cells.get(((content, style), tuple(_norm(point.get(k)) for k in sweep)))
+                    ok = cell is not None and cell["status"] == "ok"
+                    img = _load(cell["output_uri"], options) if cell and ok else None
                     grid[-1].append(
                         img
                         if img is not None
                         else "missing"
-                        if r is None
+                        if cell is None
                         else "unreadable"
-                        if r["status"] == "ok"
-                        else r["status"]
+                        if ok
+                        else cell["status"]
                     )
             title = " · ".join(
                 [posixpath.basename(content.rstrip("/")) or content, style]
