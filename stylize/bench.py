@@ -19,6 +19,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any, Sequence
 from importlib import resources
 
 import torch
@@ -52,12 +53,13 @@ def run_once(
     size: int,
     batch: int,
     iterations: int | None = None,
-):
+) -> tuple[float, list[torch.Tensor], list[int]]:
     """Stylize all images end to end; returns (seconds, outputs, iterations used)."""
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    outputs, used = [], []
+    outputs: list[torch.Tensor] = []
+    used: list[int] = []
     for i in range(0, len(raws), batch):
         contents = [square(r, size) for r in raws[i : i + batch]]
         results = engine.stylize_batch(contents, [style] * len(contents), iterations=iterations)
@@ -87,8 +89,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench(args: argparse.Namespace) -> dict:
-    opts = dict(
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = dict(
         size=args.size,
         iterations=args.iterations,
         device=args.device,
@@ -111,25 +113,29 @@ def bench(args: argparse.Namespace) -> dict:
     style = Style("starry_night", (style_img,))
     contents = [square(r, args.size) for r in raws]
 
-    def measure(engine, batch, images, label):
+    def measure(
+        engine: Stylizer, batch: int, images: list[bytes], label: str
+    ) -> tuple[float, list[torch.Tensor], list[int], float, tuple[int | None, int | None]]:
         # A short warm-up on the same engine: kernels, autotuning, compilation.
         graphs0, t0 = dynamo_graphs(), time.perf_counter()
         if args.warmup:
             run_once(engine, images[:batch], style, args.size, batch, iterations=args.warmup)
         warmup = time.perf_counter() - t0
-        graphs = None if graphs0 is None else dynamo_graphs() - graphs0
+        graphs = None if graphs0 is None else (dynamo_graphs() or 0) - graphs0
         _log(
             f"{label}: warm-up {warmup:.1f} s ({graphs} graphs compiled); "
             f"timing {len(images)} images x {args.iterations} iterations"
         )
         if engine.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.device)
-        times, outs, used = [], None, None
+        times: list[float] = []
+        outs: list[torch.Tensor] = []
+        used: list[int] = []
         for _ in range(args.repeats):
             t, outs, used = run_once(engine, images, style, args.size, batch)
             times.append(t)
         # Graphs compiled while timed: a recompile (new batch size, shape) costs seconds.
-        timed = None if graphs0 is None else dynamo_graphs() - graphs0 - graphs
+        timed = None if graphs0 is None else (dynamo_graphs() or 0) - graphs0 - (graphs or 0)
         _log(f"{label}: {statistics.median(times):.2f} s ({timed} graphs compiled while timed)")
         return statistics.median(times), outs, used, warmup, (graphs, timed)
 
@@ -183,7 +189,9 @@ def bench(args: argparse.Namespace) -> dict:
         "final_loss": loss_new,
         "final_loss_common": loss_new_common,
         "baseline_final_loss": loss_base,
-        "loss_ratio": None if loss_base is None else round(loss_new_common / loss_base, 5),
+        "loss_ratio": None
+        if loss_base is None or loss_new_common is None
+        else round(loss_new_common / loss_base, 5),
         "baseline_images": n_base,
         "baseline_precision": "fp32 (TF32 off)" if device.type == "cuda" else "fp32",
         "mean_iterations": statistics.mean(used_new),
@@ -195,7 +203,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 def profile_steps(
     engine: Stylizer, contents: list[torch.Tensor], style: Style, iterations: int, top: int = 12
-) -> dict:
+) -> dict[str, Any]:
     """Where the time of ``iterations`` steps of one batch goes, per image-iteration: the
     phases of a step (stylize.optim.PHASES: forward and loss, gradient, update), the share of
     the wall time the device was busy, and the ``top`` kernels (operators on a CPU)."""
@@ -313,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = bench(args)
     if args.json:

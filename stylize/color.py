@@ -57,11 +57,11 @@ def match_histogram(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(3, dtype=torch.float64, device=s.device) * 1e-5
     s_cov = torch.cov(s) + eye
     c_cov = torch.cov(c) + eye
-    a = _sqrtm(c_cov) @ torch.linalg.inv(_sqrtm(s_cov))  # (3, 3)
-    out = a @ (s - s_mu) + c_mu
+    a = torch.matmul(_sqrtm(c_cov), torch.linalg.inv(_sqrtm(s_cov)))  # (3, 3)
+    out = torch.matmul(a, s - s_mu) + c_mu
     return out.reshape(style.shape).to(style.dtype).clamp(0, 255)
 
 
 def _sqrtm(m: torch.Tensor) -> torch.Tensor:
     vals, vecs = torch.linalg.eigh(m)
-    return vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
+    return torch.matmul(torch.matmul(vecs, torch.diag(vals.clamp_min(0).sqrt())), vecs.T)

@@ -75,7 +75,7 @@ def short_hash(*parts: str, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, exclusive: bool = False) -> None:
     """Write a whole local file: a temporary name beside it, fsync, rename. A crash never
     leaves a partial file under the final name; the temporary is removed on any failure.
     ``exclusive``: FileExistsError if ``path`` exists (a hard link, never an overwrite)."""

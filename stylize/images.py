@@ -33,7 +33,7 @@ import struct
 import warnings
 import zlib
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -76,7 +76,7 @@ class ImageError(StylizeError, ValueError):
 # ----------------------------------------------------------------------------- decoding
 
 
-def decode_image(data: bytes | str | os.PathLike, name: str | None = None) -> Image.Image:
+def decode_image(data: bytes | str | os.PathLike[str], name: str | None = None) -> Image.Image:
     """Decode bytes or a local file to a loaded 8-bit RGB image, EXIF orientation applied.
 
     ``name`` labels error messages; it defaults to the path, or ``"<bytes>"``.
@@ -96,7 +96,7 @@ def decode_image(data: bytes | str | os.PathLike, name: str | None = None) -> Im
     return _to_rgb(img)
 
 
-def _read_file(path: str | os.PathLike, name: str) -> bytes:
+def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -151,7 +151,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _wide_to_rgb(img: Image.Image) -> Image.Image:
-    a = np.asarray(img).astype(np.float32)  # (H, W)
+    a: np.ndarray = np.asarray(img).astype(np.float32)  # (H, W)
     if img.mode in _16BIT_MODES or (img.mode == "I" and a.min() >= 0 and a.max() <= 65535):
         a = a / 257
     else:
@@ -247,7 +247,7 @@ def _hwc(t: torch.Tensor) -> np.ndarray:
     return hwc
 
 
-def load_image(path: str | os.PathLike | bytes, size: int | None = None) -> torch.Tensor:
+def load_image(path: str | os.PathLike[str] | bytes, size: int | None = None) -> torch.Tensor:
     """Decode, optionally scale the longest side to ``size``, and return (3, H, W) float32."""
     img = decode_image(path)
     return to_tensor(resize_longest(img, size) if size else img)
@@ -256,7 +256,7 @@ def load_image(path: str | os.PathLike | bytes, size: int | None = None) -> torc
 # ----------------------------------------------------------------------------- encoding
 
 
-def format_from_path(path: str | os.PathLike) -> str:
+def format_from_path(path: str | os.PathLike[str]) -> str:
     """Output format from the file extension (case-insensitive): ".jpg" -> "jpeg", and so on."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in _EXTENSIONS:
@@ -298,7 +298,7 @@ def _check_output(fmt: str, quality: int, bit_depth: int) -> None:
         raise ImageError(f"quality must be in 1..100, got {quality!r}")
 
 
-def _save_options(fmt: str, quality: int) -> dict:
+def _save_options(fmt: str, quality: int) -> dict[str, Any]:
     if fmt == "jpeg":  # 4:4:4: stylised textures have fine colour detail that 4:2:0 smears
         return {"quality": quality, "subsampling": 0}
     if fmt == "webp":

@@ -12,7 +12,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -41,6 +41,10 @@ class VGGFeatures(nn.Module):
     the other convolutions pad their activations with zeros whatever it is.
     """
 
+    perm: torch.Tensor  # buffers (register_buffer): the preprocessing
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self,
         state: dict[str, torch.Tensor],
@@ -57,12 +61,12 @@ class VGGFeatures(nn.Module):
             if name.startswith("conv"):
                 idx = LAYER_NAMES.index(name)
                 w = state[f"{idx}.weight"]
-                mode = padding if idx == 0 else "zeros"
+                mode: Any = padding if idx == 0 else "zeros"  # zeros reflect replicate circular
                 conv = nn.Conv2d(
                     w.shape[1], w.shape[0], kernel_size=3, padding=1, padding_mode=mode
                 )
                 conv.weight.data.copy_(w)
-                conv.bias.data.copy_(state[f"{idx}.bias"])
+                _bias(conv).data.copy_(state[f"{idx}.bias"])
                 layers.append(conv)
             elif name.startswith("relu"):
                 layers.append(nn.ReLU(inplace=False))  # taps read conv outputs too
@@ -172,7 +176,9 @@ def read_local(uri: str) -> bytes:
     return Path(os.path.expanduser(path)).read_bytes()
 
 
-def load_state_file(uri: str, read_bytes: ReadBytes | None = None) -> tuple[dict, str]:
+def load_state_file(
+    uri: str, read_bytes: ReadBytes | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
     try:
         raw = (read_bytes or read_local)(uri)
     except WeightsError:
@@ -210,8 +216,15 @@ def load_state_file(uri: str, read_bytes: ReadBytes | None = None) -> tuple[dict
     return state, _sha(raw)
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """A VGG convolution's bias (every one has one)."""
+    assert conv.bias is not None
+    return conv.bias
+
+
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
-    shapes, c_in = {}, 3
+    shapes: dict[str, tuple[int, ...]] = {}
+    c_in = 3
     for name in CONV_NAMES:
         c_out = 64 * 2 ** min(int(name[4]) - 1, 3)  # 64, 128, 256, 512, 512
         idx = LAYER_NAMES.index(name)
@@ -221,7 +234,9 @@ def _expected_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_state(source: str, read_bytes: ReadBytes | None = None) -> tuple[dict, str, str]:
+def load_state(
+    source: str, read_bytes: ReadBytes | None = None
+) -> tuple[dict[str, torch.Tensor], str, str]:
     """(state dict in features layout, weights hash, default preprocessing) for a source."""
     if source == "caffe":
         return (*load_caffe_state(), "caffe")
@@ -265,7 +280,7 @@ def normalize_filters(model: VGGFeatures, images: list[torch.Tensor], key: str) 
         os.replace(tmp, path)
     for conv, s in zip(convs, scales):
         conv.weight.mul_(s.view(-1, 1, 1, 1).to(conv.weight))
-        conv.bias.mul_(s.to(conv.bias))
+        _bias(conv).mul_(s.to(_bias(conv)))
 
 
 def _measure_scales(model: VGGFeatures, images: list[torch.Tensor]) -> list[torch.Tensor]:

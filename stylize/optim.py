@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch.profiler import record_function
@@ -86,6 +86,14 @@ def _slices(n: int, device: torch.device, chunk: int | None = None) -> tuple[int
     return -(-n // length), length
 
 
+class _Previous(NamedTuple):
+    """What L-BFGS keeps of its last step, per image: the gradient, the move, the loss."""
+
+    g: torch.Tensor  # (B, N)
+    step: torch.Tensor  # (B, N)
+    loss: torch.Tensor  # (B,)
+
+
 class BatchedLBFGS:
     """Per-image limited-memory BFGS over flattened images x (B, N).
 
@@ -123,9 +131,7 @@ class BatchedLBFGS:
         self.h_diag = x.new_ones(b)  # (B,) initial inverse-Hessian scale
         self.written = 0  # pairs written so far (same for every image; masked by rho)
         self.shrink = x.new_ones(b)  # (B,) step factor, < 1 after a rejected step
-        self.prev_g: torch.Tensor | None = None
-        self.prev_step: torch.Tensor | None = None
-        self.prev_loss: torch.Tensor | None = None
+        self.prev: _Previous | None = None  # the last step: its g, move and loss
         # Age order for each k = written % m, built once on the device: _age[k] (M,) the slot
         # at each age, oldest first: the M - m padding slots, then the ring from slot k (the
         # oldest pair, or the first unwritten slot) on; _ring[k] the same with the padding
@@ -166,19 +172,20 @@ class BatchedLBFGS:
     ) -> None:
         """Move x (B, N) in place along the L-BFGS direction for gradient g at loss (B,);
         frozen where not active."""
+        prev = self.prev
         with _exact_matmul(x.device):
-            if self.prev_g is not None:
+            if prev is not None:
                 # Safeguard (no line search): a step that multiplied an image's loss by more
                 # than GROWTH_LIMIT is undone and retried 10x shorter; its pair is not kept
                 # (y = 0).
-                bad = loss > self.prev_loss * GROWTH_LIMIT
-                x.sub_(self.prev_step * bad[:, None])
-                g = torch.where(bad[:, None], self.prev_g, g)
-                loss = torch.where(bad, self.prev_loss, loss)
+                bad = loss > prev.loss * GROWTH_LIMIT
+                x.sub_(prev.step * bad[:, None])
+                g = torch.where(bad[:, None], prev.g, g)
+                loss = torch.where(bad, prev.loss, loss)
                 self.shrink = torch.where(bad, self.shrink * 0.1, 1.0)
-                y = g - self.prev_g
+                y = g - prev.g
                 slot = self.written % self.m
-                self._put(self.hist, slot, self.prev_step)  # s
+                self._put(self.hist, slot, prev.step)  # s
                 self._put(self.hist, self.m + slot, y)
                 self._put(self.gy, 0, g)
                 self._put(self.gy, 1, y)
@@ -191,7 +198,7 @@ class BatchedLBFGS:
                 d = self._direction(g, p)  # pass 2
             else:
                 d = g * -self.h_diag[:, None]  # no pair yet: -H g with H = h_diag I
-        if self.prev_g is None:
+        if prev is None:
             # First step: RMS of FIRST_STEP_PIXELS; see the module docstring.
             rms = g.pow(2).mean(1).sqrt().clamp_min(1e-30)
             t = FIRST_STEP_PIXELS / rms * self.lr  # (B,)
@@ -200,25 +207,24 @@ class BatchedLBFGS:
         before = x.clone()
         x.addcmul_(d, (t * active)[:, None]).clamp_(*PIXEL_RANGE)
         step = before.neg_().add_(x)  # the move actually made, so that (s, y) stay consistent
-        self.prev_g, self.prev_step, self.prev_loss = g.clone(), step, loss.clone()
+        self.prev = _Previous(g.clone(), step, loss.clone())
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep the state of the images ``rows`` (K,) only, in that order."""
         self.hist, self.gy = self.hist[rows], self.gy[rows]
         self.sy, self.yy, self.rho = self.sy[rows], self.yy[rows], self.rho[rows]
         self.h_diag, self.shrink = self.h_diag[rows], self.shrink[rows]
-        if self.prev_g is not None:
-            self.prev_g, self.prev_step = self.prev_g[rows], self.prev_step[rows]
-            self.prev_loss = self.prev_loss[rows]
+        if self.prev is not None:
+            self.prev = _Previous(*(t[rows] for t in self.prev))
 
     @torch.no_grad()
     def settle(self, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """After the last step: undo it where it made the loss worse (the safeguard above).
         Returns the images that were moved back."""
-        if self.prev_g is None:
+        if self.prev is None:
             return torch.zeros_like(loss, dtype=torch.bool)
-        bad = loss > self.prev_loss * GROWTH_LIMIT
-        x.sub_(self.prev_step * bad[:, None])
+        bad = loss > self.prev.loss * GROWTH_LIMIT
+        x.sub_(self.prev.step * bad[:, None])
         return bad
 
     def _products(self, slot: int) -> torch.Tensor:
@@ -279,7 +285,13 @@ class BatchedLBFGS:
 class BatchedAdam:
     """Adam on (B, N); element-wise, hence per image. Frozen images keep their pixels."""
 
-    def __init__(self, x: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         self.lr, self.betas, self.eps = lr, betas, eps
         self.m1 = torch.zeros_like(x)
         self.m2 = torch.zeros_like(x)
@@ -406,7 +418,7 @@ def _scatter(active: torch.Tensor, rows: torch.Tensor, bsz: int) -> torch.Tensor
 
 
 @contextlib.contextmanager
-def _exact_matmul(device: torch.device):
+def _exact_matmul(device: torch.device) -> Iterator[None]:
     """The optimiser's products in full fp32 (or the state's dtype): TF32 off (the engine
     turns it on for its bf16 and tf32 precisions, around the whole run) and no autocast.
     L-BFGS's curvature s.y and the direction's sum over the history would lose 13 bits of

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Any, Callable, ContextManager, Iterator, TypeVar
 
 import torch
 
 from stylize.config import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Graphs torch.compile may build for the objective (image shapes x batch of 1 or more x tap
 # sets) before it gives up and runs eager: the aspect buckets of one size, and a few sizes.
@@ -53,7 +56,7 @@ def amp_dtype(precision: str) -> torch.dtype | None:
 
 
 @contextlib.contextmanager
-def numerics(precision: str, compiled: bool):
+def numerics(precision: str, compiled: bool) -> Iterator[None]:
     """TF32 on for ``precision: tf32``, off for ``fp32`` (PyTorch lets cuDNN use TF32 by
     default), only for the duration of the engine's work; the caller's flags come back.
     With ``bf16`` the convolutions run in bf16 under autocast and the fp32 matmuls left, the
@@ -74,18 +77,19 @@ def numerics(precision: str, compiled: bool):
         matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
-def graph_limit():
+def graph_limit() -> ContextManager[None]:
     """torch.compile's graph limit raised to COMPILED_GRAPHS for the duration of a call
     (``recompile_limit`` since PyTorch 2.6, ``cache_size_limit`` before)."""
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    return cfg.patch(**{name: COMPILED_GRAPHS})
+    limit: dict[str, Any] = {name: COMPILED_GRAPHS}
+    return cfg.patch(**limit)  # type: ignore[no-any-return]
 
 
-def compile_function(fn):
+def compile_function(fn: F) -> F | None:
     """``torch.compile(fn)``, or None where torch.compile is unavailable (with a warning)."""
     try:
-        return torch.compile(fn)
+        return torch.compile(fn)  # type: ignore[return-value]
     except Exception as e:  # noqa: BLE001 - any failure: the engine runs eager
         warnings.warn(f"torch.compile unavailable ({type(e).__name__}); running eager")
         return None
