@@ -284,7 +284,7 @@ def _glob_root(pattern: str) -> tuple[str, int | None]:
     return root, depth
 
 
-def _expand(  # noqa: C901 - to split (issue 19)
+def _expand(
     uri: str,
     options: Mapping[str, Any],
     exts: tuple[str, ...] | None,
@@ -309,18 +309,7 @@ def _expand(  # noqa: C901 - to split (issue 19)
         return None
 
     if _GLOB.search(path):
-        root, depth = _glob_root(path)
-        regex = re.compile(glob_translate(path))
-        scanned = _scan(fs, root or ("/" if storage.is_local(fs) else ""), depth, skipped, prune)
-        matched = [(p, i) for p, i in scanned if regex.match(p)]
-        folders = [p.rstrip("/") for p, i in matched if i.get("type") == "directory"]
-        if folders:  # a matched folder is walked, whatever its name
-            if depth is None:  # its files were scanned already
-                tops = set(folders)
-                matched += [(p, i) for p, i in scanned if _under_any(p, tops)]
-            else:
-                for f in folders:
-                    matched += _scan(fs, f, None, skipped, prune)
+        root, matched = _glob(fs, path, skipped, prune)
         found: list[_Entry | Skipped | None] = [_entry(fs, p, i, uri) for p, i in matched]
     elif _isdir(fs, path):
         root = path.rstrip("/")
@@ -344,22 +333,57 @@ def _expand(  # noqa: C901 - to split (issue 19)
             skipped.append(e)
             continue
         rel = e.uri[len(root_uri) :].lstrip("/") if root_uri else posixpath.basename(e.uri)
-        reason = _hidden(rel)
-        if (
-            reason is None
-            and exclude
-            and ((e.uri + "/").startswith(exclude + "/") or (in_output and in_output(e.uri)))
-        ):
-            reason = IN_OUTPUT
-        ext = posixpath.splitext(rel)[1].lower()
-        if reason is None and exts is not None and ext not in exts:
-            images = exts == image_extensions()  # the default: a name without any extension
-            reason = None if images and not ext else NOT_IMAGE if images else NOT_EXTENSION
+        reason = _left_out(e.uri, rel, exts, exclude, in_output)
         if reason:
             skipped.append(Skipped(e.uri, reason))
         else:
             out.append((e, rel))
     return out
+
+
+def _left_out(
+    uri: str,
+    rel: str,
+    exts: tuple[str, ...] | None,
+    exclude: str | None,
+    in_output: Callable[..., bool] | None,
+) -> str | None:
+    """Why a listed file is not an input (hidden, in the output, not an image or not one
+    of ``extensions``), or None."""
+    reason = _hidden(rel)
+    if (
+        reason is None
+        and exclude
+        and ((uri + "/").startswith(exclude + "/") or (in_output and in_output(uri)))
+    ):
+        reason = IN_OUTPUT
+    ext = posixpath.splitext(rel)[1].lower()
+    if reason is None and exts is not None and ext not in exts:
+        images = exts == image_extensions()  # the default: a name without any extension
+        reason = None if images and not ext else NOT_IMAGE if images else NOT_EXTENSION
+    return reason
+
+
+def _glob(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    skipped: list[Skipped],
+    prune: Callable[[str, str], str | None],
+) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """(the glob's fixed root, the (path, info) it matches): a matched folder is walked,
+    whatever its name."""
+    root, depth = _glob_root(path)
+    regex = re.compile(glob_translate(path))
+    scanned = _scan(fs, root or ("/" if storage.is_local(fs) else ""), depth, skipped, prune)
+    matched = [(p, i) for p, i in scanned if regex.match(p)]
+    folders = [p.rstrip("/") for p, i in matched if i.get("type") == "directory"]
+    if folders and depth is None:  # their files were scanned already
+        tops = set(folders)
+        matched += [(p, i) for p, i in scanned if _under_any(p, tops)]
+    elif folders:
+        for f in folders:
+            matched += _scan(fs, f, None, skipped, prune)
+    return root, matched
 
 
 def _under_any(path: str, folders: set[str]) -> bool:

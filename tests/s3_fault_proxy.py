@@ -394,7 +394,7 @@ class S3FaultProxy:
                 target=self._serve, args=(conn,), daemon=True, name="s3-fault-proxy-conn"
             ).start()
 
-    def _serve(self, conn: socket.socket) -> None:  # noqa: C901 - a test proxy: one branch per fault it plays
+    def _serve(self, conn: socket.socket) -> None:
         upstream: http.client.HTTPConnection | None = None
         reader = conn.makefile("rb")
         try:
@@ -410,37 +410,14 @@ class S3FaultProxy:
                 req = Request(method.upper(), unquote(split.path), split.query)
                 kind, rule = self._decide(req)
                 if kind in ("503", "reset", "refuse"):
-                    self._record(req, kind, 503 if kind == "503" else None, rule)
-                    if kind == "503":  # a HEAD answer has no body (its length is declared)
-                        body_503 = b"" if req.method == "HEAD" else _SLOWDOWN
-                        conn.sendall(
-                            self._response(
-                                503,
-                                "Slow Down",
-                                body_503,
-                                {
-                                    "Content-Type": "application/xml",
-                                    "x-amz-request-id": "FAULTPROXY",
-                                },
-                                length=len(_SLOWDOWN),
-                            )
-                        )
-                        continue
-                    raise _Reset
-                try:
-                    if upstream is None:
-                        upstream = http.client.HTTPConnection(
-                            self.upstream_host, self.upstream_port, timeout=60
-                        )
-                    status, reason, out_headers, data = self._forward(
-                        upstream, method, target, headers, body
-                    )
-                except (OSError, http.client.HTTPException):
-                    if upstream is not None:
-                        upstream.close()
-                        upstream = None
-                    self._record(req, "upstream_error", None, None)
-                    raise _Reset from None
+                    self._play_fault(conn, req, kind, rule)  # a 503 sent, or raises _Reset
+                    continue
+                upstream = upstream or http.client.HTTPConnection(
+                    self.upstream_host, self.upstream_port, timeout=60
+                )
+                status, reason, out_headers, data = self._forward_or_reset(
+                    upstream, req, method, target, headers, body
+                )
                 if kind == "reset_after":
                     self._record(req, kind, None, rule)
                     raise _Reset
@@ -480,6 +457,32 @@ class S3FaultProxy:
                     conn.close()
                 except OSError:
                     pass
+
+    def _play_fault(self, conn: socket.socket, req: Request, kind: str, rule: Rule | None) -> None:
+        """Answer 503 Slow Down, or raise _Reset for a reset or a refusal."""
+        self._record(req, kind, 503 if kind == "503" else None, rule)
+        if kind != "503":
+            raise _Reset
+        body_503 = b"" if req.method == "HEAD" else _SLOWDOWN  # HEAD: its length, no body
+        headers = {"Content-Type": "application/xml", "x-amz-request-id": "FAULTPROXY"}
+        conn.sendall(self._response(503, "Slow Down", body_503, headers, length=len(_SLOWDOWN)))
+
+    def _forward_or_reset(
+        self,
+        upstream: http.client.HTTPConnection,
+        req: Request,
+        method: str,
+        target: str,
+        headers: dict,
+        body: bytes,
+    ) -> tuple[int, str, dict, bytes]:
+        """The upstream's answer; a failure to reach it resets the client's connection."""
+        try:
+            return self._forward(upstream, method, target, headers, body)
+        except (OSError, http.client.HTTPException):
+            upstream.close()
+            self._record(req, "upstream_error", None, None)
+            raise _Reset from None
 
     def _decide(self, req: Request) -> tuple[str | None, Rule | None]:
         now = time.monotonic()
