@@ -30,10 +30,10 @@ from pydantic import (
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import StylizeError, near_miss, short_hash
 from stylize.config import (
-    BIT_DEPTHS,
+    BitDepth,
     BOUNDS,
     NETWORK_OPTIONS,
-    OUTPUT_FORMATS,
+    OutputFormat,
     TYPE_NOUNS,
     ConfigError,
     StyleConfig,
@@ -208,9 +208,9 @@ class JobConfig(BaseModel):
             "10 s) is this old; --takeover takes it at once"
         ),
     )
-    output_format: Literal[OUTPUT_FORMATS] = "png"
+    output_format: OutputFormat = "png"
     output_quality: int = Field(95, ge=1, le=100, description="jpeg and webp")
-    output_bit_depth: Literal[BIT_DEPTHS] = Field(8, description="16: png and tiff only")
+    output_bit_depth: BitDepth = Field(8, description="16: png and tiff only")
     if TYPE_CHECKING:
         extensions: tuple[str, ...] | None  # None: every file
     else:
@@ -706,7 +706,7 @@ _TYPE_ERRORS = {
 
 def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]:
     """One line per problem: ``key.path: what is wrong`` (unions merged into one line)."""
-    by_path: dict[str, list[dict]] = {}
+    by_path: dict[str, list[Any]] = {}  # pydantic's ErrorDetails
     for err in error.errors(include_url=False):
         path = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p)))
         by_path.setdefault(path, []).append(err)

@@ -34,7 +34,8 @@ Made = Mapping[str, tuple[int, int]]  # thumbnail name -> (width, height), for t
 
 def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, str]:
     """File name -> HTML: ``index.html``, the galleries and the failure pages."""
-    run_state = {0: "finished", 1: "finished with failures"}.get(
+    states: dict[Any, str] = {0: "finished", 1: "finished with failures"}
+    run_state = states.get(
         facts.run.get("exit_code"), "unfinished" if facts.total > facts.done else "finished"
     )
     subtitle = (
@@ -397,10 +398,11 @@ def _loss_meaning(run: Mapping) -> str:
 
     engine = (run.get("config") or {}).get("stylize") or {}
     layers = ", ".join(engine.get("content_layers") or CONTENT_LAYERS_GATYS)
-    style = {
+    meanings: dict[Any, str] = {
         "mean_std": "its features' means and deviations are",
         "wasserstein2": "its feature distributions are (Wasserstein-2)",
-    }.get(engine.get("style_loss"), "its Gram matrices are")
+    }
+    style = meanings.get(engine.get("style_loss"), "its Gram matrices are")
     return (
         f'<p class="muted meaning"><b>content loss</b>: how far the result\'s '
         f"{_e(layers)} features are from the photo's; <b>style loss</b>: how far "
@@ -566,7 +568,7 @@ def _figures(f: RunFacts) -> str:
 
 def _curves(s: StyleStats, settings: ReportSettings) -> str:
     """Loss curves of the first of the style's gallery items (the manifest's loss_trace)."""
-    series = []
+    series: list[tuple[list[float], list[float], str, str]] = []
     for row in s.rows or []:
         trace = [v for v in (row.get("loss_trace") or []) if v is not None]
         if len(trace) < 2 or not all(v > 0 and math.isfinite(v) for v in trace):

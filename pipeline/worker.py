@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pipeline import storage
 from pipeline.items import Shard, StyleRef, WorkItem
 from pipeline.losstrace import LossTrace
-from pipeline.rows import make_row, now
+from pipeline.rows import Row, make_row, now
 from stylize.common import describe_error, one_line
 from stylize.config import StyleConfig
 
@@ -185,14 +185,14 @@ class StyleWorker:
         styles: Mapping[str, StyleRef],
         attempts: Mapping[str, int],
         isolate: frozenset[str] = frozenset(),
-    ) -> tuple[list[dict], list[list[str]]]:
+    ) -> tuple[list[Row], list[list[str]]]:
         """Read and decode the shard's contents. Returns the rows of items that failed here
         and the batches (lists of item ids) for :meth:`run_batch`."""
         from stylize.images import ImageError, decode_image
 
         self._prepared.clear()
         self._shard, self._attempts, self._style_refs = shard.shard_id, dict(attempts), styles
-        rows: list[dict] = []
+        rows: list[Row] = []
         sizes: dict[str, tuple[int, int, int]] = {}
 
         def shape_key(item: WorkItem) -> tuple[str, int, bool]:
@@ -243,7 +243,7 @@ class StyleWorker:
         return next(o for o in self._options if (o.size, o.bucket) == key[1:])
 
     # ------------------------------------------------------------------------------ step 2
-    def run_batch(self, item_ids: Sequence[str]) -> list[dict]:
+    def run_batch(self, item_ids: Sequence[str]) -> list[Row]:
         """Stylize prepared items of one size and point together; write outputs; one row
         per item."""
         from stylize.images import ImageError
@@ -319,7 +319,7 @@ class StyleWorker:
         shard: Shard,
         styles: Mapping[str, StyleRef],
         attempts: Mapping[str, int] | None = None,
-    ) -> list[dict]:
+    ) -> list[Row]:
         """Both steps for a whole shard (no Ray, no fault handling): one row per item."""
         attempts = attempts or {i.item_id: 1 for i in shard.items}
         rows, batches = self.prepare(shard, styles, attempts)
@@ -359,7 +359,7 @@ class StyleWorker:
         started,
         duration: float,
         loss_trace: list[float] | None = None,
-    ) -> dict:
+    ) -> Row:
         from stylize.images import encode_image
 
         h, w = result.image.shape[-2:]
@@ -392,7 +392,7 @@ class StyleWorker:
             )
         return self._row(item, "ok", started, **values)
 
-    def _row(self, item: WorkItem, status: str, started, **values: Any) -> dict:
+    def _row(self, item: WorkItem, status: str, started: Any, **values: Any) -> Row:
         return make_row(
             item,
             status,

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TextIO
 
 from stylize.common import (
     EXIT_INFRA,
@@ -65,11 +65,11 @@ class Parser(argparse.ArgumentParser):
     :class:`UsageError` (one line, no usage block), and ``-v``, ``-q`` and ``--debug`` are
     options of every command."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         add_output_options(self)
 
-    def error(self, message: str):  # noqa: D401 - argparse's hook
+    def error(self, message: str) -> NoReturn:  # argparse's hook
         raise UsageError(message)
 
 
@@ -98,18 +98,18 @@ def verbosity(args: argparse.Namespace) -> int:
     return -1 if args.quiet else args.verbose
 
 
-class _Stderr(logging.StreamHandler):
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     """A handler on whatever ``sys.stderr`` is when a record comes (tests swap it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 
@@ -408,7 +408,7 @@ class _Progress:
         self.done = 0
         self.saved = 0
 
-    def __call__(self, info) -> None:
+    def __call__(self, info: Any) -> None:  # stylize.engine.StepInfo
         pos = self.before[info.scale] + info.step
         self.bar.update(pos - self.done)
         self.done = pos

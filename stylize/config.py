@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, get_args
 
 from pydantic import (
     BaseModel,
@@ -47,22 +47,31 @@ LAYER_NAMES = _layer_names()  # index i is features[i]
 TAP_NAMES = tuple(n for n in LAYER_NAMES if not n.startswith("pool"))
 CONV_NAMES = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
 
-OPTIMIZERS = ("lbfgs", "adam")
-POOLINGS = ("max", "avg")
-PADDINGS = ("zeros", "reflect", "replicate")  # of conv1_1, the layer that sees the pixels
-PREPROCESSINGS = ("caffe", "torchvision")
-PRESERVE_COLORS = ("none", "luminance", "histogram")
+Optimizer = Literal["lbfgs", "adam"]
+OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
+Pooling = Literal["max", "avg"]
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
+Padding = Literal["zeros", "reflect", "replicate"]  # of conv1_1, the layer that sees the pixels
+PADDINGS: tuple[Padding, ...] = get_args(Padding)
+Preprocessing = Literal["caffe", "torchvision"]
+PREPROCESSINGS: tuple[Preprocessing, ...] = get_args(Preprocessing)
+PreserveColors = Literal["none", "luminance", "histogram"]
+PRESERVE_COLORS: tuple[PreserveColors, ...] = get_args(PreserveColors)
 # What a style layer's loss compares (stylize/losses.py; docs/engine.md, "Style losses"): the
 # Gram matrices (the paper's), the Gaussians of the features (squared 2-Wasserstein distance of
 # their means and covariances), or the per-channel means and standard deviations.
-STYLE_LOSSES = ("gram", "wasserstein2", "mean_std")
+StyleLoss = Literal["gram", "wasserstein2", "mean_std"]
+STYLE_LOSSES: tuple[StyleLoss, ...] = get_args(StyleLoss)
 # The initial noise's amplitude spectrum, 1/f^exponent: white is flat (the paper's), natural
 # falls like a photograph's (1/f), smooth twice as fast (1/f^2).
 NOISE_SPECTRA = {"white": 0.0, "natural": 1.0, "smooth": 2.0}
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+Precision = Literal["auto", "fp32", "tf32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" is accepted too
-OUTPUT_FORMATS = ("png", "jpeg", "webp", "tiff")
-BIT_DEPTHS = (8, 16)
+OutputFormat = Literal["png", "jpeg", "webp", "tiff"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+BitDepth = Literal[8, 16]
+BIT_DEPTHS: tuple[BitDepth, ...] = get_args(BitDepth)
 BIT_DEPTH_16_FORMATS = ("png", "tiff")
 
 
@@ -99,6 +108,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+if TYPE_CHECKING:  # computed names: type checkers see str, pydantic (and the schema) the names
+    TapName = str
+    PresetName = str
+    NoiseSpectrum = str
+else:
+    TapName = Literal[TAP_NAMES]
+    PresetName = Literal[tuple(PRESETS)]
+    NoiseSpectrum = Literal[tuple(NOISE_SPECTRA)]
+
 
 class ConfigError(StylizeError, ValueError):
     """A bad option value. The message names the option and the allowed values."""
@@ -127,7 +145,7 @@ def _scale_words(value: Any) -> Any:
     return words
 
 
-Layers = Annotated[tuple[Literal[TAP_NAMES], ...], BeforeValidator(_words), Field(min_length=1)]
+Layers = Annotated[tuple[TapName, ...], BeforeValidator(_words), Field(min_length=1)]
 Floats = Annotated[tuple[float, ...], BeforeValidator(_words)]
 # fractions of `size`, each with `iterations`; or (longest side in pixels, iterations) pairs
 Scales = Annotated[tuple[float, ...] | tuple[tuple[int, int], ...], BeforeValidator(_scale_words)]
@@ -169,20 +187,20 @@ class StyleConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="engine options")
 
-    preset: Literal[tuple(PRESETS)] = Field(
+    preset: PresetName = Field(
         "gatys2016", description=("named defaults; the other keys override it")
     )
     # -- the network (NETWORK_OPTIONS)
     weights: str = Field(
         "caffe", min_length=1, description=("caffe | torchvision | path or URL of a state dict")
     )
-    pooling: Literal[POOLINGS] = Field(
+    pooling: Pooling = Field(
         "avg", description=("the paper replaces max pooling by average pooling")
     )
-    padding: Literal[PADDINGS] = Field(
+    padding: Padding = Field(
         "zeros", description=("conv1_1's padding; deeper layers always pad with zeros")
     )
-    preprocessing: Optional[Literal[PREPROCESSINGS]] = Field(
+    preprocessing: Optional[Preprocessing] = Field(
         None, description=("only for a weights path/URL")
     )
     normalize: bool = Field(
@@ -191,7 +209,7 @@ class StyleConfig(BaseModel):
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = Field(
         "auto", description="auto | cpu | cuda | cuda:N | mps"
     )
-    precision: Literal[PRECISIONS] = Field(
+    precision: Precision = Field(
         "auto",
         description=(
             "auto: bf16 on CUDA GPUs that support it, else fp32 (fp32 on CUDA: no TF32 either)"
@@ -219,7 +237,7 @@ class StyleConfig(BaseModel):
         1e3, description=("beta; alpha/beta = 1e-3 as in the paper's Fig. 2")
     )
     tv_weight: NonNegative = 0.0
-    style_loss: Literal[STYLE_LOSSES] = Field(
+    style_loss: StyleLoss = Field(
         "gram",
         description=(
             "what a style layer compares: gram (the paper), wasserstein2 (feature means and "
@@ -233,13 +251,13 @@ class StyleConfig(BaseModel):
     noise_scale: NonNegative = Field(
         0.03, description=("std of the initial noise around mid-grey, as a fraction of 255")
     )
-    noise_spectrum: Literal[tuple(NOISE_SPECTRA)] = Field(
+    noise_spectrum: NoiseSpectrum = Field(
         "smooth",
         description=(
             "amplitude spectrum of the initial noise: white (flat), natural (1/f), smooth (1/f^2)"
         ),
     )
-    optimizer: Literal[OPTIMIZERS] = "lbfgs"
+    optimizer: Optimizer = "lbfgs"
     lr: Optional[Annotated[float, Field(gt=0)]] = Field(
         None, description=("null: 1.0 for lbfgs, 10.0 (pixel units) for adam")
     )
@@ -255,7 +273,7 @@ class StyleConfig(BaseModel):
     style_scale: float = Field(
         1.0, gt=0, description=("style image longest side relative to the content's")
     )
-    preserve_colors: Literal[PRESERVE_COLORS] = "none"
+    preserve_colors: PreserveColors = "none"
     scales: Scales = Field(
         (1.0,),
         description=(
@@ -296,9 +314,9 @@ class StyleConfig(BaseModel):
 
     @field_validator("scales", mode="wrap")
     @classmethod
-    def _scales(cls, value: Any, handler: Any) -> tuple:
+    def _scales(cls, value: Any, handler: Any) -> tuple[Any, ...]:
         try:
-            v = handler(value)
+            v: tuple[Any, ...] = handler(value)
         except ValidationError:
             raise ValueError(f"{SCALES_FORMS}; got {_scale_words(value)!r}") from None
         if v and isinstance(v[0], tuple):
@@ -461,7 +479,8 @@ BOUNDS = {
 
 def literal_values(err: Mapping[str, Any]) -> str:
     """The allowed values of a pydantic literal_error, as ``a, b, c``."""
-    return (err.get("ctx") or {}).get("expected", "").replace(" or ", ", ").replace("'", "")
+    expected = str((err.get("ctx") or {}).get("expected", ""))
+    return expected.replace(" or ", ", ").replace("'", "")
 
 
 _TAG = re.compile(r"^(literal\[.*\]|tuple\[.*\]|function-.*|constrained-.*)$")

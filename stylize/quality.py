@@ -28,9 +28,14 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # imported where used: the command starts without the engine
+    from stylize.config import StyleConfig
+    from stylize.engine import Stylizer
 
 SPECKLE_SIZE = 256  # the speckle figure is taken on the image downscaled to this longest side
 
@@ -92,7 +97,7 @@ def noise_correlation(img: torch.Tensor, noise: torch.Tensor) -> float:
         )[0]
     a, b = high_pass(img).flatten(), high_pass(noise).flatten()
     a, b = a - a.mean(), b - b.mean()
-    return (a @ b / (a.norm() * b.norm()).clamp_min(1e-12)).item()
+    return float((torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)).item())
 
 
 def border(img: torch.Tensor, inner: int = 4) -> float:
@@ -121,7 +126,7 @@ def sample_path(name: str) -> str:
     return str(resources.files("stylize") / "samples" / f"{name}.jpg")
 
 
-def judge_config(cfg):
+def judge_config(cfg: StyleConfig) -> StyleConfig:
     """The objective of record for a run's config: the same layers and weights, scored in
     fp32 by the paper's network (zero padding), without the total-variation term."""
     return cfg.replace(
@@ -135,7 +140,9 @@ def judge_config(cfg):
     )
 
 
-def judged_losses(judge, pixels: torch.Tensor, contents: torch.Tensor, styles) -> list[dict]:
+def judged_losses(
+    judge: Stylizer, pixels: torch.Tensor, contents: torch.Tensor, styles: Any
+) -> list[dict[str, float]]:
     """Content, style and total loss of images (B, 3, H, W), rounded to 8 bits first."""
     x = pixels.clamp(0, 255).round().to(judge.device)
     with torch.no_grad():
@@ -147,7 +154,7 @@ def judged_losses(judge, pixels: torch.Tensor, contents: torch.Tensor, styles) -
     ]
 
 
-def image_figures(img: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
+def image_figures(img: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, Any]:
     """The picture figures of one image (3, H, W) in 0..255 (rounded to 8 bits first)."""
     img = img.clamp(0, 255).round()
     return dict(
@@ -157,7 +164,7 @@ def image_figures(img: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
     )
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from stylize.config import resolve_config
     from stylize.canvas import start_noise
     from stylize.engine import Style, Stylizer
@@ -174,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         log_every=args.iterations,
         **overrides,
     )
+    path: Callable[[str], str]
     if args.pair:
         pairs = [tuple(p) for p in args.pair]
         path = str
@@ -248,12 +256,12 @@ def run(args: argparse.Namespace) -> dict:
     )
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per init: geometric means of the judged losses, worst and mean picture figures."""
     out = {}
     for init in dict.fromkeys(r["init"] for r in rows):
         rs = [r for r in rows if r["init"] == init]
-        s = {
+        s: dict[str, Any] = {
             f"{k}_geomean": math.exp(statistics.fmean(math.log(max(r[k], 1e-30)) for r in rs))
             for k in ("content_loss", "style_loss", "total_loss")
         }
@@ -269,7 +277,7 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def _print_row(row: dict, quiet: bool) -> None:
+def _print_row(row: dict[str, Any], quiet: bool) -> None:
     corr = "-" if row["noise_corr"] is None else f"{row['noise_corr']:+.3f}"
     print(
         f"{row['init']:8s} {row['content']:>12s} x {row['style']:<14s} "
@@ -326,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from stylize.config import ConfigError
     from stylize.model import WeightsError
 
