@@ -287,3 +287,43 @@ def _alive(pid: int) -> bool:
 
 def no_traceback(text: str) -> bool:
     return "Traceback (most recent call last)" not in text
+
+
+# ------------------------------------------------------------------------------- markers
+# `pytest -m "not slow"`: the everyday subset (every module's unit tests, under 2 minutes on
+# 2 cores); CI runs everything. Slow: a test that starts Ray, a server or a subprocess of
+# the command, or a whole module of end-to-end, fault or benchmark tests.
+SLOW_FIXTURES = {"ray_session", "ray_tmpdir", "s3_endpoint", "s3_options", "s3_proxy", "s3_bucket"}
+SLOW_MODULES = {
+    "test_pipeline_cluster",
+    "test_pipeline_faults",
+    "test_pipeline_outages",
+    "test_pipeline_signals",
+    "test_pipeline_s3",
+    "test_pipeline_e2e",
+    "test_pipeline_runfolder_faults",
+    "test_pipeline_bench",
+    "test_report_browser",
+    "test_throughput",
+    "test_throughput_agree",
+    "test_gpu",
+}
+# single tests of several seconds each (measured with --durations on 2 cores)
+SLOW_TESTS = (
+    "test_random_styles_mirror_layout_reads_as_the_same_imagefolder",
+    "test_batch_of_three_equals_each_alone[lbfgs-wasserstein2]",
+    "test_run_the_demo_job_from_python",
+    "test_compiled_objective_equals_eager_loss_and_gradient",
+    "test_wasserstein2_moves_the_output_to_the_style_in_w2",
+    "test_every_batch_format_gives_the_same_rows",
+    "test_decoded_images_of_any_sizes_equal_the_encoded_ones",
+    "test_lbfgs_loss_decreases_from_noise_for_every_seed",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        slow_test = item.name.startswith(SLOW_TESTS)
+        if slow_test or module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
