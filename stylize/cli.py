@@ -18,9 +18,14 @@ import contextlib
 import dataclasses
 import logging
 import math
+import json
 import os
+import signal
 import sys
-from typing import Any, Callable, Iterator, NoReturn, Sequence, TextIO
+import threading
+import time
+import typing
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence, TextIO
 
 from stylize.common import (
     EXIT_INFRA,
@@ -35,11 +40,13 @@ from stylize.config import (
     BIT_DEPTH_16_FORMATS,
     BIT_DEPTHS,
     PRESETS,
-    STYLE_LOSSES,
     ConfigError,
     StyleConfig,
     resolve_config,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("stylize.cli")  # not __name__: "__main__" under python -m
 
@@ -165,12 +172,32 @@ _HELP = {
     "weights": "caffe | torchvision | PATH or URL of a state dict",
     "scales": "coarse to fine: fractions of --size, e.g. 0.5,1.0 (each --iterations), or "
     "SIDE:ITERATIONS pairs, e.g. 256:400,512:150 (the last side is the size)",
-    "style_loss": f"{' | '.join(STYLE_LOSSES)}: Gram matrices (the paper), Gaussian "
-    "2-Wasserstein distance, or per-channel mean and std",
+    "style_loss": "Gram matrices (the paper), Gaussian 2-Wasserstein distance, or "
+    "per-channel mean and std",
     "style_scale": "style image size relative to the content's",
-    "preserve_colors": "none | luminance | histogram",
-    "device": "auto | cpu | cuda | mps",
+    "device": "auto | cpu | cuda | cuda:N | mps",
 }
+
+
+def _allowed(annotation: Any) -> tuple[Any, ...]:
+    """The values a Literal option allows (also inside Optional/Annotated), else ()."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    for arg in typing.get_args(annotation):
+        found = _allowed(arg)
+        if found:
+            return found
+    return ()
+
+
+def _option_help(name: str, default: object) -> str:
+    """An engine option's help: what it is, its allowed values (from the config's types),
+    its preset default."""
+    allowed = _allowed(StyleConfig.model_fields[name].annotation)
+    what = _HELP.get(name, "")
+    if allowed and name != "layers":
+        what = f"{' | '.join(map(str, allowed))}{': ' + what if what else ''}"
+    return f"{what} (preset default: {default})".strip()
 
 
 def _engine_fields() -> list[tuple[str, object, bool]]:
@@ -197,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", required=True, help="output file (path or URL): .png .jpg .webp .tif"
     )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object on stdout: output, width, height, iterations, total_loss, "
+        "content_loss, style_loss, seconds, device (on an error: exit_code and error)",
+    )
     p.add_argument(
         "--bit-depth",
         type=int,
@@ -227,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                 flag,
                 default=None,
                 metavar=name.split("_")[-1].upper(),
-                help=f"{_HELP.get(name, '')} (preset default: {default})".strip(),
+                help=_option_help(name, default),
             )
     return p
 
@@ -246,15 +279,52 @@ def image_main(
     except UsageError as e:
         print_error("stylize image", str(e))
         return EXIT_USAGE
-    with logging_to_stderr(level):
+    with logging_to_stderr(level), _signals_stop():
         try:
             return _run(args, _Files(read_bytes, write_bytes))
         except (UsageError, ConfigError) as e:
-            print_error("stylize image", str(e))
-            return EXIT_USAGE
+            return _fail(args, EXIT_USAGE, str(e))
         except OutputError as e:
-            print_error("stylize image", str(e))
-            return EXIT_INFRA
+            return _fail(args, EXIT_INFRA, str(e))
+        except Stopped as e:  # before or after the optimisation: nothing to keep
+            return _fail(args, e.exit_code, f"{e}; nothing was written", "interrupted")
+
+
+def _fail(args: argparse.Namespace, code: int, text: str, kind: str = "error") -> int:
+    """One line on stderr; with --json also the object on stdout."""
+    print_error("stylize image", text, kind)
+    if getattr(args, "json", False):
+        print(json.dumps({"command": "image", "exit_code": code, kind: text}), flush=True)
+    return code
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM during ``stylize image`` (a BaseException: nothing eats it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Stopped` while the command runs (main thread only);
+    the handlers before are put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 def is_url(path: str) -> bool:
@@ -369,18 +439,68 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
     pixels = engine.prepare_content(content, exact=True)  # one image: nothing to batch with
     style = Style("cli", styles, tuple(args.style_weights) if args.style_weights else None)
     progress = _Progress(cfg, args, fmt, files)
+    t0 = time.monotonic()
     try:
         result = engine.stylize_batch([pixels], [style], callback=progress)[0]
+    except Stopped as e:
+        return _interrupted(args, e, progress, fmt, files)
     finally:
         progress.close()
     files.write(args.output, encode_image(result.image, fmt, args.quality, args.bit_depth))
     h, w = result.image.shape[-2:]
-    print(
-        f"wrote {args.output} ({w}x{h}, {result.iterations} iterations, "
-        f"loss {result.total_loss:.4g}: content {result.content_loss:.4g}, "
-        f"style {result.style_loss:.4g})"
-    )
+    summary = {
+        "command": "image",
+        "exit_code": EXIT_OK,
+        "output": args.output,
+        "width": w,
+        "height": h,
+        "iterations": result.iterations,
+        "total_loss": result.total_loss,
+        "content_loss": result.content_loss,
+        "style_loss": result.style_loss,
+        "seconds": round(time.monotonic() - t0, 3),
+        "device": str(engine.device),
+    }
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    else:
+        print(
+            f"wrote {args.output} ({w}x{h}, {result.iterations} iterations, "
+            f"loss {result.total_loss:.4g}: content {result.content_loss:.4g}, "
+            f"style {result.style_loss:.4g})"
+        )
     return EXIT_OK
+
+
+def interrupted_path(output: str) -> str:
+    """``out.png`` -> ``out.interrupted.png`` beside it (a path or a URL)."""
+    root, ext = os.path.splitext(output)
+    return f"{root}.interrupted{ext}"
+
+
+def _interrupted(
+    args: argparse.Namespace, e: Stopped, progress: _Progress, fmt: str, files: _Files
+) -> int:
+    """Ctrl-C (or SIGTERM) during the optimisation: the last iterate the progress saw is
+    written next to the output, named so; one line says where."""
+    from stylize.images import encode_image
+
+    last, step = progress.last, progress.done
+    if last is None:
+        return _fail(
+            args,
+            e.exit_code,
+            f"{e} before the first step; nothing was written",
+            "interrupted",
+        )
+    path = interrupted_path(args.output)
+    files.write(path, encode_image(last, fmt, args.quality, args.bit_depth))
+    return _fail(
+        args,
+        e.exit_code,
+        f"{e} at step {step} of {progress.total}; the last iterate is in {path}",
+        "interrupted",
+    )
 
 
 def snapshot_path(output: str, step: int) -> str:
@@ -407,18 +527,20 @@ class _Progress:
         )
         self.done = 0
         self.saved = 0
+        self.total = sum(steps)
+        self.last: torch.Tensor | None = None  # the latest iterate, on the CPU (Ctrl-C keeps it)
 
     def __call__(self, info: Any) -> None:  # stylize.engine.StepInfo
         pos = self.before[info.scale] + info.step
         self.bar.update(pos - self.done)
         self.done = pos
         self.bar.set_postfix(loss=f"{info.losses[0]:.4g}", scale=f"{info.scale + 1}/{info.scales}")
+        self.last = info.pixels[0].detach().clamp(0, 255).cpu()
         if self.every and pos // self.every > self.saved:
             from stylize.images import encode_image
 
             self.saved = pos // self.every
-            pixels = info.pixels[0].detach().clamp(0, 255).cpu()
-            self.files.write(snapshot_path(self.output, pos), encode_image(pixels, self.fmt))
+            self.files.write(snapshot_path(self.output, pos), encode_image(self.last, self.fmt))
 
     def close(self) -> None:
         self.bar.close()

@@ -318,6 +318,7 @@ SLOW_TESTS = (
     "test_every_batch_format_gives_the_same_rows",
     "test_decoded_images_of_any_sizes_equal_the_encoded_ones",
     "test_lbfgs_loss_decreases_from_noise_for_every_seed",
+    "test_interrupted_keeps_the_last_iterate",
 )
 
 

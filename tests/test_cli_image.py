@@ -266,3 +266,89 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch, case, ar
     assert len(lines) == 1, err
     assert "Traceback" not in err
     assert message in lines[0]
+
+
+def test_help_lists_the_allowed_values_of_every_option_with_a_fixed_set(capsys):
+    """Every engine option typed as a choice shows its choices in --help."""
+    import typing
+
+    from stylize.cli import _allowed
+    from stylize.config import StyleConfig
+
+    assert main(["image", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    checked = 0
+    for name, field in StyleConfig.model_fields.items():
+        allowed = _allowed(field.annotation)
+        if not allowed or name in ("preset", "content_layers", "style_layers"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        assert f"{' | '.join(map(str, allowed))}" in text.split(flag, 2)[-1][:300], flag
+        checked += 1
+    assert checked >= 7  # pooling, padding, preprocessing, precision, style_loss, ...
+    assert "gatys2016" in text and "gram | wasserstein2 | mean_std" in text
+    assert typing.get_args(StyleConfig.model_fields["pooling"].annotation) == ("max", "avg")
+
+
+def test_json_prints_one_object_with_the_documented_keys(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "out.png"
+    rc, stdout, err = run(
+        capsys, "--content", CONTENT, "--style", STYLE, "-o", str(out), *FAST, "--json"
+    )
+    assert rc == 0, err
+    obj = json.loads(stdout)
+    assert set(obj) == {
+        "command",
+        "exit_code",
+        "output",
+        "width",
+        "height",
+        "iterations",
+        "total_loss",
+        "content_loss",
+        "style_loss",
+        "seconds",
+        "device",
+    }
+    assert (obj["output"], obj["width"], obj["height"], obj["exit_code"]) == (str(out), 40, 30, 0)
+    assert obj["total_loss"] > 0 and obj["device"] == "cpu"
+    rc, stdout, err = run(
+        capsys, "--content", "nope.jpg", "--style", STYLE, "-o", str(out), "--json"
+    )
+    assert rc == 2 and json.loads(stdout)["exit_code"] == 2 and "nope.jpg" in err
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupted_keeps_the_last_iterate_and_exits_with_one_line(tmp_path, sig, code):
+    """Ctrl-C (or a SIGTERM) while optimising: exit 128+N, one line naming the image kept,
+    the last iterate written beside the output as out.interrupted.png; no traceback."""
+    import signal
+    import time
+
+    from conftest import no_traceback, start_process, stylize_command, subprocess_env
+
+    out = tmp_path / "out.png"
+    cmd = stylize_command(
+        "image", "--content", CONTENT, "--style", STYLE, "-o", str(out), "--size", "64",
+        "--iterations", "5000", "--save-every", "5", "--device", "cpu", "-q",
+    )  # fmt: skip
+    proc = start_process(cmd, subprocess_env(), tmp_path / "logs", "image")
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("out_*.png")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.log_err.read_text()
+            time.sleep(0.2)
+        assert list(tmp_path.glob("out_*.png")), "no step within 2 minutes"
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(60) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.log_err.read_text()
+    kept = tmp_path / "out.interrupted.png"
+    assert err.count("\n") == 1 and no_traceback(err), err
+    assert err.startswith(f"stylize image: interrupted: {sig} at step "), err
+    assert str(kept) in err and not out.exists()
+    assert decode_image(kept.read_bytes()).size == (64, 48)
