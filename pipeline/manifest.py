@@ -64,6 +64,12 @@ SCHEMA = pa.schema(
         # Total loss at the engine's progress steps, at most a few dozen values (losstrace.py);
         # null where no trace could be kept (failures, parts of older runs).
         pa.field("loss_trace", pa.list_(pa.float32())),
+        # Quality figures in fixed layers and normalisations (stylize.figures), comparable
+        # across runs; null where not taken (failures, parts of older runs).
+        pa.field("content_distance", pa.float64()),
+        pa.field("gram_distance", pa.float64()),
+        pa.field("w2_distance", pa.float64()),
+        pa.field("color_distance", pa.float64()),
     ]
 )
 if tuple(SCHEMA.names) != COLUMNS:  # pragma: no cover - a column added in one place only

@@ -45,6 +45,7 @@ from pipeline.runfolder import GRID_GLOB, REPORT_INDEX, RunFolder, is_sweep_grid
 from pipeline.status import NoRunError
 from pipeline.webdataset import read_member, split_member_uri
 from stylize.common import short_hash
+from stylize.figures import FIGURES
 
 THUMB_EXT, THUMB_FORMAT = ("webp", "WEBP") if features.check("webp") else ("jpg", "JPEG")
 
@@ -100,6 +101,7 @@ def _style_stats(table: pa.Table, job: Mapping) -> list[StyleStats]:
             "style_": pc.if_else(is_ok, table["style_loss"], None),
             "iterations": pc.cast(table["iterations"], pa.float64()),
             "seconds": table["duration_s"],
+            **{f: pc.if_else(is_ok, table[f], None) for f in FIGURES},
         }
     )
     g = t.group_by("style").aggregate(
@@ -111,17 +113,32 @@ def _style_stats(table: pa.Table, job: Mapping) -> list[StyleStats]:
             ("style_", "approximate_median"),
             ("iterations", "mean"),
             ("seconds", "mean"),
+            *((f, "approximate_median") for f in FIGURES),
         ]
     )
+    figures = [
+        dict(zip(FIGURES, values))
+        for values in zip(*(g[f"{f}_approximate_median"].to_pylist() for f in FIGURES))
+    ]
     uris = {
         k: (v.get("uris") or [None])[0]
         for k, v in (job.get("fingerprint", {}).get("styles") or {}).items()
     }
     out = [
         StyleStats(
-            n, 0, c, s or 0, m, it, sec, uris.get(n), content_loss_median=cm, style_loss_median=sm
+            n,
+            0,
+            c,
+            s or 0,
+            m,
+            it,
+            sec,
+            uris.get(n),
+            content_loss_median=cm,
+            style_loss_median=sm,
+            figures=fig,
         )
-        for n, c, s, m, cm, sm, it, sec in zip(
+        for n, c, s, m, cm, sm, it, sec, fig in zip(
             g["style"].to_pylist(),
             g["ok_count"].to_pylist(),
             g["ok_sum"].to_pylist(),
@@ -130,6 +147,7 @@ def _style_stats(table: pa.Table, job: Mapping) -> list[StyleStats]:
             g["style__approximate_median"].to_pylist(),
             g["iterations_mean"].to_pylist(),
             g["seconds_mean"].to_pylist(),
+            figures,
         )
     ]
     out.sort(key=lambda s: s.name)

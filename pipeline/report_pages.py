@@ -18,6 +18,7 @@ from pipeline.charts import bar_chart, line_chart, sci
 from pipeline.reportfacts import ReportSettings, RunFacts, StyleStats
 from pipeline.manifest import THROUGHPUT_LABEL
 from pipeline.runfolder import REPORT_INDEX, RUN_FILE, SWEEP_GRID_SHOWN
+from stylize.figures import FIGURES, MEANINGS
 
 PALETTE = (
     "#0072b2",
@@ -495,6 +496,27 @@ HINT = (
 )
 
 
+def _figures_table(styles: list[StyleStats]) -> str:
+    """Median quality figures per style (fixed layers: comparable across runs), with what
+    each means; nothing when no item has them (older runs)."""
+    if not any(v is not None for s in styles for v in s.figures.values()):
+        return ""
+    head = "".join(f"<th>median {f.replace('_', ' ')}</th>" for f in FIGURES)
+    rows = "".join(
+        f"<tr><td>{_e(s.name)}</td>"
+        + "".join(f"<td class=n>{_num(s.figures.get(f))}</td>" for f in FIGURES)
+        + "</tr>"
+        for s in styles
+    )
+    meanings = "; ".join(f"<b>{f.replace('_', ' ')}</b>: {_e(MEANINGS[f])}" for f in FIGURES)
+    return (
+        '<h3 id="figures">Quality figures</h3><table class="grid-table"><thead><tr>'
+        f"<th>style</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        f'<p class="muted meaning">{meanings}. The same layers and normalisations in every '
+        "run (stylize quality OUTPUT recomputes them).</p>"
+    )
+
+
 def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings, meaning: str) -> str:
     cards, panels = [], []
     for s in styles[: settings.index_styles]:
@@ -536,6 +558,7 @@ def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings, mean
         "<th>failed</th><th>median loss</th><th>median content loss</th>"
         "<th>median style loss</th><th>mean iterations</th><th>mean time</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{meaning}{more}"
+        f"{_figures_table(styles[: settings.max_table_styles])}"
     )
     return (
         f"<section><h2>Styles <small>{len(styles):,}</small></h2>"

@@ -51,6 +51,8 @@ class StyleStats:
     pages: int = 0
     content_loss_median: float | None = None  # of the ok items, as the total's
     style_loss_median: float | None = None
+    # median quality figures of the ok items (stylize.figures.FIGURES), None where none
+    figures: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass

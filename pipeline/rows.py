@@ -47,6 +47,11 @@ class Row(TypedDict, total=False):
     shard: int
     content_uri_bytes: bytes | None  # the URI's bytes where it is not valid UTF-8
     loss_trace: list[float] | None  # total loss at the engine's progress steps
+    # quality figures in fixed layers (stylize.figures), null where not taken
+    content_distance: float | None
+    gram_distance: float | None
+    w2_distance: float | None
+    color_distance: float | None
 
 
 COLUMNS = tuple(Row.__annotations__)

@@ -40,6 +40,7 @@ PART_NAME = "part-{:05d}.parquet"
 PART_RE = re.compile(r"part-(\d+)\.parquet")  # a part's name; group 1: its shard id
 JOB_FILE = "job.json"
 RUN_FILE = "run.json"
+QUALITY_FILE = "quality.parquet"  # stylize quality OUTPUT: the figures recomputed
 MANIFEST_FILE = "manifest.parquet"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
@@ -113,6 +114,10 @@ class RunFolder:
     @property
     def run_json(self) -> str:
         return join(self.output, RUN_FILE)
+
+    @property
+    def quality_file(self) -> str:
+        return join(self.output, MANIFEST_DIR, QUALITY_FILE)
 
     @property
     def manifest_file(self) -> str:

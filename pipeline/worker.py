@@ -138,6 +138,8 @@ class StyleWorker:
         )
         self._options = [spec.stylize.replace(**p) if p else spec.stylize for p in spec.points]
         self._styles: OrderedDict[str, Any] = OrderedDict()  # style key -> engine Style
+        self._style_stats: dict[tuple[str, int], Any] = {}  # (key, side) -> its figures stats
+        self._figures_features: Any = None  # the figures' network (see _figures_network)
         self._broken: dict[str, Exception] = {}  # style key -> why it is not an image
         self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
         self._label = self._make_label()
@@ -306,13 +308,54 @@ class StyleWorker:
             )
             return [*failed, self._row(item, status, started, error_message=msg)]
         share = (time.perf_counter() - t0) / len(entries)
+        figures = self._figures(entries, results, styles)
         # Encode and write in CPU threads, all of them before the rows go back.
         return failed + list(
             self._io.map(
-                lambda e: self._write(e[0][0], e[1], started, share, e[2]),
-                zip(entries, results, trace.traces()),
+                lambda e: self._write(e[0][0], e[1], started, share, e[2], e[3]),
+                zip(entries, results, trace.traces(), figures),
             )
         )
+
+    def _figures_network(self) -> Any:
+        """The features of the figures' fixed network: the run's own engine where it is that
+        network, else a second VGG-19 built once (stylize.figures.NETWORK)."""
+        from stylize import figures as fg
+        from stylize.engine import Stylizer
+
+        if self._figures_features is None:
+            cfg = self.stylizer.cfg
+            same = fg.same_network(cfg)
+            net = self.stylizer if same else Stylizer(fg.network_config(str(self.stylizer.device)))
+            self._figures_features = net.features
+        return self._figures_features
+
+    def _figures(self, entries: list[Any], results: list[Any], styles: list[Any]) -> list[Any]:
+        """Each result's quality figures (stylize.figures), or None where they could not be
+        taken: a figure never fails an item."""
+        from stylize import figures as fg
+
+        try:
+            import torch
+
+            features = self._figures_network()
+            side = max(results[0].image.shape[-2:])
+            stats = []
+            for style in styles:
+                key = (style.key, side)
+                if key not in self._style_stats:
+                    if len(self._style_stats) >= DECODED_STYLES:
+                        self._style_stats.pop(next(iter(self._style_stats)))
+                    self._style_stats[key] = fg.style_stats(
+                        features, style.images, style.blend(), side
+                    )
+                stats.append(self._style_stats[key])
+            outputs = torch.stack([r.image for r in results])
+            contents = torch.stack([e[1] for e in entries])
+            return list(fg.figures(features, outputs, contents, stats))
+        except Exception as e:  # noqa: BLE001 - logged; the rows carry null figures
+            log.warning("quality figures not taken for %d item(s): %s", len(results), e)
+            return [None] * len(results)
 
     def process(
         self,
@@ -359,6 +402,7 @@ class StyleWorker:
         started,
         duration: float,
         loss_trace: list[float] | None = None,
+        figures: dict[str, float] | None = None,
     ) -> Row:
         from stylize.images import encode_image
 
@@ -373,6 +417,7 @@ class StyleWorker:
             total_loss=float(result.total_loss),
             duration_s=duration,
             loss_trace=loss_trace,
+            **(figures or {}),
         )
         try:
             data = encode_image(
