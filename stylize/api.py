@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -15,15 +15,15 @@ from stylize.images import from_tensor, to_tensor
 
 
 def stylize(
-    content,
-    styles,
+    content: Image.Image | torch.Tensor,
+    styles: Image.Image | torch.Tensor | Sequence[Image.Image | torch.Tensor],
     config: StyleConfig | None = None,
     *,
     style_weights: Sequence[float] | None = None,
     callback: Callback | None = None,
     stylizer: Stylizer | None = None,
-    **overrides,
-):
+    **overrides: Any,
+) -> Image.Image | torch.Tensor:
     """Stylize one image. ``content`` and each style: a PIL image, or a float tensor
     (3, H, W) in 0..1 (torchvision's convention). Returns the same kind as ``content``.
 
@@ -42,13 +42,15 @@ def stylize(
     elif overrides:
         config = config.replace(**overrides)
     engine = stylizer or Stylizer(config)
-    styles = styles if isinstance(styles, (list, tuple)) else [styles]
+    images: list[Image.Image | torch.Tensor] = (
+        list(styles) if isinstance(styles, (list, tuple)) else [styles]  # type: ignore[list-item]
+    )
     as_pil = isinstance(content, Image.Image)
     c = resize_longest_tensor(_as_pixels(content), config.size)
     # A key of its own per call: the images may differ from the last call's.
     style = Style(
         f"api-{uuid.uuid4().hex}",
-        tuple(_as_pixels(s) for s in styles),
+        tuple(_as_pixels(s) for s in images),
         tuple(style_weights) if style_weights else None,
     )
     try:
@@ -60,7 +62,7 @@ def stylize(
     return result.image / 255.0
 
 
-def _as_pixels(img) -> torch.Tensor:
+def _as_pixels(img: Image.Image | torch.Tensor) -> torch.Tensor:
     if isinstance(img, Image.Image):
         return to_tensor(img.convert("RGB"))
     t = torch.as_tensor(img).float()

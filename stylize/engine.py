@@ -15,7 +15,7 @@ precision, compile policy), ``stylize.objective`` (the step's function), ``styli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 from PIL import Image
@@ -35,7 +35,7 @@ from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import STYLE_KINDS, GatysLoss, content_loss, layer_weights
 from stylize.model import ReadBytes, build_vgg
 from stylize.objective import Objective, network
-from stylize.optim import Stopping, optimize
+from stylize.optim import StepHook, Stopping, optimize
 from stylize.runtime import (
     amp_dtype,
     free_device_memory,
@@ -139,7 +139,7 @@ class Stylizer:
         # Device, dtype and layout are settled here once; the loop has no branches on them.
         # TF32 is scoped to this engine's calls (numerics()), never left set process-wide.
         self.memory_format = memory_format(self.device)
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         self.objective = Objective(
             self.model, amp_dtype(self.precision), self.memory_format, cfg.compile
         )
@@ -153,7 +153,7 @@ class Stylizer:
             )
         self.targets = TargetCache(target_cache_bytes)
         # images per chunk, learnt per (shape, what sets the memory of an image there)
-        self._batch_limit: dict[tuple, int] = {}
+        self._batch_limit: dict[tuple[object, ...], int] = {}
 
     def options(self, options: StyleConfig | None) -> StyleConfig:
         """``options`` (default: the engine's config), checked to fit the loaded network."""
@@ -176,7 +176,7 @@ class Stylizer:
         """The optimisation's steps run compiled (``compile``, and the compiler has not failed)."""
         return self.objective.compiled
 
-    def numerics(self):
+    def numerics(self) -> ContextManager[None]:
         """This engine's TF32 flags and compile graph limit, for the duration of its work
         (runtime.numerics)."""
         return numerics(self.precision, self.objective.compiled)
@@ -230,20 +230,23 @@ class Stylizer:
             cached = self.targets.get(key, opts.style_layers)
             if cached is not None:
                 return cached
-        stats: dict[str, tuple] = {}
+        stats: dict[str, tuple[torch.Tensor, ...]] = {}
         with self.numerics():
             for img, w in zip(style.images, style.blend()):
                 img = resize_longest_tensor(img.float(), side, min_short=16).to(self.device)
                 if opts.preserve_colors == "histogram":
+                    assert content is not None  # colour preservation passes the content
                     img = color.match_histogram(img, content.to(self.device))
                 elif opts.preserve_colors == "luminance":
+                    assert content is not None
                     grey = color.luminance(content.to(self.device))
                     img = color.match_luminance(color.luminance(img), grey)
                 feats = self.features(img.unsqueeze(0), opts.style_layers)
                 for layer in opts.style_layers:
                     mine = kind.statistics(feats[layer])  # each (1, ...)
+                    before = stats.get(layer)
                     stats[layer] = tuple(
-                        a + w * x for a, x in zip(stats.get(layer, (0,) * len(mine)), mine)
+                        w * x if before is None else before[i] + w * x for i, x in enumerate(mine)
                     )
         out = {
             layer: tuple(t[0] for t in kind.target(s, self.device, self.stats_dtype))
@@ -280,7 +283,7 @@ class Stylizer:
             raise ValueError(f"{len(contents)} contents but {len(styles)} styles")
         if not contents:
             return []
-        shape = tuple(contents[0].shape[-2:])
+        shape = (int(contents[0].shape[-2]), int(contents[0].shape[-1]))
         if any(tuple(c.shape[-2:]) != shape for c in contents):
             raise ValueError("stylize_batch needs contents of one size; group them first")
         results: list[ItemResult] = []
@@ -309,7 +312,7 @@ class Stylizer:
     def batch_limit(self, shape: tuple[int, int], options: StyleConfig | None = None) -> int:
         """Images per chunk at this (h, w): learnt (measured, or halved after out of memory),
         else ``batch_size``, else measured against free GPU memory (4 on a CPU)."""
-        return self._chunk_size(tuple(shape), self.options(options))
+        return self._chunk_size((int(shape[0]), int(shape[1])), self.options(options))
 
     def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig) -> int:
         learnt = self._batch_limit.get(_memory_key(shape, opts))
@@ -337,7 +340,7 @@ class Stylizer:
         for k in opts.style_layers:  # against its own statistics: a target of the right kind
             own = kind.target(kind.statistics(feats[k].detach()), self.device, self.stats_dtype)
             losses.append(kind.loss(feats[k], *own))
-        sum(losses).sum().backward()
+        torch.stack(losses).sum().backward()  # type: ignore[no-untyped-call]
         per_image = torch.cuda.max_memory_allocated(self.device) - before
         hist = 2 * opts.history_size * 3 * shape[0] * shape[1] * 4  # L-BFGS (s, y) pairs
         del x, feats
@@ -351,7 +354,13 @@ class Stylizer:
         return limit
 
     def _optimize_chunk(
-        self, contents, styles, callback, init, iterations, cfg: StyleConfig
+        self,
+        contents: Sequence[torch.Tensor],
+        styles: Sequence[Style],
+        callback: Callback | None,
+        init: Sequence[torch.Tensor] | None,
+        iterations: int | None,
+        cfg: StyleConfig,
     ) -> list[ItemResult]:
         schedule = (
             cfg.schedule
@@ -364,7 +373,7 @@ class Stylizer:
         x = None if init is None else torch.stack([i.float() for i in init]).to(self.device)
         used = torch.zeros(len(contents), dtype=torch.long, device=self.device)
         for si, (scale, steps) in enumerate(schedule):
-            h, w = scale_shape(*full.shape[-2:], scale)
+            h, w = scale_shape(full.shape[-2], full.shape[-1], scale)
             m = margin_pixels(cfg.margin, h, w)
             content = pad(resize(target, h, w), m)  # (B, 3, h + 2m, w + 2m)
             x = (
@@ -385,9 +394,10 @@ class Stylizer:
                 Stopping(cfg.early_stopping, cfg.tolerance, cfg.window),
                 hook,
                 cfg.log_every,
-                narrow=lambda rows, loss=loss: self._objective(loss.select(rows), taps),
+                narrow=self._narrow(loss, taps),
             )
             x, used = crop(out.pixels, m), used + out.iterations
+        assert x is not None, "a schedule has at least one scale"
         losses = out.losses
         if m:  # report the losses of the picture delivered, without its margin
             with torch.no_grad():
@@ -403,8 +413,16 @@ class Stylizer:
             for i in range(len(contents))
         ]
 
-    def _objective(self, loss: GatysLoss, taps: tuple[str, ...]):
+    def _objective(
+        self, loss: GatysLoss, taps: tuple[str, ...]
+    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
         return lambda px: self.objective(px, loss, taps)
+
+    def _narrow(
+        self, loss: GatysLoss, taps: tuple[str, ...]
+    ) -> Callable[[torch.Tensor], Callable[[torch.Tensor], tuple[torch.Tensor, ...]]]:
+        """The objective of the images ``rows`` of this batch only (images that stopped)."""
+        return lambda rows: self._objective(loss.select(rows), taps)
 
     @torch.no_grad()
     def loss_for(
@@ -452,7 +470,8 @@ class Stylizer:
         x = torch.stack([p.float() for p in pixels]).to(self.device)
         with self.numerics():
             loss = self.loss_for(content, styles, options=cfg)
-            return loss(self.features(x, cfg.content_layers + cfg.style_layers), x)[0].tolist()
+            total = loss(self.features(x, cfg.content_layers + cfg.style_layers), x)[0]
+            return [float(v) for v in total.tolist()]
 
     def _initial(self, content: torch.Tensor, h: int, w: int, cfg: StyleConfig) -> torch.Tensor:
         init = cfg.init
@@ -465,17 +484,19 @@ class Stylizer:
         return resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()
 
 
-def _memory_key(shape: tuple[int, int], opts: StyleConfig) -> tuple:
+def _memory_key(shape: tuple[int, int], opts: StyleConfig) -> tuple[object, ...]:
     """What sets an image's memory at a shape: the layers it taps, its L-BFGS history, its
     style loss."""
     return (*shape, opts.history_size, opts.content_layers + opts.style_layers, opts.style_loss)
 
 
-def _hook(callback: Callback | None, scale: int, scales: int, steps: int, margin: int = 0):
+def _hook(
+    callback: Callback | None, scale: int, scales: int, steps: int, margin: int = 0
+) -> StepHook | None:
     if callback is None:
         return None
 
-    def hook(step, losses, active, pixels):
+    def hook(step: int, losses: torch.Tensor, active: torch.Tensor, pixels: torch.Tensor) -> None:
         callback(
             StepInfo(
                 scale,

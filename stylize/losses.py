@@ -21,7 +21,7 @@ The Gram loss has a gradient of one matrix product (``GramLoss``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -110,7 +110,7 @@ class GramLoss(torch.autograd.Function):
     and a transposed add), in the features' own dtype and layout."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         g, rows, channels_last = _gram(features)
         err = g - target
         ctx.save_for_backward(rows, err)
@@ -118,7 +118,7 @@ class GramLoss(torch.autograd.Function):
         return err.pow(2).mean(dim=(1, 2))
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         rows, err = ctx.saved_tensors
         (b, c, h, w), channels_last = ctx.meta
         scale = _wide(grad_out) * (2.0 / (c**3 * h * w))  # (B,)
@@ -128,7 +128,8 @@ class GramLoss(torch.autograd.Function):
 
 def style_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B,) mean squared Gram error of features (B, C, H, W) against targets (B, C, C)."""
-    return GramLoss.apply(features, target)
+    out: torch.Tensor = GramLoss.apply(features, target)
+    return out
 
 
 # -- the Gaussian style losses: wasserstein2 and mean_std
@@ -166,7 +167,7 @@ class SecondMoment(torch.autograd.Function):
     features' dtype and layout."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
         rows, channels_last = _rows(features)
         ctx.save_for_backward(rows)
         ctx.meta = (features.shape, channels_last)
@@ -174,7 +175,7 @@ class SecondMoment(torch.autograd.Function):
         return _gram_fp32(rows, channels_last, features.is_cuda) / n
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (rows,) = ctx.saved_tensors
         shape, channels_last = ctx.meta
         d = ((grad + grad.transpose(1, 2)) / (shape[2] * shape[3])).to(rows.dtype)  # (B, C, C)
@@ -244,7 +245,8 @@ def wasserstein2_loss(
             + cov.diagonal(dim1=1, dim2=2).sum(1)
             - 2 * lam.sqrt().sum(1)
         )  # (B,)
-        return (scale * d2.clamp_min(0)).to(_wide_dtype(features))
+        out: torch.Tensor = (scale * d2.clamp_min(0)).to(_wide_dtype(features))
+        return out
 
 
 def mean_std_target(
@@ -388,7 +390,11 @@ class GatysLoss(nn.Module):
             device=device,
         )
 
-    def terms(self) -> tuple[dict, dict, torch.Tensor, bool, str]:
+    def terms(
+        self,
+    ) -> tuple[
+        dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, ...]], torch.Tensor, bool, str
+    ]:
         """(content targets, style targets, weights, use_tv, style kind): ``gatys``'s
         arguments."""
         return (
@@ -399,7 +405,9 @@ class GatysLoss(nn.Module):
             self.style_kind,
         )
 
-    def forward(self, features: dict[str, torch.Tensor], pixels: torch.Tensor):
+    def forward(
+        self, features: dict[str, torch.Tensor], pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         return gatys(features, pixels, *self.terms())
 
     def select(self, rows: torch.Tensor) -> "GatysLoss":

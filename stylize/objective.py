@@ -14,13 +14,14 @@ import warnings
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from stylize.losses import GatysLoss, gatys
 from stylize.runtime import compile_function
 
 
 def network(
-    model,
+    model: nn.Module,
     pixels: torch.Tensor,
     taps: Sequence[str],
     amp: torch.dtype | None,
@@ -29,15 +30,16 @@ def network(
     """``{tap: activation}`` of pixels (B, 3, H, W): the network in memory ``layout``, under
     autocast to ``amp`` (None: its own dtype)."""
     with torch.autocast(pixels.device.type, dtype=amp, enabled=amp is not None):
-        return model(pixels.contiguous(memory_format=layout), tuple(taps))
+        out: dict[str, torch.Tensor] = model(pixels.contiguous(memory_format=layout), tuple(taps))
+        return out
 
 
 def evaluate(
-    model,
+    model: nn.Module,
     pixels: torch.Tensor,
     taps: tuple[str, ...],
-    content_targets: dict,
-    style_targets: dict,
+    content_targets: dict[str, torch.Tensor],
+    style_targets: dict[str, tuple[torch.Tensor, ...]],
     weights: torch.Tensor,
     use_tv: bool,
     style_kind: str,

@@ -16,6 +16,7 @@ import torch
 DEFAULT_CPU_CACHE_BYTES = 1 << 30  # style targets kept on a CPU (a GPU: a tenth of its memory)
 
 Target = tuple[torch.Tensor, ...]  # one layer's, what its style loss takes after the features
+CacheKey = tuple[str, int, str]  # (style key, style side, style loss)
 
 
 class TargetCache:
@@ -30,9 +31,9 @@ class TargetCache:
         self.nbytes = 0
         self.hits = self.misses = 0
         self.computed: dict[str, int] = {}
-        self._entries: OrderedDict[tuple, dict[str, Target]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, dict[str, Target]] = OrderedDict()
 
-    def get(self, key: tuple, layers: Sequence[str]) -> dict[str, Target] | None:
+    def get(self, key: CacheKey, layers: Sequence[str]) -> dict[str, Target] | None:
         """The entry of ``key`` = (style key, side, style loss) if it has every layer."""
         entry = self._entries.get(key)
         if entry is None or any(layer not in entry for layer in layers):
@@ -42,7 +43,7 @@ class TargetCache:
         self.hits += 1
         return entry
 
-    def put(self, key: tuple, targets: dict[str, Target]) -> dict[str, Target]:
+    def put(self, key: CacheKey, targets: dict[str, Target]) -> dict[str, Target]:
         old = self._entries.pop(key, {})
         self.nbytes -= _nbytes(old)
         entry = {**old, **targets}
@@ -58,7 +59,7 @@ class TargetCache:
         for k in [k for k in self._entries if k[0] == style_key]:
             self.nbytes -= _nbytes(self._entries.pop(k))
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float | None]:
         lookups = self.hits + self.misses
         return {
             "styles_cached": len({k[0] for k in self._entries}),
