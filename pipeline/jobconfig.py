@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import json
-import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Sequence, Union, get_args
 
 import yaml
@@ -28,16 +27,14 @@ from pydantic import (
 )
 
 from pipeline.redact import redact_options, redact_uri
-from stylize.common import StylizeError, near_miss, short_hash
+from stylize.common import StylizeError, describe_validation_errors, near_miss, short_hash
 from stylize.config import (
     BitDepth,
-    BOUNDS,
     NETWORK_OPTIONS,
     OutputFormat,
-    TYPE_NOUNS,
     ConfigError,
     StyleConfig,
-    literal_values,
+    bit_depth_problem,
 )
 
 Mode = Literal["resume", "overwrite"]
@@ -345,10 +342,9 @@ class JobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _normalise(self) -> "JobConfig":
-        if self.output_bit_depth == 16 and self.output_format not in ("png", "tiff"):
-            raise ValueError(
-                f"output_bit_depth: 16 is only for png and tiff, not {self.output_format}"
-            )
+        problem = bit_depth_problem(self.output_bit_depth, self.output_format)
+        if problem:
+            raise ValueError(f"output_bit_depth: {problem}")
         _check_no_effect(self)
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "input", self.input if isinstance(self.input, str) else tuple(self.input))
@@ -677,120 +673,4 @@ def job_from_mapping(raw: Mapping[str, Any]) -> JobConfig:
     try:
         return JobConfig.model_validate(dict(raw))
     except ValidationError as e:
-        raise JobConfigError("\n".join(describe_errors(e, JobConfig))) from None
-
-
-# ----------------------------------------------------------------------------- messages
-# pydantic names union members in error locations ("int", "literal['auto']", "list[...]"):
-# not keys of the file, so they are dropped from the path shown to the user.
-_TYPE_TAG = re.compile(
-    r"^(int|float|str|bool|none|constrained-\w+|[a-z-]+\[.*\]|"
-    r"BlendPart|GridConfig|RayConfig)$"
-)
-_TYPE_ERRORS = {
-    "int_parsing",
-    "int_type",
-    "float_parsing",
-    "float_type",
-    "bool_parsing",
-    "bool_type",
-    "string_type",
-    "list_type",
-    "tuple_type",
-    "dict_type",
-    "model_type",
-    "model_attributes_type",
-    "literal_error",
-}
-
-
-def describe_errors(error: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One line per problem: ``key.path: what is wrong`` (unions merged into one line)."""
-    by_path: dict[str, list[Any]] = {}  # pydantic's ErrorDetails
-    for err in error.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"] if not _TYPE_TAG.match(str(p)))
-        by_path.setdefault(path, []).append(err)
-    lines = []
-    for path, errs in by_path.items():
-        if any(e["type"] == "extra_forbidden" for e in errs):
-            lines.append(_unknown_key(path, model))
-            continue
-        specific = [e for e in errs if e["type"] not in _TYPE_ERRORS]
-        if specific:  # a union whose matching branch said what is wrong: only that
-            errs = specific
-        elif any(p.startswith(f"{path}.") for p in by_path if p != path) or (
-            not path and len(by_path) > 1
-        ):
-            continue  # the value matched another branch, which reports deeper down
-        got = errs[0].get("input")
-        if errs[0]["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)):
-            got = None
-        where = f"{path}: " if path else ""
-        if got is not None and all(e["type"] == "literal_error" for e in errs):
-            lines.append(
-                f"{where}{got!r} is not allowed; allowed: "
-                f"{', '.join(literal_values(e) for e in errs)}"
-            )
-            continue
-        lines.append(f"{where}{_what(errs)}{f', got {got!r}' if got is not None else ''}")
-    return lines
-
-
-def _what(errs: list[dict]) -> str:
-    """What is wrong, from the errors of one key (several for a union)."""
-    if all(e["type"] in TYPE_NOUNS or e["type"] == "literal_error" for e in errs):
-        nouns = [
-            literal_values(e) if e["type"] == "literal_error" else TYPE_NOUNS[e["type"]]
-            for e in errs
-        ]
-        return "expected " + " or ".join(dict.fromkeys(nouns))
-    texts = []
-    for err in errs:
-        kind, ctx = err["type"], err.get("ctx") or {}
-        if kind == "missing":
-            texts.append("missing (required)")
-        elif kind == "too_short":
-            texts.append("must not be empty")
-        elif kind == "string_too_short":
-            texts.append("expected a non-empty string")
-        elif kind in BOUNDS:
-            texts.append(f"must be {BOUNDS[kind]} {next(iter(ctx.values()), '')}")
-        else:
-            msg = err["msg"]
-            texts.append(msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg)
-    return " or ".join(dict.fromkeys(texts))
-
-
-def _unknown_key(path: str, model: type[BaseModel]) -> str:
-    *parent, key = path.split(".")
-    allowed = _keys_at(model, parent)
-    if allowed is None:
-        return f"unknown key {path!r}"
-    near = near_miss(key, allowed)
-    hint = f"; did you mean {'.'.join([*parent, near])!r}?" if near else ""
-    where = f" in {'.'.join(parent)}" if parent else ""
-    return f"unknown key {path!r}{hint} (allowed keys{where}: {', '.join(allowed)})"
-
-
-def _keys_at(model: Any, parts: list[str]) -> list[str] | None:
-    """Field names of the (sub)model reached by ``parts``; None where keys are free."""
-    for p in parts:
-        fields = getattr(model, "model_fields", None)
-        if fields is None or p not in fields:
-            return None  # a mapping of free keys (styles, storage_options) or a list index
-        model = _model_in(fields[p].annotation)
-    fields = getattr(model, "model_fields", None)
-    return list(fields) if fields else None
-
-
-def _model_in(annotation: Any) -> Any:
-    """The first pydantic model or dataclass inside ``annotation`` (through unions)."""
-    if isinstance(annotation, type) and (
-        issubclass(annotation, BaseModel) or hasattr(annotation, "model_fields")
-    ):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        raise JobConfigError("\n".join(describe_validation_errors(e, JobConfig))) from None

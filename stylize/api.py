@@ -12,6 +12,7 @@ from stylize.canvas import resize_longest_tensor
 from stylize.config import StyleConfig, resolve_config
 from stylize.engine import Callback, Style, Stylizer
 from stylize.images import from_tensor, to_tensor
+from stylize.masks import mask_tensor
 
 
 def stylize(
@@ -20,6 +21,7 @@ def stylize(
     config: StyleConfig | None = None,
     *,
     style_weights: Sequence[float] | None = None,
+    masks: Sequence[Image.Image | torch.Tensor] | None = None,
     callback: Callback | None = None,
     stylizer: Stylizer | None = None,
     **overrides: Any,
@@ -29,6 +31,11 @@ def stylize(
 
     ``config`` (or a preset name and options as ``**overrides``, e.g. ``size=256``) sets the
     engine; pass ``stylizer`` to reuse a loaded network across calls.
+
+    ``masks`` (spatial control, ``stylize.masks``): one mask per style image, greyscale (a PIL
+    image, or a tensor (H, W) in 0..1) at the content's aspect, white where that style applies;
+    each style then paints its own region instead of being blended (one style and one mask:
+    that style only there; elsewhere the content is kept).
     """
     if stylizer is not None:
         if overrides or (config is not None and config != stylizer.cfg):
@@ -53,6 +60,21 @@ def stylize(
         tuple(_as_pixels(s) for s in images),
         tuple(style_weights) if style_weights else None,
     )
+    if masks is not None:
+        if len(masks) != len(images):
+            raise ValueError(f"{len(masks)} masks for {len(images)} style images")
+        if style_weights:
+            raise ValueError("style_weights blend styles; with masks each style has its region")
+        regions = [
+            (Style(f"{style.key}-{i}", (img,)), mask_tensor(m))
+            for i, (img, m) in enumerate(zip(style.images, masks))
+        ]
+        try:
+            result = engine.stylize_batch([c], [regions[0][0]], callback, regions=[regions])[0]
+        finally:
+            for s, _ in regions:
+                engine.forget(s.key)
+        return from_tensor(result.image) if as_pil else result.image / 255.0
     try:
         result = engine.stylize_batch([c], [style], callback)[0]
     finally:

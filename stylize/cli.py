@@ -42,6 +42,7 @@ from stylize.config import (
     PRESETS,
     ConfigError,
     StyleConfig,
+    bit_depth_problem,
     resolve_config,
 )
 
@@ -221,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--style-weights", type=float, nargs="+", help="blend weight per --style")
     p.add_argument(
+        "--mask",
+        action=_MaskAction,
+        default=[],
+        help="greyscale mask image for the --style before it: white where that style applies "
+        "(soft masks blend); with masks every --style needs one and each paints its own region "
+        "instead of a blend; one --style with one --mask: that style only there, the rest "
+        "keeps the content. A binary mask and its inverse (white/black swapped) give a "
+        "{foreground, background} pair",
+    )
+    p.add_argument(
         "--output", "-o", required=True, help="output file (path or URL): .png .jpg .webp .tif"
     )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
@@ -388,17 +399,46 @@ def _check_output(args: argparse.Namespace) -> str:
         raise UsageError(f"--output: {e}") from None
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality: 1 to 100, got {args.quality}")
-    if args.bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
-        raise UsageError(
-            f"--bit-depth: 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, not "
-            f"{fmt}; use --bit-depth 8 or another --output extension"
-        )
+    problem = bit_depth_problem(args.bit_depth, fmt)
+    if problem:
+        raise UsageError(f"--bit-depth: {problem}")
     return fmt
+
+
+class _MaskAction(argparse.Action):
+    """--mask: (index of the --style before it, mask) pairs; -1 when no --style precedes."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        seen = len(getattr(namespace, "style", None) or [])
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), (seen - 1, values)])
+
+
+def _check_masks(args: argparse.Namespace) -> list[str]:
+    """The --mask of each --style (empty without masks); a usage error unless each --style
+    is followed by exactly one --mask."""
+    if not args.mask:
+        return []
+    owners = [i for i, _ in args.mask]
+    if owners != list(range(len(args.style))):
+        raise UsageError(
+            f"--mask: {len(args.mask)} masks for {len(args.style)} --style images; "
+            "give each --style one --mask, right after it"
+        )
+    if args.style_weights:
+        raise UsageError("--style-weights blend styles; with --mask each style has its region")
+    return [m for _, m in args.mask]
 
 
 def _run(args: argparse.Namespace, files: _Files) -> int:
     from stylize.engine import Style, Stylizer
     from stylize.images import ImageError, decode_image, encode_image, to_tensor
+    from stylize.masks import mask_tensor
     from stylize.model import WeightsError
 
     names = {name for name, _, _ in _engine_fields()}
@@ -415,11 +455,13 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
         )
     if args.save_every < 0:
         raise UsageError("--save-every: must be >= 0")
+    mask_uris = _check_masks(args)
     try:
         content = decode_image(files.read(args.content, "--content"), name=args.content)
         styles = tuple(
             to_tensor(decode_image(files.read(s, "--style"), name=s)) for s in args.style
         )
+        masks = [decode_image(files.read(m, "--mask"), name=m) for m in mask_uris]
         if cfg.init not in ("noise", "content"):
             decode_image(cfg.init, name=f"--init {cfg.init}")
     except ImageError as e:
@@ -438,10 +480,15 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
     )
     pixels = engine.prepare_content(content, exact=True)  # one image: nothing to batch with
     style = Style("cli", styles, tuple(args.style_weights) if args.style_weights else None)
+    regions = [
+        (Style(f"cli-{i}", (img,)), mask_tensor(m)) for i, (img, m) in enumerate(zip(styles, masks))
+    ]
     progress = _Progress(cfg, args, fmt, files)
     t0 = time.monotonic()
     try:
-        result = engine.stylize_batch([pixels], [style], callback=progress)[0]
+        result = engine.stylize_batch(
+            [pixels], [style], callback=progress, regions=[regions] if regions else None
+        )[0]
     except Stopped as e:
         return _interrupted(args, e, progress, fmt, files)
     finally:

@@ -14,7 +14,6 @@ optimisation uses (everything else: layers, weights, iterations, init, scales, .
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, get_args
 
 from pydantic import (
@@ -27,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from stylize.common import StylizeError, near_miss
+from stylize.common import StylizeError, describe_validation_errors
 
 CONTENT_LAYERS_GATYS = ("relu4_2",)
 STYLE_LAYERS_GATYS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -73,6 +72,15 @@ OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 BitDepth = Literal[8, 16]
 BIT_DEPTHS: tuple[BitDepth, ...] = get_args(BitDepth)
 BIT_DEPTH_16_FORMATS = ("png", "tiff")
+
+
+def bit_depth_problem(bit_depth: int, fmt: str) -> str | None:
+    """Why ``bit_depth`` cannot be written as ``fmt`` (None: it can): the one check of 16-bit
+    output (the encoder, ``stylize image``, a job file), each caller naming its option first."""
+    if bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
+        allowed = ", ".join(BIT_DEPTH_16_FORMATS)
+        return f"16 is only for {allowed}, not {fmt}; use 8 or another format"
+    return None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -416,71 +424,18 @@ def _validated(values: Mapping[str, Any]) -> StyleConfig:
 
 
 def describe_config_errors(e: ValidationError) -> list[str]:
-    """One line per problem, as a command-line user reads it: ``--size: ...``."""
-    lines = []
-    for err in e.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).isdigit() and not _TAG.match(str(p))]
-        name = loc[0] if loc else ""
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            near = near_miss(name, option_names())
-            msg = (
-                f"unknown option {name!r}; did you mean {near!r}?"
-                if near
-                else f"unknown option {name!r}; allowed: {', '.join(option_names())}"
-            )
-        elif err["type"] == "literal_error" and name == "preset":
-            msg = f"unknown preset {err.get('input')!r}; allowed: {', '.join(PRESETS)}"
-        elif err["type"] == "literal_error" and name.endswith("layers"):
-            msg = f"unknown layer {err.get('input')!r}; allowed: {', '.join(TAP_NAMES)}"
-        elif err["type"] == "literal_error":
-            msg = f"{err.get('input')!r} is not allowed; allowed: {literal_values(err)}"
-        elif err["type"] == "string_pattern_mismatch" and name == "device":
-            msg = (
-                f"{err.get('input')!r} is not allowed (cuda:N is accepted too); allowed: "
-                f"{', '.join(DEVICES)}"
-            )
-        elif err["type"] in TYPE_NOUNS:
-            msg = f"expected {TYPE_NOUNS[err['type']]}, got {err.get('input')!r}"
-        elif err["type"] in BOUNDS:
-            bound = next(iter(err.get("ctx", {}).values()), "")
-            msg = f"must be {BOUNDS[err['type']]} {bound}, got {err.get('input')!r}"
-        elif "input" in err and err["type"] != "value_error":
-            msg = f"{msg}, got {err['input']!r}"
-        if not name and re.match(r"^[a-z_]+: ", msg):  # a check across options names its own
-            name, msg = msg.split(": ", 1)
-        lines.append(f"--{name.replace('_', '-')}: {msg}" if name else msg)
-    return lines
+    """One line per problem, as a command-line user reads it: ``--size: ...`` (the
+    formatter of every model, with the engine's own words for presets, layers and devices)."""
 
+    def word(name: str, err: Mapping[str, Any]) -> str | None:
+        given = err.get("input")
+        if err["type"] == "literal_error" and name == "preset":
+            return f"unknown preset {given!r}; allowed: {', '.join(PRESETS)}"
+        if err["type"] == "literal_error" and name.endswith("layers"):
+            return f"unknown layer {given!r}; allowed: {', '.join(TAP_NAMES)}"
+        if err["type"] == "string_pattern_mismatch" and name == "device":
+            allowed = ", ".join(DEVICES)
+            return f"{given!r} is not allowed (cuda:N is accepted too); allowed: {allowed}"
+        return None
 
-# pydantic's error types, as the noun of "expected ..." (also used for job files)
-TYPE_NOUNS = {
-    "int_parsing": "an integer",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_parsing": "a number",
-    "float_type": "a number",
-    "bool_parsing": "true or false",
-    "bool_type": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "tuple_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-}
-BOUNDS = {
-    "greater_than_equal": ">=",
-    "greater_than": ">",
-    "less_than_equal": "<=",
-    "less_than": "<",
-}  # pydantic's bound errors, as operators
-
-
-def literal_values(err: Mapping[str, Any]) -> str:
-    """The allowed values of a pydantic literal_error, as ``a, b, c``."""
-    expected = str((err.get("ctx") or {}).get("expected", ""))
-    return expected.replace(" or ", ", ").replace("'", "")
-
-
-_TAG = re.compile(r"^(literal\[.*\]|tuple\[.*\]|function-.*|constrained-.*)$")
+    return describe_validation_errors(e, StyleConfig, flags=True, word=word)

@@ -33,6 +33,7 @@ from stylize.canvas import (
 from stylize.config import TAP_NAMES, StyleConfig, resolve_config
 from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
 from stylize.losses import STYLE_KINDS, GatysLoss, content_loss, layer_weights
+from stylize.masks import GuidedGatysLoss, layer_guides, stack_masks
 from stylize.model import ReadBytes, build_vgg
 from stylize.objective import Objective, network
 from stylize.optim import StepHook, Stopping, optimize
@@ -93,6 +94,10 @@ class StepInfo:
 
 
 Callback = Callable[[StepInfo], None]
+
+# One image's regions (spatial control, ``stylize.masks``): (style, mask) pairs, each mask a
+# greyscale (H, W) in 0..1 at the content's size (white: the style applies).
+Regions = Sequence[tuple["Style", torch.Tensor]]
 
 
 def _sample_images() -> list[torch.Tensor]:
@@ -269,9 +274,16 @@ class Stylizer:
         init: Sequence[torch.Tensor] | None = None,
         iterations: int | None = None,
         options: StyleConfig | None = None,
+        regions: Sequence[Regions | None] | None = None,
     ) -> list[ItemResult]:
         """Stylize same-size contents (3, H, W) in 0..255, ``styles[i]`` for ``contents[i]``,
         with ``options`` (default: the engine's config; same network, see ``options()``).
+
+        ``regions`` (spatial control, ``stylize.masks``): per image None (``styles[i]`` over the
+        whole picture) or (style, mask) pairs that replace ``styles[i]`` (then unused): each
+        mask a greyscale tensor (H, W) in 0..1 (resized to the content's size), white where its
+        style applies; where no mask covers there is no style loss. A batch with regions runs
+        its steps eager (not compiled), with fewer images per chunk.
 
         Splits into device-sized chunks; on out-of-memory a chunk is halved and retried. A
         single image that does not fit raises ``torch.OutOfMemoryError``. ``iterations``
@@ -281,15 +293,22 @@ class Stylizer:
         opts = self.options(options)
         if len(contents) != len(styles):
             raise ValueError(f"{len(contents)} contents but {len(styles)} styles")
+        if regions is not None and len(regions) != len(contents):
+            raise ValueError(f"{len(contents)} contents but {len(regions)} region lists")
+        if regions is not None and all(r is None for r in regions):
+            regions = None  # the default path
+        if regions is not None and any(r is not None and not r for r in regions):
+            raise ValueError("an image's regions: at least one (style, mask) pair")
         if not contents:
             return []
+        nreg = max((len(r) for r in regions or () if r is not None), default=0)
         shape = (int(contents[0].shape[-2]), int(contents[0].shape[-1]))
         if any(tuple(c.shape[-2:]) != shape for c in contents):
             raise ValueError("stylize_batch needs contents of one size; group them first")
         results: list[ItemResult] = []
         start = 0
         while start < len(contents):
-            n = min(self._chunk_size(shape, opts), len(contents) - start)
+            n = min(self._chunk_size(shape, opts, nreg), len(contents) - start)
             try:
                 with self.numerics():
                     results += self._optimize_chunk(
@@ -299,11 +318,12 @@ class Stylizer:
                         None if init is None else init[start : start + n],
                         iterations,
                         opts,
+                        None if regions is None else regions[start : start + n],
                     )
             except torch.OutOfMemoryError:
                 if n == 1:
                     raise
-                self._batch_limit[_memory_key(shape, opts)] = n // 2
+                self._batch_limit[_memory_key(shape, opts, nreg)] = n // 2
                 free_device_memory(self.device)
                 continue
             start += n
@@ -314,10 +334,12 @@ class Stylizer:
         else ``batch_size``, else measured against free GPU memory (4 on a CPU)."""
         return self._chunk_size((int(shape[0]), int(shape[1])), self.options(options))
 
-    def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig) -> int:
-        learnt = self._batch_limit.get(_memory_key(shape, opts))
+    def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig, regions: int = 0) -> int:
+        learnt = self._batch_limit.get(_memory_key(shape, opts, regions))
         if learnt:  # measured, or halved after out-of-memory
             return learnt
+        if regions:  # guided statistics: about a copy of the features per region
+            return max(1, self._chunk_size(shape, opts) // (regions + 1))
         if opts.batch_size:
             return opts.batch_size
         if self.device.type != "cuda":
@@ -361,6 +383,7 @@ class Stylizer:
         init: Sequence[torch.Tensor] | None,
         iterations: int | None,
         cfg: StyleConfig,
+        regions: Sequence[Regions | None] | None = None,
     ) -> list[ItemResult]:
         schedule = (
             cfg.schedule
@@ -381,7 +404,9 @@ class Stylizer:
                 if x is None
                 else pad(resize(x, h, w), m)
             )
-            loss = self.loss_for(content, styles, longest=max(h, w), options=cfg)
+            loss = self.loss_for(
+                content, styles, longest=max(h, w), options=cfg, regions=regions, margin=m
+            )
             taps = cfg.content_layers + cfg.style_layers
             hook = _hook(callback, si, len(schedule), steps, m)
             out = optimize(
@@ -402,7 +427,7 @@ class Stylizer:
         if m:  # report the losses of the picture delivered, without its margin
             with torch.no_grad():
                 x = x.contiguous()
-                losses = self.loss_for(crop(content, m), styles, options=cfg)(
+                losses = self.loss_for(crop(content, m), styles, options=cfg, regions=regions)(
                     self.features(x, taps), x
                 )
         pixels = color.combine_luminance(x, full) if grey else x
@@ -431,12 +456,19 @@ class Stylizer:
         styles: Sequence[Style],
         longest: int | None = None,
         options: StyleConfig | None = None,
+        regions: Sequence[Regions | None] | None = None,
+        margin: int = 0,
     ) -> GatysLoss:
         """The loss module for a batch of contents (B, 3, h, w), one style each; the style
-        images are scaled for a content of longest side ``longest`` (default: the content's)."""
+        images are scaled for a content of longest side ``longest`` (default: the content's).
+
+        With ``regions`` (see ``stylize_batch``) a ``masks.GuidedGatysLoss``; the contents
+        carry a reflected ``margin``, the masks (resized to the picture) get the same."""
         cfg = self.options(options)
         per_image = cfg.preserve_colors != "none"
         longest = longest or max(content.shape[-2:])
+        if regions is not None and any(r is not None for r in regions):
+            return self._guided_loss(content, styles, regions, longest, cfg, margin)
         targets = [
             self.style_targets(s, longest, content[i] if per_image else None, cfg)
             for i, s in enumerate(styles)
@@ -456,6 +488,56 @@ class Stylizer:
             cfg.style_loss,
         )
 
+    def _guided_loss(
+        self,
+        content: torch.Tensor,
+        styles: Sequence[Style],
+        regions: Sequence[Regions | None],
+        longest: int,
+        cfg: StyleConfig,
+        margin: int,
+    ) -> GuidedGatysLoss:
+        per_image = cfg.preserve_colors != "none"
+        ones = torch.ones(1, 1)
+        rows: list[Regions] = [
+            r if r is not None else [(s, ones)] for r, s in zip(regions, styles, strict=True)
+        ]
+        h, w = content.shape[-2] - 2 * margin, content.shape[-1] - 2 * margin
+        masks = pad(stack_masks(rows, h, w).to(self.device), margin)  # (B, R, H, W)
+        targets = [
+            [self.style_targets(s, longest, content[i] if per_image else None, cfg) for s, _ in row]
+            for i, row in enumerate(rows)
+        ]
+        nreg = masks.shape[1]
+        feats = self.features(content, cfg.content_layers + cfg.style_layers)
+        style_targets = {  # (B, R, ...): a row with fewer regions repeats its last (mask 0)
+            k: tuple(
+                torch.stack(
+                    [
+                        torch.stack([t[min(r, len(t) - 1)][k][j] for r in range(nreg)])
+                        for t in targets
+                    ]
+                )
+                for j in range(len(targets[0][0][k]))
+            )
+            for k in cfg.style_layers
+        }
+        guides = {
+            k: layer_guides(masks, (int(feats[k].shape[-2]), int(feats[k].shape[-1])), k)
+            for k in cfg.style_layers
+        }
+        return GuidedGatysLoss(
+            {k: feats[k].float() for k in cfg.content_layers},
+            style_targets,
+            guides,
+            layer_weights(cfg.content_layers, cfg.content_layer_weights),
+            layer_weights(cfg.style_layers, cfg.style_layer_weights),
+            cfg.content_weight,
+            cfg.style_weight,
+            cfg.tv_weight,
+            cfg.style_loss,
+        )
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -463,13 +545,15 @@ class Stylizer:
         contents: Sequence[torch.Tensor],
         styles: Sequence[Style],
         options: StyleConfig | None = None,
+        regions: Sequence[Regions | None] | None = None,
     ) -> list[float]:
-        """Total Gatys loss of finished images (3, H, W) against their contents and styles."""
+        """Total Gatys loss of finished images (3, H, W) against their contents and styles
+        (and ``regions``, see ``stylize_batch``)."""
         cfg = self.options(options)
         content = torch.stack([c.float() for c in contents]).to(self.device)
         x = torch.stack([p.float() for p in pixels]).to(self.device)
         with self.numerics():
-            loss = self.loss_for(content, styles, options=cfg)
+            loss = self.loss_for(content, styles, options=cfg, regions=regions)
             total = loss(self.features(x, cfg.content_layers + cfg.style_layers), x)[0]
             return [float(v) for v in total.tolist()]
 
@@ -484,10 +568,11 @@ class Stylizer:
         return resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()
 
 
-def _memory_key(shape: tuple[int, int], opts: StyleConfig) -> tuple[object, ...]:
+def _memory_key(shape: tuple[int, int], opts: StyleConfig, regions: int = 0) -> tuple[object, ...]:
     """What sets an image's memory at a shape: the layers it taps, its L-BFGS history, its
-    style loss."""
-    return (*shape, opts.history_size, opts.content_layers + opts.style_layers, opts.style_loss)
+    style loss (and its regions, where it has masks)."""
+    key = (*shape, opts.history_size, opts.content_layers + opts.style_layers, opts.style_loss)
+    return (*key, "regions", regions) if regions else key
 
 
 def _hook(

@@ -42,7 +42,12 @@ from stylize.common import StylizeError, one_line
 
 if TYPE_CHECKING:  # torch loads on first use: the pipeline's driver decodes with Pillow only
     import torch
-from stylize.config import BIT_DEPTH_16_FORMATS, BIT_DEPTHS, OUTPUT_FORMATS  # noqa: F401
+from stylize.config import (  # noqa: F401
+    BIT_DEPTH_16_FORMATS,
+    BIT_DEPTHS,
+    OUTPUT_FORMATS,
+    bit_depth_problem,
+)
 
 MAX_PIXELS = 100_000_000  # decompression-bomb limit, pixels
 
@@ -289,11 +294,9 @@ def _check_output(fmt: str, quality: int, bit_depth: int) -> None:
         raise ImageError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
     if bit_depth not in BIT_DEPTHS:
         raise ImageError(f"bit_depth must be one of {BIT_DEPTHS}, got {bit_depth!r}")
-    if bit_depth == 16 and fmt not in BIT_DEPTH_16_FORMATS:
-        raise ImageError(
-            f"bit_depth 16 is only for {', '.join(BIT_DEPTH_16_FORMATS)}, "
-            f"not {fmt}; use bit_depth 8 or another format"
-        )
+    problem = bit_depth_problem(bit_depth, fmt)
+    if problem:
+        raise ImageError(f"bit_depth {problem}")
     if not 1 <= quality <= 100:
         raise ImageError(f"quality must be in 1..100, got {quality!r}")
 

@@ -363,6 +363,8 @@ class GatysLoss(nn.Module):
     alpha/beta. ``terms()`` gives the same loss as tensors for ``gatys`` (the compiled path).
     """
 
+    guided = False  # masks.GuidedGatysLoss: regions, run eager by the Objective
+
     def __init__(
         self,
         content_targets: dict[str, torch.Tensor],

@@ -80,6 +80,9 @@ class Objective:
     def __call__(
         self, pixels: torch.Tensor, loss: GatysLoss, taps: Sequence[str]
     ) -> tuple[torch.Tensor, ...]:
+        if loss.guided:  # regions (masks.GuidedGatysLoss): eager, its own forward
+            feats = network(self.model, pixels, tuple(taps), self.amp, self.layout)
+            return loss.forward(feats, pixels)
         content, style, weights, use_tv, kind = loss.terms()
         args = (
             self.model,

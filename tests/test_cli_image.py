@@ -39,6 +39,7 @@ def test_writes_a_decodable_image_of_the_requested_size(tmp_path, capsys, name):
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left beside it
 
 
+@pytest.mark.slow
 def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
     out = tmp_path / "blend.png"
     rc, _, err = run(
@@ -81,6 +82,7 @@ def test_blend_snapshots_options_and_16_bit(tmp_path, capsys):
     assert snapshots == ["blend_00002.png", "blend_00004.png", "blend_00006.png"]
 
 
+@pytest.mark.slow
 def test_style_loss_and_a_scale_schedule(tmp_path, capsys):
     out = tmp_path / "w2.png"
     rc, stdout, err = run(
@@ -321,6 +323,7 @@ def test_json_prints_one_object_with_the_documented_keys(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.slow
 def test_interrupted_keeps_the_last_iterate_and_exits_with_one_line(tmp_path, sig, code):
     """Ctrl-C (or a SIGTERM) while optimising: exit 128+N, one line naming the image kept,
     the last iterate written beside the output as out.interrupted.png; no traceback."""

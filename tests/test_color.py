@@ -95,6 +95,7 @@ def test_luminance_mode_keeps_the_contents_chroma(engines):
     assert (out_yiq[0] - c_yiq[0]).abs().mean() > 5  # the luminance was stylized
 
 
+@pytest.mark.slow
 def test_histogram_mode_keeps_the_contents_colours(engines):
     content = sample_exact("chelsea", H, W)  # warm browns
     style = Style("starry", (sample("starry_night", 64),))  # blues

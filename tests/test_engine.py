@@ -81,6 +81,7 @@ def test_loss_decreases(engines, starry, optimizer, init):
     )
 
 
+@pytest.mark.slow
 def test_lbfgs_loss_decreases_from_noise_for_every_seed(engines, starry):
     finals = {}
     for seed in range(4):
@@ -91,6 +92,7 @@ def test_lbfgs_loss_decreases_from_noise_for_every_seed(engines, starry):
     assert all(ratio < 0.5 for ratio in finals.values()), finals
 
 
+@pytest.mark.slow
 def test_output_moves_to_the_style_in_a_fixed_feature_space(engines):
     """The output's Gram distance to the style falls well below the content's, measured by
     a network the engine does not use (max pooling, equal layers, normalised per layer)."""
@@ -105,6 +107,7 @@ def test_output_moves_to_the_style_in_a_fixed_feature_space(engines):
 
 
 @pytest.mark.parametrize("init", ["noise", "content"])
+@pytest.mark.slow
 def test_wasserstein2_moves_the_output_to_the_style_in_w2(engines, init):
     """With style_loss wasserstein2 the output's W2 distance to the style (the test's own
     formula, a network the engine does not use) falls from the start's."""
@@ -188,6 +191,7 @@ def _assert_same(alone: list[ItemResult], batched: list[ItemResult]) -> None:
 @pytest.mark.parametrize(
     "optimizer, kind", [("lbfgs", "gram"), ("adam", "gram"), ("lbfgs", "wasserstein2")]
 )
+@pytest.mark.slow
 def test_batch_of_three_equals_each_alone(optimizer, kind):
     st = Stylizer(
         resolve_config(
@@ -205,6 +209,7 @@ def test_batch_of_three_equals_each_alone(optimizer, kind):
     assert len({round(r.total_loss) for r in batched}) == 3  # three different problems
 
 
+@pytest.mark.slow
 def test_batch_with_early_stopping_equals_each_alone():
     """Each image stops on its own: the batch goes on for the others while the images that
     converged stay frozen, and each reports its own iteration count. The first image is its
@@ -296,6 +301,7 @@ def test_multiscale_returns_full_size_and_counts_every_scale(engines):
     assert fine_start != pytest.approx(rec1.steps[0].losses[0], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_scale_schedule_runs_each_scale_for_its_own_iterations(engines):
     """scales as (longest side, iterations) pairs: 24 px for 3 steps, then 48 px for 5."""
     st = engines(init="content", size=48, scales=((24, 3), (48, 5)), log_every=1)

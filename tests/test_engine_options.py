@@ -23,6 +23,7 @@ def _inputs():
     return [sample_exact("tubingen", 24, 32)], [Style("starry", (sample("starry_night", 48),))]
 
 
+@pytest.mark.slow
 def test_per_call_options_give_what_an_engine_built_for_them_gives():
     loaded = Stylizer(resolve_config(**BASE))
     contents, styles = _inputs()

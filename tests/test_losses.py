@@ -227,6 +227,7 @@ def _engine_inputs(n=2, size=32):
 
 
 @pytest.mark.parametrize("kind", STYLE_LOSSES)
+@pytest.mark.slow
 def test_compiled_objective_equals_eager_loss_and_gradient(kind):
     pytest.importorskip("torch._inductor")
     contents, style = _engine_inputs(3)

@@ -377,6 +377,7 @@ def _mean_activations(model, images) -> dict[int, torch.Tensor]:
     return {i: torch.stack(v).mean(0) for i, v in sums.items()}
 
 
+@pytest.mark.slow
 def test_normalize_gives_mean_activation_one_and_is_cached(monkeypatch, tmp_path, pixels):
     monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path))
     images = _small_samples()

@@ -23,6 +23,7 @@ def _tiny(out: Path) -> list[str]:
     return [f"output={out}"] + [f"stylize.{k}={v}" for k, v in TINY.items()]
 
 
+@pytest.mark.slow
 def test_run_the_demo_job_from_python(tmp_path):
     out = tmp_path / "demo"
     printed = io.StringIO()
@@ -64,6 +65,7 @@ def test_a_model_with_overrides_mode_and_limit(ray_session, tmp_path):
     assert redo.computed == 1
 
 
+@pytest.mark.slow
 def test_partly_failed_job_returns_exit_code_1_not_an_exception(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -128,6 +128,7 @@ def check_rows(rows: list[dict], engine: Stylizer, styles_per_row: int = 1) -> N
 # ------------------------------------------------------------------------ in this process
 
 
+@pytest.mark.slow
 def test_every_batch_format_gives_the_same_rows(stage, engine):
     rows = input_rows()
     table = pa.Table.from_pylist(rows)
@@ -146,6 +147,7 @@ def test_every_batch_format_gives_the_same_rows(stage, engine):
     assert empty.num_rows == 0 and empty.schema.names == outputs[0].schema.names
 
 
+@pytest.mark.slow
 def test_decoded_images_of_any_sizes_equal_the_encoded_ones(stage):
     """read_images' form: HWC uint8 arrays of different sizes in one batch, plus a grey one
     and an array that is no image."""
@@ -167,6 +169,7 @@ def test_decoded_images_of_any_sizes_equal_the_encoded_ones(stage):
     assert out[4]["error_message"].startswith("flat.npy: not an image: an array of shape (5,)")
 
 
+@pytest.mark.slow
 def test_style_column_names_each_rows_style(tmp_path):
     st = StylizeBatch(styles=[STYLES["starry"], STYLES["scream"]], stylize=ENGINE, assign="column")
     batch = pa.table(
@@ -225,6 +228,7 @@ def test_settings_are_validated_as_a_job_validates_them():
         check_settings(styles=[str(Path(STYLES["cat"]).with_name("missing.jpg"))])
 
 
+@pytest.mark.slow
 def test_same_images_as_stylize_run(tmp_path):
     """The stage and `stylize run` (inline) at the same settings: the same k styles drawn for
     each photo, the same pixels from the same seeded noise (gatys2016: init noise)."""

@@ -146,6 +146,7 @@ class Recorder:
         self.steps.append(info)
 
 
+@pytest.mark.slow
 def test_short_stylization_from_the_default_noise_lowers_the_loss(engines):
     st = engines(iterations=20, size=W, log_every=5)
     content = sample_exact("tubingen", H, W)

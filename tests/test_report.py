@@ -217,6 +217,7 @@ def test_tiles_link_the_full_size_output_and_open_content_style_result(run):
         assert "<script" not in p.read_text().lower(), p.name
 
 
+@pytest.mark.slow
 def test_a_webdataset_runs_gallery_shows_thumbnails_without_links_into_tars(tmp_path):
     out, table, _ = real_run(tmp_path, container="webdataset", shard_size=8)
     assert all("#" in r["output_uri"] for r in table.to_pylist() if r["status"] == "ok")
@@ -485,6 +486,7 @@ def synthetic_run(out: Path, n: int = 200_000, styles: int = 5, seed: int = 0) -
     return table
 
 
+@pytest.mark.slow
 def test_a_200000_item_report_stays_small(tmp_path, capsys):
     out = tmp_path / "big"
     table = synthetic_run(out)
@@ -569,6 +571,7 @@ def test_traces_over_scales_and_early_stopping():
     assert len(long) == 24 and long[0] == 100.0 and long[-1] == 1.0
 
 
+@pytest.mark.slow
 def test_traces_of_the_real_engine_split_into_chunks_belong_to_their_images():
     """Six images, which the engine optimises as chunks of 4 and 2 on the CPU: each image's
     trace is the one it gets alone."""

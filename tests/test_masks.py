@@ -1,0 +1,208 @@
+"""Spatial control (stylize.masks): styles confined to regions by masks, on the real VGG-19
+(CPU, 64 px, a few dozen iterations).
+
+What a user checks: two styles on the two halves of a photo each land on their own half, a
+half without a mask keeps the content, a white mask is the unmasked loss, and the command line
+pairs each --mask with the --style before it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from engine_helpers import (  # noqa: F401 (fixtures)
+    engines,
+    gram_distance,
+    reuse_caffe_weights,
+    sample,
+    sample_exact,
+    sample_path,
+)
+from stylize.api import stylize
+from stylize.cli import main as cli_main
+from stylize.config import STYLE_LOSSES
+from stylize.engine import Style
+from stylize.images import decode_image
+from stylize.masks import erosion_radius, layer_guides, stack_masks
+
+pytestmark = pytest.mark.usefixtures("reuse_caffe_weights")
+
+S = 64
+H, W = 48, 64  # tubingen is 4:3
+CONTENT_LAYER = "relu4_2"
+
+
+def halves() -> tuple[torch.Tensor, torch.Tensor]:
+    left = torch.zeros(H, W)
+    left[:, : W // 2] = 1
+    return left, 1 - left
+
+
+@pytest.fixture(scope="module")
+def styles() -> tuple[Style, Style]:
+    return (
+        Style("the_scream", (sample("the_scream", S),)),
+        Style("starry_night", (sample("starry_night", S),)),
+    )
+
+
+def half(img: torch.Tensor, side: str) -> torch.Tensor:
+    return img[:, :, : W // 2] if side == "left" else img[:, :, W // 2 :]
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def test_erosion_grows_with_depth():
+    radii = [erosion_radius(k) for k in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")]
+    assert radii == sorted(radii) and radii[0] == 0 and radii[-1] >= 2
+
+
+def test_guides_erode_at_the_boundary_not_at_the_picture_edge():
+    left, _ = halves()
+    masks = stack_masks([[(None, left)]], H, W)  # (1, 1, H, W)
+    w, share = layer_guides(masks, (H // 8, W // 8), "relu4_1")  # radius 2
+    w = w.view(H // 8, W // 8)
+    assert share.item() == pytest.approx(0.5)
+    assert w.sum().item() == pytest.approx(1.0)
+    assert (w[:, :2] > 0).all()  # the picture's edge is not eroded
+    assert (w[:, 2:] == 0).all()  # 2 columns eroded at the boundary (4 left of it)
+    tiny = torch.zeros(H, W)
+    tiny[:8, :8] = 1  # smaller than the erosion at relu5_1: kept as it is
+    w, share = layer_guides(stack_masks([[(None, tiny)]], H, W), (3, 4), "relu5_1")
+    assert w.sum().item() == pytest.approx(1.0) and share.item() > 0
+
+
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+@pytest.mark.slow
+def test_a_white_mask_is_the_unmasked_loss(engines, styles, kind):
+    st = engines(style_loss=kind, size=S)
+    x = sample_exact("chelsea", H, W)[None]
+    c = sample_exact("tubingen", H, W)[None]
+    feats = st.features(x, st.cfg.content_layers + st.cfg.style_layers)
+    plain = st.loss_for(c, [styles[1]])(feats, x)
+    white = st.loss_for(c, [styles[1]], regions=[[(styles[1], torch.ones(H, W))]])(feats, x)
+    for a, b in zip(plain, white):
+        assert b.item() == pytest.approx(a.item(), rel=1e-4)
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def stylized(engines, styles):
+    """One batch of two problems on tubingen: the_scream left + starry_night right, and
+    the_scream left only (the right half has no mask)."""
+    st = engines(size=S, iterations=40)
+    scream, starry = styles
+    left, right = halves()
+    content = sample_exact("tubingen", H, W)
+    two, one = st.stylize_batch(
+        [content, content],
+        [scream, scream],
+        regions=[[(scream, left), (starry, right)], [(scream, left)]],
+    )
+    return st, content, two.image, one.image
+
+
+@pytest.mark.slow
+def test_two_styles_land_on_their_own_halves(stylized):
+    st, _, img, _ = stylized
+    refs = {"the_scream": sample("the_scream", S), "starry_night": sample("starry_night", S)}
+    for side, own, other in (
+        ("left", "the_scream", "starry_night"),
+        ("right", "starry_night", "the_scream"),
+    ):
+        d_own = gram_distance(st.model, half(img, side), refs[own])
+        d_other = gram_distance(st.model, half(img, side), refs[other])
+        assert d_own < 0.6 * d_other, (side, d_own, d_other)  # measured: 0.30 and 0.16
+
+
+@pytest.mark.slow
+def test_a_half_without_a_mask_keeps_the_content(stylized):
+    st, content, _, img = stylized
+    with torch.no_grad():
+        out = st.model(img[None], (CONTENT_LAYER,))[CONTENT_LAYER]
+        ref = st.model(content[None], (CONTENT_LAYER,))[CONTENT_LAYER]
+    d = (out - ref).pow(2).mean(1)[0]  # (h, w) content distance per position
+    w = d.shape[1]
+    styled, unstyled = d[:, : w // 2].mean().item(), d[:, w // 2 :].mean().item()
+    assert unstyled < 0.6 * styled, (unstyled, styled)  # measured: 0.42
+
+
+@pytest.mark.slow
+def test_no_regions_is_the_default_path(engines, styles):
+    st = engines(size=32, iterations=5)
+    content = sample_exact("tubingen", 24, 32)
+    (a,) = st.stylize_batch([content], [styles[1]])
+    (b,) = st.stylize_batch([content], [styles[1]], regions=[None])
+    assert torch.equal(a.image, b.image)
+
+
+def test_a_batch_mixes_rows_with_and_without_regions(engines, styles):
+    st = engines(size=32, iterations=5)
+    contents = [sample_exact(n, 24, 32) for n in ("tubingen", "chelsea")]
+    left = torch.zeros(24, 32)
+    left[:, :16] = 1
+    out = st.stylize_batch(contents, list(styles), regions=[[(styles[0], left)], None])
+    assert len(out) == 2 and all(r.image.shape == (3, 24, 32) for r in out)
+    with pytest.raises(ValueError):
+        st.stylize_batch(contents, list(styles), regions=[None])
+
+
+def test_the_api_takes_masks(engines, styles):
+    st = engines(size=32, iterations=3)
+    left = Image.new("L", (32, 24))
+    left.paste(255, (0, 0, 16, 24))
+    content = Image.open(sample_path("tubingen")).convert("RGB")
+    out = stylize(content, Image.open(sample_path("the_scream")), masks=[left], stylizer=st)
+    assert isinstance(out, Image.Image)
+    with pytest.raises(ValueError):
+        stylize(content, Image.open(sample_path("the_scream")), masks=[left, left], stylizer=st)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+SAMPLES = Path(sample_path("tubingen")).parent
+FAST = ["--size", "32", "--iterations", "2", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture
+def mask_file(tmp_path) -> str:
+    img = Image.new("L", (40, 30))
+    img.paste(255, (0, 0, 20, 30))
+    path = tmp_path / "mask.png"
+    img.save(path)
+    return str(path)
+
+
+def test_cli_one_style_one_mask(tmp_path, capsys, mask_file):
+    out = tmp_path / "out.png"
+    args = ["--content", str(SAMPLES / "tubingen.jpg")]
+    args += ["--style", str(SAMPLES / "the_scream.jpg"), "--mask", mask_file]
+    rc = cli_main([*args, "-o", str(out), *FAST])
+    assert rc == 0, capsys.readouterr().err
+    assert decode_image(out.read_bytes()).size == (32, 24)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["--style", "a", "--style", "b", "--mask", "m"],  # b has no mask... a neither
+        ["--style", "a", "--mask", "m", "--style", "b"],  # b has none
+        ["--mask", "m", "--style", "a"],  # a mask before any style
+        ["--style", "a", "--mask", "m", "--mask", "m"],  # two for one
+    ],
+)
+def test_cli_mask_count_mismatch_is_a_usage_error(tmp_path, capsys, mask_file, order):
+    files = {"a": str(SAMPLES / "the_scream.jpg"), "b": str(SAMPLES / "starry_night.jpg")}
+    files["m"] = mask_file
+    args = ["--content", str(SAMPLES / "tubingen.jpg")]
+    args += [files.get(a, a) for a in order]
+    rc = cli_main([*args, "-o", str(tmp_path / "out.png"), *FAST])
+    assert rc == 2
+    assert "--mask" in capsys.readouterr().err
