@@ -461,13 +461,10 @@ class GpuCheck:
             if path not in sys.path:
                 sys.path.insert(0, path)
         try:
-            return results.cmd_summary(self.out, int(self.elapsed()), echo=self._say_text)
+            return results.cmd_summary(self.out, int(self.elapsed()), echo=self.log.say)
         except Exception as e:  # noqa: BLE001 - the run's exit status says it
             self.log.say(f"gpu-check: the summary failed: {type(e).__name__}: {e}")
             return 1
-
-    def _say_text(self, text: str, end: str = "\n") -> None:
-        self.log.say(text, end=end)
 
 
 def _wait(proc: subprocess.Popen[bytes], limit_s: float, kill_after_s: float) -> int:

@@ -70,8 +70,9 @@ commands:
   schema          the JSON Schema of a job file (editors complete and check YAML with it)
   image ...       stylize one image (stylize image --help)
   bench ...       measure throughput (stylize bench --help)
-  quality OUTPUT  recompute the quality figures of a run folder's items (medians per style)
-  quality ...     judged losses, colour speckle and borders on the samples (--help)
+  quality OUTPUT [--device D] [--limit N] [--json]
+                  a run folder's quality figures recomputed (medians per style)
+  quality ...     no folder: judged losses, speckle, borders, figures on the samples (--help)
   bench-pipeline  the driver at scale with stand-in workers (--help)
   report OUTPUT [--open] [--storage-option KEY=VALUE ...]
                   the HTML report of a run folder (OUTPUT/report/index.html)
@@ -438,12 +439,11 @@ def _delegated(command: str) -> Callable[[list[str]], int]:
 
         return bench_main
     if command == "quality":  # a run folder: its figures; else the engine's own check
+        from pipeline.quality_cmd import is_folder_call
         from pipeline.quality_cmd import main as folder_main
         from stylize.quality import main as quality_main
 
-        return lambda rest: (
-            folder_main if rest[:1] and not rest[0].startswith("-") else quality_main
-        )(rest)
+        return lambda rest: (folder_main if is_folder_call(rest) else quality_main)(rest)
     if command == "report":
         from pipeline.report import main as report_main
 

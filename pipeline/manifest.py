@@ -32,6 +32,7 @@ from pipeline.items import WorkItem
 from pipeline.rows import COLUMNS, STATUSES, TRANSIENT_STATUSES, make_row, now  # noqa: F401
 from pipeline.runfolder import RunFolder, shard_of_part
 from stylize.common import StylizeError
+from stylize.figures import FIGURES
 from pipeline.redact import escape_controls, redact_text, redact_uri, show_undecodable
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,20 @@ SCHEMA = pa.schema(
 )
 if tuple(SCHEMA.names) != COLUMNS:  # pragma: no cover - a column added in one place only
     raise ImportError("pipeline.manifest.SCHEMA and pipeline.rows.Row name other columns")
+if not set(FIGURES) <= set(COLUMNS):  # pragma: no cover - a figure added in one place only
+    raise ImportError("stylize.figures.FIGURES are not all columns of pipeline.rows.Row")
 _TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker")
+
+# ``stylize quality OUTPUT`` (pipeline.quality_cmd): the figures recomputed from a run folder's
+# files, one row per ok item; error says why an item has none.
+QUALITY_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("style", pa.string(), nullable=False),
+        *(pa.field(f, pa.float64()) for f in FIGURES),
+        pa.field("error", pa.string()),
+    ]
+)
 
 
 def clean_row(row: Mapping[str, Any], secrets: Sequence[str] = ()) -> dict[str, Any]:
@@ -461,6 +475,49 @@ def read_json(
     except _DECODE_ERRORS as e:
         _damaged(damage, uri, _why(e), then)
         return None
+
+
+def write_quality(
+    output: str, rows: Sequence[Mapping[str, Any]], options: Mapping[str, Any]
+) -> str:
+    """The recomputed figures (rows of :data:`QUALITY_SCHEMA`), written whole; returns the URI."""
+    table = pa.Table.from_pylist(
+        [{c: r.get(c) for c in QUALITY_SCHEMA.names} for r in rows], schema=QUALITY_SCHEMA
+    )
+    uri = RunFolder(output).quality_file
+    storage.write_bytes(uri, _to_parquet(table), options, atomic=True)
+    return uri
+
+
+def read_quality(
+    output: str, options: Mapping[str, Any], damage: Damage | None = None
+) -> pa.Table | None:
+    """The recomputed figures of ``stylize quality``; None when there are none or the file is
+    damaged (given to ``damage``: ``stylize quality`` writes it again)."""
+    uri = RunFolder(output).quality_file
+    if not storage.exists(uri, options):
+        return None
+    data = storage.read_bytes(uri, options)
+    try:
+        table = pq.ParquetFile(io.BytesIO(data)).read()
+        return table.select(QUALITY_SCHEMA.names).cast(QUALITY_SCHEMA)
+    except _DECODE_ERRORS as e:
+        _damaged(damage, uri, _why(e), "stylize quality OUTPUT writes it again")
+        return None
+
+
+def with_quality(table: pa.Table, quality: pa.Table | None) -> pa.Table:
+    """``table`` (manifest rows) with its null figures filled from ``quality`` (recomputed
+    figures, by item_id): rows of runs made before the figures existed get them; a figure
+    the run took itself is kept."""
+    if quality is None or quality.num_rows == 0 or table.num_rows == 0:
+        return table
+    where = pc.index_in(table["item_id"], value_set=quality["item_id"].combine_chunks())
+    for f in FIGURES:
+        found = pc.take(quality[f].combine_chunks(), where)
+        i = table.schema.get_field_index(f)
+        table = table.set_column(i, table.schema.field(i), pc.coalesce(table[f], found))
+    return table
 
 
 def write_json(uri: str, data: Mapping[str, Any], options: Mapping[str, Any]) -> None:

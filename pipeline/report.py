@@ -66,6 +66,8 @@ def _load(
     run = manifest.read_json(folder.run_json, options, damage) or {}
     if table.num_rows == 0 and not job and not damage:
         raise NoRunError.at(output)
+    # figures recomputed by `stylize quality OUTPUT` fill those the rows lack (older runs)
+    table = manifest.with_quality(table, manifest.read_quality(output, options, damage))
     return table, job, run, damage.lines()
 
 

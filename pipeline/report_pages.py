@@ -483,11 +483,25 @@ def _tiles(rows: Sequence[Mapping], s: StyleStats, made: Made) -> tuple[str, str
 
 
 def _style_line(s: StyleStats) -> str:
-    return (
+    line = (
         f"{s.ok:,} ok of {s.items:,} · median loss {_num(s.loss_median)} (content "
         f"{_num(s.content_loss_median)}, style {_num(s.style_loss_median)}) · "
         f"{_num(s.iterations_mean)} it · {_duration(s.seconds_mean)}/item"
     )
+    if any(v is not None for v in s.figures.values()):  # see the quality figures table
+        line += " · distances: " + ", ".join(
+            f"{SHORT[f]} {_num(s.figures.get(f))}" for f in FIGURES
+        )
+    return line
+
+
+# each quality figure's name in a style's line (stylize.figures.FIGURES)
+SHORT = {
+    "content_distance": "content",
+    "gram_distance": "Gram",
+    "w2_distance": "W2",
+    "color_distance": "colour",
+}
 
 
 HINT = (

@@ -3,6 +3,7 @@ folder of its own there is spelled here and nowhere else::
 
     {output}/_manifest/job.json             what this folder was made with (resume check)
     {output}/_manifest/part-NNNNN.parquet   one per finished shard (see pipeline.manifest)
+    {output}/_manifest/quality.parquet      stylize quality OUTPUT: the figures recomputed
     {output}/manifest.parquet               at the end: every item of the job, in job order
     {output}/run.json                       resolved config, versions, weights, timings
     {output}/grid.png, grid-NNN.png         contact sheets (pipeline.grid)

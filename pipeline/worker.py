@@ -16,6 +16,11 @@ per image (the driver groups items by style into shards where the assignment all
 of a sweep carry their point: one loaded network serves every point's options. A style that
 cannot be decoded fails its items' rows (failed_decode), not the job: with tens of thousands
 of styles the driver decodes only a sample up front.
+
+After each batch the worker takes the quality figures of its outputs (stylize.figures: one
+forward pass of the outputs, one of contents not met before, style statistics once per style
+and size) on the engine's network when it is the figures' fixed one, else on a second VGG-19
+loaded once; a figure that cannot be taken is a null column, never a failed item.
 """
 
 from __future__ import annotations
@@ -138,8 +143,8 @@ class StyleWorker:
         )
         self._options = [spec.stylize.replace(**p) if p else spec.stylize for p in spec.points]
         self._styles: OrderedDict[str, Any] = OrderedDict()  # style key -> engine Style
-        self._style_stats: dict[tuple[str, int], Any] = {}  # (key, side) -> its figures stats
-        self._figures_features: Any = None  # the figures' network (see _figures_network)
+        # stylize.figures.FigureTaker, made at first use (an exception: it could not be)
+        self._figure_taker: Any = None
         self._broken: dict[str, Exception] = {}  # style key -> why it is not an image
         self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
         self._label = self._make_label()
@@ -317,42 +322,41 @@ class StyleWorker:
             )
         )
 
-    def _figures_network(self) -> Any:
-        """The features of the figures' fixed network: the run's own engine where it is that
-        network, else a second VGG-19 built once (stylize.figures.NETWORK)."""
-        from stylize import figures as fg
-        from stylize.engine import Stylizer
-
-        if self._figures_features is None:
-            cfg = self.stylizer.cfg
-            same = fg.same_network(cfg)
-            net = self.stylizer if same else Stylizer(fg.network_config(str(self.stylizer.device)))
-            self._figures_features = net.features
-        return self._figures_features
-
     def _figures(self, entries: list[Any], results: list[Any], styles: list[Any]) -> list[Any]:
-        """Each result's quality figures (stylize.figures), or None where they could not be
-        taken: a figure never fails an item."""
-        from stylize import figures as fg
-
+        """Each result's quality figures (stylize.figures): one forward pass of the batch's
+        outputs, one of its contents not met before; None where a figure could not be taken
+        (a figure never fails an item)."""
         try:
             import torch
 
-            features = self._figures_network()
-            side = max(results[0].image.shape[-2:])
-            stats = []
-            for style in styles:
-                key = (style.key, side)
-                if key not in self._style_stats:
-                    if len(self._style_stats) >= DECODED_STYLES:
-                        self._style_stats.pop(next(iter(self._style_stats)))
-                    self._style_stats[key] = fg.style_stats(
-                        features, style.images, style.blend(), side
-                    )
-                stats.append(self._style_stats[key])
-            outputs = torch.stack([r.image for r in results])
-            contents = torch.stack([e[1] for e in entries])
-            return list(fg.figures(features, outputs, contents, stats))
+            from stylize.figures import FigureTaker
+
+            if self._figure_taker is None:
+                try:  # the figures' network: loaded once; if it cannot be, never tried again
+                    self._figure_taker = FigureTaker.for_engine(self.stylizer)
+                except Exception as e:  # noqa: BLE001 - said once; the rows carry nulls
+                    log.warning("quality figures off for this worker: %s", e)
+                    self._figure_taker = e
+            taker = self._figure_taker
+            if isinstance(taker, Exception):
+                return [None] * len(results)
+            keys = [
+                (e[0].content_uri, self._options[e[0].point].size, self._options[e[0].point].bucket)
+                for e in entries
+            ]
+            found = taker.take(
+                torch.stack([r.image for r in results]),
+                torch.stack([e[1] for e in entries]),
+                styles,
+                keys,
+            )
+            if taker.failed:
+                log.warning(
+                    "quality figures not all taken for %d item(s): %s",
+                    len(results),
+                    "; ".join(taker.failed),
+                )
+            return found
         except Exception as e:  # noqa: BLE001 - logged; the rows carry null figures
             log.warning("quality figures not taken for %d item(s): %s", len(results), e)
             return [None] * len(results)

@@ -1,6 +1,6 @@
-"""Small things both packages use, each written once: exit codes, one-line messages, short
-hashes, atomic file writes. Pure Python (``pipeline`` builds on these; ``stylize`` never
-imports ``pipeline``)."""
+"""Small things both packages use, each written once: exit codes, one-line messages (pydantic's
+validation errors among them), short hashes, atomic file writes. Pure Python (``pipeline``
+builds on these; ``stylize`` never imports ``pipeline``)."""
 
 from __future__ import annotations
 
@@ -171,9 +171,9 @@ def describe_validation_errors(
         if any(e["type"] == "extra_forbidden" for e in errs):
             lines.append(_unknown(path, model, flags))
             continue
-        misses = [e for e in errs if e["type"] in _BRANCH_MISSES]
-        if len(misses) < len(errs):  # a union whose matching branch said what is wrong: only that
-            errs = [e for e in errs if e["type"] not in _BRANCH_MISSES]
+        specific = [e for e in errs if e["type"] not in _BRANCH_MISSES]
+        if specific:  # a union whose matching branch said what is wrong: only that
+            errs = specific
         elif any(p.startswith(f"{path}.") for p in by_path if p != path) or (
             not path and len(by_path) > 1
         ):
@@ -280,19 +280,15 @@ def _model_in(annotation: Any) -> Any:
 
 
 def _model_names(model: Any, seen: set[str] | None = None) -> set[str]:
-    """The class names of ``model`` and of every model in its fields: how pydantic names a
+    """The class names of every model in ``model``'s fields, deeply: how pydantic names a
     union's model branch in an error's location."""
     seen = set() if seen is None else seen
-    for annotation in _annotations(model):
-        for arg in _flatten(annotation):
+    for field in (getattr(model, "model_fields", None) or {}).values():
+        for arg in _flatten(field.annotation):
             if isinstance(arg, type) and hasattr(arg, "model_fields") and arg.__name__ not in seen:
                 seen.add(arg.__name__)
                 _model_names(arg, seen)
     return seen
-
-
-def _annotations(model: Any) -> list[Any]:
-    return [f.annotation for f in (getattr(model, "model_fields", None) or {}).values()]
 
 
 def _flatten(annotation: Any) -> list[Any]:

@@ -14,6 +14,13 @@ For photo x painting pairs (the bundled samples, or ``--pair CONTENT STYLE``) an
 - ``noise_corr``: the correlation of the image's high-frequency part (minus a Gaussian blur
   of sigma 1 px) with that of the initial noise, for noise init.
 
+and the quality figures of every result (:mod:`stylize.figures`: content, Gram, Wasserstein-2
+and colour distances), taken as the pipeline's worker takes them, with their time per item
+(``figures_s``; per init ``figures_cost``: their time over the optimisation's, the share they
+add to a run (``figures_cost_cpu``: the same in this process's CPU time, which a busy machine
+disturbs less), and ``figures_steps_median``: their time in optimisation steps of the item;
+the style statistics, once per style and size, apart as ``style_stats_s``).
+
 ``--json`` ends with one JSON object; ``--size``, ``--iterations`` and ``--pairs`` make a quick
 run possible, and ``--set key=value`` changes any engine option (``--set noise_scale=0.1``).
 """
@@ -32,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from stylize.figures import FIGURES, FigureTaker
 
 if TYPE_CHECKING:  # imported where used: the command starts without the engine
     from stylize.config import StyleConfig
@@ -207,12 +216,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in names
     ]
     out_dir = Path(args.out) if args.out else None
+    stats_s = 0.0  # the figures' style statistics: once per style and size, apart
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for init in args.init.split(","):
         cfg = base.replace(init=init)
         engine = Stylizer(cfg)
+        taker = FigureTaker.for_engine(engine)  # as the pipeline's worker takes them
         by_content: dict[str, list[str]] = {}
         for c, s in pairs:
             by_content.setdefault(c, []).append(s)
@@ -221,22 +232,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch_styles = [styles[s] for s in style_names]
             if engine.device.type == "cuda":
                 torch.cuda.synchronize(engine.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             results = engine.stylize_batch(batch, batch_styles)
             seconds = (time.perf_counter() - t0) / len(results)
+            cpu = (time.process_time() - c0) / len(results)
+            t0 = time.perf_counter()
+            for st in batch_styles:
+                taker.style(st, max(contents[c].shape[-2:]))
+            stats_s += _synced(engine, t0)
+            t0, c0 = time.perf_counter(), time.process_time()
+            pixels = torch.stack([r.image for r in results])
+            figures = taker.take(pixels, torch.stack(batch), batch_styles, [c] * len(batch))
+            figures_s = _synced(engine, t0) / len(results)
+            figures_cpu = (time.process_time() - c0) / len(results)
             h, w = contents[c].shape[-2:]
             noise = start_noise(cfg, h, w) if init == "noise" else None
-            pixels = torch.stack([r.image for r in results])
             judged = judged_losses(judge, pixels, torch.stack(batch), batch_styles)
-            for s, r, j in zip(style_names, results, judged):
+            for s, r, j, fig in zip(style_names, results, judged, figures):
                 row = dict(
                     content=Path(c).stem,
                     style=Path(s).stem,
                     init=init,
                     **j,
                     **image_figures(r.image, noise),
+                    **fig,
                     iterations=r.iterations,
                     seconds=round(seconds, 2),
+                    figures_s=round(figures_s, 4),
+                    cpu_s=round(cpu, 2),  # this process's CPU time: on a shared machine
+                    figures_cpu_s=round(figures_cpu, 4),  # steadier than the wall clock
                 )
                 rows.append(row)
                 _print_row(row, args.json)
@@ -253,7 +277,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inputs=inputs,
         rows=rows,
         summary=summarize(rows),
+        style_stats_s=round(stats_s, 3),
     )
+
+
+def _synced(engine: Stylizer, t0: float) -> float:
+    """Seconds since ``t0`` once the engine's device has finished its work."""
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    return time.perf_counter() - t0
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -273,6 +305,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         )
         corr = [abs(r["noise_corr"]) for r in rs if r["noise_corr"] is not None]
         s["noise_corr_max"] = max(corr) if corr else None
+        for f in FIGURES:
+            found = [r[f] for r in rs if r.get(f) is not None]
+            s[f"{f}_median"] = statistics.median(found) if found else None
+        # the quality figures' time per item over the optimisation's (their cost in a run)
+        spent = sum(r["seconds"] for r in rs)
+        s["figures_cost"] = sum(r.get("figures_s", 0.0) for r in rs) / spent if spent else None
+        cpu = sum(r.get("cpu_s", 0.0) for r in rs)
+        s["figures_cost_cpu"] = sum(r.get("figures_cpu_s", 0.0) for r in rs) / cpu if cpu else None
+        # ... and in optimisation steps of the same item: what the share is for any run length
+        steps = [r["figures_s"] * r["iterations"] / r["seconds"] for r in rs if r["seconds"] > 0]
+        s["figures_steps_median"] = statistics.median(steps) if steps else None
         out[init] = s
     return out
 
@@ -283,10 +326,16 @@ def _print_row(row: dict[str, Any], quiet: bool) -> None:
         f"{row['init']:8s} {row['content']:>12s} x {row['style']:<14s} "
         f"content {row['content_loss']:10.5g}  style {row['style_loss']:8.4g}  "
         f"total {row['total_loss']:10.5g}  speckle {row['speckle']:5.1f}  "
-        f"border {row['border']:5.1f}  noise_corr {corr}  ({row['seconds']:.1f} s)",
+        f"border {row['border']:5.1f}  noise_corr {corr}  "
+        + "  ".join(f"{f} {_fmt(row.get(f))}" for f in FIGURES)
+        + f"  ({row['seconds']:.1f} s, figures {row.get('figures_s', 0.0):.3f} s)",
         flush=True,
         file=sys.stderr if quiet else sys.stdout,
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _parse_set(text: str) -> tuple[str, object]:
@@ -301,7 +350,12 @@ def _parse_set(text: str) -> tuple[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     from stylize.config import PRECISIONS, PRESETS
 
-    p = argparse.ArgumentParser(prog="stylize quality", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="stylize quality",
+        description=__doc__.splitlines()[0],
+        epilog="With a run folder (stylize quality OUTPUT ...), the quality figures of its "
+        "items are recomputed instead: stylize quality OUTPUT --help.",
+    )
     p.add_argument("--preset", default="gatys2016", choices=tuple(PRESETS))
     p.add_argument("--size", type=int, default=256, help="longest side, pixels")
     p.add_argument("--iterations", type=int, default=300)

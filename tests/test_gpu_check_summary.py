@@ -320,3 +320,46 @@ def test_a_whole_run_of_stand_in_steps(gpu_check, tmp_path, monkeypatch, capfd):
     assert stdout == (out / "log.txt").read_text()
     assert "== bench_224 (limit 70s): " in stdout and "== mixed_run: rc 1" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.jsonl", "summary.txt"]
+
+
+def test_install_puts_the_wheels_aside_one_at_a_time_if_they_fail_together(
+    gpu_check, helper, tmp_path, monkeypatch, capsys
+):
+    """The install step with a stand-in interpreter (no pip runs): the wheels together fail,
+    then one at a time (one does not fit), the project installs editable, and the record is
+    the install check's line."""
+    _, results = helper
+    repo = tmp_path / "repo"
+    (repo / ".whl").mkdir(parents=True)
+    for name in ("good-1.0-py3-none-any.whl", "bad-1.0-cp99-none-any.whl"):
+        (repo / ".whl" / name).write_bytes(b"")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'case "$*" in\n'
+        '  *install-check*) echo \'{"project": "x", "missing_required": []}\' ;;\n'
+        "  *bad-1.0*) echo 'ERROR: bad is not a supported wheel'; exit 1 ;;\n"
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(gpu_check, "REPO", str(repo))
+    check = _check(gpu_check, tmp_path)
+    check.options = gpu_check.Options(check.out, cpu=False)
+    check.python = str(fake)
+    check.install()
+    pip_calls = [c for c in calls.read_text().splitlines() if c.startswith("-m pip install ")]
+    assert len(pip_calls) == 4  # together, good alone, bad alone, the project
+    assert "--target" in pip_calls[0] and pip_calls[0].endswith("good-1.0-py3-none-any.whl")
+    assert "bad-1.0" in pip_calls[0] and "good-1.0" not in pip_calls[1] + pip_calls[3]
+    assert pip_calls[3].endswith(f"-e {repo}")
+    out = capsys.readouterr().out
+    assert "== install: 2 wheels from .whl/" in out
+    assert "gpu-check: the wheels together did not install; one at a time:" in out
+    assert "gpu-check: not installed: bad-1.0-cp99-none-any.whl" in out
+    assert "not installed: good" not in out and "project: pip install -e ." in out
+    assert check.env["PYTHONPATH"].startswith(check.site + ":")
+    (record,) = [json.loads(x) for x in results.read_text().splitlines()]
+    assert record["step"] == "install" and record["status"] == "ok"
+    assert record["project"] == "x"

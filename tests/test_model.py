@@ -215,6 +215,7 @@ def test_torchvision_cached_checkpoint_loads(monkeypatch, tmp_path, tv_state, pi
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
 @pytest.mark.parametrize("prefix", [True, False], ids=["features-prefix", "bare-keys"])
+@pytest.mark.slow
 def test_state_dict_file(tmp_path, tv_state, pixels, as_url, prefix):
     state = (
         tv_state

@@ -15,6 +15,7 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample_exact,
 )
 from stylize import quality
+from stylize.figures import FIGURES
 from stylize.config import ConfigError, resolve_config
 from stylize.canvas import initial_noise, start_noise
 from stylize.engine import Style
@@ -190,6 +191,15 @@ def test_quality_command_prints_every_figure(capsys, reuse_caffe_weights):
     assert rows["noise"]["noise_corr"] is not None and rows["content"]["noise_corr"] is None
     assert {i["image"] for i in result["inputs"]} == {"tubingen", "starry_night"}
     assert set(result["summary"]) == {"noise", "content"}
+    # the quality figures of each result, and what they cost next to the optimisation
+    for r in rows.values():
+        assert all(r[f] is not None and r[f] >= 0 for f in FIGURES), r
+        assert r["figures_s"] > 0 and r["figures_cpu_s"] > 0
+    # three steps of a noise start leave it far from the photo, nearer from content init
+    assert rows["content"]["content_distance"] < rows["noise"]["content_distance"]
+    for s in result["summary"].values():
+        assert s["figures_cost"] > 0 and s["figures_steps_median"] > 0
+        assert s["content_distance_median"] is not None
 
 
 def test_quality_command_judges_with_the_paper_network():
