@@ -193,7 +193,7 @@ def plan(cpu: bool, python: str, work: str, per_test_timeout: bool = False) -> l
     def bench(shape: tuple[int, int, int], baseline: int, *extra: str) -> tuple[str, ...]:
         side, iterations, images = shape
         return (
-            *(python, "-m", "stylize.bench", *mode.device, *extra),
+            *(python, "-m", "pipeline.bench_cmd", *mode.device, *extra),
             *("--size", str(side), "--iterations", str(iterations), "--images", str(images)),
             *("--baseline-images", str(baseline), "--batch", "0", *mode.compile, "--json"),
         )

@@ -106,7 +106,8 @@ def cmd_mixed(cpu, work):
     import yaml
 
     import stylize.engine as engine_mod
-    from stylize import bench as bench_mod
+    from pipeline import bench_cmd
+    from stylize.bench import bench, dynamo_graphs
     from stylize.images import bucket_shape
 
     cuda = cpu != "1" and torch.cuda.is_available()
@@ -151,7 +152,7 @@ def cmd_mixed(cpu, work):
         str(repeats),
     ] + (["--compile"] if cuda else ["--warmup", "1"])
     t0 = time.perf_counter()
-    b = bench_mod.bench(bench_mod.build_parser().parse_args(argv))
+    b = bench(bench_cmd.parse_options(argv)[0])
     bench_s = time.perf_counter() - t0
     result = {
         "images": n,
@@ -180,7 +181,7 @@ def cmd_mixed(cpu, work):
                 "final_loss",
             )
         }
-        | {"step_s": round(bench_s, 1), "command": "stylize.bench " + " ".join(argv)},
+        | {"step_s": round(bench_s, 1), "command": "stylize bench " + " ".join(argv)},
     }
     print(json.dumps(result), flush=True)  # the bench's figures, should the run not finish
     gc.collect()
@@ -234,11 +235,11 @@ def cmd_mixed(cpu, work):
     }
 
     def stylize_batch(self, contents, *args, **kwargs):
-        g0, s = bench_mod.dynamo_graphs(), time.perf_counter()
+        g0, s = dynamo_graphs(), time.perf_counter()
         try:
             return originals["stylize_batch"](self, contents, *args, **kwargs)
         finally:
-            g1 = bench_mod.dynamo_graphs()
+            g1 = dynamo_graphs()
             shape = tuple(int(v) for v in contents[0].shape[-2:]) if len(contents) else (0, 0)
             calls.append(
                 (s, time.perf_counter(), len(contents), shape, None if g0 is None else g1 - g0)

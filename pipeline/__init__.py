@@ -2,7 +2,8 @@
 
 Modules follow the data flow::
 
-    cli        stylize run / grid / status (image and bench delegate to stylize/)
+    cli        the stylize command: run / grid / status / plan ...; shell: its parser and
+               stderr lines; image_cmd, bench_cmd, quality_cmd: stylize image / bench / quality
     jobconfig  YAML job -> frozen JobConfig (RayConfig, GridConfig); --set overrides
     sources    input and styles listed through fsspec (storage: pkg://, local, s3://, ...)
     items      WorkItem (id, output path), shards

@@ -4,16 +4,16 @@
     stylize grid --contents URI... --styles URI... --output URL [options] [--json]
     stylize status OUTPUT [--json]
     stylize schema         the JSON Schema of a job file (configs/job.schema.json)
-    stylize image ...      one image (stylize.cli)
-    stylize bench ...      throughput figures (stylize.bench)
-    stylize quality ...    quality figures (stylize.quality)
+    stylize image ...      one image (pipeline.image_cmd)
+    stylize bench ...      throughput figures (pipeline.bench_cmd)
+    stylize quality ...    quality figures (pipeline.quality_cmd)
     stylize bench-pipeline the driver at scale, stand-in workers (pipeline.bench)
     stylize --version | -V
 
 Every command takes ``-v`` (debug lines, Ray's own warnings), ``-q`` (warnings and errors
 only) and ``--debug`` (tracebacks, for developers), before or after its name. stdout carries
 the result (the summary, or with ``--json`` one JSON object); stderr the progress, notices and
-errors, through ``logging`` (stylize.cli.logging_to_stderr).
+errors, through ``logging`` (pipeline.shell.logging_to_stderr).
 
 Exit codes (stylize.common, pipeline.errors): 0 every item ok; 1 the job ran and some items
 failed; 2 usage or configuration error, found before any work; 3 infrastructure failure
@@ -37,7 +37,7 @@ from importlib import metadata
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from pipeline import api, errors, manifest
-from pipeline.errors import RESUME_HINT, Interrupted, install_signal_handlers
+from pipeline.errors import RESUME_HINT, Interrupted, UsageError, install_signal_handlers
 from pipeline.jobconfig import (
     MODES,
     JobConfig,
@@ -48,8 +48,7 @@ from pipeline.jobconfig import (
 from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
 from pipeline.status import NoRunError, print_status, summarize, to_json
-from pipeline.storage import read_bytes, write_bytes
-from stylize.cli import Parser, UsageError, image_main, logging_to_stderr, print_error, verbosity
+from pipeline.shell import Parser, logging_to_stderr, print_error, verbosity
 from stylize.common import DISTRIBUTION, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError, one_line
 
 log = logging.getLogger("pipeline.cli")  # not __name__: "__main__" under python -m
@@ -428,22 +427,20 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, _Context], int]] = {
     "status": _status,
     "schema": _schema,
 }
-_COMMANDS = (*_PARSERS, "image")  # image: stylize.cli.image_main parses its own
+_COMMANDS = (*_PARSERS, "image")  # image: pipeline.image_cmd parses its own
 _DELEGATED = ("bench", "quality", "bench-pipeline", "report")  # parsers live with their code
 _JSON_COMMANDS = ("run", "plan", "grid", "status")
 
 
 def _delegated(command: str) -> Callable[[list[str]], int]:
     if command == "bench":
-        from stylize.bench import main as bench_main
+        from pipeline.bench_cmd import main as bench_main
 
         return bench_main
-    if command == "quality":  # a run folder: its figures; else the engine's own check
-        from pipeline.quality_cmd import is_folder_call
-        from pipeline.quality_cmd import main as folder_main
-        from stylize.quality import main as quality_main
+    if command == "quality":  # a run folder's figures, or the engine's check on samples
+        from pipeline.quality_cmd import main as quality_main
 
-        return lambda rest: (folder_main if is_folder_call(rest) else quality_main)(rest)
+        return quality_main
     if command == "report":
         from pipeline.report import main as report_main
 
@@ -451,10 +448,6 @@ def _delegated(command: str) -> Callable[[list[str]], int]:
     from pipeline.bench import main as bench_pipeline_main
 
     return bench_pipeline_main
-
-
-def _write_url(uri: str, data: bytes) -> None:
-    write_bytes(uri, data, atomic=True)
 
 
 # ------------------------------------------------------------------------------------- main
@@ -547,8 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(command: str, rest: list[str], ctx: _Context) -> int:
     """Run ``command`` with its arguments ``rest``; errors go up to :func:`main`."""
-    if command == "image":  # --content/--style/--output/--weights URLs through fsspec
-        return image_main(rest, read_bytes=read_bytes, write_bytes=_write_url)
+    if command == "image":  # its own parser, errors and --json (pipeline.image_cmd)
+        from pipeline.image_cmd import main as image_main
+
+        return image_main(rest)
     if command in _DELEGATED:
         opts, rest = Parser(prog=f"stylize {command}", add_help=False).parse_known_args(rest)
         with logging_to_stderr(verbosity(opts), LOGGED):

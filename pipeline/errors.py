@@ -1,5 +1,10 @@
 """Exit codes of the ``stylize`` command and the exceptions that map onto them.
 
+Every error of ours is a :class:`~stylize.common.StylizeError` carrying its exit code (the
+engine's: bad options, images, weights; the pipeline's: a job file, storage, a lease; the
+command's: :class:`UsageError`, :class:`OutputError`); ``pipeline.cli.main`` reports any of
+them with one ``except``, as one line.
+
 The exit code is a contract with whoever runs the job (a person, a scheduler, ``ray job``):
 
 ====  ==========================================================================
@@ -20,6 +25,17 @@ from typing import Any
 from stylize.common import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError  # noqa: F401
 
 RESUME_HINT = "run the same command to resume"
+
+
+class UsageError(StylizeError):
+    """A bad command line, option or input, found before any work: one line, exit code 2."""
+
+
+class OutputError(StylizeError, OSError):
+    """The output of ``stylize image`` (or a snapshot) could not be written, after the work:
+    exit code 3 (nothing to resume: run the command again)."""
+
+    exit_code = EXIT_INFRA
 
 
 class InfraError(StylizeError, RuntimeError):

@@ -48,6 +48,11 @@ class Content:
     problem: str = ""
     style: str | None = None  # its row's `style` column (assign: column)
     row: int = -1  # its row in the list input (Listing.extras), -1: none
+    # its mask (job key masks): URI, version tag, and why it cannot be had (found when
+    # listed: no such file, no row, several candidates); "" without masks
+    mask_uri: str = ""
+    mask_tag: str = ""
+    mask_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,26 @@ class StyleRef:
 
 
 @dataclass(frozen=True)
+class MaskPair:
+    """``assign`` with masks (job key ``masks``): each content gets one item, its mask's
+    white painted with the style ``foreground``, its black with ``background`` (by name;
+    None: the content kept there)."""
+
+    foreground: str | None
+    background: str | None
+
+
+@dataclass(frozen=True)
+class ItemMask:
+    """The mask of one work item: its URI (read by the worker, never pixels here) and the
+    styles of its white and black (None: the content kept there)."""
+
+    uri: str
+    foreground: str | None
+    background: str | None
+
+
+@dataclass(frozen=True)
 class WorkItem:
     item_id: str
     content_uri: str
@@ -77,6 +102,7 @@ class WorkItem:
     problem: str = ""  # Content.problem: the item fails with it, nothing is read
     point: int = 0  # index into the job's sweep points (JobConfig.sweep_points())
     params_hash: str = ""  # of the options the item is made with (its point's), for its row
+    mask: ItemMask | None = None  # spatial control (job key masks)
 
 
 @dataclass(frozen=True)
@@ -161,11 +187,11 @@ def _name_key(path: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """How contents and styles become items: ``assign`` is ``"all"``, ``"column"`` or
-    ``(k, seed)``; ``points`` the sweep's points (``[{}]``: none), ``point_hashes`` the params
-    hash of each."""
+    """How contents and styles become items: ``assign`` is ``"all"``, ``"column"``, ``(k,
+    seed)`` or a :class:`MaskPair`; ``points`` the sweep's points (``[{}]``: none),
+    ``point_hashes`` the params hash of each."""
 
-    assign: str | tuple[int, int] = "all"
+    assign: str | tuple[int, int] | MaskPair = "all"
     layout: str = "by_style"
     points: Sequence[Mapping[str, Any]] = ({},)
     point_hashes: Sequence[str] = ("",)
@@ -229,6 +255,7 @@ def make_items(
     labels = [point_label(p) for p in plan.points] if len(plan.points) > 1 else [""]
     mirror = plan.layout == "mirror"
     draw = StyleDraw(names, *plan.assign) if isinstance(plan.assign, tuple) else None
+    pair = plan.assign if isinstance(plan.assign, MaskPair) else None
     several = (plan.assign == "all" and len(styles) > 1) or (
         isinstance(plan.assign, tuple) and plan.assign[0] > 1
     )
@@ -242,7 +269,24 @@ def make_items(
         )
         problem = c.problem
         chosen: Sequence[int]
-        if plan.assign == "all":
+        mask: ItemMask | None = None
+        ident = ""  # what the item id adds for its mask
+        if pair is not None:
+            fg, bg = (by_name.get(n) if n else None for n in (pair.foreground, pair.background))
+            chosen = [i for i in (fg, bg) if i is not None][:1]  # named after its first style
+            mask = ItemMask(c.mask_uri, pair.foreground, pair.background)
+            problem = (
+                problem or c.mask_problem or ("" if chosen else "masks name no style of the job")
+            )
+            ident = short_hash(
+                "mask",
+                keys[fg] if fg is not None else "-",
+                keys[bg] if bg is not None else "-",
+                c.mask_uri,
+                c.mask_tag,
+                n=20,
+            )
+        elif plan.assign == "all":
             chosen = range(len(styles))
         elif plan.assign == "column":
             if c.style in by_name:
@@ -275,7 +319,13 @@ def make_items(
                     uri = join(style_folder, *([label] if label else []), tail)
                 items.append(
                     WorkItem(
-                        item_id=_hash(c.uri, c.tag, style_key or name, plan.point_hashes[p]),
+                        item_id=_hash(
+                            c.uri,
+                            c.tag,
+                            style_key or name,
+                            plan.point_hashes[p],
+                            *[ident][: bool(ident)],
+                        ),
                         content_uri=c.uri,
                         style=name,
                         output_uri=uri,
@@ -283,6 +333,7 @@ def make_items(
                         problem=problem,
                         point=p,
                         params_hash=plan.point_hashes[p],
+                        mask=mask,
                     )
                 )
     return items

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.items import MaskPair
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import StylizeError, describe_validation_errors, near_miss, short_hash
 from stylize.config import (
@@ -128,6 +129,58 @@ class BlendPart(BaseModel):
     model_config = _FROZEN
     uri: Text
     weight: float = Field(1.0, gt=0)
+
+
+class MaskConfig(BaseModel):
+    """Spatial control per content (Gatys et al. 2017): one greyscale mask per content, white
+    where ``foreground``'s style applies, black where ``background``'s does (soft masks
+    blend); a side without a style keeps its content (no style loss there). The masks come
+    from a list input's column or from a folder mirroring the input tree, one of them."""
+
+    model_config = _FROZEN
+    column: Text | None = Field(
+        None,
+        description=(
+            "a .csv/.parquet/.jsonl list input's column of mask URIs, e.g. mask_uri (relative "
+            "entries: relative to the list file)"
+        ),
+    )
+    folder: Text | None = Field(
+        None,
+        description=(
+            "a folder mirroring the input tree: the mask of {input}/a/b.jpg is "
+            "{folder}/a/b{suffix}.<any image extension>"
+        ),
+    )
+    suffix: str = Field(
+        "", description="with folder: added to a mask's file stem, e.g. _mask for a/b_mask.png"
+    )
+    foreground: Text | None = Field(
+        None, description="the style (by name) painted where the mask is white; null: the content"
+    )
+    background: Text | None = Field(
+        None, description="the style (by name) painted where the mask is black; null: the content"
+    )
+
+    @model_validator(mode="after")
+    def _sound(self) -> "MaskConfig":
+        if (self.column is None) == (self.folder is None):
+            raise ValueError(
+                "give column (a list input's column of mask URIs) or folder (masks mirroring "
+                "the input tree), one of them"
+            )
+        if "suffix" in self.model_fields_set and self.folder is None:
+            raise ValueError("suffix is only for folder (it names the masks of a folder)")
+        if self.foreground is None and self.background is None:
+            raise ValueError(
+                "name the style of the foreground (white), of the background (black), or both"
+            )
+        if self.foreground == self.background:
+            raise ValueError(
+                f"foreground and background are both {self.foreground!r}: that is the style "
+                "everywhere; drop masks"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -275,6 +328,14 @@ class JobConfig(BaseModel):
         description=(
             "per-image engine options to sweep, e.g. {style_weight: [1e2, 1e3]}: one item per "
             "(content, style, point)"
+        ),
+    )
+    masks: MaskConfig | None = Field(
+        None,
+        description=(
+            "spatial control: one mask per content from a list column or a folder mirroring "
+            "the input, e.g. {column: mask_uri, foreground: starry_night, background: null}; "
+            "each content gets one item (the foreground and background styles)"
         ),
     )
     target_cache_mb: float | None = Field(
@@ -446,10 +507,12 @@ class JobConfig(BaseModel):
         """A copy with some keys changed (not re-validated: for already valid values)."""
         return self.model_copy(update=changes)
 
-    def assignment(self, n_styles: int) -> str | tuple[int, int]:
-        """How contents meet styles, as the item planner takes it: ``"all"``, ``"column"``
-        or ``(k, seed)`` for ``assign: {random: k, seed: s}``, checked against the style
-        set's size."""
+    def assignment(self, n_styles: int) -> str | tuple[int, int] | MaskPair:
+        """How contents meet styles, as the item planner takes it: ``"all"``, ``"column"``,
+        ``(k, seed)`` for ``assign: {random: k, seed: s}``, checked against the style set's
+        size, or with ``masks`` the :class:`~pipeline.items.MaskPair` every content gets."""
+        if self.masks is not None:
+            return MaskPair(self.masks.foreground, self.masks.background)
         assign = self.assign
         if isinstance(assign, str):
             return assign
@@ -510,6 +573,8 @@ def _check_no_effect(job: JobConfig) -> None:
             f"ray.num_workers: {workers} has no effect with ray.address: inline (one worker, "
             f"in this process); drop it, or set ray.address: null for a local Ray"
         )
+    if job.masks is not None:
+        _check_masks(job, job.masks)
     grid = job.grid
     if isinstance(grid, GridConfig) and not grid.enabled and grid.model_fields_set - {"enabled"}:
         raise ValueError(
@@ -517,9 +582,30 @@ def _check_no_effect(job: JobConfig) -> None:
         )
 
 
+LIST_INPUTS = (".csv", ".parquet", ".jsonl")  # list inputs with columns
+
+
+def _check_masks(job: JobConfig, masks: MaskConfig) -> None:
+    """Keys that masks make pointless, and a mask column without a list to hold it."""
+    if "assign" in job.model_fields_set:
+        raise ValueError(
+            "assign: has no effect with masks (each content gets one item: the masks' "
+            "foreground and background styles); drop assign, or masks"
+        )
+    single = job.input if isinstance(job.input, str) else ""
+    is_list = single.lower().endswith(LIST_INPUTS) and not any(c in single for c in "*?[")
+    if masks.column is not None and not is_list:
+        raise ValueError(
+            f"masks.column: {masks.column!r} needs a .csv, .parquet or .jsonl list input "
+            f"(input is {redact_uri(single) if single else 'a YAML list'}); use masks.folder "
+            "for masks mirroring a folder"
+        )
+
+
 def _check_memory_urls(job: JobConfig) -> None:
     uris = [job.output, *([job.input] if isinstance(job.input, str) else job.input)]
     uris += [job.styles] if isinstance(job.styles, str) else [u for s in job.styles for u in s.uris]
+    uris += [job.masks.folder] if job.masks is not None and job.masks.folder else []
     if job.ray.address != "inline" and any(u.startswith("memory://") for u in uris):
         raise ValueError(
             "memory:// lives in one process and Ray workers cannot see it; set "

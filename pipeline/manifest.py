@@ -71,13 +71,16 @@ SCHEMA = pa.schema(
         pa.field("gram_distance", pa.float64()),
         pa.field("w2_distance", pa.float64()),
         pa.field("color_distance", pa.float64()),
+        # The item's mask (job key masks), credentials stripped; null without one (and in
+        # parts of older runs).
+        pa.field("mask_uri", pa.string()),
     ]
 )
 if tuple(SCHEMA.names) != COLUMNS:  # pragma: no cover - a column added in one place only
     raise ImportError("pipeline.manifest.SCHEMA and pipeline.rows.Row name other columns")
 if not set(FIGURES) <= set(COLUMNS):  # pragma: no cover - a figure added in one place only
     raise ImportError("stylize.figures.FIGURES are not all columns of pipeline.rows.Row")
-_TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker")
+_TEXT_COLUMNS = ("content_uri", "style", "output_uri", "error_message", "worker", "mask_uri")
 
 # ``stylize quality OUTPUT`` (pipeline.quality_cmd): the figures recomputed from a run folder's
 # files, one row per ok item; error says why an item has none.

@@ -162,6 +162,7 @@ def make_plan(
         "skipped": len(state.listing.skipped),
         "skipped_why": dict(Counter(s.reason for s in state.listing.skipped)),
         "styles": [s.name for s in state.styles],
+        "masks": None if job.masks is None else job.masks.model_dump(exclude_defaults=True),
         "items": len(items),
         "already_done": len(items) - len(left),
         "left": len(left),
@@ -229,6 +230,13 @@ def print_plan(p: Mapping[str, Any], stream) -> None:
         f"styles:    {len(p['styles'])} ({', '.join(p['styles'][:8])}"
         f"{', ...' if len(p['styles']) > 8 else ''})"
     )
+    masks = p.get("masks")
+    if masks:
+        source = f"column {masks['column']}" if masks.get("column") else f"folder {masks['folder']}"
+        say(
+            f"masks:     from {source}; foreground (white): {masks.get('foreground') or 'content'}"
+            f", background (black): {masks.get('background') or 'content'}; one item per content"
+        )
     say(f"items:     {p['items']}: {p['already_done']} already done, {p['left']} left")
     if p["would_refuse"]:
         say(

@@ -34,6 +34,7 @@ from pipeline.jobconfig import JobConfig, JobConfigError, job_from_mapping
 from pipeline.redact import secret_values
 from pipeline.rows import make_row
 from pipeline.sources import check_styles_load, list_styles
+from stylize.figures import FIGURES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,6 +67,7 @@ ROW_COLUMNS = (
     "total_loss",
     "duration_s",
     "worker",
+    *FIGURES,  # the quality figures the worker takes anyway (null when not taken)
 )
 OUTPUT_SCHEMA = pa.schema(
     [

@@ -53,9 +53,10 @@ THUMB_EXT, THUMB_FORMAT = ("webp", "WEBP") if features.check("webp") else ("jpg"
 # ------------------------------------------------------------------------------ the facts
 def _load(
     output: str, options: Mapping[str, Any], table: pa.Table | None
-) -> tuple[pa.Table, dict, dict, list[str]]:
-    """(the rows, job.json, run.json, the files that could not be read): a damaged file is
-    named and left where it is (a report only reads); what is intact is shown."""
+) -> tuple[pa.Table, dict, dict, dict | None, list[str]]:
+    """(the rows, job.json, run.json, artfid.json, the files that could not be read): a
+    damaged file is named and left where it is (a report only reads); what is intact is
+    shown."""
     damage = manifest.Damage(output, options)
     if table is None:
         table = manifest.read_manifest(output, options, damage)
@@ -68,7 +69,8 @@ def _load(
         raise NoRunError.at(output)
     # figures recomputed by `stylize quality OUTPUT` fill those the rows lack (older runs)
     table = manifest.with_quality(table, manifest.read_quality(output, options, damage))
-    return table, job, run, damage.lines()
+    artfid = manifest.read_json(folder.artfid_file, options, damage)
+    return table, job, run, artfid, damage.lines()
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[Any, int]:
@@ -290,7 +292,7 @@ def collect(
     """The facts of the run folder ``output`` (``table``: its manifest, if already read)."""
     options = dict(options or {})
     output = storage.canonical(output)
-    table, job, run, unreadable = _load(output, options, table)
+    table, job, run, artfid, unreadable = _load(output, options, table)
     styles = _style_stats(table, job)
     _sample(table, styles, settings, output)
     hists, unit, per_ok = _figures(table, settings)
@@ -317,6 +319,7 @@ def collect(
         unreadable,
         images_per_hour=rate.images_per_hour,
         grids=grids,
+        artfid=artfid,
     )
 
 
@@ -425,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``stylize report OUTPUT [--open] [--storage-option KEY=VALUE ...]``."""
     from pipeline.jobconfig import apply_overrides
     from pipeline.redact import redact_text, secret_values
-    from stylize.cli import Parser, UsageError
+    from pipeline.errors import UsageError
+    from pipeline.shell import Parser
 
     p = Parser(
         prog="stylize report",

@@ -54,7 +54,7 @@ def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, s
                     _job(facts),
                     _grids(facts),
                     _sweep(facts),
-                    _styles(facts.styles, made, settings, _loss_meaning(facts.run)),
+                    _styles(facts.styles, made, settings, _loss_meaning(facts.run), facts.artfid),
                     _failures(facts, settings),
                     _figures(facts),
                     _all_curves(facts.styles, settings),
@@ -213,6 +213,8 @@ def _job(f: RunFacts) -> str:
     rows += _dataset(cfg)
     rows.append(("output", f"<code>{_e(f.output)}</code>"))
     names = [s.name for s in f.styles]
+    if cfg.get("masks"):  # an item's row names one style (the foreground's): the job's list
+        names = [str(s.get("name")) for s in cfg.get("styles") or [] if isinstance(s, Mapping)]
     rows.append(
         (
             "styles",
@@ -258,6 +260,21 @@ def _job(f: RunFacts) -> str:
     return f'<section class="job"><h2>Job</h2><table class="kv">{body}</table></section>'
 
 
+def _masks(masks: Mapping) -> str:
+    """The job's masks (spatial control): where they come from, which style goes where."""
+    source = (
+        f"each row's <code>{_e(masks.get('column'))}</code> column"
+        if masks.get("column")
+        else f"<code>{_e(masks.get('folder'))}</code> (the input tree, suffix "
+        f"<code>{_e(masks.get('suffix') or '')}</code>)"
+    )
+    sides = [
+        f"{side} ({tone}): {_e(masks.get(side) or 'the content kept')}"
+        for side, tone in (("foreground", "white"), ("background", "black"))
+    ]
+    return f"from {source}; " + "; ".join(sides)
+
+
 def _dataset(cfg: Mapping) -> list[tuple[str, str]]:
     """The job's dataset settings (run.json's config): which files, which pairs, where the
     results go."""
@@ -280,7 +297,10 @@ def _dataset(cfg: Mapping) -> list[tuple[str, str]]:
         if cfg.get(key) is not None:
             rows.append((key.replace("_", " "), _e(cfg[key])))
     assign = cfg.get("assign")
-    if isinstance(assign, Mapping):
+    masks = cfg.get("masks")
+    if isinstance(masks, Mapping):
+        rows.append(("masks", _masks(masks)))
+    elif isinstance(assign, Mapping):
         rows.append(
             (
                 "assign",
@@ -510,11 +530,26 @@ HINT = (
 )
 
 
-def _figures_table(styles: list[StyleStats]) -> str:
-    """Median quality figures per style (fixed layers: comparable across runs), with what
-    each means; nothing when no item has them (older runs)."""
-    if not any(v is not None for s in styles for v in s.figures.values()):
+def _artfid(artfid: dict | None) -> str:
+    """The run's ArtFID line (_manifest/artfid.json), nothing when it was not computed."""
+    if not artfid:
         return ""
+    why = f" ({_e(str(artfid['why']))})" if artfid.get("why") else ""
+    return (
+        f'<p id="artfid"><b>ArtFID</b> {_num(artfid.get("artfid"))}: (1 + LPIPS '
+        f"{_num(artfid.get('lpips'))}) &times; (1 + FID {_num(artfid.get('fid'))}), "
+        f"{_num(artfid.get('items'))} items against {_num(artfid.get('styles'))} style(s), "
+        f"{_e(str(artfid.get('inception')))} Inception{why}. Lower is better; compare only "
+        "runs with as many items and styles (stylize quality OUTPUT --artfid DIR).</p>"
+    )
+
+
+def _figures_table(styles: list[StyleStats], artfid: dict | None = None) -> str:
+    """Median quality figures per style (fixed layers: comparable across runs), with what
+    each means, and the run's ArtFID when computed; nothing when no item has them (older
+    runs)."""
+    if not any(v is not None for s in styles for v in s.figures.values()):
+        return _artfid(artfid)
     head = "".join(f"<th>median {f.replace('_', ' ')}</th>" for f in FIGURES)
     rows = "".join(
         f"<tr><td>{_e(s.name)}</td>"
@@ -527,11 +562,17 @@ def _figures_table(styles: list[StyleStats]) -> str:
         '<h3 id="figures">Quality figures</h3><table class="grid-table"><thead><tr>'
         f"<th>style</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
         f'<p class="muted meaning">{meanings}. The same layers and normalisations in every '
-        "run (stylize quality OUTPUT recomputes them).</p>"
+        "run (stylize quality OUTPUT recomputes them).</p>" + _artfid(artfid)
     )
 
 
-def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings, meaning: str) -> str:
+def _styles(
+    styles: list[StyleStats],
+    made: Made,
+    settings: ReportSettings,
+    meaning: str,
+    artfid: dict | None = None,
+) -> str:
     cards, panels = [], []
     for s in styles[: settings.index_styles]:
         if s.rows is None:
@@ -572,7 +613,7 @@ def _styles(styles: list[StyleStats], made: Made, settings: ReportSettings, mean
         "<th>failed</th><th>median loss</th><th>median content loss</th>"
         "<th>median style loss</th><th>mean iterations</th><th>mean time</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{meaning}{more}"
-        f"{_figures_table(styles[: settings.max_table_styles])}"
+        f"{_figures_table(styles[: settings.max_table_styles], artfid)}"
     )
     return (
         f"<section><h2>Styles <small>{len(styles):,}</small></h2>"

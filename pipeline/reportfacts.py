@@ -80,3 +80,5 @@ class RunFacts:
     # the run's throughput: manifest.throughput, the figure of run.json, --json and status
     images_per_hour: float | None = None
     grids: list[str] = field(default_factory=list)  # grid.png or grid-NNN.png in the output
+    # _manifest/artfid.json (stylize quality OUTPUT --artfid DIR), None when not computed
+    artfid: dict | None = None

@@ -61,8 +61,15 @@ def _dataset_keys(job: JobConfig) -> dict[str, Any]:
         "layout": job.layout,
         "container": job.container,
         "sweep": job.sweep,
+        "masks": None if job.masks is None else job.masks.model_dump(),
     }
-    defaults = {"assign": "all", "layout": "by_style", "container": "files", "sweep": None}
+    defaults = {
+        "assign": "all",
+        "layout": "by_style",
+        "container": "files",
+        "sweep": None,
+        "masks": None,
+    }
     return {k: v for k, v in keys.items() if v != defaults[k]}
 
 

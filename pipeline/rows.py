@@ -52,6 +52,7 @@ class Row(TypedDict, total=False):
     gram_distance: float | None
     w2_distance: float | None
     color_distance: float | None
+    mask_uri: str | None  # the item's mask (job key masks), credentials stripped; else None
 
 
 COLUMNS = tuple(Row.__annotations__)
@@ -94,5 +95,6 @@ def make_row(
         finished_at=finished_at or now(),
         params_hash=params_hash or item.params_hash,
         shard=shard,
+        mask_uri=item.mask.uri or None if item.mask is not None else None,
     )
     return row  # type: ignore[return-value]

@@ -4,6 +4,7 @@ folder of its own there is spelled here and nowhere else::
     {output}/_manifest/job.json             what this folder was made with (resume check)
     {output}/_manifest/part-NNNNN.parquet   one per finished shard (see pipeline.manifest)
     {output}/_manifest/quality.parquet      stylize quality OUTPUT: the figures recomputed
+    {output}/_manifest/artfid.json          stylize quality OUTPUT --artfid DIR: the ArtFID
     {output}/manifest.parquet               at the end: every item of the job, in job order
     {output}/run.json                       resolved config, versions, weights, timings
     {output}/grid.png, grid-NNN.png         contact sheets (pipeline.grid)
@@ -42,6 +43,7 @@ PART_RE = re.compile(r"part-(\d+)\.parquet")  # a part's name; group 1: its shar
 JOB_FILE = "job.json"
 RUN_FILE = "run.json"
 QUALITY_FILE = "quality.parquet"  # stylize quality OUTPUT: the figures recomputed
+ARTFID_FILE = "artfid.json"  # stylize quality OUTPUT --artfid DIR: the run's ArtFID
 MANIFEST_FILE = "manifest.parquet"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
@@ -119,6 +121,10 @@ class RunFolder:
     @property
     def quality_file(self) -> str:
         return join(self.output, MANIFEST_DIR, QUALITY_FILE)
+
+    @property
+    def artfid_file(self) -> str:
+        return join(self.output, MANIFEST_DIR, ARTFID_FILE)
 
     @property
     def manifest_file(self) -> str:

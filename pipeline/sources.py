@@ -33,7 +33,7 @@ import posixpath
 import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import fsspec
@@ -44,7 +44,7 @@ from pipeline.items import Content, StyleRef, reserved_style_name, sanitize_comp
 from pipeline.jobconfig import JobConfig, StyleSource, image_extensions
 from pipeline.redact import redact_text, redact_uri, show_undecodable
 from pipeline.runfolder import MANIFEST_DIR, RESERVED_STYLE_NAMES
-from stylize.common import StylizeError
+from stylize.common import StylizeError, near_miss
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
 LIST_EXTENSIONS = (".txt", ".csv", ".parquet", ".jsonl")
@@ -98,6 +98,8 @@ class Listing:
                 groups.setdefault(
                     f"cannot be read, failed rows ({c.problem.split(' (')[0]})", []
                 ).append(c.uri)
+            elif c.mask_problem:
+                groups.setdefault("have no usable mask, failed rows (masks)", []).append(c.uri)
         lines = []
         for what, uris in groups.items():
             shown = ", ".join(_show(u) for u in uris[:limit])
@@ -488,19 +490,23 @@ def _read_list(
             line.split("#", 1)[0] if line.lstrip().startswith("#") else line
             for line in data.decode("utf-8-sig", "surrogateescape").splitlines()
         ]
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     out, kept = [], []
     for n, v in enumerate(values):
         v = (v if isinstance(v, str) else "" if v is None else str(v)).strip()
         if not v:
             continue
-        if "://" not in v and not v.startswith("/"):
-            v = f"{base}/{v}"  # relative entries are relative to the list file
-        out.append(v)
+        out.append(_in_list(uri, v))
         kept.append(n)
     if table is not None and len(kept) != table.num_rows:
         table = table.take(pa.array(kept, pa.int64()))
     return out, table
+
+
+def _in_list(list_uri: str, entry: str) -> str:
+    """An entry of a list file as a URI: relative entries are relative to the list file."""
+    if "://" in entry or entry.startswith("/"):
+        return entry
+    return f"{list_uri.rsplit('/', 1)[0] if '/' in list_uri else '.'}/{entry}"
 
 
 def _read_table(uri: str, ext: str, data: bytes) -> Any:
@@ -625,7 +631,7 @@ def list_inputs(job: JobConfig) -> Listing:
             f"input {_show_input(job.input)}: cannot be listed: "
             f"{type(e).__name__}: {redact_text(str(e))}"
         ) from None
-    rows, styles, extras = _row_columns(job, uris if extras is not None else [], extras)
+    rows, styles, masks, extras = _row_columns(job, uris if extras is not None else [], extras)
     seen: dict[str, Content] = {}
     for entry, rel in pairs:
         tag = file_tag(entry.info)
@@ -643,7 +649,10 @@ def list_inputs(job: JobConfig) -> Listing:
                 row,
             ),
         )
-    listing = Listing(sorted(seen.values(), key=lambda c: c.uri), skipped, extras, identity)
+    contents = sorted(seen.values(), key=lambda c: c.uri)
+    if job.masks is not None:
+        contents = _with_masks(job, contents, masks)
+    listing = Listing(contents, skipped, extras, identity)
     if not listing.contents:
         why = "; ".join(listing.report())
         raise SourceError(
@@ -652,9 +661,10 @@ def list_inputs(job: JobConfig) -> Listing:
     return listing
 
 
-def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, list, Any]:
-    """(uri -> row of ``table``, the `style` column for ``assign: column``, the columns that
-    travel to the manifest). SourceError for a column named like a manifest column."""
+def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, list, list, Any]:
+    """(uri -> row of ``table``, the `style` column for ``assign: column``, the mask column
+    for ``masks: {column: ...}``, the columns that travel to the manifest). SourceError for a
+    column named like a manifest column."""
     from pipeline.rows import COLUMNS
 
     if job.assign == "column" and (table is None or "style" not in table.column_names):
@@ -662,24 +672,174 @@ def _row_columns(job: JobConfig, uris: list[str], table: Any) -> tuple[dict, lis
             f"input {_show_input(job.input)}: assign: column needs a list input "
             "(csv, parquet, jsonl) with a `style` column"
         )
+    column = job.masks.column if job.masks is not None else None
+    if column is not None and (table is None or column not in table.column_names):
+        names = ", ".join(table.column_names) if table is not None else "(none)"
+        raise SourceError(
+            f"masks.column: {column!r} is not a column of input {_show_input(job.input)} "
+            f"(other than its URI column: {names or '(none)'})"
+        )
     if table is None:
-        return {}, [], None
-    styles = []
+        return {}, [], [], None
+    styles, masks = [], []
     if job.assign == "column":
         styles = [None if v is None else str(v) for v in table.column("style").to_pylist()]
         table = table.drop_columns(["style"])
+    if column is not None:
+        masks = [None if v is None else str(v).strip() for v in table.column(column).to_pylist()]
+        table = table.drop_columns([column])
     taken = set(COLUMNS) | set(job.sweep or {}) | {f"sweep_{k}" for k in job.sweep or {}}
     clash = [c for c in table.column_names if c in taken]
     if clash:
+        hint = (
+            f"; to use it, masks: {{column: {clash[0]}, foreground: STYLE}}"
+            if clash[0] == "mask_uri"
+            else ""
+        )
         raise SourceError(
             f"input {_show_input(job.input)}: column {clash[0]!r} has the name of "
             "a manifest column; rename it in the list (columns other than the "
-            "URI are copied to every manifest row)"
+            f"URI are copied to every manifest row){hint}"
         )
     rows: dict[str, int] = {}
     for n, u in enumerate(uris):
         rows.setdefault(u, n)
-    return rows, styles, table if table.num_columns else None
+    return rows, styles, masks, table if table.num_columns else None
+
+
+# ------------------------------------------------------------------------------------ masks
+
+
+def _with_masks(job: JobConfig, contents: list[Content], column: list[str | None]) -> list[Content]:
+    """The contents with their masks (job key ``masks``): URI, version tag, or the problem
+    that fails the content's item (no mask, no such file, several candidates)."""
+    masks = job.masks
+    assert masks is not None
+    options = job.storage_options
+    wanted: dict[int, str] = {}  # content index -> mask URI
+    found: dict[str, tuple[str, str]] = {}  # mask URI -> (tag, problem)
+    problems: dict[int, str] = {}
+    if masks.column is not None:
+        assert isinstance(job.input, str)  # a list input (JobConfig checks it)
+        for i, c in enumerate(contents):
+            value = column[c.row] if 0 <= c.row < len(column) else None
+            if c.row < 0:
+                problems[i] = (
+                    f"no mask: not a row of the list (a file of a folder that the list names), "
+                    f"so it has no {masks.column}"
+                )
+            elif not value:
+                problems[i] = f"no mask: its {masks.column} column is empty"
+            else:
+                wanted[i] = storage.canonical(_in_list(job.input, value))
+        found = _mask_files(sorted(set(wanted.values())), options)
+    else:
+        assert masks.folder is not None
+        index = _mask_folder(job, masks.folder)
+        for i, c in enumerate(contents):
+            key = posixpath.splitext(c.rel)[0] + masks.suffix
+            entries = index.get(key, [])
+            if not entries:
+                problems[i] = (
+                    f"no mask: nothing matches {_show(masks.folder.rstrip('/'))}/{key}.* "
+                    "(masks.folder)"
+                )
+            elif len(entries) > 1:
+                problems[i] = (
+                    f"several masks match: {', '.join(_show(e.uri) for e in entries)}; keep one"
+                )
+            else:
+                wanted[i] = entries[0].uri
+                found[entries[0].uri] = (
+                    file_tag(entries[0].info),
+                    f"mask {_show(entries[0].uri)}: {entries[0].problem}"
+                    if entries[0].problem
+                    else "",
+                )
+    out = []
+    for i, c in enumerate(contents):
+        uri = wanted.get(i, "")
+        tag, problem = found.get(uri, ("missing", problems.get(i, "")))
+        out.append(replace(c, mask_uri=uri, mask_tag=tag, mask_problem=problem))
+    return out
+
+
+def _mask_files(uris: list[str], options: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """(version tag, problem) of each mask file a list column names."""
+
+    def look(u: str) -> tuple[str, str]:
+        fs, path = storage.get_fs(u, options)
+        try:
+            info = storage.retrying(f"read {_show(u)}", lambda: fs.info(path))
+        except storage.StorageUnavailable:
+            raise
+        except FileNotFoundError:
+            return "missing", f"mask {_show(u)}: no such file"
+        except (OSError, ValueError) as e:
+            return "unreadable", (
+                f"mask {_show(u)}: cannot be read: {type(e).__name__}: {redact_text(str(e))}"
+            )
+        if info.get("type", "file") != "file":
+            return f"not-a-file-{info.get('type')}", f"mask {_show(u)}: not a file"
+        return file_tag(info), ""
+
+    if not uris:
+        return {}
+    with ThreadPoolExecutor(min(_INFO_THREADS, len(uris))) as pool:
+        return dict(zip(uris, pool.map(look, uris)))
+
+
+def _mask_folder(job: JobConfig, folder: str) -> dict[str, list[_Entry]]:
+    """The image files under ``masks.folder`` by their path relative to it, without
+    extension; SourceError when it is not a folder or lies inside the input folder."""
+    options = job.storage_options
+    folder = storage.canonical(folder)
+    if isinstance(job.input, str) and not _GLOB.search(job.input):
+        root = storage.canonical(job.input).rstrip("/") + "/"
+        if folder.rstrip("/").startswith(root) or folder.rstrip("/") + "/" == root:
+            raise SourceError(
+                f"masks.folder: {_show(folder)} is inside the input folder, so its masks "
+                f"would be stylized as contents; move the masks out of {_show(job.input)}"
+            )
+    fs, path = storage.get_fs(folder, options)
+    if not _isdir(fs, path):
+        raise SourceError(f"masks.folder: {_show(folder)} is not a folder")
+    skipped: list[Skipped] = []
+    try:
+        pairs = _expand(folder, options, image_extensions(), None, skipped)
+    except (SourceError, storage.StorageUnavailable):
+        raise
+    except (OSError, ValueError) as e:
+        raise SourceError(
+            f"masks.folder: {_show(folder)}: cannot be listed: {type(e).__name__}: "
+            f"{redact_text(str(e))}"
+        ) from None
+    index: dict[str, list[_Entry]] = {}
+    for entry, rel in sorted(pairs, key=lambda p: p[0].uri):
+        index.setdefault(posixpath.splitext(rel)[0], []).append(entry)
+    return index
+
+
+def check_mask_styles(job: JobConfig, styles: list[StyleRef]) -> None:
+    """With masks, the styles named by ``masks.foreground``/``background`` are the job's
+    styles, all of them (another would be listed and never used); SourceError otherwise."""
+    if job.masks is None:
+        return
+    names = [s.name for s in styles]
+    for key in ("foreground", "background"):
+        name = getattr(job.masks, key)
+        if name is not None and name not in names:
+            near = near_miss(name, names)
+            raise SourceError(
+                f"masks.{key}: {name!r} is not one of the job's styles ({', '.join(names)})"
+                f"{f'; did you mean {near!r}?' if near else ''}"
+            )
+    unused = [n for n in names if n not in (job.masks.foreground, job.masks.background)]
+    if unused:
+        raise SourceError(
+            f"styles: {unused[0]!r} is neither masks.foreground nor masks.background, so it "
+            "would never be used (with masks each content gets one item of those two); drop it"
+        )
 
 
 def list_contents(job: JobConfig) -> list[Content]:
@@ -778,6 +938,7 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
                 "use a mapping name -> URI to name them apart"
             )
         refs[key] = StyleRef(name, tuple(uris), tuple(src.weights), tuple(tags))
+    check_mask_styles(job, list(refs.values()))
     return list(refs.values())
 
 

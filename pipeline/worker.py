@@ -115,6 +115,53 @@ def gpu_left_unused(gpus: Sequence[str], device: torch.device) -> str | None:
     )
 
 
+MASK_ASPECT_TOLERANCE = 0.02  # a mask's aspect ratio may differ from its content's this much
+
+
+def load_mask(
+    data: bytes,
+    name: str,
+    shape: tuple[int, int],
+    content_size: tuple[int, int],
+    foreground: bool = True,
+    background: bool = False,
+) -> torch.Tensor:
+    """A content's mask from its file's bytes: greyscale in 0..1 (white 1; a label map of
+    only 0 and 1 is read as black and white), resized to the content's working ``shape``
+    (h, w). ``content_size``: the content's own (width, height), whose aspect ratio the mask
+    must have. ImageError (a failed_decode row) for a file that is not an image, another
+    aspect ratio, or a mask under which no styled side (``foreground``: white,
+    ``background``: black) covers anything."""
+    from stylize.images import ImageError, decode_image
+    from stylize.masks import mask_tensor, resize_masks
+
+    img = decode_image(data, name=name)
+    (mw, mh), (cw, ch) = img.size, content_size
+    if abs(mw - mh * cw / ch) > max(1.0, MASK_ASPECT_TOLERANCE * mw):
+        raise ImageError(
+            f"{name}: {mw}x{mh}, not the aspect ratio of its content ({cw}x{ch}); "
+            "is it the mask of another image?"
+        )
+    m = mask_tensor(img)
+    if float(m.max()) <= 1.5 / 255:  # 0/1 labels (a segmentation map saved as is)
+        m = (m > 0).float()
+    m = resize_masks(m[None, None], *shape)[0, 0]
+    covered = (foreground and float(m.max()) > 0.5 / 255) or (
+        background and float(m.min()) < 1 - 0.5 / 255
+    )
+    if not covered:
+        side = " and ".join(
+            w
+            for w, on in (("white (foreground)", foreground), ("black (background)", background))
+            if on
+        )
+        raise ImageError(
+            f"{name}: blank: no {side} anywhere, so the output would be the content; "
+            "white marks the foreground, black the background"
+        )
+    return m
+
+
 def _message(e: BaseException) -> str:
     return one_line(e) if isinstance(e, storage.StorageUnavailable) else describe_error(e)
 
@@ -147,6 +194,7 @@ class StyleWorker:
         self._figure_taker: Any = None
         self._broken: dict[str, Exception] = {}  # style key -> why it is not an image
         self._prepared: dict[str, tuple[WorkItem, Any, int, int]] = {}
+        self._masks: dict[str, Any] = {}  # item id -> its mask (h, w), for run_batch
         self._label = self._make_label()
         self._io = ThreadPoolExecutor(max(2, spec.threads or 2), thread_name_prefix="io")
 
@@ -198,9 +246,11 @@ class StyleWorker:
         from stylize.images import ImageError, decode_image
 
         self._prepared.clear()
+        self._masks.clear()
         self._shard, self._attempts, self._style_refs = shard.shard_id, dict(attempts), styles
         rows: list[Row] = []
         sizes: dict[str, tuple[int, int, int]] = {}
+        originals: dict[tuple[str, int, bool], tuple[int, int]] = {}  # (width, height)
 
         def shape_key(item: WorkItem) -> tuple[str, int, bool]:
             opts = self._options[item.point]
@@ -210,6 +260,7 @@ class StyleWorker:
             uri = key[0]
             try:
                 img = decode_image(self._read(uri), name=uri)
+                originals[key] = img.size
                 return self.stylizer.prepare_content(img, options=self._options_for(key))
             except Exception as e:  # noqa: BLE001 - a bad input is a row, never a crash
                 return e
@@ -219,6 +270,7 @@ class StyleWorker:
         keys = list(dict.fromkeys(shape_key(i) for i in shard.items if not i.problem))
         started = now()
         decoded = dict(zip(keys, self._io.map(load, keys)))
+        masks = self._load_masks(shard.items, decoded, originals, shape_key)
         for item in shard.items:
             if item.problem:  # known when listed (a dangling link, a loop): nothing to read
                 rows.append(
@@ -240,11 +292,69 @@ class StyleWorker:
                 )
                 rows.append(self._row(item, status, started, error_message=msg))
                 continue
+            if item.mask is not None:
+                mask = masks[self._mask_key(item, value)]
+                if isinstance(mask, Exception):
+                    bad = isinstance(mask, ImageError)
+                    msg = str(mask) if bad else f"mask {item.mask.uri}: {_message(mask)}"
+                    status = "failed_decode" if bad else _status(mask)
+                    rows.append(self._row(item, status, started, error_message=msg))
+                    continue
+                self._masks[item.item_id] = mask
             h, w = value.shape[-2:]
             self._prepared[item.item_id] = (item, value, int(w), int(h))
             sizes[item.item_id] = (int(h), int(w), item.point)  # one batch: one size, one point
         order = [i.item_id for i in shard.items]
         return rows, plan_batches(sizes, order, self.max_batch, frozenset(isolate))
+
+    @staticmethod
+    def _mask_key(item: WorkItem, content: Any) -> tuple[str, int, int, str | None, str | None]:
+        assert item.mask is not None
+        h, w = content.shape[-2:]
+        return item.mask.uri, int(h), int(w), item.mask.foreground, item.mask.background
+
+    def _load_masks(
+        self,
+        items: Sequence[WorkItem],
+        decoded: Mapping[Any, Any],
+        originals: Mapping[Any, tuple[int, int]],
+        shape_key: Any,
+    ) -> dict[tuple[str, int, int, str | None, str | None], Any]:
+        """The masks of the items whose contents decoded, read and resized to their content's
+        working size in the CPU threads: mask key -> (h, w) tensor, or the exception."""
+        wanted: dict[tuple[str, int, int, str | None, str | None], tuple[int, int]] = {}
+        for item in items:
+            content = None if item.problem or item.mask is None else decoded[shape_key(item)]
+            if content is not None and not isinstance(content, Exception):
+                wanted[self._mask_key(item, content)] = originals[shape_key(item)]
+
+        def load(key: tuple[str, int, int, str | None, str | None]) -> Any:
+            uri, h, w, fg, bg = key
+            try:
+                return load_mask(
+                    self._read(uri),
+                    f"mask {uri}",
+                    (h, w),
+                    wanted[key],
+                    fg is not None,
+                    bg is not None,
+                )
+            except Exception as e:  # noqa: BLE001 - a bad mask is a row, never a crash
+                return e
+
+        return dict(zip(wanted, self._io.map(load, wanted)))
+
+    def _regions(self, item: WorkItem) -> list[tuple[Any, Any]] | None:
+        """The item's (style, mask) regions for the engine: the foreground's style on the
+        mask, the background's on its inverse; None without a mask."""
+        if item.mask is None:
+            return None
+        mask = self._masks[item.item_id]
+        fg, bg = item.mask.foreground, item.mask.background
+        return [
+            *([(self._style(fg), mask)] if fg is not None else []),
+            *([(self._style(bg), 1 - mask)] if bg is not None else []),
+        ]
 
     def _options_for(self, key: tuple[str, int, bool]):
         return next(o for o in self._options if (o.size, o.bucket) == key[1:])
@@ -258,10 +368,16 @@ class StyleWorker:
         entries = [self._prepared.pop(i) for i in item_ids]
         taken = list(entries)
         started, t0 = now(), time.perf_counter()
-        failed, styles = [], []
+        failed, styles, regions = [], [], []
         for e in taken:  # a style that cannot be read fails its items only
+            mask = e[0].mask
+            sides = (mask.foreground, mask.background) if mask is not None else ()
+            name = e[0].style
             try:
+                for name in (e[0].style, *(n for n in sides if n is not None)):
+                    self._style(name)  # decoded once per worker, each side's style too
                 styles.append(self._style(e[0].style))
+                regions.append(self._regions(e[0]))
             except Exception as err:  # noqa: BLE001 - a row with the reason
                 entries.remove(e)
                 bad = isinstance(err, ImageError)
@@ -270,7 +386,7 @@ class StyleWorker:
                         e[0],
                         "failed_decode" if bad else _status(err),
                         started,
-                        error_message=f"style {e[0].style}: {err if bad else _message(err)}",
+                        error_message=f"style {name}: {err if bad else _message(err)}",
                     )
                 )
         if not entries:
@@ -287,6 +403,7 @@ class StyleWorker:
                 styles,
                 progress,
                 options=self._options[entries[0][0].point],
+                regions=regions if any(r is not None for r in regions) else None,
             )
         except CallTimeout:
             for entry in taken:  # the scheduler decides; the items stay prepared

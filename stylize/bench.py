@@ -1,30 +1,29 @@
-"""``python -m stylize.bench``: throughput of the engine against the plain loop, in one run.
+"""Throughput of the engine against the plain loop, in one run (``stylize bench``, whose
+command line is :mod:`pipeline.bench_cmd`'s; :func:`bench` here measures and returns the figures).
 
 Stylizes N images end to end (decode, resize, optimise, encode) with the chosen settings,
 then the same images (or the first ``--baseline-images`` of them) with the plain baseline:
 fp32, batch 1, eager, no early stopping, same iterations. On CUDA the baseline and the scoring
 run in strict fp32 (TF32 off for cuDNN and matmuls; PyTorch's default lets cuDNN use TF32).
 Both final images are scored with the same fp32 Gatys loss, so ``final_loss`` and
-``baseline_final_loss`` (means over the images both ran) compare quality. With ``--json`` the
-last line is one JSON object. Progress goes to stderr. ``--profile K`` adds where the time of
+``baseline_final_loss`` (means over the images both ran) compare quality. Progress leaves
+through a callback (the command prints it on stderr). ``profile=K`` adds where the time of
 K steps of one batch goes (``profile``: each phase of a step, the device's busy share, the
 top kernels), from ``torch.profiler``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import resource
 import statistics
-import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable
 from importlib import resources
 
 import torch
 
-from stylize.config import PRECISIONS, PRESETS, resolve_config
+from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer
 from stylize.images import decode_image, encode_image, resize_to, to_tensor
 from stylize.optim import PHASES
@@ -79,17 +78,40 @@ def dynamo_graphs() -> int | None:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench(args: argparse.Namespace) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """What a bench run varies (``stylize bench --help`` says the same per option)."""
+
+    images: int = 8  # bundled samples, cycled
+    size: int = 64  # images are size x size
+    iterations: int = 50
+    batch: int = 4  # 0: from device memory
+    precision: str = "auto"
+    device: str = "auto"
+    preset: str = "gatys2016"
+    init: str = "content"  # noise | content
+    compile: bool = False
+    repeats: int = 1  # timed runs; the median is reported
+    warmup: int = 3  # iterations of the untimed warm-up run (compilation happens there)
+    baseline_images: int | None = None  # the baseline on the first N only (None: all; 0: none)
+    profile: int = 0  # then profile K steps of one batch (0: no profile)
+
+
+def bench(args: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time the engine with ``args``' settings, then the plain fp32 baseline, on the same
+    images; score both with the same fp32 loss. ``progress(line)`` hears what is being done
+    (warm-up, timings). Returns the figures (one flat dict, ``profile`` nested)."""
+
+    def _log(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
     opts: dict[str, Any] = dict(
         size=args.size,
         iterations=args.iterations,
@@ -280,57 +302,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return "cpu"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stylize bench", description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=8, help="number of images (bundled, cycled)")
-    p.add_argument("--size", type=int, default=64, help="images are size x size")
-    p.add_argument("--iterations", type=int, default=50)
-    p.add_argument("--batch", type=int, default=4, help="batch size; 0 = from device memory")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--preset", default="gatys2016", choices=tuple(PRESETS))
-    p.add_argument("--init", default="content", help="noise | content (default: content)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs; the median is reported")
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=3,
-        metavar="N",
-        help="iterations of the untimed warm-up run (compilation happens there)",
-    )
-    p.add_argument(
-        "--baseline-images",
-        type=int,
-        default=None,
-        metavar="N",
-        help="run the baseline on the first N images only (default: all; 0: skip "
-        "it). Losses are compared over those N",
-    )
-    p.add_argument(
-        "--profile",
-        type=int,
-        default=0,
-        metavar="K",
-        help="then profile K steps of one batch: time per phase of a step, the "
-        "device's busy share, the top kernels (default 0: no profile)",
-    )
-    p.add_argument("--json", action="store_true", help="end with one JSON line")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result = bench(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:28s} {v}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """The canvas an optimisation works on: the coarse-to-fine scales, the reflected margin
-around the picture, and the starting noise."""
+around the picture, and the start image (``init``: the content, seeded noise or a file)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from stylize.config import NOISE_SPECTRA, StyleConfig
+from stylize.images import load_image
 
 
 def initial_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
@@ -26,6 +27,22 @@ def initial_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:
         noise = torch.fft.irfft2(freq, s=(h, w))
         noise = noise / noise.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     return 127.5 + noise * (cfg.noise_scale * 255.0)
+
+
+def start_image(
+    content: torch.Tensor, h: int, w: int, cfg: StyleConfig, device: torch.device
+) -> torch.Tensor:
+    """The start of an optimisation of contents (B, 3, h, w) on ``device``, as ``cfg.init``
+    says: the contents, ``initial_noise`` (the same for every image) or an image file
+    resized to (h, w)."""
+    init = cfg.init
+    if init == "content":
+        return content.clone()
+    if init == "noise":
+        noise = initial_noise(cfg, h, w)  # (3, h, w), the same for every image
+        return noise.expand(content.shape[0], -1, -1, -1).to(device)
+    img = load_image(init)  # a path: resized to each content's size
+    return resize(img.unsqueeze(0).to(device), h, w).expand_as(content).clone()
 
 
 def start_noise(cfg: StyleConfig, h: int, w: int) -> torch.Tensor:

@@ -24,7 +24,8 @@ class StylizeError(Exception):
     """The base of every error the ``stylize`` command reports in one line: its exit code
     (2: usage or configuration, found before work; 3: infrastructure, resumable) and whether
     its line ends with how to resume. The engine and the pipeline raise; the command shell
-    prints (one ``except``)."""
+    (``pipeline.cli``, ``pipeline.shell``) prints (one ``except``). The engine never prints,
+    parses a command line or sets up logging handlers: it raises and logs."""
 
     exit_code: int = EXIT_USAGE
     resumable: bool = False  # "run the same command to resume once it is back"
@@ -212,6 +213,8 @@ def _given(err: Mapping[str, Any], flags: bool) -> str | None:
     got = err.get("input")
     if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)):
         return None
+    if err["type"] == "value_error" and "got " in str(err.get("msg", "")):
+        return None  # the check's own message quotes what it was given
     return None if got is None else repr(got)
 
 

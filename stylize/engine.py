@@ -7,97 +7,36 @@ per content image, with ``cfg`` or with per-call ``options`` that share its netw
 iteration count, seed, layer set, weights...: no reload), in device-sized chunks halved on
 out-of-memory.
 
-Beside it: ``stylize.api`` (the one-call ``stylize()``), ``stylize.runtime`` (device,
-precision, compile policy), ``stylize.objective`` (the step's function), ``stylize.targets``
-(the target cache), ``stylize.canvas`` (scales, margins, starting noise).
+Beside it: ``stylize.api`` (the one-call ``stylize()``), ``stylize.records`` (``Style``,
+``ItemResult``, ``StepInfo``: importable from here), ``stylize.runtime`` (device, precision,
+compile policy), ``stylize.batching`` (images per chunk, out-of-memory halving),
+``stylize.multiscale`` (one chunk, scale by scale), ``stylize.batchloss`` (a batch's loss,
+guided with regions), ``stylize.objective`` (the step's function), ``stylize.targets`` (the
+target cache), ``stylize.canvas`` (scales, margins, the start image).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Sequence
+from typing import ContextManager, Sequence
 
 import torch
 from PIL import Image
 
 from stylize import color
-from stylize.canvas import (
-    crop,
-    initial_noise,
-    margin_pixels,
-    pad,
-    resize,
-    resize_longest_tensor,
-    scale_shape,
-)
+from stylize.batching import BatchLimits
+from stylize.batchloss import batch_loss
+from stylize.canvas import resize_longest_tensor
 from stylize.config import TAP_NAMES, StyleConfig, resolve_config
 from stylize.images import load_image, resize_bucket, resize_longest, to_tensor
-from stylize.losses import STYLE_KINDS, GatysLoss, content_loss, layer_weights
-from stylize.masks import GuidedGatysLoss, layer_guides, stack_masks
+from stylize.losses import STYLE_KINDS, GatysLoss
 from stylize.model import ReadBytes, build_vgg
+from stylize.multiscale import optimize_chunk
 from stylize.objective import Objective, network
-from stylize.optim import StepHook, Stopping, optimize
-from stylize.runtime import (
-    amp_dtype,
-    free_device_memory,
-    memory_format,
-    numerics,
-    resolve_device,
-    resolve_precision,
-)
+from stylize.records import Callback, ItemResult, Regions, StepInfo, Style
+from stylize.runtime import amp_dtype, memory_format, numerics, resolve_device, resolve_precision
 from stylize.targets import DEFAULT_CPU_CACHE_BYTES, Target, TargetCache
 
-
-@dataclass(frozen=True, eq=False)
-class Style:
-    """A style as the engine uses it: one or more decoded images (3, H, W) in 0..255,
-    blended by weight; no URIs (the pipeline's ``StyleRef`` names the files).
-
-    ``key`` names the style for the target cache: two Styles with one key must be equal.
-    """
-
-    key: str
-    images: tuple[torch.Tensor, ...]
-    weights: tuple[float, ...] | None = None  # None: equal
-
-    def blend(self) -> list[float]:
-        w = self.weights or tuple(1.0 for _ in self.images)
-        if len(w) != len(self.images) or any(v < 0 for v in w) or sum(w) <= 0:
-            raise ValueError(
-                f"style {self.key!r}: {len(w)} blend weights for "
-                f"{len(self.images)} images; weights must be >= 0, not all 0"
-            )
-        return [v / sum(w) for v in w]
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    image: torch.Tensor  # (3, H, W) float 0..255 on the CPU
-    iterations: int  # evaluations used, all scales together
-    content_loss: float  # sum_l w_l content_l (before alpha)
-    style_loss: float  # sum_l w_l style_l (before beta)
-    tv_loss: float
-    total_loss: float  # alpha * content + beta * style + tv_weight * tv
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What leaves the optimiser at each logging step (a device sync)."""
-
-    scale: int  # 0-based index into cfg.scales
-    scales: int
-    step: int  # evaluations done at this scale
-    steps: int  # evaluations of this scale (cfg.schedule)
-    losses: tuple[float, ...]  # total loss per image
-    active: int  # images still optimising
-    pixels: torch.Tensor  # (B, 3, h, w) current images, 0..255, on the device; do not modify
-
-
-Callback = Callable[[StepInfo], None]
-
-# One image's regions (spatial control, ``stylize.masks``): (style, mask) pairs, each mask a
-# greyscale (H, W) in 0..1 at the content's size (white: the style applies).
-Regions = Sequence[tuple["Style", torch.Tensor]]
+__all__ = ["Callback", "ItemResult", "Regions", "StepInfo", "Style", "Stylizer"]
 
 
 def _sample_images() -> list[torch.Tensor]:
@@ -158,7 +97,7 @@ class Stylizer:
             )
         self.targets = TargetCache(target_cache_bytes)
         # images per chunk, learnt per (shape, what sets the memory of an image there)
-        self._batch_limit: dict[tuple[object, ...], int] = {}
+        self.limits = BatchLimits(self.device, self.features, self.stats_dtype)
 
     def options(self, options: StyleConfig | None) -> StyleConfig:
         """``options`` (default: the engine's config), checked to fit the loaded network."""
@@ -305,149 +244,28 @@ class Stylizer:
         shape = (int(contents[0].shape[-2]), int(contents[0].shape[-1]))
         if any(tuple(c.shape[-2:]) != shape for c in contents):
             raise ValueError("stylize_batch needs contents of one size; group them first")
-        results: list[ItemResult] = []
-        start = 0
-        while start < len(contents):
-            n = min(self._chunk_size(shape, opts, nreg), len(contents) - start)
-            try:
-                with self.numerics():
-                    results += self._optimize_chunk(
-                        contents[start : start + n],
-                        styles[start : start + n],
-                        callback,
-                        None if init is None else init[start : start + n],
-                        iterations,
-                        opts,
-                        None if regions is None else regions[start : start + n],
-                    )
-            except torch.OutOfMemoryError:
-                if n == 1:
-                    raise
-                self._batch_limit[_memory_key(shape, opts, nreg)] = n // 2
-                free_device_memory(self.device)
-                continue
-            start += n
-        return results
+
+        def chunk(part: slice) -> list[ItemResult]:
+            with self.numerics():
+                return self._optimize_chunk(
+                    contents[part],
+                    styles[part],
+                    callback,
+                    None if init is None else init[part],
+                    iterations,
+                    opts,
+                    None if regions is None else regions[part],
+                )
+
+        return self.limits.run(len(contents), shape, opts, nreg, chunk)
 
     def batch_limit(self, shape: tuple[int, int], options: StyleConfig | None = None) -> int:
         """Images per chunk at this (h, w): learnt (measured, or halved after out of memory),
         else ``batch_size``, else measured against free GPU memory (4 on a CPU)."""
-        return self._chunk_size((int(shape[0]), int(shape[1])), self.options(options))
+        return self.limits.size((int(shape[0]), int(shape[1])), self.options(options))
 
-    def _chunk_size(self, shape: tuple[int, int], opts: StyleConfig, regions: int = 0) -> int:
-        learnt = self._batch_limit.get(_memory_key(shape, opts, regions))
-        if learnt:  # measured, or halved after out-of-memory
-            return learnt
-        if regions:  # guided statistics: about a copy of the features per region
-            return max(1, self._chunk_size(shape, opts) // (regions + 1))
-        if opts.batch_size:
-            return opts.batch_size
-        if self.device.type != "cuda":
-            return 4
-        return self._measure_batch_limit(shape, opts)
-
-    def _measure_batch_limit(self, shape: tuple[int, int], opts: StyleConfig) -> int:
-        """Peak memory of one image's step at this shape (the objective's losses, run eager:
-        compiled, a step needs less), measured once, against free memory."""
-        torch.cuda.synchronize(self.device)
-        before = torch.cuda.memory_allocated(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        x = torch.zeros(1, 3, *shape, device=self.device, requires_grad=True)
-        feats = self.features(x, opts.content_layers + opts.style_layers)
-        kind = STYLE_KINDS[opts.style_loss]
-        losses = [
-            content_loss(feats[k], torch.zeros_like(feats[k], dtype=torch.float32))
-            for k in opts.content_layers
-        ]
-        for k in opts.style_layers:  # against its own statistics: a target of the right kind
-            own = kind.target(kind.statistics(feats[k].detach()), self.device, self.stats_dtype)
-            losses.append(kind.loss(feats[k], *own))
-        torch.stack(losses).sum().backward()  # type: ignore[no-untyped-call]
-        per_image = torch.cuda.max_memory_allocated(self.device) - before
-        hist = 2 * opts.history_size * 3 * shape[0] * shape[1] * 4  # L-BFGS (s, y) pairs
-        del x, feats
-        # Free for this process: what the device has free plus what PyTorch's allocator holds
-        # cached but unused (it reuses that before asking the device for more).
-        free = torch.cuda.mem_get_info(self.device)[0] + (
-            torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        )
-        limit = max(1, min(64, int(0.8 * free / (per_image * 1.5 + hist))))
-        self._batch_limit[_memory_key(shape, opts)] = limit
-        return limit
-
-    def _optimize_chunk(
-        self,
-        contents: Sequence[torch.Tensor],
-        styles: Sequence[Style],
-        callback: Callback | None,
-        init: Sequence[torch.Tensor] | None,
-        iterations: int | None,
-        cfg: StyleConfig,
-        regions: Sequence[Regions | None] | None = None,
-    ) -> list[ItemResult]:
-        schedule = (
-            cfg.schedule
-            if not iterations
-            else tuple((scale, iterations) for scale, _ in cfg.schedule)
-        )
-        full = torch.stack([c.float() for c in contents]).to(self.device)  # (B, 3, H, W)
-        grey = cfg.preserve_colors == "luminance"
-        target = color.luminance(full) if grey else full
-        x = None if init is None else torch.stack([i.float() for i in init]).to(self.device)
-        used = torch.zeros(len(contents), dtype=torch.long, device=self.device)
-        for si, (scale, steps) in enumerate(schedule):
-            h, w = scale_shape(full.shape[-2], full.shape[-1], scale)
-            m = margin_pixels(cfg.margin, h, w)
-            content = pad(resize(target, h, w), m)  # (B, 3, h + 2m, w + 2m)
-            x = (
-                self._initial(content, h + 2 * m, w + 2 * m, cfg)
-                if x is None
-                else pad(resize(x, h, w), m)
-            )
-            loss = self.loss_for(
-                content, styles, longest=max(h, w), options=cfg, regions=regions, margin=m
-            )
-            taps = cfg.content_layers + cfg.style_layers
-            hook = _hook(callback, si, len(schedule), steps, m)
-            out = optimize(
-                x,
-                self._objective(loss, taps),
-                steps,
-                cfg.optimizer,
-                cfg.effective_lr,
-                cfg.history_size,
-                Stopping(cfg.early_stopping, cfg.tolerance, cfg.window),
-                hook,
-                cfg.log_every,
-                narrow=self._narrow(loss, taps),
-            )
-            x, used = crop(out.pixels, m), used + out.iterations
-        assert x is not None, "a schedule has at least one scale"
-        losses = out.losses
-        if m:  # report the losses of the picture delivered, without its margin
-            with torch.no_grad():
-                x = x.contiguous()
-                losses = self.loss_for(crop(content, m), styles, options=cfg, regions=regions)(
-                    self.features(x, taps), x
-                )
-        pixels = color.combine_luminance(x, full) if grey else x
-        total, content_l, style_l, tv = (t.tolist() for t in losses)
-        images = pixels.clamp(0, 255).cpu()
-        return [
-            ItemResult(images[i], int(used[i]), content_l[i], style_l[i], tv[i], total[i])
-            for i in range(len(contents))
-        ]
-
-    def _objective(
-        self, loss: GatysLoss, taps: tuple[str, ...]
-    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-        return lambda px: self.objective(px, loss, taps)
-
-    def _narrow(
-        self, loss: GatysLoss, taps: tuple[str, ...]
-    ) -> Callable[[torch.Tensor], Callable[[torch.Tensor], tuple[torch.Tensor, ...]]]:
-        """The objective of the images ``rows`` of this batch only (images that stopped)."""
-        return lambda rows: self._objective(loss.select(rows), taps)
+    # one chunk, under this engine's numerics (stylize_batch calls it through self)
+    _optimize_chunk = optimize_chunk
 
     @torch.no_grad()
     def loss_for(
@@ -465,78 +283,8 @@ class Stylizer:
         With ``regions`` (see ``stylize_batch``) a ``masks.GuidedGatysLoss``; the contents
         carry a reflected ``margin``, the masks (resized to the picture) get the same."""
         cfg = self.options(options)
-        per_image = cfg.preserve_colors != "none"
         longest = longest or max(content.shape[-2:])
-        if regions is not None and any(r is not None for r in regions):
-            return self._guided_loss(content, styles, regions, longest, cfg, margin)
-        targets = [
-            self.style_targets(s, longest, content[i] if per_image else None, cfg)
-            for i, s in enumerate(styles)
-        ]
-        cfeats = self.features(content, cfg.content_layers)
-        return GatysLoss(
-            {k: cfeats[k].float() for k in cfg.content_layers},
-            {
-                k: tuple(torch.stack(parts) for parts in zip(*(t[k] for t in targets)))
-                for k in cfg.style_layers
-            },
-            layer_weights(cfg.content_layers, cfg.content_layer_weights),
-            layer_weights(cfg.style_layers, cfg.style_layer_weights),
-            cfg.content_weight,
-            cfg.style_weight,
-            cfg.tv_weight,
-            cfg.style_loss,
-        )
-
-    def _guided_loss(
-        self,
-        content: torch.Tensor,
-        styles: Sequence[Style],
-        regions: Sequence[Regions | None],
-        longest: int,
-        cfg: StyleConfig,
-        margin: int,
-    ) -> GuidedGatysLoss:
-        per_image = cfg.preserve_colors != "none"
-        ones = torch.ones(1, 1)
-        rows: list[Regions] = [
-            r if r is not None else [(s, ones)] for r, s in zip(regions, styles, strict=True)
-        ]
-        h, w = content.shape[-2] - 2 * margin, content.shape[-1] - 2 * margin
-        masks = pad(stack_masks(rows, h, w).to(self.device), margin)  # (B, R, H, W)
-        targets = [
-            [self.style_targets(s, longest, content[i] if per_image else None, cfg) for s, _ in row]
-            for i, row in enumerate(rows)
-        ]
-        nreg = masks.shape[1]
-        feats = self.features(content, cfg.content_layers + cfg.style_layers)
-        style_targets = {  # (B, R, ...): a row with fewer regions repeats its last (mask 0)
-            k: tuple(
-                torch.stack(
-                    [
-                        torch.stack([t[min(r, len(t) - 1)][k][j] for r in range(nreg)])
-                        for t in targets
-                    ]
-                )
-                for j in range(len(targets[0][0][k]))
-            )
-            for k in cfg.style_layers
-        }
-        guides = {
-            k: layer_guides(masks, (int(feats[k].shape[-2]), int(feats[k].shape[-1])), k)
-            for k in cfg.style_layers
-        }
-        return GuidedGatysLoss(
-            {k: feats[k].float() for k in cfg.content_layers},
-            style_targets,
-            guides,
-            layer_weights(cfg.content_layers, cfg.content_layer_weights),
-            layer_weights(cfg.style_layers, cfg.style_layer_weights),
-            cfg.content_weight,
-            cfg.style_weight,
-            cfg.tv_weight,
-            cfg.style_loss,
-        )
+        return batch_loss(self, content, styles, cfg, longest, regions, margin)
 
     @torch.no_grad()
     def evaluate(
@@ -556,42 +304,3 @@ class Stylizer:
             loss = self.loss_for(content, styles, options=cfg, regions=regions)
             total = loss(self.features(x, cfg.content_layers + cfg.style_layers), x)[0]
             return [float(v) for v in total.tolist()]
-
-    def _initial(self, content: torch.Tensor, h: int, w: int, cfg: StyleConfig) -> torch.Tensor:
-        init = cfg.init
-        if init == "content":
-            return content.clone()
-        if init == "noise":
-            noise = initial_noise(cfg, h, w)  # (3, h, w), the same for every image
-            return noise.expand(content.shape[0], -1, -1, -1).to(self.device)
-        img = load_image(init)  # a path: resized to each content's size
-        return resize(img.unsqueeze(0).to(self.device), h, w).expand_as(content).clone()
-
-
-def _memory_key(shape: tuple[int, int], opts: StyleConfig, regions: int = 0) -> tuple[object, ...]:
-    """What sets an image's memory at a shape: the layers it taps, its L-BFGS history, its
-    style loss (and its regions, where it has masks)."""
-    key = (*shape, opts.history_size, opts.content_layers + opts.style_layers, opts.style_loss)
-    return (*key, "regions", regions) if regions else key
-
-
-def _hook(
-    callback: Callback | None, scale: int, scales: int, steps: int, margin: int = 0
-) -> StepHook | None:
-    if callback is None:
-        return None
-
-    def hook(step: int, losses: torch.Tensor, active: torch.Tensor, pixels: torch.Tensor) -> None:
-        callback(
-            StepInfo(
-                scale,
-                scales,
-                step,
-                steps,
-                tuple(losses.tolist()),
-                int(active.sum()),
-                crop(pixels, margin),
-            )
-        )
-
-    return hook

@@ -214,6 +214,34 @@ def wasserstein2_target(
     return tuple(t.to(device, dtype) for t in (mean, cov, root, eps, scale))
 
 
+def wasserstein2_distance(
+    mu: torch.Tensor, m2: torch.Tensor, target: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """(...) scaled squared 2-Wasserstein distance between the Gaussian of moments (mean
+    ``mu`` (..., C), second moment ``m2`` (..., C, C), both in the target's dtype) and a
+    ``wasserstein2_target`` with the same leading dimensions ((B,), or (B, R) for regions).
+
+    tr((R S R)^1/2) is the sum of the square roots of the eigenvalues of R S R (symmetric):
+    autograd's gradient of eigenvalues alone needs no eigenvalue gaps, so repeated ones (a
+    rank-deficient S) are safe. Call with autocast off."""
+    mean, cov, root, eps, scale = target
+    eye = torch.eye(mu.shape[-1], dtype=cov.dtype, device=mu.device)
+    s = (
+        m2 - mu[..., :, None] * mu[..., None, :] + eps[..., None, None] * eye
+    )  # (..., C, C) covariance, regularised as the target's
+    p = root @ s @ root  # (..., C, C), >= eps^2 I
+    lam = torch.linalg.eigvalsh((p + p.transpose(-1, -2)) / 2)  # (..., C)
+    lam = torch.maximum(lam, eps[..., None] ** 2)  # rounding below the bound: no 1/sqrt(0)
+    d2 = (
+        (mu - mean).pow(2).sum(-1)
+        + s.diagonal(dim1=-2, dim2=-1).sum(-1)
+        + cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+        - 2 * lam.sqrt().sum(-1)
+    )  # (...)
+    out: torch.Tensor = scale * d2.clamp_min(0)
+    return out
+
+
 def wasserstein2_loss(
     features: torch.Tensor,
     mean: torch.Tensor,
@@ -223,30 +251,13 @@ def wasserstein2_loss(
     scale: torch.Tensor,
 ) -> torch.Tensor:
     """(B,) scaled squared 2-Wasserstein distance between the Gaussian of features
-    (B, C, H, W) and a target (``wasserstein2_target``). tr((R S R)^1/2) is the sum of the
-    square roots of the eigenvalues of R S R (symmetric): autograd's gradient of eigenvalues
-    alone needs no eigenvalue gaps, so repeated ones (a rank-deficient S) are safe."""
-    c = features.shape[1]
+    (B, C, H, W) and a target (``wasserstein2_target``; ``wasserstein2_distance``)."""
     dt = cov.dtype
     with torch.autocast(features.device.type, enabled=False):
         mu = features.mean(dim=(2, 3), dtype=_wide_dtype(features)).to(dt)  # (B, C)
-        eye = torch.eye(c, dtype=dt, device=features.device)
-        s = (
-            SecondMoment.apply(features).to(dt)
-            - mu[:, :, None] * mu[:, None, :]
-            + eps[:, None, None] * eye
-        )  # (B, C, C) covariance, regularised as the target's
-        p = root @ s @ root  # (B, C, C), >= eps^2 I
-        lam = torch.linalg.eigvalsh((p + p.transpose(1, 2)) / 2)  # (B, C)
-        lam = torch.maximum(lam, eps[:, None] ** 2)  # rounding below the bound: no 1/sqrt(0)
-        d2 = (
-            (mu - mean).pow(2).sum(1)
-            + s.diagonal(dim1=1, dim2=2).sum(1)
-            + cov.diagonal(dim1=1, dim2=2).sum(1)
-            - 2 * lam.sqrt().sum(1)
-        )  # (B,)
-        out: torch.Tensor = (scale * d2.clamp_min(0)).to(_wide_dtype(features))
-        return out
+        m2 = SecondMoment.apply(features).to(dt)  # (B, C, C)
+        d2 = wasserstein2_distance(mu, m2, (mean, cov, root, eps, scale))
+        return d2.to(_wide_dtype(features))
 
 
 def mean_std_target(
@@ -261,6 +272,21 @@ def mean_std_target(
     return tuple(t.to(device, dtype) for t in (mean, std, eps, scale))
 
 
+def mean_std_distance(
+    mu: torch.Tensor, var: torch.Tensor, target: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """(...) scaled squared differences of per-channel means ``mu`` and variances ``var``
+    (..., C) and a ``mean_std_target`` with the same leading dimensions ((B,), or (B, R) for
+    regions); the variances regularised by eps as the target's. In the target's dtype; call
+    with autocast off."""
+    mean, std, eps, scale = target
+    dt = std.dtype
+    sd = (var.to(dt) + eps[..., None]).sqrt()
+    d2 = (mu.to(dt) - mean).pow(2).sum(-1) + (sd - std).pow(2).sum(-1)  # (...)
+    out: torch.Tensor = scale * d2
+    return out
+
+
 def mean_std_loss(
     features: torch.Tensor,
     mean: torch.Tensor,
@@ -269,13 +295,11 @@ def mean_std_loss(
     scale: torch.Tensor,
 ) -> torch.Tensor:
     """(B,) scaled squared differences of the per-channel means and standard deviations of
-    features (B, C, H, W) and a target (``mean_std_target``)."""
-    dt = std.dtype
+    features (B, C, H, W) and a target (``mean_std_target``; ``mean_std_distance``)."""
     with torch.autocast(features.device.type, enabled=False):
         var, mu = torch.var_mean(_wide(features), dim=(2, 3), correction=0)  # (B, C) each
-        sd = (var.to(dt) + eps[:, None]).sqrt()
-        d2 = (mu.to(dt) - mean).pow(2).sum(1) + (sd - std).pow(2).sum(1)  # (B,)
-        return (scale * d2).to(_wide_dtype(features))
+        d2 = mean_std_distance(mu, var, (mean, std, eps, scale))
+        return d2.to(_wide_dtype(features))
 
 
 @dataclass(frozen=True)

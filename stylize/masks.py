@@ -29,7 +29,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stylize.config import LAYER_NAMES
-from stylize.losses import GatysLoss, _wide, content_loss, total_variation
+from stylize.losses import (
+    GatysLoss,
+    _wide,
+    content_loss,
+    mean_std_distance,
+    total_variation,
+    wasserstein2_distance,
+)
 
 # The erosion of a layer's mask, as a fraction of the half-width of the layer's receptive field
 # (in the layer's own positions). 1 would be the paper's "inside" guidance (a neuron counts only
@@ -117,7 +124,7 @@ def layer_guides(
 
 
 # -- guided losses: each (features (B, C, H, W), weights (B, R, N), target tensors (B, R, ...))
-# -> (B, R)
+# -> (B, R); the statistics weighted per region, in fp32 at least, autocast off.
 
 
 def _second(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -125,10 +132,21 @@ def _second(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bcn,brn,bdn->brcd", f, w, f)
 
 
-def guided_gram_loss(features: torch.Tensor, w: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _mean(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, R, C) weighted means sum_n w_rn f_n of f (B, C, N)."""
+    return torch.einsum("bcn,brn->brc", f, w)
+
+
+def _flat(features: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (B, C, N) in fp32 at least, the weights in their dtype)."""
     f = _wide(features).flatten(2)
+    return f, w.to(f.dtype)
+
+
+def guided_gram_loss(features: torch.Tensor, w: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    f, wf = _flat(features, w)
     with torch.autocast(f.device.type, enabled=False):
-        g = _second(f, w.to(f.dtype)) / f.shape[1]
+        g = _second(f, wf) / f.shape[1]
         return (g - target).pow(2).mean(dim=(2, 3))
 
 
@@ -141,25 +159,10 @@ def guided_wasserstein2_loss(
     eps: torch.Tensor,
     scale: torch.Tensor,
 ) -> torch.Tensor:
-    f = _wide(features).flatten(2)
-    dt = cov.dtype
+    f, wf = _flat(features, w)
     with torch.autocast(f.device.type, enabled=False):
-        wf = w.to(f.dtype)
-        mu = torch.einsum("bcn,brn->brc", f, wf).to(dt)  # (B, R, C)
-        eye = torch.eye(f.shape[1], dtype=dt, device=f.device)
-        s = (
-            _second(f, wf).to(dt) - mu[..., :, None] * mu[..., None, :] + eps[..., None, None] * eye
-        )  # (B, R, C, C)
-        p = root @ s @ root
-        lam = torch.linalg.eigvalsh((p + p.transpose(-1, -2)) / 2)  # (B, R, C)
-        lam = torch.maximum(lam, eps[..., None] ** 2)
-        d2 = (
-            (mu - mean).pow(2).sum(-1)
-            + s.diagonal(dim1=-2, dim2=-1).sum(-1)
-            + cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-            - 2 * lam.sqrt().sum(-1)
-        )
-        return (scale * d2.clamp_min(0)).to(f.dtype)
+        mu, m2 = _mean(f, wf).to(cov.dtype), _second(f, wf).to(cov.dtype)
+        return wasserstein2_distance(mu, m2, (mean, cov, root, eps, scale)).to(f.dtype)
 
 
 def guided_mean_std_loss(
@@ -170,16 +173,11 @@ def guided_mean_std_loss(
     eps: torch.Tensor,
     scale: torch.Tensor,
 ) -> torch.Tensor:
-    f = _wide(features).flatten(2)
-    dt = std.dtype
+    f, wf = _flat(features, w)
     with torch.autocast(f.device.type, enabled=False):
-        wf = w.to(f.dtype)
-        mu = torch.einsum("bcn,brn->brc", f, wf)
-        ex2 = torch.einsum("bcn,brn->brc", f * f, wf)
-        var = (ex2 - mu.pow(2)).clamp_min(0).to(dt)
-        sd = (var + eps[..., None]).sqrt()
-        d2 = (mu.to(dt) - mean).pow(2).sum(-1) + (sd - std).pow(2).sum(-1)
-        return (scale * d2).to(f.dtype)
+        mu = _mean(f, wf)
+        var = (_mean(f * f, wf) - mu.pow(2)).clamp_min(0)
+        return mean_std_distance(mu, var, (mean, std, eps, scale)).to(f.dtype)
 
 
 GUIDED_LOSSES: dict[str, Callable[..., torch.Tensor]] = {

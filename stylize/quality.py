@@ -1,4 +1,5 @@
-"""``python -m stylize.quality``: how the pictures look, in figures anyone can rerun.
+"""How the pictures look, in figures anyone can rerun (``stylize quality``, whose command line
+is :mod:`pipeline.quality_cmd`'s; :func:`run` here does the work and returns the figures).
 
 For photo x painting pairs (the bundled samples, or ``--pair CONTENT STYLE``) and each init
 (noise, content), stylizes with a preset and prints per image:
@@ -21,21 +22,19 @@ add to a run (``figures_cost_cpu``: the same in this process's CPU time, which a
 disturbs less), and ``figures_steps_median``: their time in optimisation steps of the item;
 the style statistics, once per style and size, apart as ``style_stats_s``).
 
-``--json`` ends with one JSON object; ``--size``, ``--iterations`` and ``--pairs`` make a quick
-run possible, and ``--set key=value`` changes any engine option (``--set noise_scale=0.1``).
+:class:`QualityOptions` holds what a run varies: ``size``, ``iterations`` and ``pairs`` make a
+quick run possible, and ``overrides`` changes any engine option (``noise_scale=0.1``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import math
 import statistics
-import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +130,23 @@ PAIRS = tuple((PHOTOS[i], PAINTINGS[(i + k) % 3]) for k in range(3) for i in ran
 INITS = ("noise", "content")
 
 
+@dataclasses.dataclass(frozen=True)
+class QualityOptions:
+    """What a quality run varies (``stylize quality --help`` says the same per option)."""
+
+    preset: str = "gatys2016"
+    size: int = 256  # longest side, pixels
+    iterations: int = 300
+    pairs: int = len(PAIRS)  # how many of the bundled photo x painting pairs (PAIRS' order)
+    pair: tuple[tuple[str, str], ...] = ()  # (content, style) image files instead
+    inits: tuple[str, ...] = INITS
+    overrides: Mapping[str, object] = dataclasses.field(default_factory=dict)  # engine options
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    out: str | None = None  # folder to save the pictures in (PNG)
+
+
 def sample_path(name: str) -> str:
     return str(resources.files("stylize") / "samples" / f"{name}.jpg")
 
@@ -173,29 +189,34 @@ def image_figures(img: torch.Tensor, noise: torch.Tensor | None = None) -> dict[
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(
+    opts: QualityOptions, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Stylize the pairs with each init and take every figure: the inputs' picture figures,
+    one row per result (``on_row`` sees each as it comes), per init a summary. Raises the
+    engine's errors (ConfigError, WeightsError, ImageError) and OSError for a missing file."""
     from stylize.config import resolve_config
     from stylize.canvas import start_noise
     from stylize.engine import Style, Stylizer
     from stylize.images import decode_image, from_tensor, to_tensor
 
-    overrides = dict(_parse_set(s) for s in args.set)
+    overrides = dict(opts.overrides)
     base = resolve_config(
-        args.preset,
-        size=args.size,
-        iterations=args.iterations,
-        device=args.device,
-        precision=args.precision,
-        seed=args.seed,
-        log_every=args.iterations,
+        opts.preset,
+        size=opts.size,
+        iterations=opts.iterations,
+        device=opts.device,
+        precision=opts.precision,
+        seed=opts.seed,
+        log_every=opts.iterations,
         **overrides,
     )
     path: Callable[[str], str]
-    if args.pair:
-        pairs = [tuple(p) for p in args.pair]
+    if opts.pair:
+        pairs = list(opts.pair)
         path = str
     else:
-        pairs = list(PAIRS[: args.pairs])
+        pairs = list(PAIRS[: opts.pairs])
         path = sample_path
     judge = Stylizer(judge_config(base))
     decoded = {n: decode_image(path(n)) for pair in pairs for n in pair}
@@ -215,12 +236,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for n in names
     ]
-    out_dir = Path(args.out) if args.out else None
+    out_dir = Path(opts.out) if opts.out else None
     stats_s = 0.0  # the figures' style statistics: once per style and size, apart
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for init in args.init.split(","):
+    for init in opts.inits:
         cfg = base.replace(init=init)
         engine = Stylizer(cfg)
         taker = FigureTaker.for_engine(engine)  # as the pipeline's worker takes them
@@ -263,7 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     figures_cpu_s=round(figures_cpu, 4),  # steadier than the wall clock
                 )
                 rows.append(row)
-                _print_row(row, args.json)
+                if on_row is not None:
+                    on_row(row)
                 if out_dir:
                     name = f"{init}-{row['content']}-{row['style']}.png"
                     from_tensor(r.image).save(out_dir / name)
@@ -318,98 +340,3 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         s["figures_steps_median"] = statistics.median(steps) if steps else None
         out[init] = s
     return out
-
-
-def _print_row(row: dict[str, Any], quiet: bool) -> None:
-    corr = "-" if row["noise_corr"] is None else f"{row['noise_corr']:+.3f}"
-    print(
-        f"{row['init']:8s} {row['content']:>12s} x {row['style']:<14s} "
-        f"content {row['content_loss']:10.5g}  style {row['style_loss']:8.4g}  "
-        f"total {row['total_loss']:10.5g}  speckle {row['speckle']:5.1f}  "
-        f"border {row['border']:5.1f}  noise_corr {corr}  "
-        + "  ".join(f"{f} {_fmt(row.get(f))}" for f in FIGURES)
-        + f"  ({row['seconds']:.1f} s, figures {row.get('figures_s', 0.0):.3f} s)",
-        flush=True,
-        file=sys.stderr if quiet else sys.stdout,
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def _parse_set(text: str) -> tuple[str, object]:
-    import yaml
-
-    if "=" not in text:
-        raise SystemExit(f"stylize quality: error: --set {text!r}: expected key=value")
-    key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from stylize.config import PRECISIONS, PRESETS
-
-    p = argparse.ArgumentParser(
-        prog="stylize quality",
-        description=__doc__.splitlines()[0],
-        epilog="With a run folder (stylize quality OUTPUT ...), the quality figures of its "
-        "items are recomputed instead: stylize quality OUTPUT --help.",
-    )
-    p.add_argument("--preset", default="gatys2016", choices=tuple(PRESETS))
-    p.add_argument("--size", type=int, default=256, help="longest side, pixels")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument(
-        "--pairs",
-        type=int,
-        default=len(PAIRS),
-        help=f"how many bundled photo x painting pairs (1-{len(PAIRS)})",
-    )
-    p.add_argument(
-        "--pair",
-        nargs=2,
-        action="append",
-        metavar=("CONTENT", "STYLE"),
-        help="image files instead of the bundled samples (repeatable)",
-    )
-    p.add_argument("--init", default=",".join(INITS), help="noise,content (comma list)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any engine option, e.g. --set noise_scale=0.1 (repeatable)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--out", help="folder to save the pictures in (PNG)")
-    p.add_argument("--json", action="store_true", help="end with one JSON line")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from stylize.config import ConfigError
-    from stylize.model import WeightsError
-
-    args = build_parser().parse_args(argv)
-    if not 1 <= args.pairs <= len(PAIRS):
-        print(
-            f"stylize quality: error: --pairs: 1 to {len(PAIRS)}, got {args.pairs}", file=sys.stderr
-        )
-        return 2
-    try:
-        result = run(args)
-    except (ConfigError, WeightsError, ValueError, OSError) as e:
-        print(f"stylize quality: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for init, s in result["summary"].items():
-            print(f"{init}: " + ", ".join(f"{k} {v:.4g}" for k, v in s.items() if v is not None))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

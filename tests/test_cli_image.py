@@ -10,8 +10,8 @@ import fsspec
 import pytest
 import torch
 
+from pipeline import image_cmd
 from pipeline.cli import main
-from stylize.cli import main as engine_only_main
 from stylize.config import STYLE_LOSSES
 from stylize.images import decode_image
 from stylize.model import load_caffe_state
@@ -160,21 +160,20 @@ def test_urls_in_and_out_through_fsspec(capsys):
     assert fs.exists("/cli-out/o_00002.png") and "wrote memory://cli-out/o.png" in stdout
 
 
-def test_the_engine_alone_reads_local_paths_only(tmp_path, capsys):
-    rc = engine_only_main(
-        [
-            "--content",
-            "memory://cli-in/x.jpg",
-            "--style",
-            STYLE,
-            "-o",
-            str(tmp_path / "o.png"),
-            *FAST,
-        ]
-    )
+def test_urls_go_through_the_callers_hooks(tmp_path, capsys):
+    """``pipeline.image_cmd.main`` reads and writes URLs with the hooks it is given (fsspec's
+    by default); a hook's failure is one line naming the option."""
+    read: list[str] = []
+
+    def refuse(uri: str) -> bytes:
+        read.append(uri)
+        raise PermissionError("not today")
+
+    argv = ["--content", "memory://cli-in/x.jpg", "--style", STYLE, "-o", str(tmp_path / "o.png")]
+    rc = image_cmd.main([*argv, *FAST], read_bytes=refuse)
     err = capsys.readouterr().err
-    assert rc == 2 and "URLs are read by the `stylize image` command" in err
-    assert len(err.splitlines()) == 1
+    assert rc == 2 and read == ["memory://cli-in/x.jpg"]
+    assert err == "stylize image: error: --content memory://cli-in/x.jpg: cannot read (not today)\n"
 
 
 def test_an_output_that_cannot_be_written_exits_3_and_leaves_nothing(tmp_path, capsys):
@@ -274,7 +273,7 @@ def test_help_lists_the_allowed_values_of_every_option_with_a_fixed_set(capsys):
     """Every engine option typed as a choice shows its choices in --help."""
     import typing
 
-    from stylize.cli import _allowed
+    from pipeline.image_cmd import _allowed
     from stylize.config import StyleConfig
 
     assert main(["image", "--help"]) == 0

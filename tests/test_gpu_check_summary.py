@@ -80,7 +80,7 @@ def test_a_step_record_takes_the_last_json_line_and_the_tail_of_a_failure(helper
     module, results = helper
     log = tmp_path / "step.out"
     log.write_text('warming up\n{"ms_per_image_iter": 9}\n{"ms_per_image_iter": 1.5}\ndone\n')
-    module.cmd_step("bench_512", 0, 12.34, str(log), "python -m stylize.bench")
+    module.cmd_step("bench_512", 0, 12.34, str(log), "python -m pipeline.bench_cmd")
     module.cmd_step("bench_1024", 124, 70, str(log))
     module.cmd_step("bench_224", 0, 1, str(tmp_path / "no-such.out"))
     (ok, timeout, empty) = [json.loads(x) for x in results.read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_a_step_record_takes_the_last_json_line_and_the_tail_of_a_failure(helper
         "status": "ok",
         "ms_per_image_iter": 1.5,
         "step_s": 12.3,
-        "command": "python -m stylize.bench",
+        "command": "python -m pipeline.bench_cmd",
     }
     assert timeout["status"] == "timeout (rc 124)" and timeout["output_tail"][-1] == "done"
     assert empty == {"step": "bench_224", "status": "ok", "step_s": 1.0}
@@ -200,7 +200,7 @@ def test_the_gpu_steps_measure_the_documented_settings(gpu_check):
         return {a: argv[i + 1] if i + 1 < len(argv) else None for i, a in enumerate(argv)}
 
     b512 = flags("bench_512")
-    assert by_name["bench_512"].argv[:3] == ("py", "-m", "stylize.bench")
+    assert by_name["bench_512"].argv[:3] == ("py", "-m", "pipeline.bench_cmd")
     assert (b512["--device"], b512["--precision"], b512["--size"]) == ("cuda", "bf16", "512")
     assert (b512["--iterations"], b512["--images"], b512["--profile"]) == ("500", "16", "20")
     assert b512["--baseline-images"] == "1" and "--compile" in b512 and "--json" in b512

@@ -1,6 +1,7 @@
-"""The layering rule: ``stylize/`` is the algorithm on PyTorch and Pillow alone. No module of
+"""The layering rules: ``stylize/`` is the algorithm on PyTorch and Pillow alone. No module of
 it imports Ray, fsspec, pyarrow, s3fs, gcsfs or the pipeline, at the top or inside a function,
-and importing the package loads none of them."""
+and importing the package loads none of them; nor is any of it a command shell (no argument
+parsing, no printing, no log handlers: the engine raises and logs, ``pipeline/`` prints)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_every_module_is_checked():
-    assert {p.stem for p in MODULES} >= {"config", "engine", "model", "images", "optim", "cli"}
+    assert {p.stem for p in MODULES} >= {"config", "engine", "model", "images", "optim", "bench"}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
@@ -44,13 +45,70 @@ def test_module_imports_nothing_of_the_pipeline_layer(path):
 
 def test_importing_the_engine_loads_none_of_them():
     code = (
-        "import sys, stylize.engine, stylize.cli, stylize.quality, stylize.bench; "
+        "import sys, stylize.engine, stylize.api, stylize.quality, stylize.bench; "
         f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "[]"
+
+
+# The engine is a library: the command shell (argument parsing, what reaches the terminal,
+# where log lines go) is pipeline/shell.py, pipeline/cli.py and the pipeline's *_cmd modules.
+SHELL_MODULES = {"argparse", "getopt", "optparse", "click"}
+SHELL_CALLS = {"print", "input", "basicConfig", "addHandler", "dictConfig", "fileConfig"}
+SHELL_NAMES = {"stdout", "stderr", "stdin", "argv", "exit"}  # of sys
+
+
+def _shell_habits(path: Path) -> list[str]:
+    """What in ``path`` belongs to a command shell: an argument parser's import, a print, a
+    log handler or logging set-up, sys's streams, argv or exit, a ``__main__`` block."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = [f"imports {m}" for m in sorted(_imports(path) & SHELL_MODULES)]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = (
+                f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            )
+            if name in SHELL_CALLS:
+                found.append(f"line {node.lineno}: calls {name}()")
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+            and node.attr in SHELL_NAMES
+        ):
+            found.append(f"line {node.lineno}: sys.{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            found += [
+                f"line {node.lineno}: sys.{a.name}" for a in node.names if a.name in SHELL_NAMES
+            ]
+        elif isinstance(node, ast.Constant) and node.value == "__main__":
+            found.append(f"line {node.lineno}: a __main__ block")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_engine_module_is_no_command_shell(path):
+    assert not _shell_habits(path), _shell_habits(path)
+
+
+def test_the_shell_check_sees_a_shell(tmp_path):
+    shell = tmp_path / "shell.py"
+    shell.write_text(
+        "import argparse, logging, sys\n"
+        "logging.getLogger().addHandler(logging.StreamHandler())\n"
+        "print('x', file=sys.stderr)\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(argparse.ArgumentParser().parse_args(sys.argv[1:]))\n",
+        encoding="utf-8",
+    )
+    found = " ".join(_shell_habits(shell))
+    for habit in ("imports argparse", "addHandler", "print", "sys.stderr", "sys.argv", "sys.exit"):
+        assert habit in found, habit
+    assert "__main__" in found
 
 
 # The layout of a run folder is spelled in pipeline/runfolder.py alone: no other module of the

@@ -213,6 +213,30 @@ def test_gaussian_losses_of_bf16_features_keep_dtype_and_layout(kind):
     assert ((grad.double() - g_ref).norm() / g_ref.norm()) < 1e-2
 
 
+@pytest.mark.parametrize("kind", ["wasserstein2", "mean_std"])
+def test_gaussian_distances_from_moments_are_the_losses_at_any_leading_dimensions(kind):
+    """The Gaussian losses' arithmetic, in one place (the guided losses of stylize.masks use it
+    too): from the features' moments it gives the loss of the features; with leading
+    dimensions (B, R) each row alone."""
+    f = _features(torch.contiguous_format, shape=(3, 6, 5, 4)).detach()
+    target = _style_target(kind, _features(torch.contiguous_format, shape=(3, 6, 7, 5), seed=5))
+    flat = f.flatten(2)  # (B, C, N)
+    mu = flat.mean(-1)  # (B, C)
+    if kind == "wasserstein2":
+        distance, second = losses.wasserstein2_distance, flat @ flat.mT / flat.shape[-1]
+    else:
+        distance, second = losses.mean_std_distance, flat.var(-1, correction=0)
+    d = distance(mu, second, target)
+    torch.testing.assert_close(d, losses.STYLE_KINDS[kind].loss(f, *target), rtol=1e-10, atol=0)
+
+    def regions(t):  # (B, ...) -> (B, 2, ...): two regions per image, alike
+        return torch.stack([t, t], 1)
+
+    per_region = distance(regions(mu), regions(second), tuple(regions(t) for t in target))
+    assert per_region.shape == (3, 2)
+    torch.testing.assert_close(per_region, regions(d), rtol=1e-10, atol=0)
+
+
 def test_gram_statistics_and_target_are_the_gram_matrix():
     f = _features(torch.contiguous_format, torch.float32)
     (t,) = _style_target("gram", f, torch.float64)

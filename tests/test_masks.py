@@ -23,11 +23,12 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample_path,
 )
 from stylize.api import stylize
-from stylize.cli import main as cli_main
+from pipeline.image_cmd import main as cli_main
 from stylize.config import STYLE_LOSSES
 from stylize.engine import Style
 from stylize.images import decode_image
-from stylize.masks import erosion_radius, layer_guides, stack_masks
+from stylize.losses import STYLE_KINDS
+from stylize.masks import GUIDED_LOSSES, erosion_radius, layer_guides, stack_masks
 
 pytestmark = pytest.mark.usefixtures("reuse_caffe_weights")
 
@@ -75,6 +76,23 @@ def test_guides_erode_at_the_boundary_not_at_the_picture_edge():
     tiny[:8, :8] = 1  # smaller than the erosion at relu5_1: kept as it is
     w, share = layer_guides(stack_masks([[(None, tiny)]], H, W), (3, 4), "relu5_1")
     assert w.sum().item() == pytest.approx(1.0) and share.item() > 0
+
+
+@pytest.mark.parametrize("kind", STYLE_LOSSES)
+def test_a_guided_loss_with_even_weights_is_the_plain_loss(kind):
+    """The guided statistics weigh positions; with every position weighed alike (a white mask,
+    no erosion) each region's guided loss is the plain loss of the features (losses.py), for
+    every style loss: one arithmetic for both (``losses.wasserstein2_distance``, ...)."""
+    gen = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 6, 5, 4, generator=gen, dtype=torch.float64).relu()
+    g = torch.randn(2, 6, 7, 5, generator=gen, dtype=torch.float64).relu()
+    spec = STYLE_KINDS[kind]
+    target = spec.target(spec.statistics(g), torch.device("cpu"), torch.float64)
+    plain = spec.loss(f, *target)  # (B,)
+    even = torch.full((2, 2, 5 * 4), 1.0 / (5 * 4), dtype=torch.float64)  # (B, R, N)
+    guided = GUIDED_LOSSES[kind](f, even, *(torch.stack([t, t], 1) for t in target))  # (B, R)
+    assert guided.shape == (2, 2)
+    torch.testing.assert_close(guided, torch.stack([plain, plain], 1), rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("kind", STYLE_LOSSES)

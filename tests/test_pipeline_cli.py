@@ -20,8 +20,8 @@ def test_usage_and_unknown_commands(capsys):
     assert main(["run", "--help"]) == 0
 
 
-def test_image_and_bench_delegate_to_the_engine_cli(capsys):
-    assert main(["image"]) == 2  # stylize.cli's own one-line usage error
+def test_image_and_bench_parse_their_own_command_lines(capsys):
+    assert main(["image"]) == 2  # pipeline.image_cmd's own one-line usage error
     assert "stylize image" in capsys.readouterr().err
     assert main(["bench", "--help"]) == 0 and "stylize bench" in capsys.readouterr().out
     assert main(["-q", "bench", "--help"]) == 0  # -v/-q are every command's

@@ -59,6 +59,12 @@ def test_unknown_key_names_it_and_the_allowed_keys():
         ({"output_bit_depth": 16, "output_format": "jpeg"}, r"output_bit_depth"),
         ({"styles": []}, r"styles: must not be empty"),
         ({"output": "memory://out"}, r"memory:// .*ray.address: inline"),
+        # a check that quotes the value itself: quoted once, not twice
+        (
+            {"stylize": {"scales": "foo"}},
+            r"stylize.scales: increasing .*\(256:400,512:150\); got \['foo'\]$",
+        ),
+        ({"stylize": {"scales": [[256, 0]]}}, r"iterations >= 1, got \[\[256, 0\]\]$"),
     ],
 )
 def test_bad_values_are_named(changes, message):
@@ -134,7 +140,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
             "unknown key 'shard_sise'; did you mean 'shard_size'? (allowed keys: input, styles, "
             "output, stylize, shard_size, mode, max_attempts, item_timeout_s, retry_failed, "
             "io_retry_s, lease_timeout_s, output_format, output_quality, output_bit_depth, extensions, input_column, limit, "
-            "storage_options, ray, grid, report, assign, layout, container, sweep, target_cache_mb)",
+            "storage_options, ray, grid, report, assign, layout, container, sweep, masks, target_cache_mb)",
             "ray.num_workers: must be >= 1, got 0",
             "output_format: 'gif' is not allowed; allowed: png, jpeg, webp, tiff",
         ]

@@ -24,6 +24,7 @@ from pipeline.jobconfig import JobConfigError, job_from_mapping
 from pipeline.raydata import OUTPUT_COLUMN, OUTPUT_SCHEMA, StylizeBatch, check_settings
 from pipeline.sources import SourceError
 from stylize.engine import Style, Stylizer
+from stylize.figures import FIGURES
 from stylize.images import decode_image, to_tensor
 
 STYLES = {
@@ -111,6 +112,7 @@ def check_rows(rows: list[dict], engine: Stylizer, styles_per_row: int = 1) -> N
             assert r["label"] == sources[path]["label"]
             if path.endswith(("cut.jpg", "notes.txt")):
                 assert r["status"] == "failed_decode" and r[OUTPUT_COLUMN] is None
+                assert r["gram_distance"] is None and r["content_distance"] is None
                 assert r["error_message"].startswith(path + ": ")
                 assert ("not an image" if path.endswith(".txt") else "truncated") in r[
                     "error_message"
@@ -123,6 +125,9 @@ def check_rows(rows: list[dict], engine: Stylizer, styles_per_row: int = 1) -> N
             assert (img.width >= img.height) == (w >= h)
             assert r["iterations"] == 10 and r["total_loss"] > 0 and r["duration_s"] > 0
             assert r["style_loss"] < own_style_loss(engine, sources[path]["bytes"], r["style"])
+            # the quality figures the worker took travel with the row, as in a manifest
+            assert all(r[f] is not None and r[f] >= 0 for f in FIGURES), r
+            assert r["content_distance"] > 0 and r["gram_distance"] > 0
 
 
 # ------------------------------------------------------------------------ in this process

@@ -14,6 +14,8 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample,
     sample_exact,
 )
+from pipeline import quality_cmd
+from pipeline.cli import main as cli_main
 from stylize import quality
 from stylize.figures import FIGURES
 from stylize.config import ConfigError, resolve_config
@@ -177,7 +179,7 @@ def test_margin_is_optimised_then_cropped(engines):
 
 
 def test_quality_command_prints_every_figure(capsys, reuse_caffe_weights):
-    code = quality.main(
+    code = quality_cmd.main(
         ["--size", "32", "--iterations", "3", "--pairs", "1", "--device", "cpu", "--json"]
     )
     assert code == 0
@@ -210,6 +212,12 @@ def test_quality_command_judges_with_the_paper_network():
 
 
 def test_quality_command_usage_errors(capsys):
-    assert quality.main(["--pairs", "0"]) == 2
-    assert quality.main(["--set", "padding=wrap", "--size", "32", "--device", "cpu"]) == 2
-    assert "padding" in capsys.readouterr().err
+    assert cli_main(["quality", "--pairs", "0"]) == 2
+    assert capsys.readouterr().err == "stylize quality: error: --pairs: 1 to 9, got 0\n"
+    assert cli_main(["quality", "--set", "padding=wrap", "--size", "32", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stylize quality: error: ") and "padding" in err
+    assert err.count("\n") == 1
+    assert cli_main(["quality", "--set", "padding"]) == 2  # not key=value: one line too
+    err = capsys.readouterr().err
+    assert err == "stylize quality: error: --set 'padding': expected key=value\n"

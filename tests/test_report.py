@@ -31,7 +31,7 @@ from pipeline.jobconfig import job_from_mapping
 from pipeline.losstrace import LossTrace, shorten
 from pipeline.runfolder import RunFolder
 from pipeline.status import print_status, summarize
-from stylize.cli import UsageError
+from pipeline.errors import UsageError
 
 STYLES = {"starry": "starry_night", "scream": "the_scream"}
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from pipeline import bench_cmd
 from stylize import bench
 from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer
@@ -114,7 +115,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 
 def test_bench_json_has_its_keys(capsys):
-    rc = bench.main(
+    rc = bench_cmd.main(
         [
             "--images",
             "2",
@@ -160,7 +161,7 @@ def test_bench_json_has_its_keys(capsys):
 
 
 def test_bench_profile_says_where_the_time_goes(capsys):
-    rc = bench.main(
+    rc = bench_cmd.main(
         [
             "--images",
             "2",

@@ -1,14 +1,12 @@
-"""``stylize image``: one content image, one or more styles, one output file; and what every
-``stylize`` command shares: its argument parser, its usage error, its log output.
+"""``stylize image``: one content image, one or more styles, one output file.
 
 Every StyleConfig field is an option (``--content-weight``, ``--style-layers`` ...), generated
-from the config class so that defaults and checks live in one place (stylize/config.py). Bad
-input exits with code 2 and one line naming the file or option; no traceback.
-
-Paths are local unless the caller passes ``read_bytes``/``write_bytes``: ``stylize image``
-run through the ``stylize`` command (pipeline/cli.py) gets fsspec-backed ones, so that
-``--content``, ``--style``, ``--output`` and ``--weights`` take ``s3://``, ``gs://``,
-``pkg://`` ... URLs (this package never imports fsspec).
+from the config class so that defaults, allowed values and checks live in one place
+(stylize/config.py). Bad input exits with code 2 and one line naming the file or option; no
+traceback. ``--content``, ``--style``, ``--mask``, ``--output`` and ``--weights`` take local
+paths or fsspec URLs (``s3://``, ``gs://``, ``pkg://`` ...), read and written through
+:mod:`pipeline.storage`. The engine (:class:`stylize.engine.Stylizer`) does the work; this
+module parses, reads, writes and prints.
 """
 
 from __future__ import annotations
@@ -16,31 +14,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import math
-import json
 import os
 import signal
 import sys
 import threading
 import time
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from stylize.common import (
-    EXIT_INFRA,
-    EXIT_OK,
-    EXIT_USAGE,
-    StylizeError,
-    escape_controls,
-    one_line,
-    write_atomic,
-)
+from pipeline import storage
+from pipeline.errors import Interrupted, OutputError, UsageError
+from pipeline.shell import Parser, logging_to_stderr, print_error, verbosity
+from stylize.common import EXIT_OK, EXIT_USAGE, StylizeError, one_line, write_atomic
 from stylize.config import (
     BIT_DEPTH_16_FORMATS,
     BIT_DEPTHS,
     PRESETS,
-    ConfigError,
     StyleConfig,
     bit_depth_problem,
     resolve_config,
@@ -49,122 +41,16 @@ from stylize.config import (
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("stylize.cli")  # not __name__: "__main__" under python -m
+log = logging.getLogger(__name__)
+PROG = "stylize image"
 
 ReadBytes = Callable[[str], bytes]  # a URI's whole content; OSError (or ValueError) if not
 WriteBytes = Callable[[str, bytes], None]  # a whole file, atomically: never half-written
 
 
-# ------------------------------------------------------------------ shared by every command
+def _write_url(uri: str, data: bytes) -> None:
+    storage.write_bytes(uri, data, atomic=True)
 
-
-class UsageError(StylizeError):
-    """A bad command line, option or input, found before any work: one line, exit code 2."""
-
-
-class OutputError(StylizeError, OSError):
-    """The output (or a snapshot) could not be written, after the work: exit code 3."""
-
-    exit_code = EXIT_INFRA
-
-
-class Parser(argparse.ArgumentParser):
-    """The argument parser of every ``stylize`` command: a bad command line raises
-    :class:`UsageError` (one line, no usage block), and ``-v``, ``-q`` and ``--debug`` are
-    options of every command."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        add_output_options(self)
-
-    def error(self, message: str) -> NoReturn:  # argparse's hook
-        raise UsageError(message)
-
-
-def add_output_options(p: argparse.ArgumentParser) -> None:
-    """``-v``, ``-q`` and ``--debug``: what the command says on stderr."""
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="more on stderr: debug lines (and for jobs, Ray's own warnings)",
-    )
-    p.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="only warnings and errors on stderr: no progress or notices",
-    )
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
-
-
-def verbosity(args: argparse.Namespace) -> int:
-    """-1 with ``-q``, else the number of ``-v``."""
-    if args.quiet and args.verbose:
-        raise UsageError("-q/--quiet and -v/--verbose: choose one")
-    return -1 if args.quiet else args.verbose
-
-
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """A handler on whatever ``sys.stderr`` is when a record comes (tests swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self) -> TextIO:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: TextIO) -> None:
-        pass
-
-
-class _Format(logging.Formatter):
-    """``stylize: message``; warnings and errors say so."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        # the message on one line of its own whatever a name in it holds; a traceback (-v,
-        # --debug) keeps its lines
-        text = escape_controls(record.getMessage())
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            text = f"{text}\n{record.exc_text}"
-        if record.levelno >= logging.WARNING:
-            return f"stylize: {record.levelname.lower()}: {text}"
-        return f"stylize: {text}"
-
-
-@contextlib.contextmanager
-def logging_to_stderr(level: int, packages: Sequence[str] = ("stylize",)) -> Iterator[None]:
-    """While a command runs, the log lines of ``packages`` (and other libraries' warnings) go
-    to stderr as ``stylize: message``. ``level``: -1 (``-q``) warnings and errors; 0 progress
-    and notices too; 1 or more (``-v``) debug lines. Library code only logs; this is the one
-    place that decides where lines go. Undone on exit (tests call commands in-process)."""
-    handler = _Stderr()
-    handler.setFormatter(_Format("%(message)s"))
-    loggers = [logging.getLogger(name) for name in packages]
-    before = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(level, logging.DEBUG))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        for lg, was in zip(loggers, before):
-            lg.setLevel(was)
-
-
-def print_error(prog: str, message: str, kind: str = "error") -> None:
-    """The one line a failed command leaves on stderr (not through logging: ``-q`` keeps
-    it)."""
-    print(f"{prog}: {kind}: {escape_controls(message)}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------- stylize image
 
 _HELP = {
     "size": "longest side of the output in pixels",
@@ -276,57 +162,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def image_main(
+def main(
     argv: Sequence[str] | None = None,
-    read_bytes: ReadBytes | None = None,
-    write_bytes: WriteBytes | None = None,
+    read_bytes: ReadBytes = storage.read_bytes,
+    write_bytes: WriteBytes = _write_url,
 ) -> int:
-    """Entry point of ``stylize image``. ``read_bytes(uri)`` reads URLs (content, styles,
-    weights) and ``write_bytes(uri, data)`` writes the output and snapshots; without them
-    only local paths work. Unexpected errors propagate (the caller reports them)."""
+    """Entry point of ``stylize image``: its own one-line errors (and with ``--json`` the
+    object on stdout), exit codes 0, 2, 3, 130 and 143. ``read_bytes(uri)`` reads URLs
+    (content, styles, masks, weights) and ``write_bytes(uri, data)`` writes the output and
+    snapshots: fsspec's (``s3://``, ``gs://``, ``pkg://`` ...) unless a caller passes its
+    own. Unexpected errors propagate (``pipeline.cli.main`` reports them)."""
     try:
         args = build_parser().parse_args(argv)
         level = verbosity(args)
     except UsageError as e:
-        print_error("stylize image", str(e))
+        print_error(PROG, str(e))
         return EXIT_USAGE
-    with logging_to_stderr(level), _signals_stop():
+    with logging_to_stderr(level, ("stylize", "pipeline")), _signals_stop():
         try:
             return _run(args, _Files(read_bytes, write_bytes))
-        except (UsageError, ConfigError) as e:
-            return _fail(args, EXIT_USAGE, str(e))
-        except OutputError as e:
-            return _fail(args, EXIT_INFRA, str(e))
-        except Stopped as e:  # before or after the optimisation: nothing to keep
+        except StylizeError as e:  # bad input 2 (UsageError, ConfigError ...), output 3
+            return _fail(args, e.exit_code, str(e))
+        except Interrupted as e:  # before or after the optimisation: nothing to keep
             return _fail(args, e.exit_code, f"{e}; nothing was written", "interrupted")
 
 
 def _fail(args: argparse.Namespace, code: int, text: str, kind: str = "error") -> int:
     """One line on stderr; with --json also the object on stdout."""
-    print_error("stylize image", text, kind)
+    print_error(PROG, text, kind)
     if getattr(args, "json", False):
         print(json.dumps({"command": "image", "exit_code": code, kind: text}), flush=True)
     return code
 
 
-class Stopped(BaseException):
-    """SIGINT or SIGTERM during ``stylize image`` (a BaseException: nothing eats it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-
-
 @contextlib.contextmanager
 def _signals_stop() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Stopped` while the command runs (main thread only);
-    the handlers before are put back after."""
+    """SIGINT and SIGTERM raise :class:`~pipeline.errors.Interrupted` while the command runs
+    (main thread only); the handlers before are put back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise Stopped(signum)
+        raise Interrupted(signum)
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in saved:
@@ -344,20 +222,15 @@ def is_url(path: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Files:
-    """Reads and atomic writes of local paths, and of URLs through the caller's hooks."""
+    """Reads and atomic writes: local paths here, URLs through the caller's hooks."""
 
-    read_url: ReadBytes | None
-    write_url: WriteBytes | None
+    read_url: ReadBytes
+    write_url: WriteBytes
 
     def read(self, uri: str, what: str) -> bytes | str:
         """A local path as is (decode_image reads it), a URL's bytes."""
         if not is_url(uri):
             return uri
-        if self.read_url is None:
-            raise UsageError(
-                f"{what} {uri}: URLs are read by the `stylize image` command "
-                "(the installed package), not by `python -m stylize.cli`"
-            )
         try:
             return self.read_url(uri)
         except (OSError, ValueError, ImportError) as e:  # missing, refused, unknown scheme
@@ -365,13 +238,8 @@ class _Files:
 
     def check_writable(self, uri: str) -> None:
         """A local output's folder exists and is writable (found before any work). A URL is
-        only written at the end: its scheme must be writable here."""
+        only written at the end."""
         if is_url(uri):
-            if self.write_url is None:
-                raise UsageError(
-                    f"--output {uri}: URLs are written by the `stylize image` "
-                    "command (the installed package), not `python -m stylize.cli`"
-                )
             return
         folder = os.path.dirname(os.path.abspath(uri))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -380,7 +248,6 @@ class _Files:
     def write(self, uri: str, data: bytes) -> None:
         try:
             if is_url(uri):
-                assert self.write_url is not None  # check_writable said so before any work
                 self.write_url(uri, data)
             else:
                 write_atomic(uri, data)
@@ -489,7 +356,7 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
         result = engine.stylize_batch(
             [pixels], [style], callback=progress, regions=[regions] if regions else None
         )[0]
-    except Stopped as e:
+    except Interrupted as e:
         return _interrupted(args, e, progress, fmt, files)
     finally:
         progress.close()
@@ -526,7 +393,7 @@ def interrupted_path(output: str) -> str:
 
 
 def _interrupted(
-    args: argparse.Namespace, e: Stopped, progress: _Progress, fmt: str, files: _Files
+    args: argparse.Namespace, e: Interrupted, progress: _Progress, fmt: str, files: _Files
 ) -> int:
     """Ctrl-C (or SIGTERM) during the optimisation: the last iterate the progress saw is
     written next to the output, named so; one line says where."""
@@ -591,13 +458,3 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stylize.cli ...`` runs ``stylize image`` on local paths (the ``stylize``
-    command adds URLs and run/grid/status)."""
-    return image_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
