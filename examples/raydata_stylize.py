@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 SAMPLES = resources.files("stylize") / "samples"
 SAMPLE_PHOTOS = ("tubingen", "chelsea", "coffee", "shipwreck")

@@ -400,7 +400,8 @@ def gpu_test_figures(lines, gpu):
 def header(env, steps, elapsed):
     where = env.get("gpu") or ("CPU dry run" if env.get("mode") == "cpu dry run" else "no GPU")
     took = "; ".join(
-        f"{x['step']} {x['status']}{' (%ss)' % x['step_s'] if 'step_s' in x else ''}" for x in steps
+        f"{x['step']} {x['status']}" + (f" ({x['step_s']}s)" if "step_s" in x else "")
+        for x in steps
     )
     return [
         f"gpu-check: {where}; torch {env.get('torch')} (CUDA {env.get('cuda')}), "

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import IO, Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, Union
 
 from pipeline.jobconfig import JobConfig, JobConfigError, apply_overrides, job_from_mapping
 from pipeline.jobconfig import load_job as _load_job

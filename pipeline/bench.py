@@ -56,8 +56,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from pipeline.items import Shard, StyleRef
 from pipeline.rows import Row, make_row, now

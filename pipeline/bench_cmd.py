@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from stylize.bench import BenchOptions, bench
 from stylize.config import PRECISIONS, PRESETS

@@ -33,8 +33,9 @@ import re
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any
 
 from pipeline import api, errors, manifest
 from pipeline.errors import RESUME_HINT, Interrupted, UsageError, install_signal_handlers
@@ -47,8 +48,8 @@ from pipeline.jobconfig import (
 )
 from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
-from pipeline.status import NoRunError, print_status, summarize, to_json
 from pipeline.shell import Parser, logging_to_stderr, print_error, verbosity
+from pipeline.status import NoRunError, print_status, summarize, to_json
 from stylize.common import DISTRIBUTION, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError, one_line
 
 log = logging.getLogger("pipeline.cli")  # not __name__: "__main__" under python -m

@@ -11,9 +11,10 @@ A new container is one class here (and its name in ``jobconfig.CONTAINERS``).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc

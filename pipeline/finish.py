@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Mapping
 from importlib import metadata
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc

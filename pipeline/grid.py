@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import io
 import posixpath
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 

@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
 from pipeline.errors import Interrupted, OutputError, UsageError

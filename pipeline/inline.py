@@ -10,7 +10,8 @@ machines without Ray.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pipeline.items import StyleRef
 from pipeline.rows import Row

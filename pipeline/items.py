@@ -26,8 +26,9 @@ import posixpath
 import random
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pipeline.redact import show_undecodable
 from pipeline.runfolder import MIRROR_DIR, RESERVED_STYLE_NAMES, join

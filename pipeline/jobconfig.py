@@ -11,9 +11,10 @@ files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Sequence, Union, get_args
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -30,10 +31,10 @@ from pipeline.items import MaskPair
 from pipeline.redact import redact_options, redact_uri
 from stylize.common import StylizeError, describe_validation_errors, near_miss, short_hash
 from stylize.config import (
-    BitDepth,
     NETWORK_OPTIONS,
-    OutputFormat,
+    BitDepth,
     ConfigError,
+    OutputFormat,
     StyleConfig,
     bit_depth_problem,
 )
@@ -163,7 +164,7 @@ class MaskConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _sound(self) -> "MaskConfig":
+    def _sound(self) -> MaskConfig:
         if (self.column is None) == (self.folder is None):
             raise ValueError(
                 "give column (a list input's column of mask URIs) or folder (masks mirroring "
@@ -194,12 +195,12 @@ class StyleSource:
     weights: tuple[float, ...]
 
 
-StyleEntry = Union[Text, BlendPart, Annotated[list[Union[Text, BlendPart]], Field(min_length=1)]]
-StylesInput = Union[
-    Text,
-    Annotated[list[Text], Field(min_length=1)],
-    Annotated[dict[str, StyleEntry], Field(min_length=1)],
-]
+StyleEntry = Text | BlendPart | Annotated[list[Text | BlendPart], Field(min_length=1)]
+StylesInput = (
+    Text
+    | Annotated[list[Text], Field(min_length=1)]
+    | Annotated[dict[str, StyleEntry], Field(min_length=1)]
+)
 
 
 def image_extensions() -> tuple[str, ...]:
@@ -223,7 +224,7 @@ class JobConfig(BaseModel):
         input: str | tuple[str, ...]
         styles: str | tuple[StyleSource, ...]
     else:
-        input: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(
+        input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
             description="folder (recursive), glob, .txt/.csv/.parquet list of URIs, or a list"
         )
         styles: StylesInput = Field(
@@ -264,15 +265,15 @@ class JobConfig(BaseModel):
     if TYPE_CHECKING:
         extensions: tuple[str, ...] | None  # None: every file
     else:
-        extensions: Union[
-            Literal["images", "all"], Annotated[list[Text], Field(min_length=1)], None
-        ] = Field(
-            "images",
-            description=(
-                "which files of an input folder are inputs: images (the default: the extensions "
-                "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
-                "file), or a list, e.g. [jpg, png]"
-            ),
+        extensions: Literal["images", "all"] | Annotated[list[Text], Field(min_length=1)] | None = (
+            Field(
+                "images",
+                description=(
+                    "which files of an input folder are inputs: images (the default: the extensions "
+                    "Pillow reads; the others are counted and named, not failed), all (every non-hidden "
+                    "file), or a list, e.g. [jpg, png]"
+                ),
+            )
         )
     input_column: Text | None = Field(
         None,
@@ -296,13 +297,13 @@ class JobConfig(BaseModel):
     if TYPE_CHECKING:
         grid: GridConfig
     else:
-        grid: Union[bool, GridConfig] = Field(False, description="true, false, or a mapping")
+        grid: bool | GridConfig = Field(False, description="true, false, or a mapping")
     report: bool = Field(
         True,
         description="write the HTML report {output}/report/index.html "
         "at the end (also: stylize report OUTPUT)",
     )
-    assign: Union[AssignMode, RandomAssign] = Field(
+    assign: AssignMode | RandomAssign = Field(
         "all",
         description=(
             "all: every content x every style; {random: k, seed: 0}: k styles per content, "
@@ -402,7 +403,7 @@ class JobConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _normalise(self) -> "JobConfig":
+    def _normalise(self) -> JobConfig:
         problem = bit_depth_problem(self.output_bit_depth, self.output_format)
         if problem:
             raise ValueError(f"output_bit_depth: {problem}")
@@ -503,7 +504,7 @@ class JobConfig(BaseModel):
         params["output"] = [self.output_format, self.output_quality, self.output_bit_depth]
         return stable_hash(params)
 
-    def replace(self, **changes: Any) -> "JobConfig":
+    def replace(self, **changes: Any) -> JobConfig:
         """A copy with some keys changed (not re-validated: for already valid values)."""
         return self.model_copy(update=changes)
 

@@ -20,8 +20,9 @@ import io
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,11 +30,11 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.items import WorkItem
+from pipeline.redact import escape_controls, redact_text, redact_uri, show_undecodable
 from pipeline.rows import COLUMNS, STATUSES, TRANSIENT_STATUSES, make_row, now  # noqa: F401
 from pipeline.runfolder import RunFolder, shard_of_part
 from stylize.common import StylizeError
 from stylize.figures import FIGURES
-from pipeline.redact import escape_controls, redact_text, redact_uri, show_undecodable
 
 log = logging.getLogger(__name__)
 

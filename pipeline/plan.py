@@ -15,8 +15,9 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline import manifest, resume, storage
 from pipeline.jobconfig import JobConfig

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import IO, Iterable, Mapping
+from typing import IO
 
 log = logging.getLogger(__name__)
 

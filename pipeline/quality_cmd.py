@@ -17,17 +17,18 @@ import argparse
 import json
 import statistics
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pyarrow.compute as pc
 
 from pipeline import manifest, storage
+from pipeline.errors import UsageError
 from pipeline.jobconfig import apply_overrides
 from pipeline.runfolder import RunFolder
+from pipeline.shell import Parser
 from pipeline.status import NoRunError
 from pipeline.webdataset import read_member
-from pipeline.errors import UsageError
-from pipeline.shell import Parser
 from stylize.figures import FIGURES, MEANINGS
 from stylize.quality import INITS, PAIRS, QualityOptions
 

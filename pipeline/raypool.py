@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import ray
 
@@ -59,7 +60,7 @@ class RayExecutor:
 
     def __init__(
         self,
-        spec: "WorkerSpec",
+        spec: WorkerSpec,
         styles: Mapping[str, StyleRef],
         actor_options: Mapping[str, Any],
         on_shard: RowsCallback,
@@ -343,7 +344,7 @@ def _actors(job: JobConfig, shards: int) -> tuple[int, dict[str, float], int]:
 def run(
     job: JobConfig,
     shards: list[Shard],
-    spec_for: Callable[[int], "WorkerSpec"],
+    spec_for: Callable[[int], WorkerSpec],
     styles: Mapping[str, StyleRef],
     on_shard: RowsCallback,
     policy_args: Mapping[str, Any],

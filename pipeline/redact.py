@@ -18,7 +18,8 @@ Imports nothing beyond the standard library, so any process can use it cheaply.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, unquote
 
 from stylize.common import escape_controls  # noqa: F401 - re-exported: lines shown to people

@@ -31,8 +31,9 @@ import math
 import os
 import sys
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +48,7 @@ from pipeline.webdataset import read_member, split_member_uri
 from stylize.common import short_hash
 from stylize.figures import FIGURES
 
+DEFAULT_SETTINGS = ReportSettings()  # frozen: one instance serves every call
 THUMB_EXT, THUMB_FORMAT = ("webp", "WEBP") if features.check("webp") else ("jpg", "JPEG")
 
 
@@ -286,7 +288,7 @@ def _failures(table: pa.Table, settings: ReportSettings) -> tuple[int, list[dict
 def collect(
     output: str,
     options: Mapping[str, Any] | None = None,
-    settings: ReportSettings = ReportSettings(),
+    settings: ReportSettings = DEFAULT_SETTINGS,
     table: pa.Table | None = None,
 ) -> RunFacts:
     """The facts of the run folder ``output`` (``table``: its manifest, if already read)."""
@@ -392,7 +394,7 @@ def _thumbnails(
 def write_report(
     output: str,
     options: Mapping[str, Any] | None = None,
-    settings: ReportSettings = ReportSettings(),
+    settings: ReportSettings = DEFAULT_SETTINGS,
     *,
     table: pa.Table | None = None,
 ) -> str:
@@ -426,9 +428,9 @@ def _remove_stale(root: str, pages: set[str], thumbs: set[str], options: Mapping
 # ------------------------------------------------------------------------------ command
 def main(argv: Sequence[str] | None = None) -> int:
     """``stylize report OUTPUT [--open] [--storage-option KEY=VALUE ...]``."""
+    from pipeline.errors import UsageError
     from pipeline.jobconfig import apply_overrides
     from pipeline.redact import redact_text, secret_values
-    from pipeline.errors import UsageError
     from pipeline.shell import Parser
 
     p = Parser(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import html
 import math
 import posixpath
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.charts import bar_chart, line_chart, sci
-from pipeline.reportfacts import ReportSettings, RunFacts, StyleStats
 from pipeline.manifest import THROUGHPUT_LABEL
+from pipeline.reportfacts import ReportSettings, RunFacts, StyleStats
 from pipeline.runfolder import REPORT_INDEX, RUN_FILE, SWEEP_GRID_SHOWN
 from stylize.figures import FIGURES, MEANINGS
 

@@ -27,9 +27,10 @@ Strikes only grow and batches only shrink, so every shard ends.
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
 from pipeline.items import Shard, WorkItem
 from pipeline.rows import Row, make_row, now

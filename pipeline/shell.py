@@ -12,7 +12,8 @@ import argparse
 import contextlib
 import logging
 import sys
-from typing import Any, Iterator, NoReturn, Sequence, TextIO
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn, TextIO
 
 from pipeline.errors import UsageError
 from stylize.common import escape_controls

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import os
 import posixpath
 import re
 import stat
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import fsspec
 from fsspec.utils import glob_translate
@@ -919,7 +921,9 @@ def list_styles(job: JobConfig) -> list[StyleRef]:
             u = storage.canonical(u)
             fs, path = storage.get_fs(u, options)
             try:
-                info = listed.get(u) or storage.retrying(f"read {_show(u)}", lambda: fs.info(path))
+                info = listed.get(u) or storage.retrying(
+                    f"read {_show(u)}", functools.partial(fs.info, path)
+                )
             except storage.StorageUnavailable:
                 raise
             except (OSError, ValueError) as e:

@@ -6,7 +6,8 @@ a run of millions of items; ``--json`` prints it as one JSON object (:func:`to_j
 
 from __future__ import annotations
 
-from typing import IO, Any, Mapping
+from collections.abc import Mapping
+from typing import IO, Any
 
 import pyarrow.compute as pc
 

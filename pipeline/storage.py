@@ -21,14 +21,12 @@ import errno
 import importlib.resources
 import os
 import uuid
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-
-from pipeline.runfolder import join  # noqa: F401 - the URI join, storage.join to its users
-from stylize.common import EXIT_INFRA, TMP_PREFIX, StylizeError, one_line, write_atomic
 from tenacity import (
     RetryError,
     Retrying,
@@ -36,6 +34,9 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+
+from pipeline.runfolder import join  # noqa: F401 - the URI join, storage.join to its users
+from stylize.common import EXIT_INFRA, TMP_PREFIX, StylizeError, one_line, write_atomic
 
 PKG_SCHEME = "pkg://"
 DEFAULT_RETRY_S = 150.0  # a storage outage this long is ridden out (job key io_retry_s)

@@ -23,7 +23,8 @@ import itertools
 import math
 import posixpath
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 

@@ -29,8 +29,9 @@ import tarfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pipeline import storage
 from pipeline.runfolder import TAR_EXT, RunFolder
@@ -194,7 +195,7 @@ def tar_damage(uri: str, options: Mapping[str, Any]) -> str | None:
 
 
 TAR_CACHE_BYTES = 512 * 2**20  # tars kept whole in memory for read_member, least recent out
-_tars: "OrderedDict[str, dict[str, bytes]]" = OrderedDict()
+_tars: OrderedDict[str, dict[str, bytes]] = OrderedDict()
 _tars_lock = threading.Lock()
 
 

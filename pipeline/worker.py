@@ -31,9 +31,10 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
 from pipeline.items import Shard, StyleRef, WorkItem

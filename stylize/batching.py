@@ -4,7 +4,8 @@ a CPU); on out-of-memory a chunk is halved, the size learnt, and the chunk run a
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 

@@ -4,7 +4,8 @@ the targets per region and each style layer's guides from the masks (``GuidedGat
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 

@@ -18,8 +18,9 @@ import dataclasses
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import torch
 

@@ -14,7 +14,8 @@ optimisation uses (everything else: layers, weights, iterations, init, scales, .
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, get_args
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -175,7 +176,7 @@ class NetworkOptions(BaseModel):
     weights: str
     pooling: str
     padding: str
-    preprocessing: Optional[str]
+    preprocessing: str | None
     normalize: bool
     device: str
     precision: str
@@ -208,9 +209,7 @@ class StyleConfig(BaseModel):
     padding: Padding = Field(
         "zeros", description=("conv1_1's padding; deeper layers always pad with zeros")
     )
-    preprocessing: Optional[Preprocessing] = Field(
-        None, description=("only for a weights path/URL")
-    )
+    preprocessing: Preprocessing | None = Field(None, description=("only for a weights path/URL"))
     normalize: bool = Field(
         False, description=("rescale filters to mean activation 1 (the paper's normalisation)")
     )
@@ -235,9 +234,9 @@ class StyleConfig(BaseModel):
         ),
     )
     content_layers: Layers = CONTENT_LAYERS_GATYS
-    content_layer_weights: Optional[Floats] = Field(None, description="null: equal")
+    content_layer_weights: Floats | None = Field(None, description="null: equal")
     style_layers: Layers = STYLE_LAYERS_GATYS
-    style_layer_weights: Optional[Floats] = Field(
+    style_layer_weights: Floats | None = Field(
         None, description=("null: equal (the paper's w_l = 1/5)")
     )
     content_weight: NonNegative = Field(1.0, description="alpha")
@@ -266,7 +265,7 @@ class StyleConfig(BaseModel):
         ),
     )
     optimizer: Optimizer = "lbfgs"
-    lr: Optional[Annotated[float, Field(gt=0)]] = Field(
+    lr: Annotated[float, Field(gt=0)] | None = Field(
         None, description=("null: 1.0 for lbfgs, 10.0 (pixel units) for adam")
     )
     # L-BFGS pairs kept per image. The paper does not say; 20 reaches the same losses as 100
@@ -344,7 +343,7 @@ class StyleConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _across_options(self) -> "StyleConfig":
+    def _across_options(self) -> StyleConfig:
         for name, layers in (
             ("content_layer_weights", self.content_layers),
             ("style_layer_weights", self.style_layers),
@@ -366,7 +365,7 @@ class StyleConfig(BaseModel):
             return tuple((side / self.size, n) for side, n in self.scales)
         return tuple((s, self.iterations) for s in self.scales)
 
-    def replace(self, **changes: Any) -> "StyleConfig":
+    def replace(self, **changes: Any) -> StyleConfig:
         """A copy with some options changed, validated; an option changed to None takes the
         preset's value, as in a job file."""
         return _validated({**self.to_dict(), **changes})

@@ -17,7 +17,8 @@ target cache), ``stylize.canvas`` (scales, margins, the start image).
 
 from __future__ import annotations
 
-from typing import ContextManager, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from PIL import Image
@@ -120,7 +121,7 @@ class Stylizer:
         """The optimisation's steps run compiled (``compile``, and the compiler has not failed)."""
         return self.objective.compiled
 
-    def numerics(self) -> ContextManager[None]:
+    def numerics(self) -> AbstractContextManager[None]:
         """This engine's TF32 flags and compile graph limit, for the duration of its work
         (runtime.numerics)."""
         return numerics(self.precision, self.objective.compiled)

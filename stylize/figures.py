@@ -33,8 +33,9 @@ error (``FigureTaker.take``).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where the figures are taken: the names and meanings
     import torch  # are read by the report, which runs without it

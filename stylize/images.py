@@ -32,7 +32,6 @@ import os
 import struct
 import warnings
 import zlib
-
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

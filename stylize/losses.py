@@ -20,8 +20,9 @@ The Gram loss has a gradient of one matrix product (``GramLoss``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -436,7 +437,7 @@ class GatysLoss(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         return gatys(features, pixels, *self.terms())
 
-    def select(self, rows: torch.Tensor) -> "GatysLoss":
+    def select(self, rows: torch.Tensor) -> GatysLoss:
         """The same loss for a subset of the batch: ``rows`` (K,) indexes the images."""
         return GatysLoss(
             {k: t[rows] for k, t in self.content_targets.items()},

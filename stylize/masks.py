@@ -22,7 +22,8 @@ there is no style loss (the content loss keeps that part close to the content).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -239,7 +240,7 @@ class GuidedGatysLoss(GatysLoss):
         total = alpha * content + beta * style + tv_weight * tv
         return total, content, style, tv
 
-    def select(self, rows: torch.Tensor) -> "GuidedGatysLoss":
+    def select(self, rows: torch.Tensor) -> GuidedGatysLoss:
         return GuidedGatysLoss(
             {k: t[rows] for k, t in self.content_targets.items()},
             {k: tuple(x[rows] for x in t) for k, t in self.style_targets.items()},

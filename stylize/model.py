@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

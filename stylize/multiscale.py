@@ -6,7 +6,8 @@ margin cropped, as an ``ItemResult``."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 

@@ -11,7 +11,7 @@ one. Only the optimisation's gradient steps run compiled; targets, scores and fi
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ class Objective:
         if self._compiled is None or not torch.is_grad_enabled():
             return evaluate(*args)
         if pixels.shape[0] > 1:  # a batch of 1 is specialised by torch.compile anyway
-            for t in (pixels, *content.values(), *(x for t in style.values() for x in t)):
+            for t in (pixels, *content.values(), *(x for ts in style.values() for x in ts)):
                 torch._dynamo.mark_dynamic(t, 0)
         try:
             return self._compiled(*args)
@@ -108,7 +108,8 @@ class Objective:
                 raise
             warnings.warn(
                 f"torch.compile failed ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); running eager"
+                f"{str(e).splitlines()[0] if str(e) else ''}); running eager",
+                stacklevel=2,
             )
             self._compiled = None
             return evaluate(*args)

@@ -32,9 +32,10 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -195,8 +196,8 @@ def run(
     """Stylize the pairs with each init and take every figure: the inputs' picture figures,
     one row per result (``on_row`` sees each as it comes), per init a summary. Raises the
     engine's errors (ConfigError, WeightsError, ImageError) and OSError for a missing file."""
-    from stylize.config import resolve_config
     from stylize.canvas import start_noise
+    from stylize.config import resolve_config
     from stylize.engine import Style, Stylizer
     from stylize.images import decode_image, from_tensor, to_tensor
 

@@ -4,8 +4,8 @@ callback, and an ``ItemResult`` per image. Importable from ``stylize.engine`` as
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ContextManager, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 import torch
 
@@ -77,7 +79,7 @@ def numerics(precision: str, compiled: bool) -> Iterator[None]:
         matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
-def graph_limit() -> ContextManager[None]:
+def graph_limit() -> AbstractContextManager[None]:
     """torch.compile's graph limit raised to COMPILED_GRAPHS for the duration of a call
     (``recompile_limit`` since PyTorch 2.6, ``cache_size_limit`` before)."""
     cfg = torch._dynamo.config
@@ -91,7 +93,9 @@ def compile_function(fn: F) -> F | None:
     try:
         return torch.compile(fn)  # type: ignore[return-value]
     except Exception as e:  # noqa: BLE001 - any failure: the engine runs eager
-        warnings.warn(f"torch.compile unavailable ({type(e).__name__}); running eager")
+        warnings.warn(
+            f"torch.compile unavailable ({type(e).__name__}); running eager", stacklevel=2
+        )
         return None
 
 

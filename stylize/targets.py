@@ -9,7 +9,7 @@ scalars for ``wasserstein2``; mean, standard deviation and two scalars for ``mea
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -96,7 +96,7 @@ def per_image_features(stylizer) -> None:
 load_caffe_state_uncached = vgg.load_caffe_state
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _caffe_state(path: str):
     return load_caffe_state_uncached()
 

@@ -30,8 +30,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 KINDS = ("503", "reset", "reset_after", "refuse")
@@ -146,7 +146,7 @@ class S3FaultProxy:
         self._local = threading.local()
 
     # --------------------------------------------------------------------------- lifecycle
-    def start(self) -> "S3FaultProxy":
+    def start(self) -> S3FaultProxy:
         self._listen()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, daemon=True, name="s3-fault-proxy"
@@ -164,7 +164,7 @@ class S3FaultProxy:
         if self._accept_thread is not None:
             self._accept_thread.join(5)
 
-    def __enter__(self) -> "S3FaultProxy":
+    def __enter__(self) -> S3FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -385,7 +385,7 @@ class S3FaultProxy:
                 continue
             try:
                 conn, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             conn.settimeout(60)
             with self._lock:

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import sample
+
 from stylize import artfid as af
 from stylize.images import decode_image, to_tensor
 

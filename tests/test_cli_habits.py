@@ -9,8 +9,8 @@ import json
 from importlib import metadata
 
 import pytest
-
 from conftest import TINY, cli_main, sample, write_job
+
 from stylize.common import DISTRIBUTION
 
 

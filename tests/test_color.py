@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import (  # noqa: F401 (fixtures)
     engines,
     per_image_features,
@@ -12,6 +11,7 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample,
     sample_exact,
 )
+
 from stylize import color
 from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer

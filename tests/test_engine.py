@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
-
 from engine_helpers import (  # noqa: F401 (fixtures)
     GRAM_LAYERS,
     engines,
@@ -22,11 +20,13 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample_path,
     w2_distance,
 )
-from stylize.canvas import start_noise
-from stylize.config import STYLE_LOSSES, resolve_config
+from PIL import Image
+
 from stylize.api import stylize
-from stylize.engine import ItemResult, StepInfo, Style, Stylizer
+from stylize.canvas import start_noise
 from stylize.common import write_atomic
+from stylize.config import STYLE_LOSSES, resolve_config
+from stylize.engine import ItemResult, StepInfo, Style, Stylizer
 from stylize.images import decode_image, encode_image, resize_longest
 from stylize.model import build_vgg
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import reuse_caffe_weights, sample, sample_exact  # noqa: F401 (fixture)
+
 from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer
 
@@ -85,7 +85,7 @@ def test_tf32_flags_are_set_during_the_engines_calls_only(precision, during):
             st.stylize_batch(
                 contents,
                 styles,
-                callback=lambda info: seen.append((matmul.allow_tf32, cudnn.allow_tf32)),
+                callback=lambda info, seen=seen: seen.append((matmul.allow_tf32, cudnn.allow_tf32)),
             )
             expected = tuple(b if d is None else d for d, b in zip(during, before))
             assert seen and all(s == expected for s in seen)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from engine_helpers import reuse_caffe_weights  # noqa: F401  (a fixture used below)
+
 from stylize import bench
 from stylize.config import resolve_config
 from stylize.engine import Style, Stylizer

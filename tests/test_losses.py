@@ -7,11 +7,10 @@ eager one, loss and gradient, for each style loss."""
 import pytest
 import torch
 
-from stylize import losses
+from stylize import bench, losses
 from stylize.config import STYLE_LOSSES, resolve_config
 from stylize.engine import Style, Stylizer
 from stylize.images import decode_image, to_tensor
-from stylize import bench
 
 
 def plain_style_loss(f, target):

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from engine_helpers import (  # noqa: F401 (fixtures)
     engines,
     gram_distance,
@@ -22,8 +20,10 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample_exact,
     sample_path,
 )
-from stylize.api import stylize
+from PIL import Image
+
 from pipeline.image_cmd import main as cli_main
+from stylize.api import stylize
 from stylize.config import STYLE_LOSSES
 from stylize.engine import Style
 from stylize.images import decode_image

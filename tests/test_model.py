@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from torchvision.models.vgg import cfgs, make_layers
-
 from engine_helpers import (  # noqa: F401 (fixtures)
     SAMPLE_NAMES,
     load_caffe_state_uncached,
@@ -19,6 +17,8 @@ from engine_helpers import (  # noqa: F401 (fixtures)
     sample,
     sample_exact,
 )
+from torchvision.models.vgg import cfgs, make_layers
+
 from stylize import engine
 from stylize import model as vgg
 from stylize.config import resolve_config
@@ -417,7 +417,7 @@ def test_normalize_gives_mean_activation_one_and_is_cached(monkeypatch, tmp_path
     assert st.weights_hash == norm_digest
     means = _mean_activations(st.model, engine._sample_images())
     assert len(means) == 16
-    for i, m in means.items():
+    for m in means.values():
         alive = m > 0
         torch.testing.assert_close(m[alive], torch.ones_like(m[alive]), rtol=0, atol=1e-3)
 

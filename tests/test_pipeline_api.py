@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, cli_main, sample, write_job
 from PIL import Image
 
 import pipeline
-from conftest import TINY, cli_main, sample, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"

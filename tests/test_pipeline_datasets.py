@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import TINY, cli_main, sample, write_job
+from PIL import Image
 
 # the bundled samples (CI has no ../shared)
 PHOTOS = ("tubingen", "chelsea", "coffee")

@@ -8,9 +8,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import TINY, make_inputs, sample
 from PIL import Image
 
-from conftest import TINY, make_inputs, sample
 from pipeline.cli import main
 from pipeline.grid import page_size
 

@@ -8,8 +8,8 @@ import signal
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY, sample
+
 from pipeline.driver import run_job
 from pipeline.jobconfig import job_from_mapping
 from pipeline.scheduler import WorkerStartError

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-
 from conftest import TINY, cli_main, make_inputs, sample, write_job
 
 STYLES = {"starry": "starry_night"}

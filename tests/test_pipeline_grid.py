@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from conftest import sample
 from PIL import Image
 
-from conftest import sample
 from pipeline.grid import EMPTY, page_size, write_grids
 from pipeline.items import Content, StyleRef
 from pipeline.jobconfig import GridConfig

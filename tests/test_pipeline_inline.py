@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fsspec
 import pyarrow.parquet as pq
-
 from conftest import TINY, sample
+
 from pipeline.driver import run_job
 from pipeline.jobconfig import job_from_mapping
 

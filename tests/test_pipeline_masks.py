@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import cli_main, sample, write_job
 from PIL import Image
 
-from conftest import cli_main, sample, write_job
 from pipeline import manifest
 from pipeline.items import Content, MaskPair, Plan, StyleRef, make_items
 from pipeline.jobconfig import JobConfigError, job_from_mapping

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import sample
+
 from pipeline import storage
 from pipeline.items import (
     MAX_NAME_BYTES,
@@ -52,7 +52,7 @@ def test_name_not_utf8_is_listed_read_and_written_under_a_utf8_name(tmp_path):
     root.mkdir()
     jpeg = sample("coffee").read_bytes()
     raw = write_raw(root, b"caf\xe9 \xff\xfe.jpg", jpeg)
-    write_raw(root, "ok.jpg".encode(), jpeg)
+    write_raw(root, b"ok.jpg", jpeg)
     contents = list_contents(job(input=str(root)))
     assert [c.uri for c in contents] == [raw, str(root / "ok.jpg")]
     assert contents[0].rel == "caf\udce9 \udcff\udcfe.jpg" and not contents[0].problem

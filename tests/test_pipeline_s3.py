@@ -8,9 +8,9 @@ import io
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from conftest import TINY, sample
 from PIL import Image
 
-from conftest import TINY, sample
 from pipeline.driver import run_job
 from pipeline.jobconfig import job_from_mapping
 

@@ -202,7 +202,7 @@ def test_two_workers_share_the_queue():
     (pa,) = of(p.ready(a, {}, 0.0), Prepare)
     (pb,) = of(p.ready(b, {}, 0.0), Prepare)
     assert {pa.shard.shard_id, pb.shard.shard_id} == {0, 1}
-    acts = p.returned(a, (ok_rows(pa.shard, ["s%di0" % pa.shard.shard_id]), []), 1.0)
+    acts = p.returned(a, (ok_rows(pa.shard, [f"s{pa.shard.shard_id}i0"]), []), 1.0)
     (nxt,) = of(acts, Prepare)
     assert nxt.worker == a and nxt.shard.shard_id == 2
     assert [c[0] for c in p.completed()] == [pa.shard.shard_id]

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import (
     TINY,
     make_inputs,
@@ -30,6 +28,7 @@ from conftest import (
     wait_processes_gone,
     write_job,
 )
+from PIL import Image
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -7,8 +7,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import make_inputs, sample
+
 from pipeline import storage
 from pipeline.jobconfig import job_from_mapping
 from pipeline.sources import (

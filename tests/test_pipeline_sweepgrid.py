@@ -8,9 +8,9 @@ import shutil
 
 import fsspec
 import pytest
+from conftest import sample
 from PIL import Image
 
-from conftest import sample
 from pipeline import sweepgrid
 from pipeline.sweepgrid import axes, label, write_sweep_grids
 from pipeline.webdataset import member_uri

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY, make_inputs, sample
+
 from pipeline.items import Content, StyleRef, make_items, make_shards
 from pipeline.jobconfig import job_from_mapping
 from pipeline.worker import StyleWorker, WorkerSpec

@@ -7,20 +7,20 @@ import json
 
 import pytest
 import torch
-
 from engine_helpers import (  # noqa: F401 (fixtures)
     engines,
     reuse_caffe_weights,
     sample,
     sample_exact,
 )
+
 from pipeline import quality_cmd
 from pipeline.cli import main as cli_main
 from stylize import quality
-from stylize.figures import FIGURES
-from stylize.config import ConfigError, resolve_config
 from stylize.canvas import initial_noise, start_noise
+from stylize.config import ConfigError, resolve_config
 from stylize.engine import Style
+from stylize.figures import FIGURES
 from stylize.model import build_vgg
 
 pytestmark = pytest.mark.usefixtures("reuse_caffe_weights")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import TINY, cli_main, sample, write_job
+
 from pipeline.items import Content, StyleRef, make_items, make_shards
 from pipeline.jobconfig import job_from_mapping
 from pipeline.quality_cmd import is_folder_call

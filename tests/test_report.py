@@ -20,18 +20,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY, make_inputs, sample
 from PIL import Image
 
-from conftest import TINY, make_inputs, sample
 from pipeline import manifest, report
 from pipeline.charts import bar_chart, log_ticks, nice_ticks
 from pipeline.driver import run_job
+from pipeline.errors import UsageError
 from pipeline.finish import write_report
 from pipeline.jobconfig import job_from_mapping
 from pipeline.losstrace import LossTrace, shorten
 from pipeline.runfolder import RunFolder
 from pipeline.status import print_status, summarize
-from pipeline.errors import UsageError
 
 STYLES = {"starry": "starry_night", "scream": "the_scream"}
 
@@ -225,7 +225,7 @@ def test_a_webdataset_runs_gallery_shows_thumbnails_without_links_into_tars(tmp_
     assert text.count('<figure class="tile"') == 3 and text.count('class="panel"') == 3
     assert 'class="full"' not in text and "(in its shard tar)" in text
     assert text.count('<img class="result"') == 3  # the thumbnails, read from the tars
-    for tag, ref in Page(text).refs:
+    for _tag, ref in Page(text).refs:
         assert ".tar" not in ref, ref
 
 

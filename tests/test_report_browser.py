@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from PIL import Image
-
 from test_report import real_run
 
 CHROMIUM = os.environ.get("STYLIZE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

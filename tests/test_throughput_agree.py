@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import TINY, cli_main, make_inputs, sample, write_job
+from PIL import Image
+from test_pipeline_grid import _tiles
+
 from pipeline import manifest
 from pipeline.grid import page_size
 from pipeline.status import print_status, summarize
-from test_pipeline_grid import _tiles
 
 LABEL = "ok images/h, first start to last finish"
 
