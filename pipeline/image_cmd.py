@@ -306,7 +306,7 @@ def _check_masks(args: argparse.Namespace) -> list[str]:
 def _run(args: argparse.Namespace, files: _Files) -> int:
     from stylize.engine import Style, Stylizer
     from stylize.images import ImageError, decode_image, encode_image, to_tensor
-    from stylize.masks import mask_tensor
+    from stylize.masks import checked_mask
     from stylize.model import WeightsError
 
     names = {name for name, _, _ in _engine_fields()}
@@ -348,9 +348,18 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
     )
     pixels = engine.prepare_content(content, exact=True)  # one image: nothing to batch with
     style = Style("cli", styles, tuple(args.style_weights) if args.style_weights else None)
-    regions = [
-        (Style(f"cli-{i}", (img,)), mask_tensor(m)) for i, (img, m) in enumerate(zip(styles, masks))
-    ]
+    try:  # each mask as a job's: the content's aspect, something to style, 0/1 labels read
+        h, w = pixels.shape[-2:]
+        regions = (
+            [
+                (Style(f"cli-{i}", (img,)), checked_mask(m, uri, (h, w), content.size))
+                for i, (img, m, uri) in enumerate(zip(styles, masks, mask_uris, strict=True))
+            ]
+            if masks
+            else []
+        )
+    except ImageError as e:
+        raise UsageError(str(e)) from None
     progress = _Progress(cfg, args, fmt, files)
     t0 = time.monotonic()
     try:

@@ -83,6 +83,50 @@ def mask_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
     return t.clamp(0, 1)
 
 
+MASK_ASPECT_TOLERANCE = 0.02  # a mask's aspect ratio may differ from its content's this much
+
+
+def checked_mask(
+    img: Image.Image,
+    name: str,
+    shape: tuple[int, int],
+    content_size: tuple[int, int],
+    foreground: bool = True,
+    background: bool = False,
+) -> torch.Tensor:
+    """A content's mask from its image: greyscale in 0..1 (white 1; a label map of only 0 and
+    1 is read as black and white), resized to the content's working ``shape`` (h, w).
+    ``content_size``: the content's own (width, height), whose aspect ratio the mask must
+    have. ImageError for another aspect ratio, or a mask under which no styled side
+    (``foreground``: white, ``background``: black) covers anything."""
+    from stylize.images import ImageError
+
+    (mw, mh), (cw, ch) = img.size, content_size
+    if abs(mw - mh * cw / ch) > max(1.0, MASK_ASPECT_TOLERANCE * mw):
+        raise ImageError(
+            f"{name}: {mw}x{mh}, not the aspect ratio of its content ({cw}x{ch}); "
+            "is it the mask of another image?"
+        )
+    m = mask_tensor(img)
+    if float(m.max()) <= 1.5 / 255:  # 0/1 labels (a segmentation map saved as is)
+        m = (m > 0).float()
+    m = resize_masks(m[None, None], *shape)[0, 0]
+    covered = (foreground and float(m.max()) > 0.5 / 255) or (
+        background and float(m.min()) < 1 - 0.5 / 255
+    )
+    if not covered:
+        side = " and ".join(
+            w
+            for w, on in (("white (foreground)", foreground), ("black (background)", background))
+            if on
+        )
+        raise ImageError(
+            f"{name}: blank: no {side} anywhere, so the output would be the content; "
+            "white marks the foreground, black the background"
+        )
+    return m
+
+
 def resize_masks(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, R, H, W) masks -> (B, R, h, w), bilinear (antialiased when shrinking), 0..1."""
     if tuple(masks.shape[-2:]) == (h, w):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_helpers import (  # noqa: F401 (fixtures)
@@ -224,3 +225,46 @@ def test_cli_mask_count_mismatch_is_a_usage_error(tmp_path, capsys, mask_file, o
     rc = cli_main([*args, "-o", str(tmp_path / "out.png"), *FAST])
     assert rc == 2
     assert "--mask" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "mask, words",
+    [
+        (Image.new("L", (30, 30), 255), "30x30, not the aspect ratio of its content"),
+        (Image.new("L", (40, 30), 0), "blank: no white (foreground) anywhere"),
+    ],
+)
+def test_cli_masks_are_checked_as_a_jobs_are(tmp_path, capsys, mask, words):
+    """A mask of another picture or one that styles nothing: one line, exit 2, no output."""
+    path = tmp_path / "mask.png"
+    mask.save(path)
+    out = tmp_path / "out.png"
+    args = ["--content", str(SAMPLES / "tubingen.jpg")]
+    args += ["--style", str(SAMPLES / "the_scream.jpg"), "--mask", str(path)]
+    assert cli_main([*args, "-o", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and str(path) in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_reads_a_label_map_mask_as_black_and_white(tmp_path, capsys):
+    """A segmentation map saved as 0/1 values (it looks black) styles its 1 side."""
+    labels = Image.new("L", (40, 30), 0)
+    labels.paste(1, (0, 0, 20, 30))
+    path = tmp_path / "labels.png"
+    labels.save(path)
+    out = tmp_path / "out.png"
+    args = ["--content", str(SAMPLES / "tubingen.jpg")]
+    args += ["--style", str(SAMPLES / "the_scream.jpg"), "--mask", str(path)]
+    assert (
+        cli_main(
+            [*args, "-o", str(out), *FAST, "--preset", "fast", "--size", "64", "--iterations", "20"]
+        )
+        == 0
+    ), capsys.readouterr().err
+    photo = np.asarray(decode_image(str(SAMPLES / "tubingen.jpg")).resize((64, 48)), float)
+    result = np.asarray(decode_image(out.read_bytes()), float)
+    styled, kept = (
+        np.abs(result - photo)[:, cols].mean() for cols in (slice(0, 24), slice(40, 64))
+    )
+    assert kept < 0.5 * styled
