@@ -25,7 +25,11 @@ the parts of that run) and all under one budget:
     aspect ratios on 3 aspect buckets, 300-1200 px, gatys2016 at 512 px, 100 it, bf16 +
     compile, against `stylize bench` at the same settings measured first in the same process
     (its 512x512 graph serves the run's square bucket; the two others compile, ~32 s each),
-  pytest 100 [62]: -m gpu, tests/test_gpu.py (what is left of the budget, if less).
+  pytest 100 [62]: -m gpu, tests/test_gpu.py (what is left of the budget, if less),
+  controls 240 [not run yet]: issue 22's figures (gpu_check_controls.py: style losses, a scale
+    schedule, masks and the quality figures' cost on held-out images at 512 px); past the
+    default budget on a GPU: run it as `--only controls` (the images: $CONTROLS_IMAGES, else
+    held-out-images/ in the repository, else ../shared/images).
 Most of it is torch.compile: each process compiles its graphs anew, 21-27 s per new shape
 (inductor's on-disk cache serves a graph an earlier step built: 7 s), and each loads Python,
 torch and VGG-19 (10-15 s). Expected in all about 7.4 minutes on an H200 (slower GPUs: pytest,
@@ -42,7 +46,7 @@ stop 15 s before it, the summary takes 1-2 s; default 470 on a GPU, 600 with --c
 
 The parts: this module (arguments, the steps and their commands, time limits, install, the
 log); gpu_check_results.py (each step's record, the machine, the summary);
-gpu_check_mixed.py (the mixed_run step).
+gpu_check_mixed.py (the mixed_run step); gpu_check_controls.py (the controls step).
 """
 
 from __future__ import annotations
@@ -64,7 +68,30 @@ REPO = os.path.dirname(INFRA)
 sys.path.insert(0, INFRA)
 import gpu_check_results as results  # noqa: E402 - beside this file, not a package
 
-STEPS = ("bench_512", "bench_history100", "bench_1024", "bench_224", "mixed_run", "pytest")
+STEPS = (
+    "bench_512",
+    "bench_history100",
+    "bench_1024",
+    "bench_224",
+    "mixed_run",
+    "pytest",
+    "controls",
+)
+
+
+def held_out_images(environ: dict[str, str]) -> str:
+    """The held-out images of the controls step: $CONTROLS_IMAGES, else held-out-images/ in
+    the repository (git-ignored; carried to a device machine), else ../shared/images."""
+    for path in (
+        environ.get("CONTROLS_IMAGES", ""),
+        os.path.join(REPO, "held-out-images"),
+        os.path.join(os.path.dirname(REPO), "shared", "images"),
+    ):
+        if path and os.path.isdir(path):
+            return path
+    return os.path.join(REPO, "held-out-images")
+
+
 USAGE = f"""The GPU figures in one run, for a bare GPU machine without network or package index.
 
   bash infra/gpu-check.sh OUT_DIR          # on a CUDA machine (under 8 minutes on an H100/H200)
@@ -203,6 +230,7 @@ def plan(cpu: bool, python: str, work: str, per_test_timeout: bool = False) -> l
     pytest += ("-p", "no:cacheprovider", "--noconftest")
     pytest += ("--timeout", "90") if per_test_timeout else ()
     mixed = (python, os.path.join(INFRA, "gpu_check_mixed.py"), "1" if cpu else "0", work)
+    controls = (os.path.join(INFRA, "gpu_check_controls.py"), held_out_images(dict(os.environ)))
     return [
         # The headline, against the strict-fp32 baseline; --profile: where the time of its
         # steps goes (phases, kernels, busy share).
@@ -214,6 +242,9 @@ def plan(cpu: bool, python: str, work: str, per_test_timeout: bool = False) -> l
         Step("bench_224", 70, bench(mode.bench_224, 1)),
         Step("mixed_run", 180, mixed),
         Step("pytest", 100, (*pytest, f"--junitxml={os.path.join(work, 'junit.xml')}")),
+        # Issue 22 (style losses, schedules, masks, the figures' cost): last, beyond the
+        # default budget on a GPU; `--only controls` runs it alone (~3 minutes on an H100).
+        Step("controls", 240, (python, *controls, *(("--cpu",) if cpu else ()))),
     ]
 
 

@@ -5,10 +5,15 @@ sizes and aspect ratios, against ``stylize bench`` at the same settings in the s
 
 Prints its figures as JSON lines (gpu_check_results.cmd_step records the last one)."""
 
+import collections
+import contextlib
+import dataclasses
 import json
 import os
 import sys
+import threading
 import time
+from typing import NamedTuple
 
 # The collection's aspect ratios (width:height), each shard's mix of them: five ratios on
 # three aspect buckets (5:4 snaps onto 4:3's, 4:5 onto 3:4's; images.bucket_shape), equal
@@ -75,127 +80,149 @@ def _make_collection(folder, n, per_shard, sides, seed=0):
         return list(pool.map(make, range(n)))
 
 
-def cmd_mixed(cpu, work):
-    """`stylize run` with ray.address: inline (Ray hidden, as on a machine without it) over a
-    collection of mixed sizes and aspect ratios, and `stylize bench` at the same settings
-    (preset, size, iterations, precision, compile, init) measured first in this process:
-    images/hour of both, and the GPU's idle share, for the whole run and once every aspect
-    bucket is compiled."""
-    import collections
-    import gc
-    import shutil
-    import threading
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The step's sizes: the real check on a GPU, a tiny dry run on the CPU. Per bucket and
+    shard, ``per_bucket`` images: 16 on a GPU, the worker's batch (batch_size 0) and the
+    bench's."""
 
-    _hide_ray()
-    try:
-        import pipeline.cli
-        import pipeline.driver  # noqa: F401
-        import pipeline.worker as worker_mod
-    except Exception as e:  # noqa: BLE001
-        msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        print(
-            json.dumps(
-                {
-                    "status": f"skipped: the pipeline does not import without Ray ({msg})",
-                    "ray_hidden": True,
-                }
+    cuda: bool
+    size: int
+    iterations: int
+    per_bucket: int
+    shards: int
+    sides: tuple[int, int]  # the collection's longest sides, from and to
+    bench_n: int
+    repeats: int
+
+    @classmethod
+    def of(cls, cuda):
+        """The GPU's settings if ``cuda``, else the CPU dry run's."""
+        if cuda:
+            return cls(
+                cuda=True,
+                size=512,
+                iterations=100,
+                per_bucket=16,
+                shards=5,
+                sides=(300, 1200),
+                bench_n=16,
+                repeats=2,
             )
+        return cls(
+            cuda=False,
+            size=32,
+            iterations=2,
+            per_bucket=2,
+            shards=2,
+            sides=(40, 96),
+            bench_n=2,
+            repeats=1,
         )
-        return 0
-    import torch
-    import yaml
 
-    import stylize.engine as engine_mod
+    @property
+    def device(self):
+        return "cuda" if self.cuda else "cpu"
+
+    @property
+    def precision(self):
+        return "bf16" if self.cuda else "fp32"
+
+    @property
+    def shard_size(self):
+        return self.per_bucket * len(SHARD_MIX) // 2  # SHARD_MIX: two slots per bucket
+
+    @property
+    def n(self):
+        return self.shard_size * self.shards
+
+    def bench_argv(self):
+        """``stylize bench``'s command line at the run's settings (square crops of the same
+        photos)."""
+        return [
+            "--preset",
+            "gatys2016",
+            "--size",
+            str(self.size),
+            "--iterations",
+            str(self.iterations),
+            "--images",
+            str(self.bench_n),
+            "--batch",
+            "0",
+            "--baseline-images",
+            "0",
+            "--init",
+            "noise",
+            "--device",
+            self.device,
+            "--precision",
+            self.precision,
+            "--repeats",
+            str(self.repeats),
+        ] + (["--compile"] if self.cuda else ["--warmup", "1"])
+
+
+BENCH_FIGURES = (
+    "images",
+    "batch",
+    "repeats",
+    "ms_per_image_iter",
+    "images_per_hour",
+    "warmup_s",
+    "graphs_compiled_warmup",
+    "graphs_compiled_timed",
+    "compiled",
+    "final_loss",
+)
+
+
+def run_bench(s):
+    """1. ``stylize bench`` at the run's settings, measured first in this process. Returns
+    (the step's result so far, printed at once should the run not finish; the bench's
+    figures)."""
     from pipeline import bench_cmd
-    from stylize.bench import bench, dynamo_graphs
-    from stylize.images import bucket_shape
+    from stylize.bench import bench
 
-    cuda = cpu != "1" and torch.cuda.is_available()
-    # per bucket and shard: 16 = the worker's batch (batch_size 0) = the bench's batch
-    if cuda:
-        size, iterations, per_bucket, shards, sides, bench_n, repeats = (
-            512,
-            100,
-            16,
-            5,
-            (300, 1200),
-            16,
-            2,
-        )
-    else:
-        size, iterations, per_bucket, shards, sides, bench_n, repeats = 32, 2, 2, 2, (40, 96), 2, 1
-    device, precision = ("cuda", "bf16") if cuda else ("cpu", "fp32")
-    shard_size = per_bucket * len(SHARD_MIX) // 2  # SHARD_MIX: two slots per bucket
-    n = shard_size * shards
-
-    # 1. the bench at the same settings (square crops of the same photos)
-    argv = [
-        "--preset",
-        "gatys2016",
-        "--size",
-        str(size),
-        "--iterations",
-        str(iterations),
-        "--images",
-        str(bench_n),
-        "--batch",
-        "0",
-        "--baseline-images",
-        "0",
-        "--init",
-        "noise",
-        "--device",
-        device,
-        "--precision",
-        precision,
-        "--repeats",
-        str(repeats),
-    ] + (["--compile"] if cuda else ["--warmup", "1"])
+    argv = s.bench_argv()
     t0 = time.perf_counter()
     b = bench(bench_cmd.parse_options(argv)[0])
     bench_s = time.perf_counter() - t0
     result = {
-        "images": n,
-        "size": size,
+        "images": s.n,
+        "size": s.size,
         "preset": "gatys2016",
-        "iterations": iterations,
-        "precision": precision,
-        "compile": cuda,
-        "device": device,
+        "iterations": s.iterations,
+        "precision": s.precision,
+        "compile": s.cuda,
+        "device": s.device,
         "bucket": True,
-        "shard_size": shard_size,
-        "per_bucket_and_shard": per_bucket,
+        "shard_size": s.shard_size,
+        "per_bucket_and_shard": s.per_bucket,
         "ray_hidden": True,
-        "bench": {
-            k: b.get(k)
-            for k in (
-                "images",
-                "batch",
-                "repeats",
-                "ms_per_image_iter",
-                "images_per_hour",
-                "warmup_s",
-                "graphs_compiled_warmup",
-                "graphs_compiled_timed",
-                "compiled",
-                "final_loss",
-            )
-        }
+        "bench": {k: b.get(k) for k in BENCH_FIGURES}
         | {"step_s": round(bench_s, 1), "command": "stylize bench " + " ".join(argv)},
     }
-    print(json.dumps(result), flush=True)  # the bench's figures, should the run not finish
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    print(json.dumps(result), flush=True)
+    return result, b
 
-    # 2. the collection, and the job
+
+def write_job(s, work, result):
+    """2. The collection (:func:`_make_collection`, its figures into ``result``) and the job
+    file: inline, overwrite, no grid. Returns (the job file, the output folder)."""
+    import shutil
+
+    import yaml
+
+    from stylize.images import bucket_shape
+
     root = os.path.join(work, "mixed")
     shutil.rmtree(root, ignore_errors=True)
     inp, out = os.path.join(root, "in"), os.path.join(root, "out")
     os.makedirs(inp)
     t0 = time.perf_counter()
-    files = _make_collection(inp, n, shard_size, sides)
-    buckets = collections.Counter("{}x{}".format(*bucket_shape(w, h, size)) for _, w, h in files)
+    files = _make_collection(inp, s.n, s.shard_size, s.sides)
+    buckets = collections.Counter("{}x{}".format(*bucket_shape(w, h, s.size)) for _, w, h in files)
     result.update(
         make_inputs_s=round(time.perf_counter() - t0, 1),
         ratios=[f"{a}:{b}" for a, b in RATIOS],
@@ -205,18 +232,18 @@ def cmd_mixed(cpu, work):
     )
     stylize_opts = {
         "preset": "gatys2016",
-        "size": size,
-        "iterations": iterations,
-        "device": device,
-        "precision": precision,
-        "compile": cuda,
+        "size": s.size,
+        "iterations": s.iterations,
+        "device": s.device,
+        "precision": s.precision,
+        "compile": s.cuda,
     }
     job = {
         "input": inp,
         "output": out,
         "styles": {"starry_night": "pkg://stylize/samples/starry_night.jpg"},
         "stylize": stylize_opts,
-        "shard_size": shard_size,
+        "shard_size": s.shard_size,
         "mode": "overwrite",
         "ray": {"address": "inline"},
         "grid": False,
@@ -224,70 +251,174 @@ def cmd_mixed(cpu, work):
     job_path = os.path.join(root, "job.yaml")
     with open(job_path, "w") as f:
         yaml.safe_dump(job, f)
+    return job_path, out
 
-    # 3. the run, with every engine call (its images, shape, graphs compiled) and every
-    # worker call (read + decode, stylize + write) timed
-    calls, phases = [], []
-    originals = {
-        "stylize_batch": engine_mod.Stylizer.stylize_batch,
-        "prepare": worker_mod.StyleWorker.prepare,
-        "run_batch": worker_mod.StyleWorker.run_batch,
-    }
 
-    def stylize_batch(self, contents, *args, **kwargs):
-        g0, s = dynamo_graphs(), time.perf_counter()
+class EngineCall(NamedTuple):
+    """One ``Stylizer.stylize_batch`` call of the run."""
+
+    start: float
+    end: float
+    images: int
+    shape: tuple[int, ...]  # (height, width)
+    graphs: int | None  # graphs compiled during the call (None: no dynamo counter)
+
+
+class CallTimer:
+    """3a. Every engine call (its images, shape, graphs compiled) and every worker call
+    (``prepare``: read + decode; ``run_batch``: stylize + write) timed, while
+    :meth:`patched` has them wrapped."""
+
+    def __init__(self):
+        self.calls: list[EngineCall] = []
+        self.phases: list[tuple[str, float, float]] = []  # (worker method, start, end)
+
+    @property
+    def busy_s(self):
+        """The engine calls' time together."""
+        return sum(c.end - c.start for c in self.calls)
+
+    @property
+    def compiling(self):
+        """The engine calls that compiled a graph."""
+        return [c for c in self.calls if c.graphs]
+
+    def steady_window(self):
+        """(first, last): from the first shard's read to the last batch's write (the last
+        engine call's end without worker calls to go by)."""
+        first = min(start for _, start, _ in self.phases)
+        last = (
+            max(end for name, _, end in self.phases if name == "run_batch")
+            if any(p[0] == "run_batch" for p in self.phases)
+            else self.calls[-1].end
+        )
+        return first, last
+
+    @contextlib.contextmanager
+    def patched(self):
+        """The engine's and the worker's methods wrapped, put back on the way out."""
+        import pipeline.worker as worker_mod
+        import stylize.engine as engine_mod
+
+        targets = {
+            "stylize_batch": engine_mod.Stylizer,
+            "prepare": worker_mod.StyleWorker,
+            "run_batch": worker_mod.StyleWorker,
+        }
+        originals = {name: getattr(cls, name) for name, cls in targets.items()}
+        engine_mod.Stylizer.stylize_batch = self._engine_call(originals["stylize_batch"])
+        for name in ("prepare", "run_batch"):
+            setattr(worker_mod.StyleWorker, name, self._worker_call(name, originals[name]))
         try:
-            return originals["stylize_batch"](self, contents, *args, **kwargs)
+            yield
         finally:
-            g1 = dynamo_graphs()
-            shape = tuple(int(v) for v in contents[0].shape[-2:]) if len(contents) else (0, 0)
-            calls.append(
-                (s, time.perf_counter(), len(contents), shape, None if g0 is None else g1 - g0)
-            )
-            print(
-                f"mixed_run: engine call {shape[1]}x{shape[0]} x {len(contents)}: "
-                f"{calls[-1][1] - s:.2f} s, {calls[-1][4]} graphs compiled",
-                file=sys.stderr,
-                flush=True,
-            )
+            for name, cls in targets.items():
+                setattr(cls, name, originals[name])
 
-    def timed_phase(name):
-        def call(self, *args, **kwargs):
+    def _engine_call(self, original):
+        from stylize.bench import dynamo_graphs
+
+        calls = self.calls
+
+        def stylize_batch(engine, contents, *args, **kwargs):
+            g0, s = dynamo_graphs(), time.perf_counter()
+            try:
+                return original(engine, contents, *args, **kwargs)
+            finally:
+                g1 = dynamo_graphs()
+                shape = tuple(int(v) for v in contents[0].shape[-2:]) if len(contents) else (0, 0)
+                calls.append(
+                    EngineCall(
+                        s,
+                        time.perf_counter(),
+                        len(contents),
+                        shape,
+                        None if g0 is None else g1 - g0,
+                    )
+                )
+                print(
+                    f"mixed_run: engine call {shape[1]}x{shape[0]} x {len(contents)}: "
+                    f"{calls[-1].end - s:.2f} s, {calls[-1].graphs} graphs compiled",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        return stylize_batch
+
+    def _worker_call(self, name, original):
+        phases = self.phases
+
+        def call(worker, *args, **kwargs):
             s = time.perf_counter()
             try:
-                return originals[name](self, *args, **kwargs)
+                return original(worker, *args, **kwargs)
             finally:
                 phases.append((name, s, time.perf_counter()))
 
         return call
 
-    engine_mod.Stylizer.stylize_batch = stylize_batch
-    worker_mod.StyleWorker.prepare = timed_phase("prepare")
-    worker_mod.StyleWorker.run_batch = timed_phase("run_batch")
-    util, stop = [], threading.Event()
 
-    def sample_utilisation():  # NVML's "a kernel ran" share, every 50 ms
-        while not stop.is_set():
+class UtilisationSampler:
+    """3b. NVML's "a kernel ran" share of the GPU, sampled every 50 ms on a daemon thread
+    while the run lasts (a second opinion on the idle share; none without NVML)."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, int]] = []  # (time, utilisation %)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+
+    def _sample(self):
+        import torch
+
+        while not self._stop.is_set():
             try:
-                util.append((time.perf_counter(), torch.cuda.utilization(0)))
+                self.samples.append((time.perf_counter(), torch.cuda.utilization(0)))
             except Exception:  # noqa: BLE001 - no NVML: no second opinion
                 return
-            stop.wait(0.05)
+            self._stop.wait(0.05)
 
-    sampler = threading.Thread(target=sample_utilisation, daemon=True)
-    if cuda:
-        sampler.start()
-    t0 = time.perf_counter()
-    try:
-        rc = pipeline.cli.main(["run", job_path])
-    finally:
-        t1 = time.perf_counter()
-        stop.set()
-        engine_mod.Stylizer.stylize_batch = originals["stylize_batch"]
-        worker_mod.StyleWorker.prepare = originals["prepare"]
-        worker_mod.StyleWorker.run_batch = originals["run_batch"]
-    wall = t1 - t0
-    result.update(exit_code=rc, wall_s=round(wall, 3))
+    def steady_figures(self, first, last, compiling):
+        """NVML's share of the samples from ``first`` to ``last`` in which no kernel ran, and
+        the mean utilisation, the engine calls in ``compiling`` left out ({} if none)."""
+        window = [
+            u
+            for t, u in self.samples
+            if first <= t <= last and not any(c.start <= t <= c.end for c in compiling)
+        ]
+        if not window:
+            return {}
+        return {
+            "nvml_idle_share_steady": round(sum(u == 0 for u in window) / len(window), 4),
+            "nvml_mean_utilisation_steady": round(sum(window) / len(window), 1),
+        }
+
+
+def timed_run(job_path, timer, sampler, cuda):
+    """3. ``stylize run`` on the job, with ``timer``'s wrappers in and (on a GPU) ``sampler``
+    running. Returns (exit code, start, end)."""
+    import pipeline.cli
+
+    with timer.patched():
+        if cuda:
+            sampler.start()
+        t0 = time.perf_counter()
+        try:
+            rc = pipeline.cli.main(["run", job_path])
+        finally:
+            t1 = time.perf_counter()
+            sampler.stop()
+    return rc, t0, t1
+
+
+def read_run_files(out, result):
+    """What the run wrote, into ``result``: its timings and counts (run.json), the mean
+    iterations (manifest.parquet); an error instead of each that cannot be read."""
     try:
         with open(os.path.join(out, "run.json")) as f:
             run = json.load(f)
@@ -305,70 +436,110 @@ def cmd_mixed(cpu, work):
         )
     except Exception as e:  # noqa: BLE001
         result["manifest_error"] = f"{type(e).__name__}: {e}"
-    done = (result.get("counts") or {}).get("ok", 0)
 
-    # 4. the figures. Whole run: the command's wall time (loading VGG-19, listing, compiling
-    # each bucket, the report). Once compiled: from the first shard's read to the last
-    # batch's write, less the engine calls that compiled a graph, and their images.
-    busy = sum(e - s for s, e, *_ in calls)
-    compiling = [c for c in calls if c[4]]
-    compile_s = sum(e - s for s, e, *_ in compiling)
-    graphs = sum(c[4] or 0 for c in calls) if calls and calls[0][4] is not None else None
-    result.update(
-        images_per_hour=round(3600 * done / wall, 1) if wall else None,
-        engine_calls=len(calls),
-        batches=dict(sorted(collections.Counter(c[2] for c in calls).items())),
-        graphs_compiled=graphs,
-        compiling_calls=len(compiling),
-        compiling_calls_s=round(compile_s, 2),
-        first_engine_call_after_s=round(calls[0][0] - t0, 3) if calls else None,
-        gpu_busy_s=round(busy, 3),
-        gpu_idle_share=round(max(0.0, 1 - busy / wall), 4),
-    )
-    if calls and phases:
-        first = min(s for _, s, _ in phases)
-        last = (
-            max(e for name, _, e in phases if name == "run_batch")
-            if any(p[0] == "run_batch" for p in phases)
-            else calls[-1][1]
-        )
-        steady_s = (last - first) - compile_s
-        steady_images = done - sum(c[2] for c in compiling)
-        steady_calls = [c for c in calls if not c[4]]
-        px = sum(c[2] * c[3][0] * c[3][1] for c in steady_calls)
-        mean_px = px / max(sum(c[2] for c in steady_calls), 1)
-        steady_iph = 3600 * steady_images / steady_s if steady_s > 0 and steady_images > 0 else None
-        bench_iph = b.get("images_per_hour")
-        result.update(
-            steady_window_s=round(last - first, 3),
-            steady_s=round(steady_s, 3),
-            steady_images=steady_images,
-            steady_images_per_hour=None if steady_iph is None else round(steady_iph, 1),
-            steady_gpu_idle_share=round(max(0.0, 1 - (busy - compile_s) / steady_s), 4)
-            if steady_s > 0
-            else None,
-            steady_ms_per_image_iter_engine=round(
-                1000 * (busy - compile_s) / max(steady_images * iterations, 1), 4
-            ),
-            pixels_vs_bench=round(mean_px / (size * size), 4),
-            ratio=round(steady_iph / bench_iph, 4) if steady_iph and bench_iph else None,
-            ratio_whole_run=round(result["images_per_hour"] / bench_iph, 4)
-            if bench_iph and result["images_per_hour"]
-            else None,
-            ratio_per_pixel=round(steady_iph * mean_px / (bench_iph * size * size), 4)
-            if steady_iph and bench_iph
-            else None,
-        )
-        window = [
-            u
-            for t, u in util
-            if first <= t <= last and not any(s <= t <= e for s, e, *_ in compiling)
-        ]
-        if window:  # NVML's share of 50 ms samples in which no kernel ran, compiling left out
-            result["nvml_idle_share_steady"] = round(sum(u == 0 for u in window) / len(window), 4)
-            result["nvml_mean_utilisation_steady"] = round(sum(window) / len(window), 1)
+
+def whole_run_figures(timer, t0, wall, done):
+    """4a. The whole run: the command's wall time (loading VGG-19, listing, compiling each
+    bucket, the report) against the engine calls' busy time."""
+    calls, busy, compiling = timer.calls, timer.busy_s, timer.compiling
+    graphs = sum(c.graphs or 0 for c in calls) if calls and calls[0].graphs is not None else None
+    return {
+        "images_per_hour": round(3600 * done / wall, 1) if wall else None,
+        "engine_calls": len(calls),
+        "batches": dict(sorted(collections.Counter(c.images for c in calls).items())),
+        "graphs_compiled": graphs,
+        "compiling_calls": len(compiling),
+        "compiling_calls_s": round(sum(c.end - c.start for c in compiling), 2),
+        "first_engine_call_after_s": round(calls[0].start - t0, 3) if calls else None,
+        "gpu_busy_s": round(busy, 3),
+        "gpu_idle_share": round(max(0.0, 1 - busy / wall), 4),
+    }
+
+
+def steady_figures(s, timer, window, done, bench_iph, whole_iph):
+    """4b. Once every bucket is compiled: the ``window`` (:meth:`CallTimer.steady_window`)
+    less the engine calls that compiled a graph, and their images; against the bench's
+    images/hour (``bench_iph``) per image and per pixel, and the whole run's
+    (``whole_iph``)."""
+    first, last = window
+    busy, compiling = timer.busy_s, timer.compiling
+    compile_s = sum(c.end - c.start for c in compiling)
+    steady_s = (last - first) - compile_s
+    steady_images = done - sum(c.images for c in compiling)
+    steady_calls = [c for c in timer.calls if not c.graphs]
+    px = sum(c.images * c.shape[0] * c.shape[1] for c in steady_calls)
+    mean_px = px / max(sum(c.images for c in steady_calls), 1)
+    steady_iph = 3600 * steady_images / steady_s if steady_s > 0 and steady_images > 0 else None
+    return {
+        "steady_window_s": round(last - first, 3),
+        "steady_s": round(steady_s, 3),
+        "steady_images": steady_images,
+        "steady_images_per_hour": None if steady_iph is None else round(steady_iph, 1),
+        "steady_gpu_idle_share": round(max(0.0, 1 - (busy - compile_s) / steady_s), 4)
+        if steady_s > 0
+        else None,
+        "steady_ms_per_image_iter_engine": round(
+            1000 * (busy - compile_s) / max(steady_images * s.iterations, 1), 4
+        ),
+        "pixels_vs_bench": round(mean_px / (s.size * s.size), 4),
+        "ratio": round(steady_iph / bench_iph, 4) if steady_iph and bench_iph else None,
+        "ratio_whole_run": round(whole_iph / bench_iph, 4) if bench_iph and whole_iph else None,
+        "ratio_per_pixel": round(steady_iph * mean_px / (bench_iph * s.size * s.size), 4)
+        if steady_iph and bench_iph
+        else None,
+    }
+
+
+def _import_pipeline_without_ray():
+    """None if the pipeline imports with Ray hidden, else the skipped step's record."""
+    _hide_ray()
+    try:
+        import pipeline.cli  # noqa: F401
+        import pipeline.driver  # noqa: F401
+        import pipeline.worker  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        return {
+            "status": f"skipped: the pipeline does not import without Ray ({msg})",
+            "ray_hidden": True,
+        }
+    return None
+
+
+def cmd_mixed(cpu, work):
+    """`stylize run` with ray.address: inline (Ray hidden, as on a machine without it) over a
+    collection of mixed sizes and aspect ratios, and `stylize bench` at the same settings
+    (preset, size, iterations, precision, compile, init) measured first in this process:
+    images/hour of both, and the GPU's idle share, for the whole run and once every aspect
+    bucket is compiled."""
+    import gc
+
+    skipped = _import_pipeline_without_ray()
+    if skipped is not None:
+        print(json.dumps(skipped))
+        return 0
+    import torch
+
+    s = Settings.of(cpu != "1" and torch.cuda.is_available())
+    result, b = run_bench(s)
+    gc.collect()
+    if s.cuda:
+        torch.cuda.empty_cache()
+    job_path, out = write_job(s, work, result)
+    timer, sampler = CallTimer(), UtilisationSampler()
+    rc, t0, t1 = timed_run(job_path, timer, sampler, s.cuda)
+    wall = t1 - t0
+    result.update(exit_code=rc, wall_s=round(wall, 3))
+    read_run_files(out, result)
+    done = (result.get("counts") or {}).get("ok", 0)
+    result.update(whole_run_figures(timer, t0, wall, done))
+    if timer.calls and timer.phases:
+        first, last = timer.steady_window()
+        bench_iph, whole_iph = b.get("images_per_hour"), result["images_per_hour"]
+        result.update(steady_figures(s, timer, (first, last), done, bench_iph, whole_iph))
+        result.update(sampler.steady_figures(first, last, timer.compiling))
     print(json.dumps(result))
-    return 0 if rc == 0 and done == n else 1
+    return 0 if rc == 0 and done == s.n else 1
 
 
 if __name__ == "__main__":

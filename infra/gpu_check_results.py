@@ -187,6 +187,13 @@ TARGET_MS_1024 = 8.0
 TARGET_IMAGES_PER_HOUR_224 = 50000  # 224x224 at 300 iterations
 TARGET_MIXED_RATIO = 0.9  # the pipeline on mixed sizes against the bench
 LOSS_TOLERANCE = 0.01  # final loss within 1% of strict fp32 at equal iterations
+# issue 22 (the controls step)
+TARGET_W2_CONTENT = 1.1  # wasserstein2's content distance at most 1.1 x gram's
+TARGET_W2_COST = 1.2  # its ms per image-iteration at most 1.2 x gram's
+TARGET_SCHEDULE_FIGURES = 1.1  # "the same final quality figures": within 10% of one scale
+TARGET_MASK_OWN_OTHER = 0.5  # region-restricted style distance own/other
+TARGET_MASK_KEPT = 1.2  # the unstyled region's content distance over a content-only run's
+TARGET_FIGURES_SHARE = 0.05  # the quality figures' time over the run's
 TARGET_STEPS = ("bench_512", "bench_history100", "bench_1024", "bench_224", "mixed_run")
 
 
@@ -371,6 +378,53 @@ def mixed_summary(mixed, gpu):
     return text, [(name, ratio, None if ratio is None else ratio >= TARGET_MIXED_RATIO)]
 
 
+def controls_summary(x, gpu):
+    """The controls step's lines (issue 22) and, on a GPU, its checks."""
+    f = x.get("summary")
+    if x["status"] != "ok" or not f:
+        return [f"controls: {x['status']}"], []
+    losses, masks = x.get("losses", {}), x.get("masks", {})
+    text = [
+        f"controls: {x.get('device')}, style losses at {losses.get('size')}px x "
+        f"{losses.get('iterations')} it, masks at {masks.get('size')}px x "
+        f"{masks.get('iterations')} it, {fmt(x.get('seconds'))} s",
+        "  " + "; ".join(f"{k} {fmt(v)}" for k, v in f.items()),
+    ]
+    if not gpu:
+        return text, []
+    sched_ok = None
+    if f.get("seconds schedule/single") is not None:
+        sched_ok = (
+            f["seconds schedule/single"] < 1
+            and (f.get("gram_distance schedule/single") or 1e9) <= TARGET_SCHEDULE_FIGURES
+            and (f.get("content_distance schedule/single") or 1e9) <= TARGET_SCHEDULE_FIGURES
+        )
+
+    def at_most(key, bound):
+        v = f.get(key)
+        return None if v is None else v <= bound
+
+    checks = [
+        ("controls: wasserstein2 W2 distance < gram's (equal it)",
+         f.get("w2_distance wasserstein2/gram"), at_most("w2_distance wasserstein2/gram", 0.999)),
+        (f"controls: wasserstein2 content distance <= {TARGET_W2_CONTENT} x gram's",
+         f.get("content_distance wasserstein2/gram"),
+         at_most("content_distance wasserstein2/gram", TARGET_W2_CONTENT)),
+        (f"controls: wasserstein2 ms/image-iteration <= {TARGET_W2_COST} x gram's",
+         f.get("ms ratio wasserstein2/gram"), at_most("ms ratio wasserstein2/gram", TARGET_W2_COST)),
+        (f"controls: schedule faster than one scale, figures within {TARGET_SCHEDULE_FIGURES}x",
+         f.get("seconds schedule/single"), sched_ok),
+        (f"controls: masks own/other style distance <= {TARGET_MASK_OWN_OTHER} (worst side)",
+         f.get("mask own/other (worst side)"),
+         at_most("mask own/other (worst side)", TARGET_MASK_OWN_OTHER)),
+        (f"controls: unstyled region content distance <= {TARGET_MASK_KEPT} x content-only",
+         f.get("mask kept one/none"), at_most("mask kept one/none", TARGET_MASK_KEPT)),
+        (f"controls: quality figures < {TARGET_FIGURES_SHARE:.0%} of the run (500 it)",
+         f.get("figures share at 500 it"), at_most("figures share at 500 it", TARGET_FIGURES_SHARE)),
+    ]  # fmt: skip
+    return text, checks
+
+
 def pytest_text(py):
     """pytest -m gpu's outcomes, and each test that did not pass."""
     outcomes = ", ".join(f"{v} {k}" for k, v in sorted(py.get("outcomes", {}).items()))
@@ -430,6 +484,10 @@ def summarize(lines, out_dir, elapsed):
         text += pytest_text(py)
     more, test_checks = gpu_test_figures(lines, gpu)
     text, checks = text + more, checks + test_checks
+    controls = next((x for x in steps if x["step"] == "controls"), None)
+    if controls:
+        more, control_checks = controls_summary(controls, gpu)
+        text, checks = text + more, checks + control_checks
     if gpu:  # a target whose step did not finish is not met silently
         for x in steps:
             if x["step"] in TARGET_STEPS and x["status"] != "ok" and x.get("ratio") is None:

@@ -2,9 +2,11 @@
 (:func:`stylize.bench.bench` measures; this module parses and prints).
 
 Prints one ``key value`` line per figure, or with ``--json`` one JSON line; the progress
-(warm-up, timings) goes to stderr as ``bench: ...`` lines. ``python -m pipeline.bench_cmd``
-runs it without loading the pipeline's libraries (Ray, fsspec, pyarrow): infra/gpu_check.py
-does.
+(warm-up, timings) goes to stderr as ``bench: ...`` lines. A bad command line is a
+:class:`~pipeline.errors.UsageError` (exit 2, one line), reported with every other error by
+``pipeline.cli.main``. ``python -m pipeline.bench_cmd`` runs the same command, its errors
+reported alike (:func:`pipeline.shell.run_alone`), without loading the pipeline's libraries
+(Ray, fsspec, pyarrow): infra/gpu_check.py does.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pipeline.shell import Parser, run_alone
 from stylize.bench import BenchOptions, bench
 from stylize.config import PRECISIONS, PRESETS
 
 _DEFAULTS = BenchOptions()
+_OUTPUT_OPTIONS = ("verbose", "quiet", "debug")  # every command's (pipeline.shell.Parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``stylize bench``; the defaults are :class:`BenchOptions`'."""
     d = _DEFAULTS
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="stylize bench",
         description="Throughput of the engine against the plain loop, in one run.",
     )
@@ -69,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_options(argv: Sequence[str] | None = None) -> tuple[BenchOptions, bool]:
-    """``stylize bench``'s command line as (the bench's options, ``--json``)."""
+    """``stylize bench``'s command line as (the bench's options, ``--json``); a bad one is a
+    :class:`~pipeline.errors.UsageError`."""
     args = vars(build_parser().parse_args(argv))
     as_json = args.pop("json")
+    for name in _OUTPUT_OPTIONS:  # what stderr shows: the shell's, not the bench's
+        del args[name]
     return BenchOptions(**args), as_json
 
 
@@ -80,6 +87,8 @@ def _progress(line: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``stylize bench ARGV``: the figures on stdout, exit code 0; errors raise (a
+    :class:`~stylize.common.StylizeError` with its exit code) for the caller to report."""
     opts, as_json = parse_options(argv)
     result = bench(opts, progress=_progress)
     if as_json:
@@ -91,4 +100,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone("bench", main))

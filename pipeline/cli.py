@@ -31,14 +31,12 @@ import os
 import platform
 import re
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import IO, Any
 
-from pipeline import api, errors, manifest
-from pipeline.errors import RESUME_HINT, Interrupted, UsageError, install_signal_handlers
+from pipeline import api, manifest
+from pipeline.errors import RESUME_HINT, UsageError, install_signal_handlers
 from pipeline.jobconfig import (
     MODES,
     JobConfig,
@@ -46,14 +44,23 @@ from pipeline.jobconfig import (
     job_from_mapping,
     job_schema,
 )
-from pipeline.redact import redact_text, secret_values
+from pipeline.redact import secret_values
 from pipeline.runfolder import RunFolder
-from pipeline.shell import Parser, logging_to_stderr, print_error, verbosity
+from pipeline.shell import (
+    LOGGED,
+    Context,
+    Parser,
+    delegate,
+    logging_to_stderr,
+    print_error,
+    print_json,
+    run_reported,
+    verbosity,
+)
 from pipeline.status import NoRunError, print_status, summarize, to_json
-from stylize.common import DISTRIBUTION, EXIT_INFRA, EXIT_OK, EXIT_USAGE, StylizeError, one_line
+from stylize.common import DISTRIBUTION, EXIT_OK, EXIT_USAGE
 
 log = logging.getLogger("pipeline.cli")  # not __name__: "__main__" under python -m
-LOGGED = ("stylize", "pipeline")  # the packages whose lines -v/-q show or hide
 
 USAGE = """usage: stylize COMMAND [options] ...
 
@@ -226,7 +233,7 @@ def _plan_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args: argparse.Namespace, ctx: _Context) -> int:
+def _plan(args: argparse.Namespace, ctx: Context) -> int:
     from pipeline.plan import calibrate, make_plan, print_plan
 
     job = api.load(args.config, args.overrides, limit=args.limit)
@@ -268,16 +275,6 @@ def _schema_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------- commands
 
 
-class _Context:
-    """What error messages need to know of a command: its name, the secrets to mask (found
-    on the way), whether stdout takes JSON."""
-
-    def __init__(self, command: str, json_out: bool):
-        self.command = command
-        self.secrets: list[str] = []  # values to mask (from the job's storage_options)
-        self.json = json_out
-
-
 def _grid_job(args: argparse.Namespace):
     stylize: dict[str, Any] = {}
     for key in ("preset", "size", "iterations"):
@@ -302,16 +299,16 @@ def _grid_job(args: argparse.Namespace):
     return job_from_mapping(apply_overrides(raw, [*sweeps, *args.overrides]))
 
 
-def _run(args: argparse.Namespace, ctx: _Context) -> int:
+def _run(args: argparse.Namespace, ctx: Context) -> int:
     job = api.load(args.config, args.overrides, mode=args.mode, limit=args.limit)
     return _run_job(job, args, ctx)
 
 
-def _grid(args: argparse.Namespace, ctx: _Context) -> int:
+def _grid(args: argparse.Namespace, ctx: Context) -> int:
     return _run_job(_grid_job(args), args, ctx)
 
 
-def _run_job(job: JobConfig, args: argparse.Namespace, ctx: _Context) -> int:
+def _run_job(job: JobConfig, args: argparse.Namespace, ctx: Context) -> int:
     """``pipeline.run`` (:mod:`pipeline.api`), with the command's streams: the summary on
     stdout (on stderr with ``--json``, which prints one object instead)."""
     ctx.secrets = secret_values(job.storage_options)
@@ -391,7 +388,7 @@ def run_json(result, options) -> dict[str, Any]:
     }
 
 
-def _status(args: argparse.Namespace, ctx: _Context) -> int:
+def _status(args: argparse.Namespace, ctx: Context) -> int:
     options = apply_overrides({}, args.storage_option)
     ctx.secrets = secret_values(options)
     try:
@@ -405,13 +402,13 @@ def _status(args: argparse.Namespace, ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _schema(args: argparse.Namespace, ctx: _Context) -> int:
+def _schema(args: argparse.Namespace, ctx: Context) -> int:
     print(json.dumps(job_schema(), indent=2))
     return EXIT_OK
 
 
-def _print_json(obj: dict[str, Any], ctx: _Context) -> None:
-    print(redact_text(json.dumps(obj, default=str), ctx.secrets), flush=True)
+def _print_json(obj: dict[str, Any], ctx: Context) -> None:
+    print_json(obj, ctx.secrets)
 
 
 _PARSERS = {
@@ -421,14 +418,14 @@ _PARSERS = {
     "status": _status_parser,
     "schema": _schema_parser,
 }
-_HANDLERS: dict[str, Callable[[argparse.Namespace, _Context], int]] = {
+_HANDLERS: dict[str, Callable[[argparse.Namespace, Context], int]] = {
     "run": _run,
     "plan": _plan,
     "grid": _grid,
     "status": _status,
     "schema": _schema,
 }
-_COMMANDS = (*_PARSERS, "image")  # image: pipeline.image_cmd parses its own
+_COMMANDS = (*_PARSERS, "image")  # image: pipeline.image_cmd parses its own (and its --json)
 _DELEGATED = ("bench", "quality", "bench-pipeline", "report")  # parsers live with their code
 _JSON_COMMANDS = ("run", "plan", "grid", "status")
 
@@ -452,16 +449,6 @@ def _delegated(command: str) -> Callable[[list[str]], int]:
 
 
 # ------------------------------------------------------------------------------------- main
-
-_PROBLEMS = re.compile(r"^(?P<where>.+): \d+ problems:$")
-
-
-def _problem_lines(text: str) -> list[str]:
-    """A job file's problems, one self-contained line each (``job.yaml: 3 problems:`` and
-    three lines become three ``job.yaml: ...`` lines, as a compiler reports)."""
-    first, *more = text.splitlines() or [""]
-    found = _PROBLEMS.match(first)
-    return [f"{found['where']}: {p}" for p in more] if found and more else [first, *more]
 
 
 def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -497,58 +484,31 @@ def _before_the_command(lead: list[str], command: str | None) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``stylize ARGV``: the exit code. Every command's errors come up to the one ``except``
+    (:func:`pipeline.shell.run_reported`) and leave one line each."""
     argv = list(sys.argv[1:] if argv is None else argv)
     lead, command, rest = _split(argv)
     done = _before_the_command(lead, command)
     if done is not None or command is None:
         return EXIT_USAGE if done is None else done
     rest = lead + rest  # -v/-q/--debug before the command count as the command's own
-    debug = "--debug" in rest
-    ctx = _Context(command, json_out="--json" in rest and command in _JSON_COMMANDS)
-    prog = f"stylize {command}"
-    resume = f"; {RESUME_HINT}" if command in ("run", "grid") else ""
-
-    def fail(code: int, text: str, kind: str = "error") -> int:
-        lines = _problem_lines(redact_text(text, ctx.secrets))
-        for line in lines:
-            print_error(prog, line, kind)
-        if ctx.json:
-            _print_json({"command": command, "exit_code": code, kind: "\n".join(lines)}, ctx)
-        return code
-
-    try:
-        return _dispatch(command, rest, ctx)
-    except SystemExit as e:  # --help of a subcommand
-        return int(e.code or 0)
-    except Interrupted as e:
-        return fail(e.exit_code, f"{e}; finished items are kept{resume}", "interrupted")
-    except StylizeError as e:  # every error of ours: its exit code, one line
-        if debug and not isinstance(e, UsageError):
-            raise
-        hint = f"{resume} once it is back" if e.resumable else ""
-        return fail(e.exit_code, f"{e}{hint}")
-    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line + a log
-        if debug:
-            raise
-        if errors.received is not None:  # a signal that C code wrapped in another exception
-            return fail(128 + errors.received, f"finished items are kept{resume}", "interrupted")
-        path = _write_traceback(e, ctx.secrets)
-        return fail(
-            EXIT_INFRA,
-            f"unexpected {type(e).__name__}: {one_line(e, 300)} (traceback in {path}){resume}",
-        )
+    ctx = Context(
+        command,
+        json_out="--json" in rest and command in _JSON_COMMANDS,
+        resume=f"; {RESUME_HINT}" if command in ("run", "grid") else "",
+        debug="--debug" in rest,
+    )
+    return run_reported(ctx, lambda: _dispatch(command, rest, ctx))
 
 
-def _dispatch(command: str, rest: list[str], ctx: _Context) -> int:
+def _dispatch(command: str, rest: list[str], ctx: Context) -> int:
     """Run ``command`` with its arguments ``rest``; errors go up to :func:`main`."""
-    if command == "image":  # its own parser, errors and --json (pipeline.image_cmd)
-        from pipeline.image_cmd import main as image_main
+    if command == "image":  # its own parser, --json and Ctrl-C (pipeline.image_cmd)
+        from pipeline.image_cmd import run as image_run
 
-        return image_main(rest)
+        return image_run(rest, ctx)
     if command in _DELEGATED:
-        opts, rest = Parser(prog=f"stylize {command}", add_help=False).parse_known_args(rest)
-        with logging_to_stderr(verbosity(opts), LOGGED):
-            return _delegated(command)(rest)
+        return delegate(f"stylize {command}", _delegated(command), rest)
     make_parser, run_command = _PARSERS[command], _HANDLERS[command]
     args = make_parser().parse_args(rest)
     level = verbosity(args)
@@ -558,13 +518,6 @@ def _dispatch(command: str, rest: list[str], ctx: _Context) -> int:
         if command in ("run", "grid"):
             install_signal_handlers()
         return run_command(args, ctx)
-
-
-def _write_traceback(e: BaseException, secrets: Sequence[str]) -> str:
-    fd, path = tempfile.mkstemp(prefix="stylize-error-", suffix=".log")
-    with os.fdopen(fd, "w") as f:
-        f.write(redact_text("".join(traceback.format_exception(e)), secrets))
-    return path
 
 
 if __name__ == "__main__":

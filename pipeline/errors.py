@@ -46,11 +46,14 @@ class InfraError(StylizeError, RuntimeError):
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; a BaseException so that no ``except Exception`` eats it."""
+    """SIGINT or SIGTERM arrived; a BaseException so that no ``except Exception`` eats it.
+    ``line``: the command's own account of what it kept (``stylize image``: where the last
+    iterate is), for the one line it leaves; None: a job's (finished items are kept)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, line: str | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.line = line
 
     @property
     def exit_code(self) -> int:

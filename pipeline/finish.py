@@ -1,5 +1,6 @@
 """Finish a run: ``manifest.parquet`` (every item of the job, in job order), the grid,
-``run.json``, the report, and the summary on the given stream."""
+``run.json``, the run's ArtFID (job key ``artfid_weights``), the report, and the summary on
+the given stream."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import errors, manifest, storage
 from pipeline import grid as grids
-from pipeline import manifest, storage
 from pipeline.errors import EXIT_FAILED, EXIT_OK
 from pipeline.jobconfig import JobConfig
 from pipeline.redact import escape_controls, redact_text, redact_uri, secret_values
@@ -73,7 +74,7 @@ def _grids(s: RunState, table: pa.Table) -> list[str]:
 
 
 def finish(s: RunState, stream: IO[str]) -> JobResult:
-    """manifest.parquet, grid, run.json, report and the summary."""
+    """manifest.parquet, grid, run.json, ArtFID, report and the summary."""
     job, options = s.job, s.job.storage_options
     # the parts' tables (cleaned when written), by shard id: in job order for a fresh run
     rows = pa.concat_tables([s.kept, *s.new_tables.tables()])
@@ -116,6 +117,7 @@ def finish(s: RunState, stream: IO[str]) -> JobResult:
         },
         options,
     )
+    artfid = write_artfid(job, table, changed=bool(s.new_tables))  # before the report shows it
     result = JobResult(
         exit_code,
         counts,
@@ -123,7 +125,7 @@ def finish(s: RunState, stream: IO[str]) -> JobResult:
         folder.manifest_file,
         grid_uris,
         computed=computed,
-        report_uri=write_report(job, table, changed=bool(s.new_tables)),
+        report_uri=write_report(job, table, changed=bool(s.new_tables) or artfid),
     )
     failures = table.filter(pc.not_equal(table["status"], "ok")).slice(0, 21).to_pylist()
     print_summary(result, failures, len(s.items) - computed, stream, s.container.where, timings)
@@ -193,6 +195,73 @@ def print_summary(
     say(f"run info: {RunFolder(out).run_json}")
     if result.report_uri:
         say(f"report:   {result.report_uri}")
+
+
+def write_artfid(job: JobConfig, table: pa.Table, changed: bool) -> bool:
+    """The run's ArtFID over its ok items (job key ``artfid_weights``; the code of ``stylize
+    quality OUTPUT --artfid DIR``), in artfid.json; True when that file was written. Kept as
+    it is when nothing changed and it holds a figure. Computed here, in the driver (on its
+    GPU where it has one). Its failure never fails the job: a warning line, and artfid.json
+    says why."""
+    if job.artfid_weights is None:
+        return False
+    from pipeline import quality_cmd  # ArtFID of a run folder: what stylize quality computes
+
+    options = job.storage_options
+    uri = RunFolder(job.output).artfid_file
+    secrets = secret_values(options)
+    try:
+        if not changed and (manifest.read_json(uri, options) or {}).get("artfid") is not None:
+            return False
+        figures = _artfid(job, job.artfid_weights, table)
+        log.info("%s", quality_cmd.artfid_line(figures))
+    except Exception as e:  # noqa: BLE001 - the run's results are written; ArtFID is extra
+        if errors.received is not None:  # a signal that C code wrapped in another exception
+            raise
+        why = redact_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", secrets)
+        log.warning("ArtFID not computed (%s); the run's results are kept", why)
+        figures = {
+            "artfid": None,
+            "fid": None,
+            "lpips": None,
+            "items": 0,
+            "styles": 0,
+            "inception": _flavour(job.artfid_weights),
+            "why": f"not computed: {why}",
+        }
+    try:
+        quality_cmd.write_artfid(job.output, figures, options)
+    except Exception as e:  # noqa: BLE001 - as the report: one warning line
+        why = redact_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", secrets)
+        log.warning("ArtFID not written (%s)", why)
+        return False
+    return True
+
+
+def _artfid(job: JobConfig, folder: str, table: pa.Table) -> dict[str, Any]:
+    """ArtFID's figures of the run, its weight files loaded from ``folder`` now (checked by
+    name when the job was loaded); on the driver's GPU where it has one, unless the job says
+    ``device: cpu``."""
+    from pipeline.jobconfig import artfid_weight_files
+    from pipeline.quality_cmd import run_artfid
+    from stylize.artfid import ArtFID
+
+    files = artfid_weight_files(folder)
+    device = "cpu" if job.stylize.device == "cpu" else "auto"
+    ok = pc.sum(pc.cast(pc.equal(table["status"], "ok"), pa.int64())).as_py() or 0
+    log.info("ArtFID of the %d ok items (weights from %s, device %s)", ok, folder, device)
+    return run_artfid(job.output, job.storage_options, ArtFID(*files, device=device), table=table)
+
+
+def _flavour(folder: str) -> str | None:
+    """The Inception of the weights folder (its file's heads), None where it cannot be told."""
+    try:
+        from pipeline.jobconfig import artfid_weight_files
+        from stylize.artfid import inception_flavour
+
+        return inception_flavour(artfid_weight_files(folder)[0])
+    except Exception:  # noqa: BLE001 - only for the line that says why ArtFID is missing
+        return None
 
 
 def write_report(job: JobConfig, table: pa.Table, changed: bool) -> str | None:

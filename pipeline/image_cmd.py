@@ -24,12 +24,12 @@ import threading
 import time
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import storage
 from pipeline.errors import Interrupted, OutputError, UsageError
-from pipeline.shell import Parser, logging_to_stderr, print_error, verbosity
-from stylize.common import EXIT_OK, EXIT_USAGE, StylizeError, one_line, write_atomic
+from pipeline.shell import LOGGED, Context, Parser, logging_to_stderr, run_reported, verbosity
+from stylize.common import EXIT_OK, one_line, write_atomic
 from stylize.config import (
     BIT_DEPTH_16_FORMATS,
     BIT_DEPTHS,
@@ -99,7 +99,7 @@ def _engine_fields() -> list[tuple[str, object, bool]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="stylize image", description="Stylize one image (Gatys et al. 2015).")
+    p = Parser(prog=PROG, description="Stylize one image (Gatys et al. 2015).")
     p.add_argument("--content", required=True, help="content image (path or URL)")
     p.add_argument(
         "--style",
@@ -168,32 +168,37 @@ def main(
     read_bytes: ReadBytes = storage.read_bytes,
     write_bytes: WriteBytes = _write_url,
 ) -> int:
-    """Entry point of ``stylize image``: its own one-line errors (and with ``--json`` the
-    object on stdout), exit codes 0, 2, 3, 130 and 143. ``read_bytes(uri)`` reads URLs
+    """``stylize image`` for a Python caller: :func:`run`, its errors reported as the
+    command reports them (:func:`pipeline.shell.run_reported`: one line, and with ``--json``
+    the object on stdout; exit codes 0, 2, 3, 130 and 143)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    ctx = Context("image", debug="--debug" in args)
+    return run_reported(ctx, lambda: run(args, ctx, read_bytes, write_bytes))
+
+
+def run(
+    argv: Sequence[str],
+    ctx: Context,
+    read_bytes: ReadBytes = storage.read_bytes,
+    write_bytes: WriteBytes = _write_url,
+) -> int:
+    """The command ``stylize image ARGV``: its exit code; errors raise (a
+    :class:`~stylize.common.StylizeError` with its exit code, :class:`Interrupted` with the
+    line to leave), for ``pipeline.cli.main`` to report; once the command line is parsed
+    ``ctx.json`` says whether they also go to stdout as JSON. ``read_bytes(uri)`` reads URLs
     (content, styles, masks, weights) and ``write_bytes(uri, data)`` writes the output and
     snapshots: fsspec's (``s3://``, ``gs://``, ``pkg://`` ...) unless a caller passes its
-    own. Unexpected errors propagate (``pipeline.cli.main`` reports them)."""
-    try:
-        args = build_parser().parse_args(argv)
-        level = verbosity(args)
-    except UsageError as e:
-        print_error(PROG, str(e))
-        return EXIT_USAGE
-    with logging_to_stderr(level, ("stylize", "pipeline")), _signals_stop():
+    own."""
+    args = build_parser().parse_args(argv)
+    level = verbosity(args)
+    ctx.json = args.json
+    with logging_to_stderr(level, LOGGED), _signals_stop():
         try:
             return _run(args, _Files(read_bytes, write_bytes))
-        except StylizeError as e:  # bad input 2 (UsageError, ConfigError ...), output 3
-            return _fail(args, e.exit_code, str(e))
         except Interrupted as e:  # before or after the optimisation: nothing to keep
-            return _fail(args, e.exit_code, f"{e}; nothing was written", "interrupted")
-
-
-def _fail(args: argparse.Namespace, code: int, text: str, kind: str = "error") -> int:
-    """One line on stderr; with --json also the object on stdout."""
-    print_error(PROG, text, kind)
-    if getattr(args, "json", False):
-        print(json.dumps({"command": "image", "exit_code": code, kind: text}), flush=True)
-    return code
+            if e.line is not None:
+                raise
+            raise Interrupted(e.signum, f"{e}; nothing was written") from None
 
 
 @contextlib.contextmanager
@@ -367,7 +372,7 @@ def _run(args: argparse.Namespace, files: _Files) -> int:
             [pixels], [style], callback=progress, regions=[regions] if regions else None
         )[0]
     except Interrupted as e:
-        return _interrupted(args, e, progress, fmt, files)
+        _interrupted(args, e, progress, fmt, files)
     finally:
         progress.close()
     files.write(args.output, encode_image(result.image, fmt, args.quality, args.bit_depth))
@@ -404,27 +409,19 @@ def interrupted_path(output: str) -> str:
 
 def _interrupted(
     args: argparse.Namespace, e: Interrupted, progress: _Progress, fmt: str, files: _Files
-) -> int:
+) -> NoReturn:
     """Ctrl-C (or SIGTERM) during the optimisation: the last iterate the progress saw is
-    written next to the output, named so; one line says where."""
+    written next to the output, named so; the line to leave says where."""
     from stylize.images import encode_image
 
     last, step = progress.last, progress.done
     if last is None:
-        return _fail(
-            args,
-            e.exit_code,
-            f"{e} before the first step; nothing was written",
-            "interrupted",
-        )
+        raise Interrupted(e.signum, f"{e} before the first step; nothing was written") from None
     path = interrupted_path(args.output)
     files.write(path, encode_image(last, fmt, args.quality, args.bit_depth))
-    return _fail(
-        args,
-        e.exit_code,
-        f"{e} at step {step} of {progress.total}; the last iterate is in {path}",
-        "interrupted",
-    )
+    raise Interrupted(
+        e.signum, f"{e} at step {step} of {progress.total}; the last iterate is in {path}"
+    ) from None
 
 
 def snapshot_path(output: str, step: int) -> str:

@@ -11,7 +11,9 @@ files.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
@@ -203,6 +205,43 @@ StylesInput = (
 )
 
 
+# ArtFID's three weight files (stylize.artfid), under the names they are published with: what
+# a weights folder (the job key artfid_weights, stylize quality OUTPUT --artfid DIR) must hold
+ARTFID_FILES = {
+    "the Inception (ArtFID's art_inception.pth or pytorch-fid's pt_inception-*.pth)": (
+        "art_inception*.pth",
+        "pt_inception-*.pth",
+    ),
+    "torchvision's AlexNet (alexnet-owt-*.pth)": ("alexnet-*.pth", "alexnet.pth"),
+    "LPIPS v0.1's linear layers (alex.pth of the lpips package)": ("alex.pth",),
+}
+ARTFID_HELP = "see ArtFID in docs/engine.md"
+
+
+def artfid_weight_files(folder: str) -> tuple[str, str, str]:
+    """The paths of ArtFID's three weight files in the local folder ``folder`` (inception,
+    alexnet, lpips), found by name only (nothing is read); ValueError saying what is missing
+    or ambiguous and the fix (the caller names the folder and its key or option)."""
+    if "://" in folder:
+        raise ValueError(
+            "a URL; give a local folder (the weight files are read from this "
+            f"machine's disk, never downloaded; {ARTFID_HELP})"
+        )
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"not a folder; give the folder holding ArtFID's three weight files ({ARTFID_HELP})"
+        )
+    names = sorted(os.listdir(folder))
+    found = []
+    for what, patterns in ARTFID_FILES.items():
+        match = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if len(match) != 1:
+            why = "no file" if not match else f"{len(match)} files ({', '.join(match)})"
+            raise ValueError(f"{why} for {what}; put exactly one there ({ARTFID_HELP})")
+        found.append(os.path.join(folder, match[0]))
+    return found[0], found[1], found[2]
+
+
 def image_extensions() -> tuple[str, ...]:
     """The file extensions Pillow opens (``.jpg``, ``.png``, ``.webp``, ...), sorted."""
     from PIL import Image
@@ -346,6 +385,15 @@ class JobConfig(BaseModel):
             "style targets kept per worker (LRU); null: a tenth of the GPU's memory, 1 GiB on a CPU"
         ),
     )
+    artfid_weights: Text | None = Field(
+        None,
+        description=(
+            "a local folder holding ArtFID's three weight files (art_inception.pth or "
+            "pt_inception-*.pth, alexnet-owt-*.pth, alex.pth; none is downloaded): the run ends "
+            "by computing its ArtFID over the ok items, as stylize quality OUTPUT --artfid DIR "
+            "(artfid.json beside the manifest parts, a line in the report); null: not computed"
+        ),
+    )
 
     # ------------------------------------------------------------------- normalisation
     @field_validator("stylize", mode="before")
@@ -383,6 +431,15 @@ class JobConfig(BaseModel):
     @classmethod
     def _grid_forms(cls, value: Any) -> Any:
         return False if value is None else value
+
+    @field_validator("artfid_weights", mode="after")
+    @classmethod
+    def _artfid_folder(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        folder = os.path.expanduser(value)
+        artfid_weight_files(folder)  # the files are there (read at the end of the run)
+        return folder
 
     @field_validator("sweep", mode="after")
     @classmethod

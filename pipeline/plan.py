@@ -164,6 +164,7 @@ def make_plan(
         "skipped_why": dict(Counter(s.reason for s in state.listing.skipped)),
         "styles": [s.name for s in state.styles],
         "masks": None if job.masks is None else job.masks.model_dump(exclude_defaults=True),
+        "artfid_weights": job.artfid_weights,
         "items": len(items),
         "already_done": len(items) - len(left),
         "left": len(left),
@@ -237,6 +238,11 @@ def print_plan(p: Mapping[str, Any], stream) -> None:
         say(
             f"masks:     from {source}; foreground (white): {masks.get('foreground') or 'content'}"
             f", background (black): {masks.get('background') or 'content'}; one item per content"
+        )
+    if p.get("artfid_weights"):
+        say(
+            f"artfid:    at the end, over the ok items, in the driver (weights from "
+            f"{p['artfid_weights']})"
         )
     say(f"items:     {p['items']}: {p['already_done']} already done, {p['left']} left")
     if p["would_refuse"]:

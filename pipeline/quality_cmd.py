@@ -5,7 +5,8 @@
   (:mod:`stylize.figures`) of every ok item of a run folder, recomputed from its files
   (outputs, contents, styles): for runs made before the figures existed, or to compare runs
   with the same network. Writes ``_manifest/quality.parquet`` (item_id, style, the figures)
-  and prints the median per style.
+  and prints the median per style; with ``--artfid DIR`` also the run's ArtFID
+  (:func:`run_artfid`, which the finish phase calls too for the job key ``artfid_weights``).
 - ``stylize quality [--pairs N] [--pair CONTENT STYLE] ...`` (no positional argument): the
   engine's picture-quality check (:func:`stylize.quality.run`) on the bundled samples or
   ``--pair`` files: one line per result, a summary per init, or with ``--json`` one JSON line.
@@ -15,22 +16,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import manifest, storage
 from pipeline.errors import UsageError
-from pipeline.jobconfig import apply_overrides
+from pipeline.jobconfig import apply_overrides, artfid_weight_files
+from pipeline.redact import redact_text, secret_values
 from pipeline.runfolder import RunFolder
 from pipeline.shell import Parser
 from pipeline.status import NoRunError
 from pipeline.webdataset import read_member
 from stylize.figures import FIGURES, MEANINGS
 from stylize.quality import INITS, PAIRS, QualityOptions
+
+if TYPE_CHECKING:
+    from stylize.artfid import ArtFID, ArtFIDSums
+    from stylize.records import Style
 
 
 def _folder_parser() -> argparse.ArgumentParser:
@@ -54,106 +64,122 @@ def _folder_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ArtFID's three weight files (stylize.artfid): what each may be called in --artfid DIR
-ARTFID_FILES = {
-    "the Inception (ArtFID's art_inception.pth or pytorch-fid's pt_inception-*.pth)": (
-        "art_inception*.pth",
-        "pt_inception-*.pth",
-    ),
-    "torchvision's AlexNet (alexnet-owt-*.pth)": ("alexnet-*.pth", "alexnet.pth"),
-    "LPIPS v0.1's linear layers (alex.pth of the lpips package)": ("alex.pth",),
-}
+# ------------------------------------------------------------------ a run folder's ArtFID
+
+ARTFID_CHUNK = 16  # items through ArtFID's networks together (stylize.artfid.ArtFIDSums)
+ARTFID_READERS = 8  # items read and decoded at once, up to two chunks ahead of the networks
+ARTFID_COLUMNS = ("item_id", "style", "output_uri", "content_uri", "content_uri_bytes")
 
 
-def artfid_weights(folder: str) -> tuple[str, str, str]:
-    """The paths of ArtFID's three weight files in the local folder ``folder`` (inception,
-    alexnet, lpips); UsageError naming what is missing or ambiguous."""
-    import fnmatch
-    import os
+def run_artfid(
+    output: str,
+    options: Mapping[str, Any],
+    scorer: ArtFID,
+    limit: int | None = None,
+    table: pa.Table | None = None,
+) -> dict[str, Any]:
+    """ArtFID (:class:`stylize.artfid.ArtFIDSums`) of the run folder's ok items (the first
+    ``limit``): what ``stylize quality OUTPUT --artfid DIR`` and the job key
+    ``artfid_weights`` (at the end of a run) compute, the JSON of artfid.json. ``table``: the
+    run's manifest where the caller holds it (else read; an unfinished run's parts). Each
+    item: its output, its content at the output's size (as the engine sized it), its style's
+    first image; one that cannot be read is counted under ``skipped``."""
+    from stylize.artfid import ArtFIDSums
 
-    if not os.path.isdir(folder):
-        raise UsageError(f"--artfid {folder}: not a folder (see ArtFID in docs/engine.md)")
-    names = sorted(os.listdir(folder))
-    found = []
-    for what, patterns in ARTFID_FILES.items():
-        match = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        if len(match) != 1:
-            why = "no file" if not match else f"{len(match)} files ({', '.join(match)})"
-            raise UsageError(
-                f"--artfid {folder}: {why} for {what}; put exactly one there "
-                "(see ArtFID in docs/engine.md)"
-            )
-        found.append(os.path.join(folder, match[0]))
-    return found[0], found[1], found[2]
+    rows, read = _artfid_items(output, options, limit, table)
+    sums = ArtFIDSums(scorer, chunk=ARTFID_CHUNK)
+    with ThreadPoolExecutor(ARTFID_READERS) as pool:
+        for item in _ahead(pool, read, rows, 2 * ARTFID_CHUNK):
+            if isinstance(item, Exception):
+                sums.skip(item)
+            else:
+                sums.add(*item)
+    figures = sums.figures()
+    if figures.get("why"):
+        figures["why"] = redact_text(figures["why"], secret_values(options))
+    return figures
 
 
-class ArtFIDSums:
-    """What the run's ArtFID is made of, gathered item by item (stylize.artfid): each item's
-    LPIPS to its content, the Inception features of its result and of its style (the style's
-    first image at the result's longest side, aspect kept)."""
+def _artfid_items(
+    output: str, options: Mapping[str, Any], limit: int | None, table: pa.Table | None
+) -> tuple[list[dict[str, Any]], Callable[[dict[str, Any]], Any]]:
+    """(the ok rows, the first ``limit``; a function reading one into (content, result,
+    style), or the exception that stopped it)."""
+    from stylize.engine import Style
+    from stylize.images import decode_image, resize_to, to_tensor
 
-    def __init__(self, scorer: Any) -> None:
-        self.scorer = scorer
-        self.lpips: list[float] = []
-        self.results: list[Any] = []
-        self.styles: list[Any] = []
-        self._style_features: dict[tuple[str, int], Any] = {}
-        self.skipped = 0  # ok items left out, and why the first was
-        self.first_problem = ""
+    if table is None:
+        table = manifest.read_manifest(output, options)
+        if table is None or table.num_rows == 0:  # an unfinished run: its parts
+            table = manifest.read_parts(output, options)
+    job = manifest.read_json(RunFolder(output).job_json, options) or {}
+    if table.num_rows == 0 and not job:
+        raise NoRunError.at(output)
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    ok = ok.select([c for c in ARTFID_COLUMNS if c in ok.column_names])
+    rows = (ok.slice(0, limit) if limit is not None else ok).to_pylist()
+    refs = (job.get("fingerprint") or {}).get("styles") or {}
+    styles: dict[str, Style | Exception] = {}  # by name: its first image (ArtFID's style set)
 
-    def add(self, content: Any, result: Any, style: Any) -> None:
-        """One ok item: ``content`` and ``result`` (3, H, W) in 0..255, its ``Style``; an item
-        the networks cannot take (e.g. smaller than the Inception's 75 px) is counted and
-        left out, the first reason kept."""
+    def style(name: str) -> Style:
+        if name not in styles:  # readers may race to it: the same image either way
+            try:
+                ref = refs.get(name)
+                if ref is None:
+                    raise KeyError(f"style {name!r} is not in the run's job file")
+                uri = ref["uris"][0]
+                image = to_tensor(decode_image(storage.read_bytes(uri, options), name=uri))
+                styles[name] = Style(name, (image,))
+            except Exception as e:  # noqa: BLE001 - its items are skipped with the reason
+                styles[name] = e
+        found = styles[name]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def read(row: dict[str, Any]) -> tuple[Any, Any, Style] | Exception:
         try:
-            self._add(content, result, style)
-        except Exception as e:  # noqa: BLE001 - named in artfid.json's "why"
-            self.skipped += 1
-            self.first_problem = self.first_problem or f"{type(e).__name__}: {e}"[:300]
+            result = to_tensor(decode_image(read_member(row["output_uri"], options)))
+            h, w = result.shape[-2:]
+            photo = decode_image(storage.read_bytes(manifest.raw_content_uri(row), options))
+            return to_tensor(resize_to(photo, w, h)), result, style(row["style"])
+        except Exception as e:  # noqa: BLE001 - counted under skipped, the first named
+            return e
 
-    def _add(self, content: Any, result: Any, style: Any) -> None:
-        import torch.nn.functional as F
+    return rows, read
 
-        side = max(result.shape[-2:])
-        key = (style.key, side)
-        if key not in self._style_features:
-            image = style.images[0]
-            h, w = image.shape[-2:]
-            size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
-            image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
-            self._style_features[key] = self.scorer.features([(image / 255).clamp(0, 1)])
-        self.lpips.append(float(self.scorer.lpips([content / 255], [result / 255])[0]))
-        self.results.append(self.scorer.features([result / 255]))
-        self.styles.append(self._style_features[key])
 
-    def figures(self) -> dict[str, Any]:
-        """The JSON of _manifest/artfid.json: artfid, fid, lpips, items, styles, inception."""
-        import statistics
+def _ahead(
+    pool: Executor, fn: Callable[[Any], Any], items: Sequence[Any], window: int
+) -> Iterator[Any]:
+    """``fn`` of each item, in order, at most ``window`` of them in flight (``pool.map``
+    would hold every result of a million rows)."""
+    waiting: deque = deque()
+    for item in items:
+        waiting.append(pool.submit(fn, item))
+        if len(waiting) >= window:
+            yield waiting.popleft().result()
+    while waiting:
+        yield waiting.popleft().result()
 
-        import torch
 
-        from stylize.artfid import artfid, fid
+def write_artfid(output: str, figures: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+    """``figures`` (:func:`run_artfid`) to the run folder's artfid.json; its URI."""
+    uri = RunFolder(output).artfid_file
+    manifest.write_json(uri, figures, options)
+    return uri
 
-        styles = len({name for name, _ in self._style_features})
-        out: dict[str, Any] = {
-            "artfid": None,
-            "fid": None,
-            "lpips": statistics.fmean(self.lpips) if self.lpips else None,
-            "items": len(self.lpips),
-            "styles": styles,
-            "inception": self.scorer.flavour,
-        }
-        if self.skipped:
-            out["skipped"] = self.skipped
-        if len(self.results) < 2:
-            first = f" (first left out: {self.first_problem})" if self.first_problem else ""
-            out["why"] = f"ArtFID needs at least 2 ok items the networks can take{first}"
-            return out
-        out["fid"] = fid(torch.cat(self.results), torch.cat(self.styles))
-        out["artfid"] = artfid(out["lpips"], out["fid"])
-        if styles == 1:
-            out["why"] = "one style: its FID is against a single picture (not comparable)"
-        return out
+
+def artfid_line(a: Mapping[str, Any]) -> str:
+    """The one line that says a run's ArtFID (``a``: artfid.json's figures)."""
+    figures = (
+        f"ArtFID {a['artfid']:.4g} (FID {a['fid']:.4g}, LPIPS {a['lpips']:.4g})"
+        if a.get("artfid") is not None
+        else "ArtFID not computed"
+    )
+    inception = f", {a['inception']} Inception" if a.get("inception") else ""
+    why = f"; {a['why']}" if a.get("why") else ""
+    return f"{figures} of {a.get('items', 0)} items against {a.get('styles', 0)} style(s){inception}{why}"
 
 
 def is_folder_call(argv: Sequence[str]) -> bool:
@@ -187,7 +213,8 @@ def recompute(
 ) -> list[dict[str, Any]]:
     """The figures of the folder's ok items: one row of ``manifest.QUALITY_SCHEMA`` each
     (item_id, style, FIGURES, error: why a figure is missing); each item also given to
-    ``artfid`` when there is one."""
+    ``artfid`` when there is one. A masked item (its ``mask_uri``; the job's ``masks`` sides)
+    gets region-aware style figures, its mask read again as the worker reads it."""
     from stylize import figures as fg
     from stylize.engine import Style, Stylizer
     from stylize.images import decode_image, resize_to, to_tensor
@@ -222,6 +249,26 @@ def recompute(
             raise found
         return found
 
+    sides = (job.get("fingerprint") or {}).get("masks") or {}
+
+    def regions(r: Mapping[str, Any], photo: Any, h: int, w: int) -> list[Any] | None:
+        """A masked item's regions as the worker gives them to the engine (its mask read
+        through storage and resized to the output as the worker does); None without one."""
+        if not r.get("mask_uri"):
+            return None
+        from pipeline.worker import load_mask
+
+        fore, back = sides.get("foreground"), sides.get("background")
+        if fore is None and back is None:
+            raise KeyError("the item has a mask_uri but the run's job file names no masks")
+        uri = r["mask_uri"]
+        data = storage.read_bytes(uri, options)
+        m = load_mask(data, f"mask {uri}", (h, w), photo.size, fore is not None, back is not None)
+        return [
+            *([(style(fore), m)] if fore is not None else []),
+            *([(style(back), 1 - m)] if back is not None else []),
+        ]
+
     out: list[dict[str, Any]] = []
     for r in rows:
         values: dict[str, Any] = {"item_id": r["item_id"], "style": r["style"]}
@@ -230,7 +277,15 @@ def recompute(
             h, w = result.shape[-2:]
             photo = decode_image(storage.read_bytes(manifest.raw_content_uri(r), options))
             content = to_tensor(resize_to(photo, w, h))  # as the engine sized it
-            values.update(taker.take(result[None], content[None], [style(r["style"])])[0])
+            guide = regions(r, photo, h, w)  # masked items: region-aware style figures
+            values.update(
+                taker.take(
+                    result[None],
+                    content[None],
+                    [style(r["style"])],
+                    regions=None if guide is None else [guide],
+                )[0]
+            )
             if artfid is not None:  # never fails the row's figures
                 artfid.add(content, result, style(r["style"]))
             if taker.failed:
@@ -266,25 +321,26 @@ def folder_main(argv: Sequence[str] | None = None) -> int:
     """``stylize quality OUTPUT``."""
     args = _folder_parser().parse_args(argv)
     options = apply_overrides({}, args.storage_option)
-    sums = None
-    if args.artfid is not None:
+    scorer = None
+    if args.artfid is not None:  # its files checked and loaded before the long part
         from stylize.artfid import ArtFID
 
-        sums = ArtFIDSums(ArtFID(*artfid_weights(args.artfid), device=args.device))
+        try:
+            files = artfid_weight_files(os.path.expanduser(args.artfid))
+        except ValueError as e:
+            raise UsageError(f"--artfid {args.artfid}: {e}") from None
+        scorer = ArtFID(*files, device=args.device)
     try:
-        rows = recompute(args.output, options, args.device, args.limit, sums)
+        rows = recompute(args.output, options, args.device, args.limit)
     except NoRunError as e:
         raise UsageError(str(e)) from None
     target = manifest.write_quality(args.output, rows, options)
     found = medians(rows)
     failed = sum(1 for r in rows if r.get("error"))
     summary: dict[str, Any] = {"items": len(rows), "failed": failed, "file": target}
-    if sums is not None:
-        summary["artfid"] = sums.figures()
-        summary["artfid_file"] = RunFolder(args.output).artfid_file
-        storage.write_bytes(
-            summary["artfid_file"], json.dumps(summary["artfid"]).encode(), options, atomic=True
-        )
+    if scorer is not None:
+        summary["artfid"] = run_artfid(args.output, options, scorer, args.limit)
+        summary["artfid_file"] = write_artfid(args.output, summary["artfid"], options)
     if args.json:
         print(json.dumps({**summary, "styles": found}))
         return 0
@@ -294,18 +350,8 @@ def folder_main(argv: Sequence[str] | None = None) -> int:
         cells = "  ".join(f"{'-' if v is None else f'{v:.4g}':>16s}" for v in figs.values())
         print(f"{style:{width}s}  {cells}")
     print(f"{len(rows)} items ({failed} without all figures); written to {target}")
-    if sums is not None:
-        a = summary["artfid"]
-        figures = (
-            f"ArtFID {a['artfid']:.4g} (FID {a['fid']:.4g}, LPIPS {a['lpips']:.4g})"
-            if a["artfid"] is not None
-            else "ArtFID not computed"
-        )
-        why = f"; {a['why']}" if a.get("why") else ""
-        print(
-            f"{figures} of {a['items']} items against {a['styles']} style(s), "
-            f"{a['inception']} Inception{why}; written to {summary['artfid_file']}"
-        )
+    if scorer is not None:
+        print(f"{artfid_line(summary['artfid'])}; written to {summary['artfid_file']}")
     for f in FIGURES:
         print(f"  {f}: {MEANINGS[f]}", file=sys.stderr)
     return 0
@@ -318,7 +364,7 @@ def _samples_parser() -> argparse.ArgumentParser:
     from stylize.config import PRECISIONS, PRESETS
 
     d = QualityOptions()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="stylize quality",
         description="How the pictures look, in figures anyone can rerun.",
         epilog="With a run folder (stylize quality OUTPUT ...), the quality figures of its "

@@ -402,7 +402,7 @@ class StyleWorker:
             )
             return [*failed, self._row(item, status, started, error_message=msg)]
         share = (time.perf_counter() - t0) / len(entries)
-        figures = self._figures(entries, results, styles)
+        figures = self._figures(entries, results, styles, regions)
         # Encode and write in CPU threads, all of them before the rows go back.
         return failed + list(
             self._io.map(
@@ -411,10 +411,18 @@ class StyleWorker:
             )
         )
 
-    def _figures(self, entries: list[Any], results: list[Any], styles: list[Any]) -> list[Any]:
+    def _figures(
+        self,
+        entries: list[Any],
+        results: list[Any],
+        styles: list[Any],
+        regions: Sequence[Any] | None = None,
+    ) -> list[Any]:
         """Each result's quality figures (stylize.figures): one forward pass of the batch's
         outputs, one of its contents not met before; None where a figure could not be taken
-        (a figure never fails an item)."""
+        (a figure never fails an item). ``regions``: each item's engine regions (its mask's
+        styled sides, as the engine was given them) or None: a masked item's style figures
+        are its regions' against their styles, weighted by area."""
         try:
             import torch
 
@@ -438,6 +446,7 @@ class StyleWorker:
                 torch.stack([e[1] for e in entries]),
                 styles,
                 keys,
+                regions if regions is not None and any(r is not None for r in regions) else None,
             )
             if taker.failed:
                 log.warning(

@@ -47,10 +47,11 @@ set needs at least 2 images.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,9 @@ from torch import nn
 
 from stylize.common import StylizeError
 from stylize.runtime import numerics, resolve_device
+
+if TYPE_CHECKING:
+    from stylize.records import Style
 
 Flavour = Literal["art", "fid"]
 FLAVOURS: tuple[Flavour, ...] = ("art", "fid")
@@ -470,3 +474,113 @@ def _at(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(
         image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
     )[0]
+
+
+# ------------------------------------------------------------------- a run, item by item
+
+
+class ArtFIDSums:
+    """What a run's ArtFID is made of, gathered item by item: each item's LPIPS to its
+    content, the Inception features of its result and of its style (the style's first image
+    at the result's longest side, aspect kept; once per style and side). Items wait in
+    chunks of ``chunk`` and go through the networks together (batches of one size, at most
+    the scorer's ``batch_size``); a chunk the networks refuse is taken again item by item, so
+    that only the items they cannot take (e.g. smaller than the art Inception's 75 px) are
+    left out: counted, the first reason kept."""
+
+    def __init__(self, scorer: ArtFID, chunk: int = 16) -> None:
+        self.scorer = scorer
+        self.chunk = max(1, chunk)
+        self.lpips: list[float] = []  # per item counted
+        self._results: list[torch.Tensor] = []  # (n, 2048) per chunk taken
+        self._style_of: list[tuple[str, int]] = []  # per item counted: (style key, side)
+        self._style_features: dict[tuple[str, int], torch.Tensor] = {}  # (2048,) each
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, Style]] = []
+        self.skipped = 0  # items left out, and why the first was
+        self.first_problem = ""
+
+    def add(self, content: torch.Tensor, result: torch.Tensor, style: Style) -> None:
+        """One item: ``content`` and ``result`` (3, H, W) in 0..255 (the content at the
+        result's size), its ``Style``; taken with its chunk."""
+        self._pending.append((content, result, style))
+        if len(self._pending) >= self.chunk:
+            self.flush()
+
+    def skip(self, problem: BaseException | str) -> None:
+        """An item left out (unreadable, or refused by the networks): counted under
+        ``skipped``, the first ``problem`` kept for ``why``."""
+        self.skipped += 1
+        if not self.first_problem:
+            text = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
+            self.first_problem = " ".join(text.split())[:300]
+
+    def flush(self) -> None:
+        """The items waiting, through the networks (``figures`` flushes too)."""
+        items, self._pending = self._pending, []
+        if not items:
+            return
+        try:
+            self._take(items)
+        except Exception as e:  # noqa: BLE001 - named in the figures' "why"
+            if len(items) == 1:
+                self.skip(e)
+                return
+            for item in items:  # again one by one: only the items refused are left out
+                try:
+                    self._take([item])
+                except Exception as one:  # noqa: BLE001 - named in the figures' "why"
+                    self.skip(one)
+
+    def _take(self, items: Sequence[tuple[torch.Tensor, torch.Tensor, Style]]) -> None:
+        """The networks over ``items``; nothing kept unless every one of them went through."""
+        contents = [c / 255 for c, _, _ in items]
+        results = [r / 255 for _, r, _ in items]
+        keys = [(s.key, max(r.shape[-2:])) for _, r, s in items]
+        new: dict[tuple[str, int], torch.Tensor] = {}
+        for key, (_, _, style) in zip(keys, items):
+            if key not in self._style_features and key not in new:
+                new[key] = _at_side(style.images[0], key[1])
+        style_features = self.scorer.features(list(new.values())) if new else None
+        distances = self.scorer.lpips(contents, results)  # (n,)
+        features = self.scorer.features(results)  # (n, 2048)
+        if style_features is not None:
+            self._style_features.update(zip(new, style_features))
+        self.lpips += distances.tolist()
+        self._results.append(features)
+        self._style_of += keys
+
+    def figures(self) -> dict[str, Any]:
+        """The JSON of a run's artfid.json: ``artfid``, ``fid``, ``lpips`` (the mean),
+        ``items``, ``styles``, ``inception`` (its flavour), and where something was left out
+        ``skipped`` and ``why``."""
+        self.flush()
+        styles = len({name for name, _ in self._style_of})
+        out: dict[str, Any] = {
+            "artfid": None,
+            "fid": None,
+            "lpips": statistics.fmean(self.lpips) if self.lpips else None,
+            "items": len(self.lpips),
+            "styles": styles,
+            "inception": self.scorer.flavour,
+        }
+        if self.skipped:
+            out["skipped"] = self.skipped
+        if len(self.lpips) < 2:
+            first = f" (first left out: {self.first_problem})" if self.first_problem else ""
+            out["why"] = f"ArtFID needs at least 2 ok items the networks can take{first}"
+            return out
+        style_set = torch.stack([self._style_features[k] for k in self._style_of])  # (n, 2048)
+        out["fid"] = fid(torch.cat(self._results), style_set)
+        out["artfid"] = artfid(out["lpips"], out["fid"])
+        if styles == 1:
+            out["why"] = "one style: its FID is against a single picture (not comparable)"
+        return out
+
+
+def _at_side(image: torch.Tensor, side: int) -> torch.Tensor:
+    """A style image (3, H, W) in 0..255 with its longest side at ``side`` (aspect kept,
+    bilinear, antialiased), in 0..1."""
+    h, w = image.shape[-2:]
+    size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+    image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+    return (image / 255).clamp(0, 1)

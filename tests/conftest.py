@@ -130,6 +130,32 @@ def write_job(path: Path, raw: dict) -> Path:
     return path
 
 
+def two_content_job(
+    root: Path, stylize: dict, extra: dict[str, bytes] | None = None
+) -> tuple[Path, Path]:
+    """An inline job: two contents (tubingen, chelsea, and ``extra``'s files, name ->
+    bytes) in ROOT/in under two styles (starry, scream), engine options ``stylize``, written
+    to ROOT/job.yaml. Returns (the job file, its output folder ROOT/out)."""
+    inputs = root / "in"
+    inputs.mkdir()
+    for name in ("tubingen", "chelsea"):
+        (inputs / f"{name}.jpg").write_bytes(sample(name).read_bytes())
+    for name, data in (extra or {}).items():
+        (inputs / name).write_bytes(data)
+    out = root / "out"
+    job = write_job(
+        root / "job.yaml",
+        {
+            "input": str(inputs),
+            "styles": {"starry": str(sample("starry_night")), "scream": str(sample("the_scream"))},
+            "output": str(out),
+            "stylize": stylize,
+            "ray": {"address": "inline"},
+        },
+    )
+    return job, out
+
+
 def cli_main(argv: list[str]) -> int:
     """``pipeline.cli.main(argv)`` in this process, with this process's SIGINT/SIGTERM
     handlers put back afterwards (the command installs its own)."""

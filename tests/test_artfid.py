@@ -260,24 +260,10 @@ def test_a_runs_artfid_from_a_weights_folder_in_its_file_and_report(tmp_path, we
     import json
     import shutil
 
-    from conftest import cli_main, write_job
+    from conftest import cli_main, two_content_job
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for name in ("tubingen", "chelsea"):
-        (inputs / f"{name}.jpg").write_bytes(sample(name).read_bytes())
-    out = tmp_path / "out"
-    job = write_job(
-        tmp_path / "job.yaml",
-        {
-            "input": str(inputs),
-            "styles": {"starry": str(sample("starry_night")), "scream": str(sample("the_scream"))},
-            "output": str(out),
-            # ArtFID's Inception reads pictures at their own size: 75 px a side at least
-            "stylize": {"preset": "fast", "size": 128, "iterations": 3},
-            "ray": {"address": "inline"},
-        },
-    )
+    # ArtFID's Inception reads pictures at their own size: 75 px a side at least
+    job, out = two_content_job(tmp_path, {"preset": "fast", "size": 128, "iterations": 3})
     assert cli_main(["run", str(job)]) == 0
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -579,6 +579,7 @@ def test_gpu_check_script_cpu_dry_run(tmp_path):
         "bench_224",
         "mixed_run",
         "pytest",
+        "controls",
         "summary",
     ):
         assert step in by_step, (step, tail)

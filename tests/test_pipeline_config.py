@@ -140,7 +140,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
             "unknown key 'shard_sise'; did you mean 'shard_size'? (allowed keys: input, styles, "
             "output, stylize, shard_size, mode, max_attempts, item_timeout_s, retry_failed, "
             "io_retry_s, lease_timeout_s, output_format, output_quality, output_bit_depth, extensions, input_column, limit, "
-            "storage_options, ray, grid, report, assign, layout, container, sweep, masks, target_cache_mb)",
+            "storage_options, ray, grid, report, assign, layout, container, sweep, masks, target_cache_mb, artfid_weights)",
             "ray.num_workers: must be >= 1, got 0",
             "output_format: 'gif' is not allowed; allowed: png, jpeg, webp, tiff",
         ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, cli_main, sample, write_job
+from conftest import TINY, cli_main, sample, two_content_job
 
 from pipeline.items import Content, StyleRef, make_items, make_shards
 from pipeline.jobconfig import job_from_mapping
@@ -142,21 +142,10 @@ def test_a_folder_argument_tells_the_two_quality_commands_apart(argv, folder):
 
 @pytest.mark.slow
 def test_every_ok_row_carries_figures_the_report_and_the_command_show_them(tmp_path, capsys):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for name in ("tubingen", "chelsea"):
-        (inputs / f"{name}.jpg").write_bytes(sample(name).read_bytes())
-    (inputs / "broken.jpg").write_bytes(sample("coffee").read_bytes()[:900])
-    out = tmp_path / "out"
-    job = write_job(
-        tmp_path / "job.yaml",
-        {
-            "input": str(inputs),
-            "styles": {"starry": str(sample("starry_night")), "scream": str(sample("the_scream"))},
-            "output": str(out),
-            "stylize": {"preset": "fast", "size": 48, "iterations": 20},
-            "ray": {"address": "inline"},
-        },
+    job, out = two_content_job(
+        tmp_path,
+        {"preset": "fast", "size": 48, "iterations": 20},
+        extra={"broken.jpg": sample("coffee").read_bytes()[:900]},
     )
     assert cli_main(["run", str(job)]) == 1
     capsys.readouterr()
