@@ -559,7 +559,9 @@ def _s3_phase(args: argparse.Namespace, log) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from pipeline.shell import Parser  # a bad command line: one line, exit 2
+
+    p = Parser(
         prog="stylize bench-pipeline",
         description="The driver at dataset scale: the real driver, scheduler, Ray actors and "
         "manifest code over N synthetic items with stand-in workers (no torch, no "
@@ -620,12 +622,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         or args.s3_items < 0
         or args.work_ms < 0
     ):
-        print(
-            "stylize bench-pipeline: --items, --workers, --shard-size, --styles and --batch "
-            "must be >= 1, --s3-items and --work-ms >= 0",
-            file=sys.stderr,
+        from pipeline.errors import UsageError
+
+        raise UsageError(
+            "--items, --workers, --shard-size, --styles and --batch must be >= 1, --s3-items "
+            "and --work-ms >= 0"
         )
-        return 2
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -671,4 +673,6 @@ def _workdir(path: str | None) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.shell import run_alone
+
+    sys.exit(run_alone("bench-pipeline", main))

@@ -475,4 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from pipeline.shell import run_alone
+
+    sys.exit(run_alone("report", main))

@@ -30,6 +30,7 @@ from stylize.engine import Style
 from stylize.images import decode_image
 from stylize.losses import STYLE_KINDS
 from stylize.masks import GUIDED_LOSSES, erosion_radius, layer_guides, stack_masks
+from stylize.multiscale import _uncovered_kept
 
 pytestmark = pytest.mark.usefixtures("reuse_caffe_weights")
 
@@ -77,6 +78,24 @@ def test_guides_erode_at_the_boundary_not_at_the_picture_edge():
     tiny[:8, :8] = 1  # smaller than the erosion at relu5_1: kept as it is
     w, share = layer_guides(stack_masks([[(None, tiny)]], H, W), (3, 4), "relu5_1")
     assert w.sum().item() == pytest.approx(1.0) and share.item() > 0
+
+
+def test_the_start_is_the_content_where_no_mask_covers():
+    """A region without a style starts as the content (not the noise), on the canvas with its
+    reflected margin; soft masks blend; an image without regions keeps its start."""
+    left, _ = halves()
+    soft = torch.full((H, W), 0.25)
+    m = 3
+    start = torch.rand(3, 3, H + 2 * m, W + 2 * m) * 255
+    content = torch.rand(3, 3, H + 2 * m, W + 2 * m) * 255
+    style = Style("s", (torch.zeros(3, 8, 8),))
+    out = _uncovered_kept(start, content, [[(style, left)], [(style, soft)], None], m)
+    inner = out[..., m:-m, m:-m]
+    torch.testing.assert_close(inner[0, :, :, : W // 2], start[0, :, m:-m, m : m + W // 2])
+    torch.testing.assert_close(inner[0, :, :, W // 2 :], content[0, :, m:-m, m + W // 2 : -m])
+    torch.testing.assert_close(out[1], 0.25 * start[1] + 0.75 * content[1])
+    assert torch.equal(out[2], start[2])
+    assert _uncovered_kept(start, content, None, m) is start
 
 
 @pytest.mark.parametrize("kind", STYLE_LOSSES)
