@@ -55,7 +55,13 @@ def render(facts: RunFacts, made: Made, settings: ReportSettings) -> dict[str, s
                     _job(facts),
                     _grids(facts),
                     _sweep(facts),
-                    _styles(facts.styles, made, settings, _loss_meaning(facts.run), facts.artfid),
+                    _styles(
+                        facts.styles,
+                        made,
+                        settings,
+                        _loss_meaning(facts.run) + _masked_figures(facts),
+                        facts.artfid,
+                    ),
                     _failures(facts, settings),
                     _figures(facts),
                     _all_curves(facts.styles, settings),
@@ -274,6 +280,23 @@ def _masks(masks: Mapping) -> str:
         for side, tone in (("foreground", "white"), ("background", "black"))
     ]
     return f"from {source}; " + "; ".join(sides)
+
+
+def _masked_figures(f: RunFacts) -> str:
+    """What the quality figures of a run with masks compare (nothing without masks)."""
+    masks = (f.run.get("config") or {}).get("masks")
+    if not isinstance(masks, Mapping):
+        return ""
+    sides = " and ".join(
+        f"{_e(masks[side])} where the mask is {tone}"
+        for side, tone in (("foreground", "white"), ("background", "black"))
+        if masks.get(side)
+    )
+    return (
+        f'<p class="muted meaning">With masks, each item\'s style figures compare each side '
+        f"with its own style ({sides}), weighted by the side's area; the content distance is "
+        "the whole picture's.</p>"
+    )
 
 
 def _dataset(cfg: Mapping) -> list[tuple[str, str]]:

@@ -414,6 +414,7 @@ def test_a_folder_of_masks_gives_each_side_its_own_style(tmp_path, capsys):
     html = (out / "report" / "index.html").read_text()
     assert "<th>masks</th>" in html and "background (black): scream" in html
     assert "<th>styles</th><td>2: starry, scream</td>" in html
+    assert "compare each side with its own style (starry where the mask is white and " in html
     capsys.readouterr()
     assert cli_main(["plan", str(tmp_path / "job.yaml")]) == 0
     assert f"masks:     from folder {tmp_path / 'masks'}; foreground (white): starry, " in (
