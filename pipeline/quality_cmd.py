@@ -39,7 +39,7 @@ from stylize.figures import FIGURES, MEANINGS
 from stylize.quality import INITS, PAIRS, QualityOptions
 
 if TYPE_CHECKING:
-    from stylize.artfid import ArtFID, ArtFIDSums
+    from stylize.artfid import ArtFID
     from stylize.records import Style
 
 
@@ -108,13 +108,7 @@ def _artfid_items(
     from stylize.engine import Style
     from stylize.images import decode_image, resize_to, to_tensor
 
-    if table is None:
-        table = manifest.read_manifest(output, options)
-        if table is None or table.num_rows == 0:  # an unfinished run: its parts
-            table = manifest.read_parts(output, options)
-    job = manifest.read_json(RunFolder(output).job_json, options) or {}
-    if table.num_rows == 0 and not job:
-        raise NoRunError.at(output)
+    table, job = _run_table(output, options, table)
     ok = table.filter(pc.equal(table["status"], "ok"))
     ok = ok.select([c for c in ARTFID_COLUMNS if c in ok.column_names])
     rows = (ok.slice(0, limit) if limit is not None else ok).to_pylist()
@@ -204,27 +198,35 @@ def is_folder_call(argv: Sequence[str]) -> bool:
     return False
 
 
+def _run_table(
+    output: str, options: Mapping[str, Any], table: pa.Table | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """(the run's rows: ``table``, else its manifest, else its parts for an unfinished run;
+    its job.json); NoRunError where the folder holds no run."""
+    if table is None:
+        table = manifest.read_manifest(output, options)
+        if table is None or table.num_rows == 0:
+            table = manifest.read_parts(output, options)
+    job = manifest.read_json(RunFolder(output).job_json, options) or {}
+    if table.num_rows == 0 and not job:
+        raise NoRunError.at(output)
+    return table, job
+
+
 def recompute(
     output: str,
     options: Mapping[str, Any],
     device: str = "auto",
     limit: int | None = None,
-    artfid: ArtFIDSums | None = None,
 ) -> list[dict[str, Any]]:
     """The figures of the folder's ok items: one row of ``manifest.QUALITY_SCHEMA`` each
-    (item_id, style, FIGURES, error: why a figure is missing); each item also given to
-    ``artfid`` when there is one. A masked item (its ``mask_uri``; the job's ``masks`` sides)
+    (item_id, style, FIGURES, error: why a figure is missing). A masked item (its ``mask_uri``; the job's ``masks`` sides)
     gets region-aware style figures, its mask read again as the worker reads it."""
     from stylize import figures as fg
     from stylize.engine import Style, Stylizer
     from stylize.images import decode_image, resize_to, to_tensor
 
-    table = manifest.read_manifest(output, options)
-    if table is None or table.num_rows == 0:  # an unfinished run: its parts
-        table = manifest.read_parts(output, options)
-    job = manifest.read_json(RunFolder(output).job_json, options) or {}
-    if table.num_rows == 0 and not job:
-        raise NoRunError.at(output)
+    table, job = _run_table(output, options)
     ok = table.filter(pc.equal(table["status"], "ok"))
     rows = ok.slice(0, limit).to_pylist() if limit is not None else ok.to_pylist()
     refs = (job.get("fingerprint") or {}).get("styles") or {}
@@ -286,8 +288,6 @@ def recompute(
                     regions=None if guide is None else [guide],
                 )[0]
             )
-            if artfid is not None:  # never fails the row's figures
-                artfid.add(content, result, style(r["style"]))
             if taker.failed:
                 values["error"] = "; ".join(taker.failed)
         except Exception as e:  # noqa: BLE001 - a row without figures, and why
