@@ -119,6 +119,7 @@ def reference_style_loss(kind, f, g):
         else:
             root = _sqrtm(sy)
             d2 = (mx - my).pow(2).sum() + (sx + sy - 2 * _sqrtm(root @ sx @ root)).trace()
+            d2 = losses.W2_BALANCE * d2  # wasserstein2's measured share against gram
         out.append(scale * d2)
     return torch.stack(out)
 
