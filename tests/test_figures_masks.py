@@ -105,7 +105,8 @@ def test_an_unmasked_call_gives_the_figures_it_gave_before(two_styles):
         assert plain[0] == pytest.approx(BEFORE, rel=1e-6)
     # a masked item in the same batch changes nothing of an unmasked one's figures
     mixed = _figures(t, [t.a, t.a], [None, [(t.a, t.left), (t.b, 1 - t.left)]])
-    assert mixed[0] == plain[0]
+    # (equal but for the last bits: a batch of two runs other convolution kernels on a CPU)
+    assert mixed[0] == pytest.approx(plain[0], rel=1e-9)
     # a white mask, a uniform soft mask: the unmasked statistics; a black foreground beside
     # a white background: the background's style alone
     ones = torch.ones(H, W)
