@@ -30,12 +30,10 @@ def photos() -> list[torch.Tensor]:
     return [_image(n, box=b) for n in NAMES[:3] for b in ((0.0, 0.0), (1.0, 1.0))]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, photos) -> dict[str, str]:
-    """The four weight files, random networks in the real files' key layouts. The Inception's
-    BatchNorm statistics are those of real pictures (a random trunk's features vanish)."""
+def random_inception(photos: list[torch.Tensor]) -> tuple[dict, dict]:
+    """(trunk, ArtFID's two heads) of a random Inception, seeded: its BatchNorm statistics
+    those of ``photos`` (3, H, W) in 0..1 (a random trunk's features vanish otherwise)."""
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("weights")
     net = af.InceptionFeatures("art")
     for bn in net.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
@@ -43,9 +41,17 @@ def weights(tmp_path_factory, photos) -> dict[str, str]:
             bn.momentum = None  # the running statistics: this batch's
     with torch.no_grad():
         net.train()(torch.stack(photos))
-    trunk = net.trunk.state_dict()
     heads = {f"fc{i}.{p}": torch.randn(1000, 2048) if p == "weight" else torch.zeros(1000)
              for i in (1, 2) for p in ("weight", "bias")}  # fmt: skip
+    return net.trunk.state_dict(), heads
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, photos) -> dict[str, str]:
+    """The four weight files, random networks in the real files' key layouts. The Inception's
+    BatchNorm statistics are those of real pictures (a random trunk's features vanish)."""
+    root = tmp_path_factory.mktemp("weights")
+    trunk, heads = random_inception(photos)
     files = {
         "art": {**trunk, **heads},  # ArtFID's: two heads
         "fid": {**trunk, "fc.weight": torch.randn(1008, 2048), "fc.bias": torch.zeros(1008)},

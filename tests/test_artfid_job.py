@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, cli_main, sample, write_job
+from test_artfid import random_inception
 
 from pipeline import quality_cmd
 from pipeline.jobconfig import artfid_weight_files
@@ -38,18 +39,9 @@ def weights(tmp_path_factory) -> Path:
     """A folder of ArtFID's three files (art_inception.pth, alexnet-owt-*.pth, alex.pth) of
     random networks; the Inception's BatchNorm statistics are those of real pictures (a
     random trunk's features vanish otherwise), as tests/test_artfid.py makes them."""
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("artfid-weights")
-    net = af.InceptionFeatures("art")
-    for bn in net.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None  # the running statistics: this batch's
-    with torch.no_grad():
-        net.train()(torch.stack([_photo(n) / 255 for n in PHOTOS]))
-    heads = {f"fc{i}.{p}": torch.randn(1000, 2048) if p == "weight" else torch.zeros(1000)
-             for i in (1, 2) for p in ("weight", "bias")}  # fmt: skip
-    torch.save({**net.trunk.state_dict(), **heads}, folder / NAMES[0])
+    trunk, heads = random_inception([_photo(n) / 255 for n in PHOTOS])
+    torch.save({**trunk, **heads}, folder / NAMES[0])
     features = af.LPIPS().features.state_dict()
     torch.save({f"features.{k}": v for k, v in features.items()}, folder / NAMES[1])
     lins = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) / c
