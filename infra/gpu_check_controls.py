@@ -10,7 +10,8 @@ sizes (the figures then mean nothing; it checks that the step runs).
 - ``cost``: ms per image-iteration of ``gram``, ``wasserstein2`` and ``mean_std`` on one batch
   of bundled samples (no early stop, the engine's default precision, eager), and the quality
   figures' time (``stylize.figures.FigureTaker``, as the worker takes them) over the ``gram``
-  batch's optimisation time (the target: under 5%);
+  batch's optimisation time (the target: under 5%); and ``wasserstein2`` with the CPU's
+  square root (eigenvalues) instead of the GPU's (Newton-Schulz), on fewer iterations;
 - ``losses``: ``infra/compare_losses.py`` on the held-out pairs: ``gram`` against
   ``wasserstein2`` at equal iterations, and a two-scale schedule against one scale;
 - ``masks``: ``infra/compare_masks.py`` on the held-out triples (own/other style distance per
@@ -32,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_losses  # noqa: E402 - infra/ is not a package
 import compare_masks  # noqa: E402
 
+from stylize import losses  # noqa: E402
 from stylize.bench import sample_bytes, square  # noqa: E402
 from stylize.config import resolve_config  # noqa: E402
 from stylize.engine import Style, Stylizer  # noqa: E402
@@ -80,14 +82,20 @@ def cost(size: int, images: int, iterations: int, device: str) -> dict[str, Any]
         )  # fmt: skip
         for loss in ("gram", "wasserstein2", "mean_std")
     }
+    # wasserstein2 with the eigenvalues' square root (a CPU's) instead of Newton-Schulz (a
+    # GPU's): what the GPU's choice saves, on fewer iterations (it may be many times slower)
+    cfgs["wasserstein2 eigh"] = cfgs["wasserstein2"].model_copy(
+        update={"iterations": max(2, iterations // 6)}
+    )
     engine = Stylizer(cfgs["gram"])  # one network; the loss is an option per call
     out["precision"] = engine.precision
     for loss, cfg in cfgs.items():
+        losses.W2_ROOT = "eigh" if loss.endswith(" eigh") else "auto"
         engine.stylize_batch(contents[:1], [style], iterations=2, options=cfg)  # warm-up
         t0 = _synced(engine.device)
         results = engine.stylize_batch(contents, [style] * images, options=cfg)
         seconds = _synced(engine.device) - t0
-        out[f"ms_per_image_iter {loss}"] = 1000 * seconds / (images * iterations)
+        out[f"ms_per_image_iter {loss}"] = 1000 * seconds / (images * cfg.iterations)
         if loss == "gram":
             taker = FigureTaker.for_engine(engine)
             outputs = torch.stack([r.image for r in results])
@@ -102,6 +110,8 @@ def cost(size: int, images: int, iterations: int, device: str) -> dict[str, Any]
     gram = out["ms_per_image_iter gram"]
     out["ms ratio wasserstein2/gram"] = out["ms_per_image_iter wasserstein2"] / gram
     out["ms ratio mean_std/gram"] = out["ms_per_image_iter mean_std"] / gram
+    out["ms ratio wasserstein2 eigh/gram"] = out["ms_per_image_iter wasserstein2 eigh"] / gram
+    losses.W2_ROOT = "auto"
     return out
 
 
@@ -164,6 +174,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         "w2_distance wasserstein2/gram": lr.get("w2_distance wasserstein2/gram"),
         "content_distance wasserstein2/gram": lr.get("content_distance wasserstein2/gram"),
         "ms ratio wasserstein2/gram": r["cost"]["ms ratio wasserstein2/gram"],
+        "ms ratio wasserstein2 eigh/gram": r["cost"].get("ms ratio wasserstein2 eigh/gram"),
         "seconds schedule/single": sr.get("seconds schedule/single"),
         "gram_distance schedule/single": sr.get("gram_distance schedule/single"),
         "content_distance schedule/single": sr.get("content_distance schedule/single"),

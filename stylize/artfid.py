@@ -47,7 +47,6 @@ set needs at least 2 images.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -353,6 +352,52 @@ def fid(features1: torch.Tensor, features2: torch.Tensor) -> float:
     return float(diff @ diff + tr1 + tr2 - 2 * tr_root)
 
 
+class FeatureMoments:
+    """A feature set (N, d) gathered in parts, in memory that does not grow with N: its count,
+    mean and scatter (the sum of the centred outer products; Chan, Golub & LeVeque's pairwise
+    update, float64), and, while fewer than d rows came, the rows themselves (what
+    :func:`fid`'s exact path for small sets needs). :func:`fid_of` compares two."""
+
+    def __init__(self, d: int = FEATURES) -> None:
+        self.n = 0
+        self.mean = torch.zeros(d, dtype=torch.float64)
+        self.scatter = torch.zeros(d, d, dtype=torch.float64)
+        self.rows: list[torch.Tensor] | None = []  # None once N >= d
+
+    def add(self, features: torch.Tensor) -> None:
+        """More rows (m, d)."""
+        x = features.detach().double().cpu()
+        m = len(x)
+        if m == 0:
+            return
+        mean = x.mean(0)
+        centred = x - mean
+        delta = mean - self.mean
+        total = self.n + m
+        self.scatter += centred.T @ centred + torch.outer(delta, delta) * (self.n * m / total)
+        self.mean += delta * (m / total)
+        self.n = total
+        if self.rows is not None:
+            self.rows.append(x)
+            if self.n >= len(self.mean):
+                self.rows = None
+
+    def covariance(self) -> torch.Tensor:
+        """The unbiased covariance (d, d), as ``np.cov`` (N >= 2)."""
+        return self.scatter / (self.n - 1)
+
+
+def fid_of(set1: FeatureMoments, set2: FeatureMoments) -> float:
+    """:func:`fid` of two gathered sets: on their rows while both kept them, else on their
+    means and covariances (the same figure; both sets of at least d rows when they are the same
+    size, as a run's results and styles are)."""
+    if min(set1.n, set2.n) < 2:
+        raise ValueError(f"FID needs at least 2 images in each set (got {set1.n} and {set2.n})")
+    if set1.rows is not None and set2.rows is not None:
+        return fid(torch.cat(set1.rows), torch.cat(set2.rows))
+    return frechet_distance(set1.mean, set1.covariance(), set2.mean, set2.covariance())
+
+
 def artfid(lpips: float, fid: float) -> float:
     """ArtFID from its two parts: (1 + mean LPIPS) * (1 + FID)."""
     return (1 + lpips) * (1 + fid)
@@ -482,7 +527,8 @@ def _at(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class ArtFIDSums:
     """What a run's ArtFID is made of, gathered item by item: each item's LPIPS to its
     content, the Inception features of its result and of its style (the style's first image
-    at the result's longest side, aspect kept; once per style and side). Items wait in
+    at the result's longest side, aspect kept; once per style and side), the features
+    gathered as :class:`FeatureMoments` (about 100 MB at most, however many items). Items wait in
     chunks of ``chunk`` and go through the networks together (batches of one size, at most
     the scorer's ``batch_size``); a chunk the networks refuse is taken again item by item, so
     that only the items they cannot take (e.g. smaller than the art Inception's 75 px) are
@@ -491,9 +537,11 @@ class ArtFIDSums:
     def __init__(self, scorer: ArtFID, chunk: int = 16) -> None:
         self.scorer = scorer
         self.chunk = max(1, chunk)
-        self.lpips: list[float] = []  # per item counted
-        self._results: list[torch.Tensor] = []  # (n, 2048) per chunk taken
-        self._style_of: list[tuple[str, int]] = []  # per item counted: (style key, side)
+        self.items = 0  # counted: their LPIPS summed, their results' and styles' features
+        self.lpips_sum = 0.0  # gathered (memory that does not grow with the run)
+        self._results = FeatureMoments()
+        self._styles = FeatureMoments()  # each item's style once per item
+        self._style_names: set[str] = set()
         self._style_features: dict[tuple[str, int], torch.Tensor] = {}  # (2048,) each
         self._pending: list[tuple[torch.Tensor, torch.Tensor, Style]] = []
         self.skipped = 0  # items left out, and why the first was
@@ -545,32 +593,33 @@ class ArtFIDSums:
         features = self.scorer.features(results)  # (n, 2048)
         if style_features is not None:
             self._style_features.update(zip(new, style_features))
-        self.lpips += distances.tolist()
-        self._results.append(features)
-        self._style_of += keys
+        self.items += len(items)
+        self.lpips_sum += float(distances.double().sum())
+        self._results.add(features)
+        self._styles.add(torch.stack([self._style_features[k] for k in keys]))
+        self._style_names.update(name for name, _ in keys)
 
     def figures(self) -> dict[str, Any]:
         """The JSON of a run's artfid.json: ``artfid``, ``fid``, ``lpips`` (the mean),
         ``items``, ``styles``, ``inception`` (its flavour), and where something was left out
         ``skipped`` and ``why``."""
         self.flush()
-        styles = len({name for name, _ in self._style_of})
+        styles = len(self._style_names)
         out: dict[str, Any] = {
             "artfid": None,
             "fid": None,
-            "lpips": statistics.fmean(self.lpips) if self.lpips else None,
-            "items": len(self.lpips),
+            "lpips": self.lpips_sum / self.items if self.items else None,
+            "items": self.items,
             "styles": styles,
             "inception": self.scorer.flavour,
         }
         if self.skipped:
             out["skipped"] = self.skipped
-        if len(self.lpips) < 2:
+        if self.items < 2:
             first = f" (first left out: {self.first_problem})" if self.first_problem else ""
             out["why"] = f"ArtFID needs at least 2 ok items the networks can take{first}"
             return out
-        style_set = torch.stack([self._style_features[k] for k in self._style_of])  # (n, 2048)
-        out["fid"] = fid(torch.cat(self._results), style_set)
+        out["fid"] = fid_of(self._results, self._styles)
         out["artfid"] = artfid(out["lpips"], out["fid"])
         if styles == 1:
             out["why"] = "one style: its FID is against a single picture (not comparable)"

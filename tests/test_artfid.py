@@ -253,6 +253,29 @@ def test_frechet_distance_matches_the_brute_force_definition(n1, n2, d):
     assert math.isfinite(expected) and expected > 0
 
 
+@pytest.mark.parametrize("n,d", [(5, 16), (40, 6)])
+def test_features_gathered_in_parts_give_the_moments_and_the_fid_of_all_at_once(n, d):
+    """A run's features are gathered chunk by chunk in memory that does not grow with it:
+    the mean and covariance are those of all the rows, and the FID that of fid() on them,
+    for a few rows (kept: fid's exact path) and for more rows than features (only moments)."""
+    rng = np.random.default_rng(n + d)
+    a = torch.as_tensor(rng.normal(size=(n, d)) * 3 + 50, dtype=torch.float32)
+    b = torch.as_tensor(rng.normal(size=(n, d)) @ rng.normal(size=(d, d)), dtype=torch.float32)
+    sets = af.FeatureMoments(d), af.FeatureMoments(d)
+    for k, part in enumerate((1, 3, 7, 16, 64)):
+        start = sum((1, 3, 7, 16, 64)[:k])
+        for moments, x in zip(sets, (a, b)):
+            moments.add(x[start : start + part])
+    assert sets[0].n == n and (sets[0].rows is None) == (n >= d)
+    exact = torch.as_tensor(np.cov(a.double().numpy(), rowvar=False))
+    assert torch.allclose(sets[0].mean, a.double().mean(0), rtol=1e-12)
+    assert torch.allclose(sets[0].covariance(), exact, rtol=1e-10, atol=1e-10)
+    expected = af.fid(a, b)
+    assert af.fid_of(*sets) == pytest.approx(expected, rel=1e-8)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        af.fid_of(af.FeatureMoments(d), sets[1])
+
+
 def test_fid_needs_two_images_a_set():
     with pytest.raises(ValueError, match="at least 2 images"):
         af.fid(torch.zeros(1, 8), torch.zeros(5, 8))
