@@ -101,7 +101,7 @@ class Listing:
                     f"cannot be read, failed rows ({c.problem.split(' (')[0]})", []
                 ).append(c.uri)
             elif c.mask_problem:
-                groups.setdefault("have no usable mask, failed rows (masks)", []).append(c.uri)
+                groups.setdefault("without a usable mask, failed rows (masks)", []).append(c.uri)
         lines = []
         for what, uris in groups.items():
             shown = ", ".join(_show(u) for u in uris[:limit])

@@ -240,7 +240,7 @@ def test_column_masks_are_relative_to_the_list_and_a_gap_is_a_problem_not_a_cras
     assert c.mask_problem == f"mask {tmp_path}/m/gone.png: no such file"
     assert listing.extras.column_names == ["label"]  # the mask column is not an extra
     assert listing.report() == [
-        f"2 entries have no usable mask, failed rows (masks): {tmp_path}/p/b.jpg, {tmp_path}/p/c.jpg"
+        f"2 entries without a usable mask, failed rows (masks): {tmp_path}/p/b.jpg, {tmp_path}/p/c.jpg"
     ]
     wrong = job.replace(masks=job.masks.model_copy(update={"column": "mask"}))
     with pytest.raises(SourceError, match="masks.column: 'mask' is not a column"):
