@@ -170,7 +170,7 @@ def _grid_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--styles", nargs="+", required=True, help="style images, or one folder")
     p.add_argument("--output", required=True, help="output folder (path or URL)")
-    p.add_argument("--preset", help="engine preset (gatys2016, neural-style, fast)")
+    p.add_argument("--preset", help="engine preset (gatys2016, neural-style, fast, quality)")
     p.add_argument("--size", type=int, help="longest side of the outputs, pixels")
     p.add_argument("--iterations", type=int, help="optimizer steps")
     p.add_argument("--cell-size", type=int, default=256, help="grid thumbnail size, pixels")
