@@ -32,6 +32,12 @@ COSTS_MS: dict[str, dict[int, float]] = {
     "h100": {512: 3.47, 1024: 26.1},
     "cpu": {64: 40.0},
 }
+# A step's cost against gram's (the figures above), by style loss: wasserstein2 measured 1.1-1.25x
+# on the CPU (256 and 512 px, infra/compare_losses.py); on a GPU estimated from its Newton-Schulz
+# square root (about 55 GFLOP per 512 px image-iteration beside gram's 1.78 ms), not measured.
+LOSS_FACTOR: dict[str, dict[str, float]] = {
+    "wasserstein2": {"cpu": 1.2, "gpu": 1.5},
+}
 # GPU memory per image at one step (bf16, history 10: peak_memory_per_image of the H200 run),
 # MiB per pixel; and each device's memory.
 MIB_PER_PIXEL = 413.2 / (512 * 512)
@@ -145,10 +151,14 @@ def make_plan(
     table = COSTS_MS.get(kind, COSTS_MS["h200"])
     if calibrated_ms is not None:
         table = {calibrated_ms[0]: calibrated_ms[1]}
+    factors = LOSS_FACTOR.get(cfg.style_loss, {})
+    factor = factors.get("cpu" if kind == "cpu" else "gpu", 1.0)
+    if calibrated_ms is not None:
+        factor = 1.0  # the calibration ran the job's own settings
     item_ms = 0.0
     for (w, h), n in shapes.items():
         per = sum(it * _ms_per_iteration(table, w * h * f * f) for f, it in cfg.schedule)
-        item_ms += per * n / seen
+        item_ms += factor * per * n / seen
     iterations = sum(it for _, it in cfg.schedule)
     gpu_h = item_ms * len(left) / 3.6e6
     startup_s = COMPILE_S * len(shapes) if kind != "cpu" else 0.0
@@ -184,6 +194,11 @@ def make_plan(
             "calibrated on this machine"
             if calibrated_ms
             else f"measured figures for {kind} (pipeline/plan.py COSTS_MS)"
+            + (
+                f", {cfg.style_loss} x{factor} ({'measured' if kind == 'cpu' else 'estimated'})"
+                if factor != 1.0
+                else ""
+            )
         ),
         "seconds_per_item": round(item_ms / 1000, 3),
         "gpu_hours": round(gpu_h, 6),

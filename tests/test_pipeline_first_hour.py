@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import TINY, cli_main, make_inputs, sample, write_job
 
 STYLES = {"starry": "starry_night"}
@@ -147,6 +148,19 @@ def test_plan_looks_before_spending_and_writes_nothing(tmp_path, capsys):
     assert (p["already_done"], p["left"]) == (2, 4)
     assert cli_main(["plan", str(job), "--set", "stylize.iterations=9"]) == 0
     assert "refused:" in capsys.readouterr().out
+
+
+def test_plan_prices_the_wasserstein2_loss_above_gram_and_says_so(tmp_path, capsys):
+    inp = make_inputs(tmp_path / "in", {"a.jpg": "chelsea", "b.jpg": "tubingen"}, bad=False)
+    job, _ = _job(tmp_path, inp)
+    plans = {}
+    for loss in ("gram", "wasserstein2"):
+        assert cli_main(["plan", str(job), "--json", "--set", f"stylize.style_loss={loss}"]) == 0
+        plans[loss] = json.loads(capsys.readouterr().out)
+    gram, w2 = plans["gram"], plans["wasserstein2"]
+    assert w2["seconds_per_item"] == pytest.approx(1.2 * gram["seconds_per_item"], rel=0.01)
+    assert "wasserstein2 x1.2 (measured)" in w2["cost_source"]
+    assert "x1" not in gram["cost_source"]
 
 
 def test_webdataset_with_mirror_layout_keeps_paths_and_classes(tmp_path, capsys):
