@@ -117,8 +117,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # gatys2016 with the wasserstein2 style loss (issue 22's measurements): at equal iterations,
     # on held-out photo x painting pairs (infra/compare_losses.py, judged by stylize.figures), its
-    # Wasserstein-2 style distance was 0.85-0.94x gram's and its content distance 0.72-0.85x
-    # (256 px, three pairs; 512 px, one pair; CPU). A GPU step costs more than gram's (docs/engine.md).
+    # Wasserstein-2 style distance was 0.79-0.94x gram's and its content distance 0.67-0.85x
+    # (256 px, three pairs; 512 px, two; CPU). A GPU step costs more than gram's (docs/engine.md).
     "quality": dict(style_loss="wasserstein2"),
 }
 
