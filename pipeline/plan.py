@@ -151,10 +151,9 @@ def make_plan(
     table = COSTS_MS.get(kind, COSTS_MS["h200"])
     if calibrated_ms is not None:
         table = {calibrated_ms[0]: calibrated_ms[1]}
-    factors = LOSS_FACTOR.get(cfg.style_loss, {})
+    # the calibration ran the job's own settings, its loss included
+    factors = LOSS_FACTOR.get(cfg.style_loss, {}) if calibrated_ms is None else {}
     factor = factors.get("cpu" if kind == "cpu" else "gpu", 1.0)
-    if calibrated_ms is not None:
-        factor = 1.0  # the calibration ran the job's own settings
     item_ms = 0.0
     for (w, h), n in shapes.items():
         per = sum(it * _ms_per_iteration(table, w * h * f * f) for f, it in cfg.schedule)

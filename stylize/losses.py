@@ -264,11 +264,11 @@ class _TraceSqrtNewton(torch.autograd.Function):
 def trace_sqrt(p: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
     """(...) tr(P^1/2) of symmetric P (..., C, C) >= floor I (``floor`` (...)), differentiable:
     by :data:`W2_ROOT` (the eigenvalues, each at least ``floor``, or Newton-Schulz)."""
-    newton = W2_ROOT == "newton" or (W2_ROOT == "auto" and p.device.type == "cuda")
-    if newton:
-        out: torch.Tensor = _TraceSqrtNewton.apply((p + p.transpose(-1, -2)) / 2)
+    p = (p + p.transpose(-1, -2)) / 2  # symmetric to rounding: exactly so for both
+    if W2_ROOT == "newton" or (W2_ROOT == "auto" and p.device.type == "cuda"):
+        out: torch.Tensor = _TraceSqrtNewton.apply(p)
         return out
-    lam = torch.linalg.eigvalsh((p + p.transpose(-1, -2)) / 2)  # (..., C)
+    lam = torch.linalg.eigvalsh(p)  # (..., C)
     lam = torch.maximum(lam, floor[..., None])  # rounding below the bound: no 1/sqrt(0)
     return lam.sqrt().sum(-1)
 
