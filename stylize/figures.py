@@ -37,9 +37,9 @@ statistics stay the whole style image's, as the engine's targets. ``content_dist
 the whole picture's (the content loss covers the whole picture, masks or not).
 
 The layer masks are not eroded (:data:`MASK_EROSION`), unlike the engine's guidance
-(``masks.EROSION``: half the receptive field's half-width, relu5_1 2 positions). The engine
-erodes so that optimising one side does not pull on the other through the deep neurons that
-see both; a figure pulls on nothing, and it needs every position it can get at the deep layers:
+(``masks.EROSION``: half the receptive field's half-width, relu5_1 2 positions, against the
+parts without a style). The engine erodes so that optimising a styled side does not pull on a
+part kept as the content through the deep neurons that see both; a figure pulls on nothing, and it needs every position it can get at the deep layers:
 at small sizes an eroded half keeps only a few positions, those at the picture's edge (at
 96 x 128, 2 of relu5_1's 8 columns), whose statistics are far from any painting's. Measured on
 the left half of The Starry Night beside the right half of The Scream: the engine's erosion

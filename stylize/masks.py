@@ -11,9 +11,13 @@ side: per layer its *guided* statistics, every position weighed by the region's 
 (the Gram matrix of ``losses.gram`` when m_r is 1 everywhere), and for ``wasserstein2`` and
 ``mean_std`` the m_r-weighted mean, second moment and variances. Each layer's mask is the mask
 area-resized to the layer, then eroded (a min-pool) by a radius that grows with the depth of the
-layer (``erosion_radius``): a deep neuron whose receptive field straddles the boundary does not
-count for either side, so the styles do not bleed into each other. A region too small to survive
-its erosion keeps its un-eroded mask.
+layer (``erosion_radius``) against the positions no region covers: a deep neuron whose receptive
+field reaches into a part without a style does not count for the style beside it, so the style
+does not bleed into a part that keeps its content. Where two styled regions meet, a boundary
+neuron counts for both, each weighing it by its own mask there: eroding both sides there would
+leave a seam (16 to 32 px wide at 512 px) where no style applies at the deep layers and the
+content shows through as a pale strip. A region too small to survive its erosion keeps its
+un-eroded mask.
 
 Each region's loss is weighted by its share of the picture (the mean of its un-eroded mask over
 the layer's positions): with one white mask the loss is the unmasked one; where no mask covers,
@@ -155,12 +159,18 @@ def layer_guides(
     masks: torch.Tensor, shape: tuple[int, int], layer: str, erosion: float = EROSION
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights (B, R, h*w), shares (B, R)) of masks (B, R, H, W) at a layer of feature size
-    ``shape``: the mask area-resized and eroded, normalised to sum 1 per region (all 0 where a
-    region is empty); the share is the mean of the un-eroded resized mask."""
+    ``shape``: the mask area-resized and eroded against the positions no region covers (the
+    min-pool of the regions' summed coverage, capped at the mask), normalised to sum 1 per
+    region (all 0 where a region is empty); the share is the mean of the un-eroded resized
+    mask."""
     m = F.adaptive_avg_pool2d(masks.float(), shape).clamp(0, 1)  # area interpolation
     shares = m.mean(dim=(2, 3))
     r = erosion_radius(layer, erosion)
-    eroded = -F.max_pool2d(-m, 2 * r + 1, stride=1, padding=r) if r else m
+    if r:  # eroded where no style applies, not where another region's style does
+        covered = m.sum(1, keepdim=True).clamp(max=1)
+        eroded = torch.minimum(m, -F.max_pool2d(-covered, 2 * r + 1, stride=1, padding=r))
+    else:
+        eroded = m
     kept = eroded.sum(dim=(2, 3), keepdim=True)
     eroded = torch.where(kept > 0.5, eroded, m)  # too small to erode: the region unchanged
     flat = eroded.flatten(2)

@@ -80,6 +80,30 @@ def test_guides_erode_at_the_boundary_not_at_the_picture_edge():
     assert w.sum().item() == pytest.approx(1.0) and share.item() > 0
 
 
+def test_two_styles_meet_without_an_unstyled_seam():
+    """Beside another style a region is not eroded (no strip at the cut where neither style
+    would apply); beside a part with no style it is; a third of the picture left unstyled
+    erodes both of its neighbours there but not where they meet."""
+    left, right = halves()
+    shape = (H // 8, W // 8)  # relu4_1: radius 2
+    w, _ = layer_guides(stack_masks([[(None, left), (None, right)]], H, W), shape, "relu4_1")
+    w = w.view(2, *shape)
+    assert (w[0, :, : shape[1] // 2] > 0).all() and (w[0, :, shape[1] // 2 :] == 0).all()
+    assert (w[1, :, shape[1] // 2 :] > 0).all() and (w[1, :, : shape[1] // 2] == 0).all()
+    thirds = torch.zeros(3, H, W)
+    for i in range(3):
+        thirds[i, :, i * W // 3 : (i + 1) * W // 3] = 1
+    a, b = thirds[0] + thirds[1], thirds[2]  # a: two thirds, then b, nothing unstyled
+    w, _ = layer_guides(stack_masks([[(None, a), (None, b)]], H, W), (H, W), "relu5_1")
+    assert (w.view(2, H, W)[:, :, W // 3 :].sum(0) > 0).all()  # a and b meet: no seam
+    w, _ = layer_guides(stack_masks([[(None, thirds[0]), (None, b)]], H, W), (H, W), "relu5_1")
+    w = w.view(2, H, W)
+    r = erosion_radius("relu5_1")
+    cut0, cut1 = W // 3, 2 * W // 3
+    assert (w[0, :, cut0 - r : cut0] == 0).all() and (w[0, :, : cut0 - r] > 0).all()
+    assert (w[1, :, cut1 : cut1 + r] == 0).all() and (w[1, :, cut1 + r :] > 0).all()
+
+
 def test_the_start_is_the_content_where_no_mask_covers():
     """A region without a style starts as the content (not the noise), on the canvas with its
     reflected margin; soft masks blend; an image without regions keeps its start."""
@@ -157,7 +181,7 @@ def test_two_styles_land_on_their_own_halves(stylized):
     ):
         d_own = gram_distance(st.model, half(img, side), refs[own])
         d_other = gram_distance(st.model, half(img, side), refs[other])
-        assert d_own < 0.6 * d_other, (side, d_own, d_other)  # measured: 0.30 and 0.16
+        assert d_own < 0.6 * d_other, (side, d_own, d_other)  # measured: 0.15 and 0.18
 
 
 @pytest.mark.slow
