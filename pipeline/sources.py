@@ -62,6 +62,7 @@ NOT_EXTENSION = "extension not in `extensions`"
 NOT_IMAGE = "not an image file by its extension; extensions: all takes every file"
 SPECIAL = "not a regular file (a FIFO, socket or device)"
 VANISHED = "disappeared while being listed"
+LISTED_AGAIN = "listed again: one item per content, with the columns of its first row"
 
 
 class SourceError(StylizeError, ValueError):
@@ -636,20 +637,20 @@ def list_inputs(job: JobConfig) -> Listing:
     rows, styles, masks, extras = _row_columns(job, uris if extras is not None else [], extras)
     seen: dict[str, Content] = {}
     for entry, rel in pairs:
+        if entry.uri in seen:  # a list naming a file twice, or a file and its folder
+            skipped.append(Skipped(entry.uri, LISTED_AGAIN))
+            continue
         tag = file_tag(entry.info)
         if entry.problem:  # a fixed link (its target's tag) is a new item
             tag = f"unreadable:{tag}"
         row = rows.get(entry.uri, -1)
-        seen.setdefault(
+        seen[entry.uri] = Content(
             entry.uri,
-            Content(
-                entry.uri,
-                rel,
-                tag,
-                entry.problem,
-                styles[row] if styles and row >= 0 else None,
-                row,
-            ),
+            rel,
+            tag,
+            entry.problem,
+            styles[row] if styles and row >= 0 else None,
+            row,
         )
     contents = sorted(seen.values(), key=lambda c: c.uri)
     if job.masks is not None:

@@ -14,6 +14,7 @@ from pipeline.jobconfig import job_from_mapping
 from pipeline.sources import (
     HIDDEN,
     IN_OUTPUT,
+    LISTED_AGAIN,
     NOT_EXTENSION,
     SPECIAL,
     SourceError,
@@ -82,6 +83,22 @@ def test_list_files_txt_csv_parquet(tmp_path):
         contents = list_contents(job(input=str(tmp_path / name)))
         assert [c.uri for c in contents] == [str(root / "a.jpg"), str(root / "b/c.jpg")], name
         assert [c.rel for c in contents] == ["a.jpg", "b/c.jpg"], name
+
+
+def test_a_content_listed_twice_is_one_item_and_reported(tmp_path):
+    """A list naming a photo on two rows (say, with two masks) makes one item, from the first
+    row, and says so: the second row is not silently dropped."""
+    root = make_inputs(tmp_path / "in", {"a.jpg": "coffee", "c.jpg": "chelsea"}, bad=False)
+    (tmp_path / "list.csv").write_text(
+        f"uri,label\n{root}/a.jpg,first\n{root}/c.jpg,other\n{root}/a.jpg,second\n"
+    )
+    listing = list_inputs(job(input=str(tmp_path / "list.csv")))
+    assert [(c.uri, c.row) for c in listing.contents] == [
+        (str(root / "a.jpg"), 0),
+        (str(root / "c.jpg"), 1),
+    ]
+    assert [(s.uri, s.reason) for s in listing.skipped] == [(str(root / "a.jpg"), LISTED_AGAIN)]
+    assert any("1 entry skipped (listed again" in line for line in listing.report())
 
 
 def test_explicit_list_and_packaged_samples():
