@@ -39,9 +39,10 @@ the whole picture's (the content loss covers the whole picture, masks or not).
 The layer masks are not eroded (:data:`MASK_EROSION`), unlike the engine's guidance
 (``masks.EROSION``: half the receptive field's half-width, relu5_1 2 positions, against the
 parts without a style). The engine erodes so that optimising a styled side does not pull on a
-part kept as the content through the deep neurons that see both; a figure pulls on nothing, and it needs every position it can get at the deep layers:
-at small sizes an eroded half keeps only a few positions, those at the picture's edge (at
-96 x 128, 2 of relu5_1's 8 columns), whose statistics are far from any painting's. Measured on
+part kept as the content through the deep neurons that see both; a figure pulls on nothing,
+and it needs every position it can get at the deep layers: at small sizes an eroded half keeps
+only a few positions, those at the picture's edge (at 96 x 128, 2 of relu5_1's 8 columns),
+whose statistics are far from any painting's. Measured on
 the left half of The Starry Night beside the right half of The Scream: the engine's erosion
 took the regional Gram figure from 0.26 to 0.43 at 96 x 128, +2% at 192 x 256 and -14% at
 384 x 512. So a boundary position counts for each side as much as its mask covers it there.
