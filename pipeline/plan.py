@@ -34,9 +34,10 @@ COSTS_MS: dict[str, dict[int, float]] = {
 }
 # A step's cost against gram's (the figures above), by style loss: wasserstein2 measured 1.1-1.25x
 # on the CPU (256 and 512 px, infra/compare_losses.py); on a GPU estimated from its Newton-Schulz
-# square root (about 55 GFLOP per 512 px image-iteration beside gram's 1.78 ms), not measured.
+# square root (about 29 GFLOP of float64 per image-iteration, at most 67 TFLOP/s on an H100 or
+# H200: at least 0.43 ms beside gram's 1.78 ms at 512 px), not measured.
 LOSS_FACTOR: dict[str, dict[str, float]] = {
-    "wasserstein2": {"cpu": 1.2, "gpu": 1.5},
+    "wasserstein2": {"cpu": 1.2, "gpu": 1.3},
 }
 # GPU memory per image at one step (bf16, history 10: peak_memory_per_image of the H200 run),
 # MiB per pixel; and each device's memory.
