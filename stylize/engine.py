@@ -17,6 +17,7 @@ target cache), ``stylize.canvas`` (scales, margins, the start image).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
@@ -34,7 +35,14 @@ from stylize.model import ReadBytes, build_vgg
 from stylize.multiscale import optimize_chunk
 from stylize.objective import Objective, network
 from stylize.records import Callback, ItemResult, Regions, StepInfo, Style
-from stylize.runtime import amp_dtype, memory_format, numerics, resolve_device, resolve_precision
+from stylize.runtime import (
+    amp_dtype,
+    memory_format,
+    numerics,
+    resolve_device,
+    resolve_precision,
+    slow_float64,
+)
 from stylize.targets import DEFAULT_CPU_CACHE_BYTES, Target, TargetCache
 
 __all__ = ["Callback", "ItemResult", "Regions", "StepInfo", "Style", "Stylizer"]
@@ -90,6 +98,7 @@ class Stylizer:
         )
         # the dtype of the Gaussian style losses' matrix part (losses.py): MPS has no float64
         self.stats_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._float64_warned = False  # wasserstein2 on a GPU with slow float64: said once
         if target_cache_bytes is None:
             target_cache_bytes = (
                 torch.cuda.get_device_properties(self.device).total_memory // 10
@@ -169,6 +178,16 @@ class Stylizer:
         """
         opts = self.options(options)
         kind = STYLE_KINDS[opts.style_loss]
+        if opts.style_loss == "wasserstein2" and not self._float64_warned:
+            self._float64_warned = True
+            slow = slow_float64(self.device)
+            if slow:
+                warnings.warn(
+                    f"style_loss wasserstein2 on {slow}: its square root runs in float64, "
+                    "1/32 to 1/64 of this GPU's fp32 rate, so each step costs several Gram "
+                    "steps; gram or mean_std is the fast choice here",
+                    stacklevel=2,
+                )
         side = max(16, round(longest * opts.style_scale))
         key = (style.key, side, opts.style_loss)
         if content is None:

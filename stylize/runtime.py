@@ -47,6 +47,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+# CUDA compute capabilities whose float64 runs at half their fp32 rate (P100, V100, A100,
+# H100/H200, B200); every other GPU runs it at 1/32 to 1/64 (T4, A10G, L4, L40S, RTX cards)
+FULL_RATE_FLOAT64 = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
+
+
+def slow_float64(device: torch.device) -> str | None:
+    """The name of a CUDA ``device`` whose float64 is slow (1/32 to 1/64 of its fp32: what
+    wasserstein2's square root runs in), else None."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) in FULL_RATE_FLOAT64:
+        return None
+    return str(torch.cuda.get_device_name(device))
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """Channels-last on CUDA (cuDNN's fast layout for bf16 and TF32 convolutions)."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format

@@ -7,6 +7,8 @@ the one-call API returns what it was given, and out-of-memory halves the batch.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from engine_helpers import (  # noqa: F401 (fixtures)
@@ -151,6 +153,27 @@ def test_style_targets_are_cached_per_style_loss(engines, starry):
     m2 = cov - eps * torch.eye(c, dtype=cov.dtype) + torch.outer(mean, mean)
     # the Gram matrix is the second moment over C, in fp32
     torch.testing.assert_close(m2.float() / c, gram["relu1_1"][0], rtol=1e-4, atol=1e-4)
+
+
+def test_wasserstein2_on_a_gpu_with_slow_float64_says_so_once(starry, monkeypatch):
+    """A T4, L4 or A10G runs float64 at 1/32-1/64 of fp32: the first wasserstein2 targets an
+    engine makes say that gram is the fast choice there (the device's answer is faked: this
+    machine has no GPU); gram says nothing, and neither does a GPU with full-rate float64."""
+    from stylize import engine as engine_module
+    from stylize import runtime
+
+    st = Stylizer(resolve_config(size=32, device="cpu"))
+    w2 = st.cfg.replace(style_loss="wasserstein2")
+    monkeypatch.setattr(engine_module, "slow_float64", lambda device: "Tesla T4")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        st.style_targets(starry, 32)  # gram
+        st.style_targets(starry, 32, options=w2)
+        st.style_targets(starry, 48, options=w2)
+    messages = [str(w.message) for w in said]
+    assert len(messages) == 1 and "Tesla T4" in messages[0] and "gram" in messages[0]
+    assert runtime.slow_float64(torch.device("cpu")) is None
+    assert (9, 0) in runtime.FULL_RATE_FLOAT64 and (8, 9) not in runtime.FULL_RATE_FLOAT64
 
 
 def test_blended_gaussian_targets_are_the_pooled_features_moments(engines):
