@@ -237,9 +237,9 @@ W2_ROOT = "auto"
 # starts, 96 and 512 px, relu1_1..relu5_1; condition numbers 1e7-1e9) 16 scaled steps gave
 # tr(P^1/2) and P^-1/2 as the eigenvalues do to 2e-12 and 2e-8, as 30 plain steps did (3e-12,
 # 2e-8; 14 scaled: 3e-7; 12: 3e-2); on a spectrum spanning 1e10 (tests/test_losses.py) to
-# 1e-12 and 3e-8, where 30 plain steps are off by 1e-7 and 2e-2. Each step is 3 products of C x C in
-# float64: 16 steps instead of 30 cut the square root's work per image-iteration (whatever its
-# size) from about 53 to 29 GFLOP.
+# 1e-12 and 3e-8, where 30 plain steps are off by 1e-7 and 2e-2. Each step is 3 products of
+# C x C in float64: 16 steps instead of 30 cut the square root's work per image-iteration
+# (whatever its size) from about 53 to 29 GFLOP.
 NEWTON_STEPS = 16
 # The lower bound the scaling assumes, of the singular values (eigenvalues^1/2) of P / ||P||_F:
 # one fixed schedule of coefficients for every matrix (Python numbers: the compiled graph has
