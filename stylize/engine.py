@@ -98,7 +98,8 @@ class Stylizer:
         )
         # the dtype of the Gaussian style losses' matrix part (losses.py): MPS has no float64
         self.stats_dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        self._float64_warned = False  # wasserstein2 on a GPU with slow float64: said once
+        # a GPU with slow float64 (its name): said once, at the first wasserstein2 targets
+        self._slow_float64 = slow_float64(self.device)
         if target_cache_bytes is None:
             target_cache_bytes = (
                 torch.cuda.get_device_properties(self.device).total_memory // 10
@@ -178,16 +179,14 @@ class Stylizer:
         """
         opts = self.options(options)
         kind = STYLE_KINDS[opts.style_loss]
-        if opts.style_loss == "wasserstein2" and not self._float64_warned:
-            self._float64_warned = True
-            slow = slow_float64(self.device)
-            if slow:
-                warnings.warn(
-                    f"style_loss wasserstein2 on {slow}: its square root runs in float64, "
-                    "1/32 to 1/64 of this GPU's fp32 rate, so each step costs several Gram "
-                    "steps; gram or mean_std is the fast choice here",
-                    stacklevel=2,
-                )
+        if opts.style_loss == "wasserstein2" and self._slow_float64:
+            warnings.warn(
+                f"style_loss wasserstein2 on {self._slow_float64}: its square root runs in "
+                "float64, 1/32 to 1/64 of this GPU's fp32 rate, so each step costs several "
+                "Gram steps; gram or mean_std is the fast choice here",
+                stacklevel=2,
+            )
+            self._slow_float64 = None
         side = max(16, round(longest * opts.style_scale))
         key = (style.key, side, opts.style_loss)
         if content is None:

@@ -162,9 +162,9 @@ def test_wasserstein2_on_a_gpu_with_slow_float64_says_so_once(starry, monkeypatc
     from stylize import engine as engine_module
     from stylize import runtime
 
+    monkeypatch.setattr(engine_module, "slow_float64", lambda device: "Tesla T4")
     st = Stylizer(resolve_config(size=32, device="cpu"))
     w2 = st.cfg.replace(style_loss="wasserstein2")
-    monkeypatch.setattr(engine_module, "slow_float64", lambda device: "Tesla T4")
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         st.style_targets(starry, 32)  # gram
